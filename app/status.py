@@ -1,0 +1,105 @@
+"""What the app shell shows, written once for both front ends (desktop and web).
+
+The desktop window (:mod:`app.desktop`) and the web UI (:mod:`app.web`) only lay
+out what this module computes, so the two never disagree about the data folder,
+the installed models or the instructions for getting weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from llamavid.paths import DataDir, InstalledModel, installed_models
+
+__all__ = [
+    "TITLE",
+    "TAGLINE",
+    "NOT_YET",
+    "GET_MODELS_HEADING",
+    "RELEASED_CHECKPOINTS",
+    "AppStatus",
+    "collect_status",
+    "instructions_markdown",
+    "models_markdown",
+    "status_markdown",
+]
+
+TITLE = "llamavid"
+TAGLINE = "A local-first movie assistant around the LLaMA-VID video LLM."
+NOT_YET = "Chatting with your movies is not available in this version yet; this window shows the setup."
+GET_MODELS_HEADING = "How to get model weights"
+
+#: Released LLaMA-VID checkpoints on the Hugging Face hub (repo id, what it is for).
+RELEASED_CHECKPOINTS: list[tuple[str, str]] = [
+    ("YanweiLi/llama-vid-7b-full-224-video-fps-1", "7B, short videos at 1 frame per second"),
+    ("YanweiLi/llama-vid-13b-full-224-video-fps-1", "13B, short videos at 1 frame per second"),
+    ("YanweiLi/llama-vid-7b-full-224-long-video", "7B, hour-long videos (movies)"),
+]
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("llamavid")
+    except Exception:  # source tree without an install
+        return "dev"
+
+
+@dataclass(frozen=True)
+class AppStatus:
+    """A snapshot of the setup, taken when a front end opens or refreshes."""
+
+    data_dir: Path
+    models_dir: Path
+    models: list[InstalledModel]
+    version: str
+
+    @property
+    def has_models(self) -> bool:
+        return bool(self.models)
+
+
+def collect_status(data_dir: Path | str) -> AppStatus:
+    """Look at the data folder now (cheap: a directory listing and file sizes)."""
+    dd = DataDir(Path(data_dir))
+    return AppStatus(data_dir=dd.root, models_dir=dd.models, models=installed_models(dd), version=_version())
+
+
+def instructions_markdown(status: AppStatus) -> str:
+    """Step-by-step text for getting a checkpoint into the data folder (Markdown)."""
+    first_repo = RELEASED_CHECKPOINTS[0][0]
+    first_name = first_repo.split("/", 1)[1]
+    repos = "\n".join(f"   - `{repo}`: {what}" for repo, what in RELEASED_CHECKPOINTS)
+    return (
+        f"### {GET_MODELS_HEADING}\n\n"
+        f"No model is installed yet in `{status.models_dir}`.\n\n"
+        f"1. The released LLaMA-VID checkpoints are on the Hugging Face hub, for example:\n{repos}\n"
+        f"2. Download one into its own folder under the models folder, for example with the "
+        f"Hugging Face command line (installed with llamavid):\n\n"
+        f"   `hf download {first_repo} --local-dir \"{status.models_dir / first_name}\"`\n\n"
+        f"3. Or put (or symlink) a checkpoint folder you already have at "
+        f"`{status.models_dir}/<name>/`; the folder must hold the checkpoint's `config.json`.\n"
+        f"4. Press **Refresh**: the model is listed here.\n\n"
+        f"A 7B checkpoint is about 14 GB on disk."
+    )
+
+
+def models_markdown(status: AppStatus) -> str:
+    """The installed models as a Markdown list, or the instructions when there are none."""
+    if not status.has_models:
+        return instructions_markdown(status)
+    lines = [f"### Installed models ({len(status.models)})", ""]
+    lines += [f"- **{m.name}**: {m.size_human}, `{m.path}`" for m in status.models]
+    return "\n".join(lines)
+
+
+def status_markdown(status: AppStatus) -> str:
+    """Everything below the title: data folder, then models or instructions (Markdown)."""
+    return (
+        f"{TAGLINE} Version {status.version}.\n\n"
+        f"{NOT_YET}\n\n"
+        f"**Data folder:** `{status.data_dir}`\n\n"
+        f"{models_markdown(status)}"
+    )

@@ -1,0 +1,191 @@
+"""The library database: schema, migrations, connections and transactions.
+
+One SQLite file (``<data>/library.db``) in WAL mode, so the apps can read while the indexer
+writes. The schema is versioned with ``PRAGMA user_version``: ``MIGRATIONS[i]`` turns version
+``i`` into ``i + 1``, each in its own transaction, and a database newer than this code is refused
+rather than silently misread.
+
+Connections run in autocommit mode; every write that must be atomic goes through ``atomic()``,
+which starts ``BEGIN IMMEDIATE`` (takes the write lock up front, so two writers queue on the busy
+timeout instead of failing on a lock upgrade) and nests as savepoints.
+"""
+from __future__ import annotations
+
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import sqlite_utils
+
+BUSY_TIMEOUT_S = 60.0
+
+_SCHEMA_V1 = """
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE libraries (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    added_at REAL NOT NULL,
+    scanned_at REAL
+);
+CREATE TABLE movies (
+    id INTEGER PRIMARY KEY,
+    library_id INTEGER NOT NULL REFERENCES libraries(id) ON DELETE CASCADE,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    mtime REAL NOT NULL,
+    fingerprint TEXT NOT NULL,
+    missing INTEGER NOT NULL DEFAULT 0,
+    added_at REAL NOT NULL,
+    changed_at REAL NOT NULL,
+    -- probe
+    duration REAL, width INTEGER, height INTEGER, video_codec TEXT, frame_rate REAL,
+    rotation INTEGER NOT NULL DEFAULT 0, variable_frame_rate INTEGER NOT NULL DEFAULT 0,
+    has_audio INTEGER NOT NULL DEFAULT 0, probe TEXT,
+    -- stages: probe -> subtitles -> speech -> features
+    probed INTEGER NOT NULL DEFAULT 0,
+    subtitles_done INTEGER NOT NULL DEFAULT 0,
+    speech_state TEXT,                      -- NULL, 'done', 'skipped: <why>'
+    speech_windows_done INTEGER NOT NULL DEFAULT 0,
+    speech_language TEXT,
+    fps REAL, vision_id TEXT, feature_path TEXT, feature_shape TEXT,
+    frames_capacity INTEGER, frames_done INTEGER NOT NULL DEFAULT 0,
+    features_complete INTEGER NOT NULL DEFAULT 0,
+    cache_bytes INTEGER NOT NULL DEFAULT 0,
+    warning TEXT
+);
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY,
+    movie_id INTEGER NOT NULL UNIQUE REFERENCES movies(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,                    -- queued running paused done failed cancelled
+    stage TEXT,
+    done INTEGER NOT NULL DEFAULT 0,
+    total INTEGER,
+    rate REAL,                              -- frames per second of wall time, for the ETA
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    reason TEXT,
+    pid INTEGER,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    updated_at REAL,
+    finished_at REAL
+);
+CREATE INDEX jobs_state ON jobs(state, id);
+CREATE TABLE frames (
+    movie_id INTEGER NOT NULL REFERENCES movies(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    time REAL NOT NULL,
+    PRIMARY KEY (movie_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE subtitle_tracks (
+    id INTEGER PRIMARY KEY,
+    movie_id INTEGER NOT NULL REFERENCES movies(id) ON DELETE CASCADE,
+    source TEXT NOT NULL,                   -- embedded sidecar asr
+    ref TEXT NOT NULL,                      -- stream index, sidecar path or model name
+    codec TEXT, language TEXT,
+    forced INTEGER NOT NULL DEFAULT 0, sdh INTEGER NOT NULL DEFAULT 0,
+    kind TEXT NOT NULL,                     -- text image
+    status TEXT NOT NULL,                   -- ok image-based error
+    message TEXT,
+    cue_count INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE cues (
+    id INTEGER PRIMARY KEY,
+    movie_id INTEGER NOT NULL REFERENCES movies(id) ON DELETE CASCADE,
+    track_id INTEGER NOT NULL REFERENCES subtitle_tracks(id) ON DELETE CASCADE,
+    start REAL NOT NULL,
+    "end" REAL NOT NULL,
+    text TEXT NOT NULL,
+    language TEXT,
+    source TEXT NOT NULL
+);
+CREATE INDEX cues_movie ON cues(movie_id, start);
+"""
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db.executescript(_SCHEMA_V1)  # sqlite-utils runs it inside the open transaction
+    # FTS5 over cue text, kept in sync by triggers (sqlite-utils writes the boilerplate)
+    db["cues"].enable_fts(["text"], fts_version="FTS5", create_triggers=True,
+                          tokenize="unicode61 remove_diacritics 2", replace=True)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class DatabaseError(Exception):
+    """The database cannot be used as it is (newer schema, not a library database)."""
+
+
+def connect(path: str | Path, migrate: bool = True) -> sqlite_utils.Database:
+    """Open (and create or upgrade) the library database in WAL mode."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                           check_same_thread=False)
+    db = sqlite_utils.Database(conn)
+    db.execute("PRAGMA foreign_keys = ON")
+    if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable on commit except power loss
+    if migrate:
+        apply_migrations(db)
+    return db
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def apply_migrations(db: sqlite_utils.Database) -> int:
+    """Bring the schema to SCHEMA_VERSION; returns the number of migrations applied."""
+    applied = 0
+    while True:
+        with atomic(db):
+            version = schema_version(db)
+            if version > SCHEMA_VERSION:
+                raise DatabaseError(
+                    f"{db_path(db)} has schema version {version}, newer than this llamavid "
+                    f"understands ({SCHEMA_VERSION}); upgrade llamavid or use another --data-dir")
+            if version == SCHEMA_VERSION:
+                return applied
+            MIGRATIONS[version](db)
+            db.execute(f"PRAGMA user_version = {version + 1}")
+            applied += 1
+
+
+def db_path(db: sqlite_utils.Database) -> str:
+    row = db.execute("PRAGMA database_list").fetchone()
+    return row[2] if row else "?"
+
+
+@contextmanager
+def atomic(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """One write transaction taken with BEGIN IMMEDIATE; nested calls become savepoints."""
+    if db.conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        raise
+    db.conn.execute("COMMIT")
+
+
+def get_setting(db: sqlite_utils.Database, key: str, default: str | None = None) -> str | None:
+    row = db.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchone()
+    return row[0] if row else default
+
+
+def set_setting(db: sqlite_utils.Database, key: str, value: str | None) -> None:
+    if value is None:
+        db.execute("DELETE FROM settings WHERE key = ?", [key])
+    else:
+        db.execute("INSERT INTO settings (key, value) VALUES (?, ?) "
+                   "ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value])

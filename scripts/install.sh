@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Install everything llamavid needs into ./.venv; safe to re-run (skips what is done).
+#
+#   scripts/install.sh [app|test]
+#
+# 1. Debian packages (apt-get, as root): the Qt/xcb libraries and libpulse0 for the
+#    desktop app; for "test" also xvfb, chromium and chromium-driver (browser tests
+#    drive /usr/bin/chromium; Playwright never downloads a browser). Not root, or apt
+#    fails: prints the exact `sudo apt-get install ...` line and stops.
+# 2. A virtual environment in .venv with python3.11 if found, else python3 >= 3.10.
+# 3. One pip command: torch pinned (also as a constraint, so no other package can swap
+#    it) + this project in editable mode with its test extras. llama-cpp-python
+#    compiles llama.cpp (~5 min on 2 cores) with CMAKE_ARGS=-DGGML_NATIVE=OFF so the
+#    build runs on any x86-64 CPU with AVX2, not only the one that built it.
+#    A stamp (hash of pyproject.toml + this script + the torch spec) skips pip when
+#    nothing changed.
+#
+# Environment overrides:
+#   LLAMAVID_TORCH     torch requirement and pip options for it (default "torch==2.13.0"),
+#                      e.g. a CUDA build:
+#                      LLAMAVID_TORCH="torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cu126"
+#   LLAMAVID_PYTHON    the Python to create .venv with (default: python3.11, else python3)
+#   LLAMAVID_VENV      where the venv goes (default: .venv in the repository)
+#   LLAMAVID_SKIP_APT  1: do not check or install Debian packages
+#   LLAMAVID_REINSTALL 1: run pip even when the stamp says nothing changed
+#   CMAKE_ARGS         passed to the llama-cpp-python build (default -DGGML_NATIVE=OFF;
+#                      e.g. "-DGGML_CUDA=on" for CUDA offload)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MODE="${1:-app}"
+VENV="${LLAMAVID_VENV:-$ROOT/.venv}"
+TORCH_SPEC="${LLAMAVID_TORCH:-torch==2.13.0}"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+log() { echo "[llamavid install] $*" >&2; }
+
+case "$MODE" in
+  app | test) ;;
+  *) log "unknown mode '$MODE' (use: app or test)"; exit 2 ;;
+esac
+
+# ---------------------------------------------------------------- Python to use
+find_python() {
+  local c
+  for c in ${LLAMAVID_PYTHON:-python3.11 python3}; do
+    if command -v "$c" >/dev/null 2>&1 &&
+      "$c" -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1; then
+      echo "$c"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# ---------------------------------------------------------------- 1. Debian packages
+APT_APP=(libegl1 libgl1 libfontconfig1 libdbus-1-3 libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4
+  libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-xkb1 libpulse0)
+APT_TEST=(xvfb chromium chromium-driver)
+
+deb_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+apt_packages() {
+  local wanted=("${APT_APP[@]}") missing=() p py
+  [[ $MODE == test ]] && wanted+=("${APT_TEST[@]}")
+  # What the install itself needs: a C++ compiler (llama-cpp-python) and Python with venv.
+  command -v c++ >/dev/null 2>&1 || wanted+=(g++ make)
+  if py="$(find_python)"; then
+    if ! "$py" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+      wanted+=("python$("$py" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')-venv")
+    fi
+  else
+    wanted+=(python3 python3-venv)
+  fi
+  for p in "${wanted[@]}"; do deb_installed "$p" || missing+=("$p"); done
+  ((${#missing[@]} == 0)) && return 0
+
+  local cmd="sudo apt-get update && sudo apt-get install -y ${missing[*]}"
+  if [[ "$(id -u)" == 0 ]]; then
+    log "installing Debian packages: ${missing[*]}"
+    if apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"; then
+      return 0
+    fi
+    log "apt-get failed."
+  fi
+  log "These Debian packages are missing: ${missing[*]}"
+  log "Install them with:"
+  echo "    $cmd" >&2
+  log "then run this command again (or set LLAMAVID_SKIP_APT=1 to go on without them)."
+  exit 1
+}
+
+if [[ "${LLAMAVID_SKIP_APT:-0}" == 1 ]]; then
+  log "LLAMAVID_SKIP_APT=1: not checking Debian packages"
+elif ! command -v dpkg-query >/dev/null 2>&1; then
+  log "not a Debian-like system: make sure Qt's xcb libraries, libpulse, chromium and a C++ compiler are installed"
+else
+  apt_packages
+fi
+
+# ---------------------------------------------------------------- 2. virtual environment
+PY="$(find_python)" || {
+  log "no Python >= 3.10 found; install python3.11 (Debian: sudo apt-get install -y python3 python3-venv)"
+  exit 1
+}
+if ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+  log "creating $VENV with $PY ($("$PY" -V 2>&1))"
+  "$PY" -m venv --clear "$VENV"
+fi
+
+# ---------------------------------------------------------------- 3. pip, unless unchanged
+STAMP="$VENV/.llamavid-install-stamp"
+if command -v sha256sum >/dev/null 2>&1; then hash_cmd=(sha256sum); else hash_cmd=(shasum -a 256); fi
+want="$({
+  cat "$ROOT/pyproject.toml" "$ROOT/scripts/install.sh"
+  echo "$TORCH_SPEC|${CMAKE_ARGS:-}"
+  "$VENV/bin/python" -VV
+} | "${hash_cmd[@]}" | cut -d' ' -f1)"
+
+if [[ "${LLAMAVID_REINSTALL:-0}" != 1 && -f "$STAMP" && "$(cat "$STAMP")" == "$want" && -x "$VENV/bin/llamavid" ]]; then
+  log "Python packages up to date (delete $STAMP or set LLAMAVID_REINSTALL=1 to reinstall)"
+  exit 0
+fi
+
+read -r -a torch_args <<<"$TORCH_SPEC"
+constraints="$VENV/llamavid-constraints.txt"
+echo "${torch_args[0]}" >"$constraints" # e.g. torch==2.13.0: no dependency may pick another torch
+start=$SECONDS
+log "pip install ${torch_args[*]} -e .[test]  (first time ~6 min: llama-cpp-python compiles llama.cpp)"
+CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" "$VENV/bin/python" -m pip install \
+  "${torch_args[@]}" -c "$constraints" -e "$ROOT[test]"
+echo "$want" >"$STAMP"
+log "Python packages installed in $((SECONDS - start)) s"
