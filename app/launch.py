@@ -22,7 +22,9 @@ __all__ = ["HELP", "add_arguments", "display_problem", "qt_problem", "run"]
 HELP = "open the desktop app (falls back to the local web UI where there is no display)"
 
 # Creating a QApplication is what fails (or aborts) without a usable display.
-_QT_PROBE = "from PySide6.QtWidgets import QApplication; app = QApplication(['llamavid-probe']); print(app.platformName())"
+_QT_PROBE = (
+    "from PySide6.QtWidgets import QApplication; app = QApplication(['llamavid-probe']); print(app.platformName())"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

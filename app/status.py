@@ -78,7 +78,7 @@ def instructions_markdown(status: AppStatus) -> str:
         f"1. The released LLaMA-VID checkpoints are on the Hugging Face hub, for example:\n{repos}\n"
         f"2. Download one into its own folder under the models folder, for example with the "
         f"Hugging Face command line (installed with llamavid):\n\n"
-        f"   `hf download {first_repo} --local-dir \"{status.models_dir / first_name}\"`\n\n"
+        f'   `hf download {first_repo} --local-dir "{status.models_dir / first_name}"`\n\n'
         f"3. Or put (or symlink) a checkpoint folder you already have at "
         f"`{status.models_dir}/<name>/`; the folder must hold the checkpoint's `config.json`.\n"
         f"4. Press **Refresh**: the model is listed here.\n\n"

@@ -64,6 +64,7 @@ class LlamaVidConfig(LlamaConfig):
         image_size: int | None = None,
         image_aspect_ratio: str | None = "pad",
         vision_depth: int | None = None,
+        vision_mlp_hidden: int = 6144,
         bert_type: str = "qformer_pretrain",
         num_query: int = 32,
         compress_type: str | None = None,
@@ -79,6 +80,7 @@ class LlamaVidConfig(LlamaConfig):
         self.image_size = image_size or image_size_from_processor(image_processor)
         self.image_aspect_ratio = image_aspect_ratio
         self.vision_depth = vision_depth
+        self.vision_mlp_hidden = vision_mlp_hidden
         self.bert_type = bert_type
         self.num_query = num_query
         self.compress_type = None if compress_type in (None, "None") else compress_type

@@ -51,7 +51,8 @@ _PACKAGES: list[tuple[str, str, str, str]] = [
         "llama-cpp-python",
         "llama_cpp",
         "llama-cpp-python",
-        f"{REINSTALL} CMAKE_ARGS=-DGGML_NATIVE=OFF pip install llama-cpp-python (compiles for ~5 min; needs a C++ compiler)",
+        f"{REINSTALL} CMAKE_ARGS=-DGGML_NATIVE=OFF pip install llama-cpp-python "
+        "(compiles for ~5 min; needs a C++ compiler)",
     ),
     ("av (PyAV)", "av", "av", f"{REINSTALL} pip install av"),
     (
@@ -114,7 +115,10 @@ def check_sqlite() -> Check:
     detail = f"{sqlite3.sqlite_version}, FTS5 {'available' if fts5 else 'NOT available'}"
     if not fts5:
         return Check(
-            "sqlite", MISSING, detail, "use a Python whose sqlite3 is built with FTS5 (python.org and Debian builds are)",
+            "sqlite",
+            MISSING,
+            detail,
+            "use a Python whose sqlite3 is built with FTS5 (python.org and Debian builds are)",
             data={"version": sqlite3.sqlite_version, "fts5": False},
         )
     return Check("sqlite", OK, detail, data={"version": sqlite3.sqlite_version, "fts5": True})
@@ -146,7 +150,9 @@ def check_device() -> Check:
     try:
         import torch
     except Exception as exc:  # noqa: BLE001
-        return Check("device", MISSING, f"unknown: torch fails to import ({exc})", "install torch (see above)", {"cpu": cpu})
+        return Check(
+            "device", MISSING, f"unknown: torch fails to import ({exc})", "install torch (see above)", {"cpu": cpu}
+        )
     if not flags:  # not Linux: ask torch what its kernels can use
         try:
             cap = torch.backends.cpu.get_cpu_capability()
@@ -155,7 +161,7 @@ def check_device() -> Check:
         except Exception:  # noqa: BLE001
             pass
     if torch.cuda.is_available():
-        gpus = []
+        gpus: list[dict[str, Any]] = []
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
             gpus.append({"name": p.name, "memory_bytes": int(p.total_memory)})
@@ -203,8 +209,11 @@ def check_memory() -> Check:
     detail = f"{human_size(free) if free is not None else '?'} free of {human_size(total)}"
     if free is not None and free < 6e9:
         return Check(
-            "memory", WARN, detail,
-            "a 7B model needs about 4 GB of RAM in 4-bit and 14 GB in fp16; close other programs", data,
+            "memory",
+            WARN,
+            detail,
+            "a 7B model needs about 4 GB of RAM in 4-bit and 14 GB in fp16; close other programs",
+            data,
         )
     return Check("memory", OK, detail, data=data)
 
@@ -219,9 +228,12 @@ def check_disk(root: Path) -> Check:
     detail = f"{human_size(usage.free)} free of {human_size(usage.total)} at {probe}"
     if usage.free < 20e9:
         return Check(
-            "disk", WARN, detail,
+            "disk",
+            WARN,
+            detail,
             "a 7B checkpoint takes about 14 GB and video features about 3 GB per hour of film; "
-            "free some space or pass --data-dir on a bigger disk", data,
+            "free some space or pass --data-dir on a bigger disk",
+            data,
         )
     return Check("disk", OK, detail, data=data)
 
@@ -231,7 +243,9 @@ def check_models(dd: DataDir) -> Check:
     data = {"models": [{"name": m.name, "path": str(m.path), "size_bytes": m.size_bytes} for m in models]}
     if not models:
         return Check(
-            "models", WARN, f"none in {dd.models}",
+            "models",
+            WARN,
+            f"none in {dd.models}",
             f"download a checkpoint, e.g. YanweiLi/llama-vid-7b-full-224-video-fps-1 from the Hugging Face hub, "
             f"into {dd.models}/<name>/ (or symlink a checkpoint folder there); `llamavid app` shows the steps",
             data,
@@ -248,6 +262,8 @@ def check_folders(dd: DataDir) -> Check:
 
 def collect(data_dir: Path) -> list[Check]:
     """Run every check; never raises for a missing or broken optional part."""
+    # QtMultimedia logs that it found no PipeWire on machines without sound: noise here.
+    os.environ.setdefault("QT_LOGGING_RULES", "qt.multimedia.symbolsresolver=false")
     dd = DataDir(data_dir)
     checks = [check_python()]
     checks += [check_package(*spec) for spec in _PACKAGES]

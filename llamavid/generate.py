@@ -49,6 +49,7 @@ class Session:
     cache: DynamicCache = field(default_factory=DynamicCache)
     length: int = 0
     seen_ids: list[int] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)  # chosen but not yet run through the model
 
 
 def apply_repetition_penalty(scores: torch.Tensor, seen: Sequence[int], penalty: float) -> torch.Tensor:
@@ -103,14 +104,19 @@ def stream(model, prompt_embeds: torch.Tensor, opts: SamplingOptions, session: S
     generator = None
     if opts.seed is not None and not opts.greedy:
         generator = torch.Generator(device=prompt_embeds.device).manual_seed(opts.seed)
-    logits = forward_step(model, session, prompt_embeds)
     embed = model.get_input_embeddings()
-    for _ in range(opts.max_new_tokens):
+    if session.pending:
+        pending = embed(torch.tensor([session.pending], device=prompt_embeds.device)).to(prompt_embeds.dtype)
+        prompt_embeds = torch.cat([pending, prompt_embeds], dim=1)
+        session.pending = []
+    logits = forward_step(model, session, prompt_embeds)
+    for i in range(opts.max_new_tokens):
         scores = apply_repetition_penalty(logits, session.seen_ids, opts.repetition_penalty)
         token = sample(scores, opts, generator)
         session.seen_ids.append(token)
         yield Step(token, scores)
-        if token in opts.stop_ids:
+        if token in opts.stop_ids or i == opts.max_new_tokens - 1:
+            session.pending = [token]  # a follow-up turn runs it first, keeping the cache exact
             return
         ids = torch.tensor([[token]], device=prompt_embeds.device)
         logits = forward_step(model, session, embed(ids))

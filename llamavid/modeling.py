@@ -31,7 +31,6 @@ from .tokens import TokenParts, build_projector, generate_tokens
 from .vision import EvaConfig, EvaVisionTower
 
 IMAGE_TOKEN_INDEX = -200
-QFORMER_FEATURE_WIDTH = 1408  # the Q-Former always reads EVA-width features in released models
 
 
 @dataclass
@@ -52,7 +51,7 @@ class VisualTokens:
 
 def eva_config(config: LlamaVidConfig) -> EvaConfig:
     return EvaConfig(image_size=config.image_size, width=config.mm_hidden_size,
-                     depth=config.vision_depth or 39, mlp_hidden=getattr(config, "vision_mlp_hidden", 6144))
+                     depth=config.vision_depth or 39, mlp_hidden=config.vision_mlp_hidden)
 
 
 class LlamaVidModel(LlamaModel):
@@ -60,7 +59,8 @@ class LlamaVidModel(LlamaModel):
 
     def __init__(self, config: LlamaVidConfig):
         super().__init__(config)
-        qcfg = qformer_config({**config.qformer, "encoder_width": QFORMER_FEATURE_WIDTH})
+        # The Q-Former reads EVA-width features (1408 in every released model).
+        qcfg = qformer_config({**config.qformer, "encoder_width": config.mm_hidden_size})
         self.vision_tower = EvaVisionTower(eva_config(config)) if config.mm_vision_tower else None
         self.mm_projector = build_projector(config.mm_projector_type, config.mm_hidden_size, config.hidden_size)
         self.vlm_att_encoder = QFormer(qcfg)
@@ -68,7 +68,7 @@ class LlamaVidModel(LlamaModel):
         self.vlm_att_projector = nn.Linear(qcfg.hidden_size, config.mm_hidden_size)
         self.vlm_att_key_projector = nn.Linear(config.mm_hidden_size, config.mm_hidden_size)
         self.vlm_att_val_projector = nn.Linear(config.mm_hidden_size, config.hidden_size)
-        self.vlm_att_ln = nn.LayerNorm(QFORMER_FEATURE_WIDTH) if config.uses_vlm_att_ln else None
+        self.vlm_att_ln = nn.LayerNorm(config.mm_hidden_size) if config.uses_vlm_att_ln else None
 
 
 class LlamaVidForCausalLM(LlamaForCausalLM):
@@ -116,7 +116,9 @@ class LlamaVidForCausalLM(LlamaForCausalLM):
         outs, queries, parts = [], [], []
         for start in range(0, p_count * frames, block_size):
             rows = torch.arange(start, min(start + block_size, p_count * frames))
-            feats = torch.as_tensor(features[(rows % frames).numpy()]).to(dev, dtype)
+            frame_idx = rows % frames
+            picked = features[frame_idx] if torch.is_tensor(features) else features[frame_idx.numpy()]
+            feats = torch.as_tensor(picked).to(dev, dtype)
             ids, mask = qformer_ids[rows // frames].to(dev), qformer_mask[rows // frames].to(dev)
             query_out, part = self._token_block(feats, ids, mask)
             outs.append(part.tokens)

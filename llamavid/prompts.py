@@ -21,7 +21,7 @@ DEFAULT_IMAGE_TOKEN = "<image>"
 MOVIE_INTRO = "Below is a movie. Memorize the content and answer my question after watching this movie."
 MOVIE_OUTRO = "Now the movie end."
 
-ImageIn = Literal["every", "latest", "first"]
+ImageIn = Literal["every", "latest", "first", "none"]
 History = Sequence[tuple[str, str]]
 Template = Union[str, Conversation]
 
@@ -95,7 +95,9 @@ def _image_turns(n_turns: int, image_in: ImageIn) -> list[bool]:
         return [i == n_turns - 1 for i in range(n_turns)]
     if image_in == "first":
         return [i == 0 for i in range(n_turns)]
-    raise ValueError(f"image_in must be 'every', 'latest' or 'first', got {image_in!r}")
+    if image_in == "none":
+        return [False] * n_turns
+    raise ValueError(f"image_in must be 'every', 'latest', 'first' or 'none', got {image_in!r}")
 
 
 def _turns(question: str, history: History) -> list[tuple[str, Optional[str]]]:
@@ -116,7 +118,8 @@ def image_prompt(question: str, template: Template = DEFAULT_TEMPLATE, history: 
     template appends ``sep2``). ``image_in`` says which user turns carry an ``<image>``:
     ``"every"`` (default) - each turn, each with that turn's Q-Former prompt, as in training
     (``imgsp_v1``) and the golden multi-turn case; ``"latest"`` - only the new question, as the
-    reference CLI; ``"first"`` - only the first question, as the reference Gradio worker.
+    reference CLI; ``"first"`` - only the first question, as the reference Gradio worker;
+    ``"none"`` - text-only chat.
     """
     turns = _turns(question, history)
     conv = _conversation(template)

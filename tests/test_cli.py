@@ -174,8 +174,20 @@ def test_doctor_json_reports_the_installation(llamavid_cmd: list[str], data_dir:
     missing = {n: c["detail"] for n, c in checks.items() if c["status"] == "missing"}
     assert missing == {}, f"the test environment should have everything installed: {missing}"
     assert proc.returncode == 0 and report["ok"] is True
-    for name in ("python", "torch", "transformers", "llama-cpp-python", "av (PyAV)", "PySide6 (desktop app)",
-                 "gradio (web UI)", "faster-whisper (speech to text)", "sqlite", "device", "memory", "disk"):
+    for name in (
+        "python",
+        "torch",
+        "transformers",
+        "llama-cpp-python",
+        "av (PyAV)",
+        "PySide6 (desktop app)",
+        "gradio (web UI)",
+        "faster-whisper (speech to text)",
+        "sqlite",
+        "device",
+        "memory",
+        "disk",
+    ):
         assert name in checks, f"doctor lacks the {name} check"
     assert checks["sqlite"]["data"]["fts5"] is True
     assert checks["device"]["data"]["kind"] in ("cuda", "mps", "cpu")
@@ -210,9 +222,28 @@ def test_doctor_reports_a_broken_package_instead_of_crashing() -> None:
 def test_doctor_text_report_marks_each_check(capsys: pytest.CaptureFixture[str]) -> None:
     from llamavid.doctor import Check, _print_report
 
-    _print_report([Check("torch", "ok", "2.13.0"), Check("gradio (web UI)", "missing", "not installed", "pip install gradio")])
+    _print_report(
+        [Check("torch", "ok", "2.13.0"), Check("gradio (web UI)", "missing", "not installed", "pip install gradio")]
+    )
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["ok", "torch", "2.13.0"]
     assert out[1].startswith("missing") and "not installed" in out[1]
     assert out[2].strip() == "-> pip install gradio"
     assert out[-1] == "missing: gradio (web UI)"
+
+
+def test_doctor_reports_cuda_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA branch, with torch.cuda faked (the test machines have no GPU)."""
+    from types import SimpleNamespace
+
+    torch = pytest.importorskip("torch")
+    from llamavid import doctor
+
+    props = SimpleNamespace(name="Fake H100", total_memory=80_000_000_000)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    check = doctor.check_device()
+    assert check.status == "ok"
+    assert check.detail == "CUDA: Fake H100 (80.0 GB)"
+    assert check.data["gpus"] == [{"name": "Fake H100", "memory_bytes": 80_000_000_000}]

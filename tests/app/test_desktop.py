@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,3 +73,74 @@ def test_refresh_picks_up_a_model_added_while_open(qtbot, data_dir: Path, make_m
     assert window.models_list.count() == 1
     assert "new-model" in window.models_list.item(0).text()
     assert window.instructions.isHidden()
+
+
+_SCREEN_PROBE = """
+from PySide6.QtWidgets import QApplication
+app = QApplication([])
+img = app.primaryScreen().grabWindow(0).toImage()
+img.save(OUT)
+print(len({img.pixel(x, y) for x in range(0, img.width(), 4) for y in range(0, img.height(), 4)}))
+"""
+
+
+@pytest.fixture
+def xvfb_display() -> Iterator[str]:
+    """A private X server (Debian's xvfb, installed by ./run.sh test); yields its DISPLAY."""
+    if not shutil.which("Xvfb"):
+        pytest.skip("Xvfb is absent: install Debian's xvfb (./run.sh test does it)")
+    read_fd, write_fd = os.pipe()
+    server = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+        pass_fds=(write_fd,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(write_fd)
+    with os.fdopen(read_fd) as fh:
+        number = fh.readline().strip()
+    try:
+        assert number.isdigit(), "Xvfb did not report its display number"
+        yield f":{number}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_llamavid_app_opens_the_desktop_window(
+    xvfb_display: str, llamavid_cmd: list[str], data_dir: Path, tmp_path: Path
+) -> None:
+    """End to end: with a display, `llamavid app` shows a window (seen on the X screen), not the web UI."""
+    env = {k: v for k, v in os.environ.items() if k not in ("QT_QPA_PLATFORM", "WAYLAND_DISPLAY")}
+    env["DISPLAY"] = xvfb_display
+    log = tmp_path / "app.log"
+    with log.open("wb") as fh:
+        app = subprocess.Popen(
+            [*llamavid_cmd, "--data-dir", str(data_dir), "app", "--port", "0"],
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    shot = tmp_path / "xvfb-screen.png"
+    probe_env = {**env, "OUT": str(shot)}
+    colours = 0
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and colours <= 10:
+            assert app.poll() is None, f"llamavid app exited: {log.read_text(errors='replace')}"
+            time.sleep(1)
+            probe = subprocess.run(
+                [sys.executable, "-c", f"OUT = {str(shot)!r}\n{_SCREEN_PROBE}"],
+                env=probe_env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert probe.returncode == 0, probe.stderr
+            colours = int(probe.stdout.strip().splitlines()[-1])
+    finally:
+        app.terminate()
+        app.wait(timeout=20)
+    output = log.read_text(errors="replace")
+    assert colours > 10, f"nothing drawn on the X screen (see {shot}); app output: {output}"
+    assert "web UI" not in output, output

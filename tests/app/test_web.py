@@ -19,7 +19,6 @@ from app import web
 from llamavid.errors import UserError
 
 
-
 def test_status_text_without_models(data_dir: Path) -> None:
     text = st.status_markdown(st.collect_status(data_dir))
     assert str(data_dir) in text
@@ -114,10 +113,15 @@ def _no_display_env(env: dict[str, str]) -> dict[str, str]:
     ids=["no-display", "dead-x-server"],
 )
 def test_app_falls_back_to_web_ui(
-    llamavid_cmd: list[str], clean_env: dict[str, str], data_dir: Path, free_port: int, tmp_path: Path,
-    display: str | None, reason: str, wait_http: Callable[..., int],
+    llamavid_cmd: list[str],
+    data_dir: Path,
+    free_port: int,
+    tmp_path: Path,
+    display: str | None,
+    reason: str,
+    wait_http: Callable[..., int],
 ) -> None:
-    env = _no_display_env(clean_env)
+    env = _no_display_env(dict(os.environ))
     if display:
         env["DISPLAY"] = display  # nothing listens there, so Qt cannot start
     log = tmp_path / "app.log"
@@ -139,11 +143,14 @@ def test_app_falls_back_to_web_ui(
 
 
 def test_web_command_serves_until_stopped(
-    llamavid_cmd: list[str], clean_env: dict[str, str], data_dir: Path, free_port: int, tmp_path: Path,
+    llamavid_cmd: list[str],
+    data_dir: Path,
+    free_port: int,
+    tmp_path: Path,
     wait_http: Callable[..., int],
 ) -> None:
     log = tmp_path / "web.log"
-    proc = _start_cli([*llamavid_cmd, "web", "--port", str(free_port)], clean_env, log)
+    proc = _start_cli([*llamavid_cmd, "web", "--port", str(free_port)], dict(os.environ), log)
     try:
         assert wait_http(f"http://127.0.0.1:{free_port}/", is_alive=lambda: proc.poll() is None) == 200
         banner = _wait_for_output(log, "running at")

@@ -134,6 +134,9 @@ def test_image_in_placements():
     assert qformer_prompts_for("Q3", history, "latest") == ["Q3"]
     assert qformer_prompts_for("Q3", history, "first") == ["Q1"]
     assert qformer_prompts_for("Q3", history) == ["Q1", "Q2", "Q3"]
+    assert image_prompt("Q3", history=history, image_in="none") == \
+        head + "Q1 ASSISTANT: A1</s>USER: Q2 ASSISTANT: A2</s>USER: Q3 ASSISTANT:"
+    assert qformer_prompts_for("Q3", history, "none") == []
     with pytest.raises(ValueError, match="image_in"):
         image_prompt("Q", image_in="all")
     with pytest.raises(ValueError, match="pairs"):
