@@ -32,6 +32,7 @@ CREATE TABLE movies (
     id INTEGER PRIMARY KEY,
     library_id INTEGER NOT NULL REFERENCES libraries(id) ON DELETE CASCADE,
     path TEXT NOT NULL UNIQUE,
+    rel_path TEXT NOT NULL,                 -- relative to the library folder
     size INTEGER NOT NULL,
     mtime REAL NOT NULL,
     fingerprint TEXT NOT NULL,
@@ -45,6 +46,7 @@ CREATE TABLE movies (
     -- stages: probe -> subtitles -> speech -> features
     probed INTEGER NOT NULL DEFAULT 0,
     subtitles_done INTEGER NOT NULL DEFAULT 0,
+    sidecar_sig TEXT,                       -- names + mtimes of the sidecar files last read
     speech_state TEXT,                      -- NULL, 'done', 'skipped: <why>'
     speech_windows_done INTEGER NOT NULL DEFAULT 0,
     speech_language TEXT,
@@ -54,6 +56,8 @@ CREATE TABLE movies (
     cache_bytes INTEGER NOT NULL DEFAULT 0,
     warning TEXT
 );
+CREATE INDEX movies_fingerprint ON movies(fingerprint);
+CREATE INDEX movies_library ON movies(library_id);
 CREATE TABLE jobs (
     id INTEGER PRIMARY KEY,
     movie_id INTEGER NOT NULL UNIQUE REFERENCES movies(id) ON DELETE CASCADE,
@@ -65,6 +69,7 @@ CREATE TABLE jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     reason TEXT,
+    request TEXT,                           -- pause / cancel asked for while running
     pid INTEGER,
     created_at REAL NOT NULL,
     started_at REAL,

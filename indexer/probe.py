@@ -68,7 +68,7 @@ def _stream_info(stream) -> StreamInfo:
     ctx = stream.codec_context
     disposition = stream.disposition
     return StreamInfo(
-        index=stream.index, type=stream.type, codec=ctx.name if ctx is not None else None,
+        index=stream.index, type=stream.type, codec=ctx.codec.canonical_name if ctx is not None else None,
         language=_language(stream), title=stream.metadata.get("title"),
         forced=bool(disposition & disposition.__class__.forced),
         hearing_impaired=bool(disposition & disposition.__class__.hearing_impaired),
@@ -110,7 +110,7 @@ def probe(path: str | Path) -> ProbeInfo:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             raise BadInput(f"no video stream (the file has: {', '.join(kinds)})")
         if stream.codec_context is None:
-            raise BadInput("the video codec is unknown to the bundled FFmpeg; "
+            raise BadInput("unsupported video codec: the bundled FFmpeg has no decoder for it; "
                            "convert the file (e.g. to H.264) to index it")
         first = _first_frame(container, stream)
         start = container.start_time / 1e6 if container.start_time is not None else 0.0
@@ -119,7 +119,7 @@ def probe(path: str | Path) -> ProbeInfo:
             duration = float(stream.duration * stream.time_base)
         return ProbeInfo(
             duration=duration, start_time=start,
-            width=first.width, height=first.height, video_codec=stream.codec_context.name,
+            width=first.width, height=first.height, video_codec=stream.codec_context.codec.canonical_name,
             video_index=stream.index,
             frame_rate=float(stream.average_rate) if stream.average_rate else None,
             variable_frame_rate=_is_vfr(stream), rotation=int(first.rotation or 0),
@@ -132,7 +132,7 @@ def _first_frame(container, stream):
     """Decode one frame, turning decoder failures into a BadInput that names the codec."""
     import av
 
-    codec = stream.codec_context.name
+    codec = stream.codec_context.codec.canonical_name
     try:
         for frame in container.decode(stream):
             return frame

@@ -53,12 +53,23 @@ class LlamaVid:
     def load(cls, model: str | Path, *, device: str | torch.device | None = "auto", dtype: Any = "auto",
              vision: str | Path | None = None, vocab: str | Path | None = None,
              search_dirs: Iterable[Path] = (), load_vision: bool = True,
-             attn_implementation: str = "sdpa") -> "LlamaVid":
-        """Load a checkpoint folder in the released layout (see :func:`llamavid.loading.load_llamavid`)."""
+             attn_implementation: str = "sdpa", bits: int | None = None) -> "LlamaVid":
+        """Load a checkpoint folder in the released layout (see :func:`llamavid.loading.load_llamavid`).
+
+        ``bits`` 4 or 8 quantizes the LLM's decoder layers with bitsandbytes; the weights are
+        read on the CPU and each layer moves to the device already quantized.
+        """
         dev = pick_device(device)
-        net, report = load_llamavid(model, device=dev, dtype=pick_dtype(dtype, dev), eva_file=vision,
+        dt = pick_dtype(dtype, dev)
+        net, report = load_llamavid(model, device="cpu" if bits else dev, dtype=dt, eva_file=vision,
                                     vocab_file=vocab, search_dirs=search_dirs, load_vision=load_vision,
                                     attn_implementation=attn_implementation)
+        if bits:
+            from .bnb import quantize_llm
+            from .loading import place
+
+            quantize_llm(net, bits, compute_dtype=dt, device=dev)
+            net = place(net, dev)
         if report.vocab_file is None:
             raise CheckpointError(f"{model}: no Q-Former vocabulary: put bert_vocab.txt (bert-base-uncased "
                                   "vocab.txt) in the folder or a shared models folder, or pass vocab=PATH")
@@ -182,8 +193,12 @@ def load_llm_tokenizer(folder: Path):
         return None
     from transformers import AutoTokenizer
 
+    import warnings
+
     try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        with warnings.catch_warnings():  # released configs use the old rope_scaling spelling
+            warnings.simplefilter("ignore", FutureWarning)
+            return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # protobuf/sentencepiece missing or a broken file
         raise CheckpointError(f"{folder}: cannot load the LLaMA tokenizer ({exc}); "
                               "check tokenizer.model and that sentencepiece and protobuf are installed") from exc

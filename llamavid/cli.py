@@ -45,6 +45,7 @@ PROG = "llamavid"
 SUBCOMMANDS: dict[str, str] = {
     "app": "app.launch",
     "web": "app.web",
+    "chat": "llamavid.chat_cli",
     "doctor": "llamavid.doctor",
 }
 

@@ -135,9 +135,13 @@ def fill_buffers(model: LlamaVidForCausalLM) -> None:
         raise CheckpointError(f"no value for {len(meta)} tensors, e.g. {meta[:3]}")
 
 
-def place(model: LlamaVidForCausalLM, device: torch.device | str, dtype: torch.dtype) -> LlamaVidForCausalLM:
-    """Move and cast, keeping RoPE's inverse frequencies in float32 as the reference computed them."""
-    model = model.to(device=device, dtype=dtype)
+def place(model: LlamaVidForCausalLM, device: torch.device | str,
+          dtype: torch.dtype | None = None) -> LlamaVidForCausalLM:
+    """Move and cast, keeping RoPE's inverse frequencies in float32 as the reference computed them.
+
+    ``dtype`` None only moves (quantized layers must not be cast).
+    """
+    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     model.model.rotary_emb = LlamaRotaryEmbedding(config=model.config).to(device)
     return model
 

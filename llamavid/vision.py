@@ -84,11 +84,37 @@ class Attention(nn.Module):
         self.q_bias = nn.Parameter(torch.zeros(cfg.width))
         self.v_bias = nn.Parameter(torch.zeros(cfg.width))
         self.proj = nn.Linear(cfg.width, cfg.width)
+        self.qkv_fused_bias = False  # set by fuse_qkv_bias()
+
+    def fuse_qkv_bias(self) -> None:
+        """Make ``qkv`` an ordinary biased Linear holding cat(q_bias, 0, v_bias); idempotent.
+
+        The default forward passes ``qkv.weight`` to ``F.linear`` itself, which breaks as soon
+        as a tool swaps ``qkv`` for another module (int8 dynamic quantization, for one). After
+        this call forward just calls ``self.qkv(x)``: same numbers, and the weight is shared, not
+        copied. For inference on a loaded model: the state dict gains ``qkv.bias`` (so do not save
+        a fused model as a checkpoint), and later edits of ``q_bias`` / ``v_bias`` are not seen.
+        """
+        if self.qkv_fused_bias:
+            return
+        weight = self.qkv.weight
+        if not isinstance(weight, nn.Parameter) or weight.is_meta:
+            raise RuntimeError("fuse_qkv_bias() needs the loaded fp weights: call it after loading, "
+                               "before quantizing")
+        fused = nn.Linear(weight.shape[1], weight.shape[0], bias=True, device="meta")  # no init work
+        fused.weight = weight
+        bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias]).detach()
+        fused.bias = nn.Parameter(bias.to(weight.dtype), requires_grad=weight.requires_grad)
+        self.qkv = fused
+        self.qkv_fused_bias = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
-        bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
-        qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.num_heads, self.head_dim)
+        if self.qkv_fused_bias:
+            qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
+        else:
+            bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
+            qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, N, head_dim)
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))

@@ -1,0 +1,204 @@
+"""Read-side API for the apps (chat engine, desktop app, web UI): movies, features, times, subtitles.
+
+Readers can use it while the indexer writes (WAL). Features are exposed only for complete caches,
+as a read-only memory map of shape (T, 1 + N, C) fp16; ``frame_times`` gives the time in seconds of
+each of the T rows, and ``subtitles`` the cues to interleave with them.
+
+    db = open_library()                      # <data>/library.db ($LLAMAVID_DATA_DIR or default)
+    movie = list_movies(db)[0]
+    feats = open_features(movie)             # np.memmap (T, 257, 1408)
+    times = frame_times(db, movie)           # np.ndarray (T,) seconds
+    cues = subtitles(db, movie)              # [Cue(start_time, end_time, text, language, source)]
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import sqlite_utils
+
+from indexer.db import connect
+
+__all__ = ["Movie", "Cue", "SearchHit", "FeaturesNotReady", "open_library", "list_movies", "get_movie",
+           "find_movie", "open_features", "frame_times", "subtitles", "search_subtitles", "cache_bytes"]
+
+
+class FeaturesNotReady(LookupError):
+    """The movie's features are not (yet) complete; the message says what state it is in."""
+
+
+@dataclass
+class Cue:
+    start_time: float
+    end_time: float
+    text: str
+    language: str | None
+    source: str                     # embedded | sidecar | asr
+
+
+@dataclass
+class SearchHit:
+    movie_id: int
+    path: str
+    start_time: float
+    end_time: float
+    text: str
+    snippet: str
+    source: str
+
+
+@dataclass
+class Movie:
+    """One movie as the apps see it."""
+
+    id: int
+    path: str                       # absolute
+    rel_path: str                   # relative to its library folder
+    library: str
+    state: str                      # new queued running paused done failed cancelled missing
+    error: str | None
+    warning: str | None
+    stage: str | None
+    progress: tuple[int, int | None]
+    eta_seconds: float | None
+    duration: float | None
+    width: int | None
+    height: int | None
+    rotation: int
+    fps: float | None
+    frames: int
+    features_complete: bool
+    feature_path: str | None
+    feature_shape: list[int] | None
+    vision_id: str | None
+    cache_bytes: int
+    cue_count: int
+    subtitle_sources: list[str]
+    subtitle_tracks: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+_MOVIE_SQL = """
+SELECT movies.*, libraries.path AS library, jobs.state AS job_state, jobs.error AS job_error,
+       jobs.stage AS job_stage, jobs.done AS job_done, jobs.total AS job_total, jobs.rate AS job_rate,
+       (SELECT COUNT(*) FROM cues WHERE cues.movie_id = movies.id) AS cue_count
+FROM movies JOIN libraries ON libraries.id = movies.library_id
+LEFT JOIN jobs ON jobs.movie_id = movies.id
+"""
+
+
+def open_library(data_dir: str | os.PathLike | None = None) -> sqlite_utils.Database:
+    """The library database of a data folder (``--data-dir`` > $LLAMAVID_DATA_DIR > default)."""
+    from llamavid.paths import DataDir, resolve_data_dir
+
+    return connect(DataDir(resolve_data_dir(data_dir)).database)
+
+
+def _tracks(db: sqlite_utils.Database, movie_id: int) -> list[dict]:
+    return list(db.query("SELECT source, ref, codec, language, forced, sdh, kind, status, message, cue_count"
+                         " FROM subtitle_tracks WHERE movie_id = ? ORDER BY id", [movie_id]))
+
+
+def _eta(row: dict) -> float | None:
+    if row["job_state"] not in ("running", "queued") or not row["job_rate"] or row["job_stage"] != "features":
+        return None
+    total = row["job_total"] or 0
+    return max(0.0, (total - (row["job_done"] or 0)) / row["job_rate"])
+
+
+def _movie(db: sqlite_utils.Database, row: dict) -> Movie:
+    state = "missing" if row["missing"] else (row["job_state"] or "new")
+    tracks = _tracks(db, row["id"])
+    return Movie(
+        id=row["id"], path=row["path"], rel_path=row["rel_path"], library=row["library"], state=state,
+        error=row["job_error"], warning=row["warning"], stage=row["job_stage"],
+        progress=(row["job_done"] or 0, row["job_total"]), eta_seconds=_eta(row),
+        duration=row["duration"], width=row["width"], height=row["height"], rotation=row["rotation"],
+        fps=row["fps"], frames=row["frames_done"], features_complete=bool(row["features_complete"]),
+        feature_path=row["feature_path"],
+        feature_shape=json.loads(row["feature_shape"]) if row["feature_shape"] else None,
+        vision_id=row["vision_id"], cache_bytes=row["cache_bytes"], cue_count=row["cue_count"],
+        subtitle_sources=sorted({t["source"] for t in tracks if t["cue_count"]}), subtitle_tracks=tracks)
+
+
+def list_movies(db: sqlite_utils.Database) -> list[Movie]:
+    """Every movie of every library, ordered by library and relative path."""
+    rows = db.query(_MOVIE_SQL + " ORDER BY libraries.path, movies.rel_path")
+    return [_movie(db, row) for row in rows]
+
+
+def get_movie(db: sqlite_utils.Database, movie_id: int) -> Movie:
+    rows = list(db.query(_MOVIE_SQL + " WHERE movies.id = ?", [movie_id]))
+    if not rows:
+        raise KeyError(f"no movie with id {movie_id} in the library")
+    return _movie(db, rows[0])
+
+
+def find_movie(db: sqlite_utils.Database, ref: str) -> Movie:
+    """A movie by id, absolute or relative path (to the cwd or to its library folder)."""
+    if ref.isdigit():
+        return get_movie(db, int(ref))
+    candidates = {str(Path(ref).expanduser().absolute()), os.path.realpath(ref)}
+    rows = [r for r in db.query(_MOVIE_SQL) if r["path"] in candidates or r["rel_path"] == ref]
+    if len(rows) != 1:
+        raise KeyError(f"{ref}: {'no' if not rows else 'more than one'} movie in the library matches; "
+                       "use its id or full path (`llamavid index status` lists them)")
+    return _movie(db, rows[0])
+
+
+def open_features(movie: Movie) -> np.memmap:
+    """Read-only memory map (T, 1 + N, C) fp16 of a complete feature cache."""
+    if not movie.features_complete or not movie.feature_path:
+        raise FeaturesNotReady(f"{movie.rel_path}: features are not complete (state {movie.state}, "
+                               f"{movie.frames} frames stored); run `llamavid index run`")
+    path = Path(movie.feature_path)
+    if not path.is_file():
+        raise FeaturesNotReady(f"{movie.rel_path}: the feature cache {path} is gone; "
+                               "run `llamavid index retry` to rebuild it")
+    return np.load(path, mmap_mode="r")
+
+
+def frame_times(db: sqlite_utils.Database, movie: Movie) -> np.ndarray:
+    """Seconds (from the start of the film) of each stored frame, in row order."""
+    rows = db.execute("SELECT time FROM frames WHERE movie_id = ? ORDER BY idx", [movie.id]).fetchall()
+    return np.array([r[0] for r in rows], dtype=np.float64)
+
+
+def subtitles(db: sqlite_utils.Database, movie: Movie, sources: list[str] | None = None,
+              language: str | None = None) -> list[Cue]:
+    """Cues of the movie in time order, optionally only some sources or one language."""
+    sql = 'SELECT start, "end", text, language, source FROM cues WHERE movie_id = ?'
+    params: list = [movie.id]
+    if sources:
+        sql += f" AND source IN ({', '.join('?' * len(sources))})"
+        params += list(sources)
+    if language:
+        sql += " AND language = ?"
+        params.append(language)
+    rows = db.execute(sql + ' ORDER BY start, "end", id', params).fetchall()
+    return [Cue(*row) for row in rows]
+
+
+def search_subtitles(db: sqlite_utils.Database, query: str, movie_id: int | None = None,
+                     limit: int = 50) -> list[SearchHit]:
+    """Full-text search over every cue (FTS5, best matches first); the query is taken literally."""
+    sql = ("SELECT cues.movie_id, movies.path, cues.start, cues.\"end\", cues.text, cues.source,"
+           " snippet(cues_fts, 0, '[', ']', '...', 12) AS snip"
+           " FROM cues_fts JOIN cues ON cues.id = cues_fts.rowid JOIN movies ON movies.id = cues.movie_id"
+           " WHERE cues_fts MATCH ?")
+    params: list = [db.quote_fts(query)]
+    if movie_id is not None:
+        sql += " AND cues.movie_id = ?"
+        params.append(movie_id)
+    rows = db.execute(sql + " ORDER BY bm25(cues_fts) LIMIT ?", params + [limit]).fetchall()
+    return [SearchHit(r[0], r[1], r[2], r[3], r[4], r[6], r[5]) for r in rows]
+
+
+def cache_bytes(db: sqlite_utils.Database) -> int:
+    """Total size of the complete feature caches."""
+    return int(db.execute("SELECT COALESCE(SUM(cache_bytes), 0) FROM movies").fetchone()[0])

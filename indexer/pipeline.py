@@ -1,0 +1,310 @@
+"""The per-movie pipeline: probe -> subtitles -> speech -> features, each stage resumable.
+
+Every stage records its completion in the movie row, so a job that is interrupted (kill -9,
+pause, full disk) starts again at the first unfinished stage, and the feature stage at the last
+committed chunk. Between chunks the pipeline checks that the file is still the one it started
+with and whether the user paused or cancelled the job.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import sqlite_utils
+
+from indexer import jobs, movies
+from indexer.db import atomic
+from indexer.decode import SampleStream, next_target, video_spec
+from indexer.errors import BadInput, FileChanged
+from indexer.features import Encoder, FeatureWriter, find_vision_weights
+from indexer.probe import ProbeInfo, StreamInfo, probe
+from indexer.subtitles import Track, embedded_tracks, read_sidecar, sidecar_files, sidecar_signature
+from indexer.whisper import SpeechOptions, audio_windows, load_model, transcribe_window
+
+log = logging.getLogger(__name__)
+SPEECH_MODES = ("auto", "always", "never")
+ProgressFn = Callable[[dict, str, int, "int | None"], None]
+
+
+@dataclass
+class IndexOptions:
+    """How movies are indexed; the CLI fills it from its flags."""
+
+    fps: float = 1.0
+    batch_size: int | None = None       # frames per EVA batch = per committed chunk; None: 32 GPU, 4 CPU
+    vision: str | None = None           # eva_vit_g.pth-format file; None: the installed one
+    device: str = "auto"
+    dtype: str = "auto"
+    speech: str = "auto"                # auto: only where no text subtitles exist
+    whisper: SpeechOptions = field(default_factory=SpeechOptions)
+    decode_workers: int = 0             # 0: 1 on CPU (EVA dominates), up to 4 processes on a GPU
+    idle: float = 0.0                   # seconds to sleep between chunks, to leave the CPU to others
+    max_attempts: int = 3
+
+
+class Pipeline:
+    """Runs the stages of one movie after another; heavy models are loaded once per run."""
+
+    def __init__(self, db: sqlite_utils.Database, data, options: IndexOptions,
+                 on_progress: ProgressFn | None = None):
+        self.db, self.data, self.options = db, data, options
+        self.on_progress = on_progress or (lambda movie, stage, done, total: None)
+        self._encoder: Encoder | None = None
+        self._whisper = None
+        self._whisper_error: str | None = None
+
+    # -- shared helpers ------------------------------------------------------------------------
+
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            weights = find_vision_weights(self.data.models, self.options.vision)
+            self._encoder = Encoder(weights, self.options.device, self.options.dtype)
+        return self._encoder
+
+    def check_file(self, movie: dict) -> None:
+        """The file must still be the one the job started with."""
+        try:
+            st = os.stat(movie["path"])
+        except FileNotFoundError:
+            raise FileChanged("the file was removed during indexing") from None
+        if st.st_size != movie["size"] or st.st_mtime != movie["mtime"]:
+            raise FileChanged("the file was replaced or modified during indexing")
+
+    def _between_chunks(self, job: dict, movie: dict) -> None:
+        self.check_file(movie)
+        jobs.check_control(self.db, job["id"])
+        if self.options.idle:
+            time.sleep(self.options.idle)
+
+    # -- the stages ------------------------------------------------------------------------------
+
+    def run(self, job: dict) -> None:
+        movie = movies.get(self.db, job["movie_id"])
+        self.check_file(movie)
+        if not movie["probed"]:
+            self.probe_stage(job, movie)
+            movie = movies.get(self.db, movie["id"])
+        info = probe_info(movie)
+        if not movie["subtitles_done"]:
+            self.subtitle_stage(job, movie, info)
+        movie = movies.get(self.db, movie["id"])
+        if movie["speech_state"] is None or movie["speech_state"].startswith("error"):
+            self.speech_stage(job, movie, info)
+        movie = movies.get(self.db, movie["id"])
+        self.feature_stage(job, movie, info)
+
+    def probe_stage(self, job: dict, movie: dict) -> None:
+        jobs.progress(self.db, job["id"], "probe", 0, 1)
+        info = probe(movie["path"])
+        notes = []
+        if info.variable_frame_rate:
+            notes.append("variable frame rate: frames are sampled by timestamp")
+        if info.rotation:
+            notes.append(f"rotated {info.rotation} degrees: frames are turned upright")
+        with atomic(self.db):
+            self.db["movies"].update(movie["id"], {
+                "probed": 1, "duration": info.duration, "width": info.width, "height": info.height,
+                "video_codec": info.video_codec, "frame_rate": info.frame_rate, "rotation": info.rotation,
+                "variable_frame_rate": int(info.variable_frame_rate), "has_audio": int(info.has_audio),
+                "probe": json.dumps(info.to_dict()), "warning": "; ".join(notes) or None})
+
+    def subtitle_stage(self, job: dict, movie: dict, info: ProbeInfo) -> None:
+        jobs.progress(self.db, job["id"], "subtitles", 0, 1)
+        path = Path(movie["path"])
+        tracks = embedded_tracks(path, info)
+        tracks += [read_sidecar(path, p, info.frame_rate) for p in sidecar_files(path)]
+        with atomic(self.db):
+            self.db.execute("DELETE FROM subtitle_tracks WHERE movie_id = ? AND source != 'asr'", [movie["id"]])
+            for track in tracks:
+                store_track(self.db, movie["id"], track)
+            self.db["movies"].update(movie["id"], {"subtitles_done": 1, "sidecar_sig": sidecar_signature(path)})
+
+    def speech_stage(self, job: dict, movie: dict, info: ProbeInfo) -> None:
+        reason = self._speech_skip_reason(movie, info)
+        if reason:
+            with atomic(self.db):
+                self.db["movies"].update(movie["id"], {"speech_state": f"skipped: {reason}"})
+            return
+        model = self._whisper_model()
+        if model is None:
+            self._note(movie, speech_state=f"error: {self._whisper_error}",
+                       warning=f"speech recognition failed: {self._whisper_error}")
+            return
+        self._transcribe(job, movie, info, model)
+
+    def _speech_skip_reason(self, movie: dict, info: ProbeInfo) -> str | None:
+        mode = self.options.speech
+        if mode == "never":
+            return "speech recognition off (--speech never)"
+        if not info.has_audio:
+            return "no audio track"
+        if mode == "auto":
+            row = self.db.execute("SELECT COUNT(*) FROM subtitle_tracks WHERE movie_id = ? AND source != 'asr'"
+                                  " AND cue_count > 0", [movie["id"]]).fetchone()
+            if row[0]:
+                return "text subtitles present"
+        return None
+
+    def _whisper_model(self):
+        if self._whisper is None and self._whisper_error is None:
+            from llamavid.errors import UserError
+
+            try:
+                self._whisper = load_model(self.options.whisper.model, self.data.models / "whisper")
+            except UserError as exc:
+                self._whisper_error = str(exc)
+        return self._whisper
+
+    def _transcribe(self, job: dict, movie: dict, info: ProbeInfo, model) -> None:
+        opts = self.options.whisper
+        track_id = asr_track(self.db, movie["id"], opts.model)
+        language = movie["speech_language"]
+        total = int((info.duration or 0) // opts.window_seconds) + 1
+        start = movie["speech_windows_done"]
+        for window, audio in audio_windows(movie["path"], info.start_time, opts.window_seconds, start):
+            language, cues = transcribe_window(model, audio, window * opts.window_seconds, opts, language)
+            track = Track(source="asr", ref=opts.model, language=language, cues=cues)
+            with atomic(self.db):
+                store_cues(self.db, movie["id"], track_id, track)
+                self.db.execute("UPDATE subtitle_tracks SET language = ?, cue_count = cue_count + ? WHERE id = ?",
+                                [language, len(cues), track_id])
+                self.db["movies"].update(movie["id"], {"speech_windows_done": window + 1,
+                                                       "speech_language": language})
+                jobs.progress(self.db, job["id"], "speech", window + 1, total)
+            self.on_progress(movie, "speech", window + 1, total)
+            self._between_chunks(job, movie)
+        self._note(movie, speech_state="done")
+
+    def _note(self, movie: dict, warning: str | None = None, **values) -> None:
+        if warning:
+            current = movies.get(self.db, movie["id"])["warning"]
+            values["warning"] = "; ".join(w for w in (current, warning) if w)
+        with atomic(self.db):
+            self.db["movies"].update(movie["id"], values)
+
+    # -- features --------------------------------------------------------------------------------
+
+    def feature_stage(self, job: dict, movie: dict, info: ProbeInfo) -> None:
+        self._job_id = job["id"]
+        encoder = self.encoder()
+        fps = self.options.fps
+        if movie["features_complete"] and movie["vision_id"] == encoder.id and movie["fps"] == fps:
+            return
+        if movie["vision_id"] not in (None, encoder.id) or movie["fps"] not in (None, fps):
+            movies.clear_features(self.db, movie["id"])  # other weights or rate: start over
+            movie = movies.get(self.db, movie["id"])
+        writer, done = self._open_writer(movie, info, encoder)
+        batch = self.options.batch_size or (4 if encoder.device.type == "cpu" else 32)
+        last = self.db.execute("SELECT time FROM frames WHERE movie_id = ? AND idx = ?",
+                               [movie["id"], done - 1]).fetchone()
+        stream = SampleStream(video_spec(movie["path"], info), fps, next_target(last[0], fps) if last else 0,
+                              encoder.image_size, self._decode_workers(encoder))
+        total = info.expected_samples(fps) - 1
+        started, first_done = time.monotonic(), done
+        pending: list = []
+        try:
+            for sample in stream:
+                pending.append(sample)
+                if len(pending) == batch:
+                    done = self._commit(job, movie, writer, encoder, pending, done,
+                                        (done + batch - first_done) / (time.monotonic() - started), total)
+                    pending = []
+                    self._between_chunks(job, movie)
+            if pending:
+                done = self._commit(job, movie, writer, encoder, pending, done, None, total)
+        finally:
+            writer.close()
+        self._finish_features(movie, info, writer, done, stream.stats)
+
+    def _decode_workers(self, encoder: Encoder) -> int:
+        if self.options.decode_workers:
+            return self.options.decode_workers
+        return 1 if encoder.device.type == "cpu" else max(1, min(4, (os.cpu_count() or 2) - 1))
+
+    def _open_writer(self, movie: dict, info: ProbeInfo, encoder: Encoder) -> tuple[FeatureWriter, int]:
+        """Resume the partial file if the database and the file agree, else start a new one."""
+        final = self.data.features / f"{movie['id']}-{movie['fingerprint'][:16]}.npy"
+        writer = FeatureWriter(final, encoder.row_shape)
+        done = movie["frames_done"]
+        if done and movie["feature_path"] == str(final) and writer.resume() and writer.capacity >= done:
+            return writer, done
+        capacity = info.expected_samples(self.options.fps)
+        writer.create(capacity)
+        with atomic(self.db):
+            self.db.execute("DELETE FROM frames WHERE movie_id = ?", [movie["id"]])
+            self.db["movies"].update(movie["id"], {
+                "feature_path": str(final), "fps": self.options.fps, "vision_id": encoder.id,
+                "frames_capacity": capacity, "frames_done": 0, "features_complete": 0,
+                "feature_shape": json.dumps([0, *encoder.row_shape])})
+        return writer, 0
+
+    def _commit(self, job: dict, movie: dict, writer: FeatureWriter, encoder: Encoder, samples: list,
+                done: int, rate: float | None, total: int) -> int:
+        """Encode one chunk, make it durable, then record it: the order that makes resume safe."""
+        rows = encoder(np.stack([s.pixels for s in samples]))
+        writer.write(done, rows)
+        writer.flush()
+        end = done + len(samples)
+        with atomic(self.db):
+            self.db.conn.executemany("INSERT OR REPLACE INTO frames (movie_id, idx, time) VALUES (?, ?, ?)",
+                                     [(movie["id"], done + i, s.time) for i, s in enumerate(samples)])
+            self.db.execute("UPDATE movies SET frames_done = ?, frames_capacity = ? WHERE id = ?",
+                            [end, writer.capacity, movie["id"]])
+            jobs.progress(self.db, job["id"], "features", end, max(total, end), rate)
+        self.on_progress(movie, "features", end, max(total, end))
+        return end
+
+    def _finish_features(self, movie: dict, info: ProbeInfo, writer: FeatureWriter, done: int, stats) -> None:
+        if done == 0:
+            writer.discard()
+            raise BadInput("no video frame could be decoded" +
+                           (f" ({stats.first_error})" if stats.first_error else "") +
+                           "; the file is damaged or truncated")
+        self.check_file(movie)
+        path = writer.finalize(done)
+        notes = []
+        if info.duration and stats.last_time is not None and stats.last_time < info.duration - max(2.0, 2 / self.options.fps):
+            notes.append(f"decoding stopped at {stats.last_time:.0f} s of {info.duration:.0f} s "
+                         "(truncated or damaged file); indexed what was readable")
+        if stats.corrupt_packets:
+            notes.append(f"skipped {stats.corrupt_packets} damaged video packets")
+        jobs.progress(self.db, self._job_id, "features", done, done)
+        values = {"features_complete": 1, "feature_path": str(path), "frames_done": done,
+                  "feature_shape": json.dumps([done, *writer.row_shape]), "cache_bytes": path.stat().st_size}
+        self._note(movie, "; ".join(notes) or None, **values)
+
+
+def probe_info(movie: dict) -> ProbeInfo:
+    data = json.loads(movie["probe"])
+    data["streams"] = [StreamInfo(**s) for s in data.get("streams", [])]
+    return ProbeInfo(**data)
+
+
+def store_track(db: sqlite_utils.Database, movie_id: int, track: Track) -> int:
+    track_id = db["subtitle_tracks"].insert({
+        "movie_id": movie_id, "source": track.source, "ref": track.ref, "codec": track.codec,
+        "language": track.language, "forced": int(track.forced), "sdh": int(track.sdh), "kind": track.kind,
+        "status": track.status, "message": track.message, "cue_count": len(track.cues)}).last_pk
+    store_cues(db, movie_id, track_id, track)
+    return track_id
+
+
+def store_cues(db: sqlite_utils.Database, movie_id: int, track_id: int, track: Track) -> None:
+    db.conn.executemany(
+        'INSERT INTO cues (movie_id, track_id, start, "end", text, language, source) VALUES (?, ?, ?, ?, ?, ?, ?)',
+        [(movie_id, track_id, c.start, c.end, c.text, track.language, track.source) for c in track.cues])
+
+
+def asr_track(db: sqlite_utils.Database, movie_id: int, model: str) -> int:
+    """The movie's speech-recognition track (created on first use, reused when resuming)."""
+    row = db.execute("SELECT id FROM subtitle_tracks WHERE movie_id = ? AND source = 'asr'", [movie_id]).fetchone()
+    if row:
+        return row[0]
+    with atomic(db):
+        return store_track(db, movie_id, Track(source="asr", ref=model))

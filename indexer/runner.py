@@ -1,0 +1,130 @@
+"""Work the queue: claim a job, run its pipeline, turn what went wrong into a job state and message.
+
+Failure policy (see errors.py): bad input fails the movie at once and the queue goes on; an
+unexpected error is kept as the job's last error and retried (after the fresh jobs) up to
+``max_attempts``; a full disk or a setup problem (no vision weights) stops the run, because every
+following job would fail the same way. Ctrl-C / SIGTERM put the current job back in the queue.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from indexer import jobs
+from indexer.db import connect
+from indexer.errors import BadInput, DiskFull, FileChanged, Interrupted, is_disk_full
+from indexer.pipeline import IndexOptions, Pipeline, ProgressFn
+from indexer.scan import rescan_movie
+
+log = logging.getLogger(__name__)
+EventFn = Callable[[dict, str, "str | None"], None]
+
+
+@dataclass
+class RunSummary:
+    outcomes: dict[str, int] = field(default_factory=dict)
+    stopped: str | None = None          # why the run ended early: paused, stopped, disk full...
+
+    def count(self, outcome: str) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+    def text(self) -> str:
+        parts = [f"{n} {k}" for k, n in sorted(self.outcomes.items())] or ["nothing to do"]
+        return ", ".join(parts) + (f" ({self.stopped})" if self.stopped else "")
+
+
+def run_queue(data, options: IndexOptions, on_progress: ProgressFn | None = None,
+              on_event: EventFn | None = None, wait: Callable[[], None] | None = None,
+              stop: threading.Event | None = None) -> RunSummary:
+    """Process queued jobs until none is left (or, with ``wait``, until ``stop`` is set)."""
+    from llamavid.errors import UserError
+
+    summary = RunSummary()
+    on_event = on_event or (lambda movie, outcome, message: None)
+    data.create()
+    db = connect(data.database)
+    with jobs.worker_lock(data.root):
+        jobs.recover_stale(db)
+        pipeline = Pipeline(db, data, options, on_progress)
+        while not (stop and stop.is_set()):
+            if jobs.queue_paused(db):
+                summary.stopped = "queue paused; `llamavid index resume` to continue"
+                break
+            job = jobs.claim_next(db)
+            if job is None:
+                if wait is None:
+                    break
+                wait()
+                continue
+            movie = db.execute("SELECT path FROM movies WHERE id = ?", [job["movie_id"]]).fetchone()
+            try:
+                outcome, message = run_job(pipeline, db, job, options)
+            except (DiskFull, UserError) as exc:
+                on_event({"path": movie[0]}, "stopped", str(exc))
+                summary.stopped = str(exc)
+                raise
+            summary.count(outcome)
+            on_event({"path": movie[0]}, outcome, message)
+    db.close()
+    return summary
+
+
+def run_job(pipeline: Pipeline, db, job: dict, options: IndexOptions) -> tuple[str, str | None]:
+    """Run one job and record how it ended; returns (outcome, message)."""
+    from llamavid.errors import UserError
+
+    job_id = job["id"]
+    try:
+        pipeline.run(job)
+    except Interrupted as exc:
+        jobs.finish(db, job_id, exc.state, keep_error=True)
+        return exc.state, None
+    except BadInput as exc:
+        jobs.finish(db, job_id, "failed", str(exc))
+        return "failed", str(exc)
+    except FileChanged as exc:
+        return _file_changed(db, job, exc)
+    except DiskFull as exc:
+        _finish_quietly(db, job_id, "failed", str(exc))
+        raise
+    except UserError as exc:
+        jobs.finish(db, job_id, "queued", str(exc))
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        _finish_quietly(db, job_id, "queued", None, keep_error=True)
+        raise
+    except Exception as exc:  # noqa: BLE001 - anything else: keep the error, retry later
+        if is_disk_full(exc):
+            message = f"the disk is full ({exc}); free some space and run `llamavid index retry`"
+            _finish_quietly(db, job_id, "failed", message)
+            raise DiskFull(message) from exc
+        log.exception("indexing movie %s failed", job["movie_id"])
+        message = f"{exc.__class__.__name__}: {exc}"
+        state = "failed" if job["attempts"] >= options.max_attempts else "queued"
+        jobs.finish(db, job_id, state, message)
+        return ("failed" if state == "failed" else "retrying"), message
+    jobs.finish(db, job_id, "done", None)
+    return "done", None
+
+
+def _file_changed(db, job: dict, exc: FileChanged) -> tuple[str, str]:
+    """Removed: wait in the queue for the file to come back. Replaced: index the new content."""
+    what = rescan_movie(db, job["movie_id"])
+    if what == "missing":
+        message = f"{exc}; marked missing, it resumes if the file comes back"
+        jobs.finish(db, job["id"], "queued", message)
+        return "missing", message
+    message = f"{exc}; indexing the new content from the start" if what == "changed" else str(exc)
+    jobs.finish(db, job["id"], "queued", message)
+    return "requeued", message
+
+
+def _finish_quietly(db, job_id: int, state: str, error: str | None, keep_error: bool = False) -> None:
+    """Record the job's end if the database can still be written (it may be the full disk)."""
+    try:
+        jobs.finish(db, job_id, state, error, keep_error=keep_error)
+    except sqlite3.Error:
+        log.warning("could not record the end of job %s", job_id)

@@ -1,0 +1,40 @@
+"""The human-readable ``llamavid index status`` table."""
+from __future__ import annotations
+
+from indexer import jobs
+from indexer.features import human_bytes
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    minutes = int(seconds // 60)
+    return f"ETA {minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"ETA {minutes}m{int(seconds % 60):02d}s"
+
+
+def _progress(movie) -> str:
+    done, total = movie.progress
+    if movie.state in ("running", "queued", "paused") and movie.stage and total:
+        return f"{movie.stage} {done}/{total} {_eta(movie.eta_seconds)}".strip()
+    return ""
+
+
+def print_table(db, movies) -> None:
+    print(f"{'ID':>4} {'STATE':<9} {'FRAMES':>7} {'CUES':>6} {'SUBTITLES':<18} {'CACHE':>9}  PATH")
+    for m in movies:
+        sources = ",".join(m.subtitle_sources) or "-"
+        print(f"{m.id:>4} {m.state:<9} {m.frames:>7} {m.cue_count:>6} {sources:<18} "
+              f"{human_bytes(m.cache_bytes):>9}  {m.rel_path}")
+        for text in (_progress(m), m.error and f"error: {m.error}", m.warning and f"note: {m.warning}"):
+            if text:
+                print(f"{'':>6}{text}")
+        for track in m.subtitle_tracks:
+            if track["status"] != "ok":
+                print(f"{'':>6}subtitles: {track['message']}")
+    counts = jobs.queue_counts(db)
+    total = sum(m.cache_bytes for m in movies)
+    remaining = sum(m.eta_seconds or 0 for m in movies)
+    queue = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "empty"
+    paused = " (queue paused)" if jobs.queue_paused(db) else ""
+    print(f"\n{len(movies)} movies, cache {human_bytes(total)}; jobs: {queue}{paused}"
+          + (f"; {_eta(remaining)}" if remaining else ""))

@@ -1,0 +1,167 @@
+"""``llamavid chat``: ask about images, a short video or an indexed film, in a REPL or once."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+HELP = "chat about images, a short video or an indexed movie (streamed answers, multi-turn)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", required=True, help="installed model name or checkpoint folder")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--image", "-i", action="append", metavar="PATH", help="an image (repeat for several)")
+    what.add_argument("--video", metavar="PATH", help="a short video, sampled at --fps")
+    what.add_argument("--movie", metavar="ID_OR_PATH", help="a movie of the indexed library (llamavid index)")
+    p.add_argument("--prompt", "-p", metavar="TEXT", help="ask this one question, print the answer and exit")
+    p.add_argument("--load-4bit", action="store_true", help="LLM weights in 4 bit (bitsandbytes NF4)")
+    p.add_argument("--load-8bit", action="store_true", help="LLM weights in 8 bit (bitsandbytes)")
+    p.add_argument("--device", default="auto", help="auto (default), cuda, mps or cpu")
+    p.add_argument("--dtype", default="auto", help="auto (fp16 on GPUs, fp32 on CPU), fp32, fp16 or bf16")
+    p.add_argument("--vision", metavar="PATH", help="eva_vit_g.pth to use instead of the installed one")
+    p.add_argument("--temperature", type=float, default=0.2, help="0 = greedy (default 0.2)")
+    p.add_argument("--top-p", type=float, default=0.7)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, help="make sampling repeatable")
+    p.add_argument("--conv-mode", help="conversation template (default: the one the model was trained with)")
+    p.add_argument("--fps", type=float, default=1.0, help="frames per second sampled from --video (default 1)")
+    p.add_argument("--max-frames", type=int, default=180, help="cap on --video frames (spread evenly)")
+
+
+def model_folder(name: str, data_dir: Path) -> tuple[Path, list[Path]]:
+    """The checkpoint folder and the shared folders the loader searches (eva_vit_g.pth, vocabulary)."""
+    try:
+        from .catalog import resolve_model, search_dirs  # the model manager, when installed
+        return resolve_model(name, data_dir), search_dirs(data_dir)
+    except ImportError:
+        pass
+    path = Path(name).expanduser()
+    models = Path(data_dir) / "models"
+    if path.is_dir():
+        return path, [models / "shared"]
+    if (models / name).is_dir():
+        return models / name, [models / "shared"]
+    installed = sorted(p.name for p in models.glob("*") if (p / "config.json").is_file()) if models.is_dir() else []
+    hint = f"installed: {', '.join(installed)}" if installed else "no model is installed"
+    raise UserError(f"unknown model {name!r} ({hint}); give a checkpoint folder or install one")
+
+
+def sampling(args: argparse.Namespace):
+    from .generate import SamplingOptions
+
+    return SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                           top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
+def load(args: argparse.Namespace):
+    from .api import LlamaVid
+    from .loading import CheckpointError
+
+    if args.load_4bit and args.load_8bit:
+        raise UserError("choose one of --load-4bit and --load-8bit")
+    folder, shared = model_folder(args.model, args.data_dir)
+    bits = 4 if args.load_4bit else 8 if args.load_8bit else None
+    try:
+        lv = LlamaVid.load(folder, device=args.device, dtype=args.dtype, vision=args.vision, search_dirs=shared,
+                           load_vision=not args.movie, bits=bits)
+    except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise UserError(str(exc)) from None
+    if args.conv_mode:
+        from .conversation import get_template
+
+        try:
+            get_template(args.conv_mode)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        lv.template = args.conv_mode
+    return lv
+
+
+def visual_input(lv, args: argparse.Namespace):
+    """Encode the chosen input once; EVA features stay cached for the whole chat."""
+    from .engine import Visual, plan_video_stride
+    from .media import load_image, load_video
+    from .preprocess import preprocess_frame
+
+    if args.image:
+        images = [load_image(p) for p in args.image]
+        return Visual("image", lv.encode(lv.preprocess(images)))
+    if args.video:
+        frames, times = load_video(args.video, args.fps, args.max_frames,
+                                   transform=lambda f: preprocess_frame(f, lv.image_size, mode="crop"))
+        stride = plan_video_stride(lv, len(frames), max_new_tokens=args.max_new_tokens)
+        if stride > 1:
+            print(f"note: {len(frames)} frames do not fit the context; using every {stride}th",
+                  file=sys.stderr)
+            frames, times = frames[::stride], times[::stride]
+        import torch
+
+        return Visual("video", lv.encode(torch.stack(frames)), times)
+    if args.movie:
+        return movie_input(args)
+    return Visual("none")
+
+
+def movie_input(args: argparse.Namespace):
+    from .engine import Visual
+
+    try:
+        from indexer.library import open_movie
+    except ImportError:
+        raise UserError("--movie needs the library indexer (llamavid index)") from None
+    movie = open_movie(args.data_dir, args.movie)
+    return Visual("film", movie.features, movie.frame_times, movie.subtitles)
+
+
+def answer(chat, question: str, opts) -> None:
+    """Stream one answer; Ctrl-C ends the answer, not the program."""
+    pieces = chat.ask(question, opts)
+    try:
+        for piece in pieces:
+            print(piece, end="", flush=True)
+    except KeyboardInterrupt:
+        pieces.close()
+        print(" [stopped]", end="")
+    print()
+
+
+def repl(chat, opts) -> None:
+    print("Ask a question (Ctrl-C stops an answer, Ctrl-D or /exit quits).", file=sys.stderr)
+    while True:
+        try:
+            question = input("USER: ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if question in ("/exit", "/quit"):
+            return
+        if question:
+            print("ASSISTANT: ", end="", flush=True)
+            try:
+                answer(chat, question, opts)
+            except (ValueError, MemoryError) as exc:
+                print(f"\nllamavid: error: {exc}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .engine import Chat
+
+    for path in (args.image or []) + ([args.video] if args.video else []):
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such file")
+    lv = load(args)
+    chat = Chat(lv, visual_input(lv, args))
+    opts = sampling(args)
+    if args.prompt is not None:
+        try:
+            answer(chat, args.prompt, opts)
+        except (ValueError, MemoryError) as exc:
+            raise UserError(str(exc)) from None
+        return 0
+    repl(chat, opts)
+    return 0

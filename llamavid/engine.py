@@ -1,0 +1,176 @@
+"""The chat engine: one resident model, conversations that extend their KV cache turn by turn.
+
+An LLM backend only has to take token ids with visual rows at the ``<image>`` placeholders and
+stream tokens; the vision side (EVA, Q-Former, projectors) always runs in torch. That split is
+what lets llama.cpp serve the LLM on a laptop while this module stays the same.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol, Sequence
+
+import torch
+
+from . import prompts as P
+from .conversation import get_template
+from .generate import SamplingOptions, Session, Step, stream
+from .memory import Estimate, estimate, frame_stride
+
+
+class Backend(Protocol):
+    """What an LLM engine provides (transformers here, llama.cpp elsewhere)."""
+
+    name: str
+
+    def context_length(self) -> int: ...
+
+    def new_state(self) -> Any: ...
+
+    def generate(self, state: Any, input_ids: Sequence[int], slots: Sequence[torch.Tensor],
+                 options: SamplingOptions) -> Iterator[Step]: ...
+
+    def preflight(self, state: Any, new_tokens: int) -> Estimate: ...
+
+
+class TransformersBackend:
+    """The LLM of a loaded :class:`LlamaVidForCausalLM`, with a growing ``DynamicCache``."""
+
+    name = "transformers"
+
+    def __init__(self, model):
+        self.model = model
+
+    def context_length(self) -> int:
+        cfg = self.model.config
+        factor = (cfg.rope_parameters or {}).get("factor", 1.0) if cfg.rope_parameters else 1.0
+        return int(cfg.max_position_embeddings * factor)
+
+    def new_state(self) -> Session:
+        return Session()
+
+    def generate(self, state: Session, input_ids: Sequence[int], slots: Sequence[torch.Tensor],
+                 options: SamplingOptions) -> Iterator[Step]:
+        with torch.inference_mode():
+            embeds = self.model.embed_inputs(list(input_ids), list(slots))
+        return stream(self.model, embeds, options, state, input_ids)
+
+    def preflight(self, state: Session, new_tokens: int) -> Estimate:
+        w = self.model.lm_head.weight
+        return estimate(self.model.config, 0, state.length + new_tokens, w.device, w.element_size())
+
+
+@dataclass
+class Turn:
+    question: str
+    answer: str = ""
+    tokens: int = 0
+    stopped: bool = False  # cut short by the caller (Ctrl-C, Stop button)
+
+
+@dataclass
+class Visual:
+    """The visual input of a chat, encoded once: EVA features stay cached across turns."""
+
+    kind: str  # "none", "image", "video" or "film"
+    features: Any = None  # (K, rows, C) images, (T, rows, C) clip or film
+    frame_times: list[float] = field(default_factory=list)
+    subtitles: list[Any] = field(default_factory=list)
+
+
+class Chat:
+    """A multi-turn conversation about one visual input.
+
+    The first turn renders the whole template; each later turn only appends
+    ``USER: <image>\\n{question} ASSISTANT:`` after the tokens already in the cache. As in
+    training (``imgsp_v1``), every image/video turn gets its own ``<image>`` whose tokens are
+    conditioned on that turn's question; a film's thousands of tokens are read once, with the
+    first question.
+    """
+
+    def __init__(self, lv, visual: Visual, backend: Backend | None = None):
+        self.lv = lv
+        self.visual = visual
+        self.backend = backend or TransformersBackend(lv.model)
+        self.state = self.backend.new_state()
+        self.turns: list[Turn] = []
+        self.last_token: int | None = None
+
+    # ----------------------------------------------------------------------------- prompt pieces
+    def _visual_slots(self, question: str) -> tuple[str, list[torch.Tensor]]:
+        """Text that carries this turn's ``<image>`` placeholders, and the rows for them."""
+        v, marker = self.visual, P.DEFAULT_IMAGE_TOKEN + "\n"
+        if v.kind == "none" or (v.kind == "film" and self.turns):
+            return "", []
+        if v.kind == "film":
+            per_frame = P.interleave_subtitles(v.frame_times, v.subtitles)
+            text = P.movie_prompt(per_frame, question, template=self.lv.template)
+            tokens = self.lv.visual_tokens(v.features, [question]).tokens
+            return text, list(tokens[0].split(1))
+        if v.kind == "video":
+            return marker, [self.lv.visual_tokens(v.features, [question]).tokens[0]]
+        slots = [self.lv.visual_tokens(v.features[i:i + 1], [question]).tokens[0] for i in range(len(v.features))]
+        return marker * len(slots), slots
+
+    def _turn_ids(self, question: str) -> tuple[list[int], list[torch.Tensor]]:
+        prefix, slots = self._visual_slots(question)
+        marker = P.DEFAULT_IMAGE_TOKEN + "\n"
+        if not self.turns:
+            if self.visual.kind == "film":
+                return self.lv.tokenize(prefix), slots
+            if not prefix:
+                return self.lv.tokenize(P.image_prompt(question, self.lv.template, image_in="none")), slots
+            text = P.image_prompt(question, self.lv.template, image_in="latest")
+            return self.lv.tokenize(text.replace(marker, prefix, 1)), slots
+        conv = get_template(self.lv.template)
+        text = f"{conv.roles[0]}: {prefix}{question}{conv.sep}{conv.roles[1]}:"
+        ids = self.lv.tokenize(text)
+        bos = getattr(self.lv.tokenizer, "bos_token_id", None)
+        ids = ids[1:] if ids[:1] == [bos] else ids
+        eos = self.lv.tokenizer.eos_token_id
+        if self.last_token != eos:  # the last answer was cut: close it as the template would
+            ids = [eos] + ids
+        return ids, slots
+
+    # --------------------------------------------------------------------------------- one turn
+    def ask(self, question: str, options: SamplingOptions | None = None) -> Iterator[str]:
+        """Stream the answer; stopping the iteration early keeps the conversation consistent."""
+        opts = options or SamplingOptions()
+        ids, slots = self._turn_ids(question)
+        new_tokens = len(ids) - len(slots) + sum(s.shape[0] for s in slots)
+        limit = self.backend.context_length()
+        used = getattr(self.state, "length", 0)
+        if used + new_tokens + 1 > limit:
+            raise ValueError(f"this turn needs {new_tokens} tokens but only {limit - used} of the "
+                             f"model's {limit}-token context are left; start a new chat or use fewer frames")
+        plan = self.backend.preflight(self.state, new_tokens + opts.max_new_tokens)
+        if not plan.fits:
+            raise MemoryError(f"not enough memory: {plan.describe()}; use fewer frames, --load-4bit or a smaller model")
+        turn = Turn(question)
+        self.turns.append(turn)
+        steps = self.backend.generate(self.state, ids, slots, opts)
+        return self._decode(turn, steps)
+
+    def _decode(self, turn: Turn, steps: Iterator[Step]) -> Iterator[str]:
+        def tracked() -> Iterator[Step]:
+            for step in steps:
+                self.last_token = step.token
+                turn.tokens += 1
+                yield step
+
+        try:
+            for piece in self.lv.decode(tracked()):
+                turn.answer += piece
+                yield piece
+        except GeneratorExit:
+            turn.stopped = True
+            raise
+
+
+def plan_video_stride(lv, frames: int, question_tokens: int = 64, max_new_tokens: int = 512) -> int:
+    """Frame stride so a clip's tokens fit the context (2 per frame for video checkpoints)."""
+    cfg = lv.config
+    per_frame = 1 + (1 if cfg.compress_type and "mean" in cfg.compress_type else
+                     (int(cfg.compress_type.split(":")[1]) ** 2 if cfg.compress_type else
+                      (cfg.image_size // 14) ** 2))
+    limit = TransformersBackend(lv.model).context_length()
+    return frame_stride(frames, per_frame, question_tokens + max_new_tokens, limit)

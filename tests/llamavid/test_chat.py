@@ -1,0 +1,199 @@
+"""The chat engine and ``llamavid chat``, on a tiny released-layout checkpoint."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from llamavid.engine import Chat, Visual
+from llamavid.generate import SamplingOptions
+from llamavid.memory import estimate, frame_stride, kv_cache_bytes
+
+GREEDY = SamplingOptions(max_new_tokens=4, temperature=0)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, stdin: str | None = None, data_dir: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if data_dir:
+        env["LLAMAVID_DATA_DIR"] = str(data_dir)
+    return subprocess.run([sys.executable, "-m", "llamavid.cli", "chat", *args], input=stdin, text=True,
+                          capture_output=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("img") / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (80, 120, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def write_clip(path: Path, seconds: int = 3, audio_only: bool = False) -> Path:
+    import av
+
+    with av.open(str(path), "w") as out:
+        if audio_only:
+            stream = out.add_stream("aac", rate=16000)
+            for i in range(seconds * 16):
+                frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = 16000, i * 1024
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+        else:
+            stream = out.add_stream("libx264", rate=10)
+            stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+            for i in range(seconds * 10):
+                img = np.full((64, 96, 3), (i * 8) % 255, np.uint8)
+                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                frame.pts, frame.time_base = i, Fraction(1, 10)
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def test_one_shot_cli_answer_equals_the_api(tiny, tiny_checkpoint, image_file):
+    result = cli("--model", str(tiny_checkpoint), "--image", str(image_file), "-p", "What is this?",
+                 "--temperature", "0", "--max-new-tokens", "4")
+    assert result.returncode == 0, result.stderr
+    from llamavid.media import load_image
+
+    expected = tiny.ask("What is this?", GREEDY, images=[load_image(image_file)])
+    assert result.stdout.rstrip("\n") == expected
+
+
+def test_repl_answers_each_question_then_exits(tiny_checkpoint, image_file):
+    result = cli("--model", str(tiny_checkpoint), "--image", str(image_file), "--temperature", "0",
+                 "--max-new-tokens", "3", stdin="first question\nsecond question\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("ASSISTANT: ") == 2
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--image", "/no/such.png"], "no such file"),
+    (["--load-4bit", "--load-8bit"], "choose one of"),
+    (["--conv-mode", "nonsense"], "nonsense"),
+])
+def test_bad_arguments_give_one_line_errors(tiny_checkpoint, args, message):
+    result = cli("--model", str(tiny_checkpoint), "-p", "x", *args)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("llamavid: error:")
+
+
+def test_unknown_model_lists_what_is_installed(tmp_path, tiny_checkpoint):
+    import shutil
+
+    shutil.copytree(tiny_checkpoint, tmp_path / "models" / "tiny-vid")
+    result = cli("--model", "nope", "-p", "x", data_dir=tmp_path)
+    assert result.returncode != 0 and "tiny-vid" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreadable_image_and_video_without_picture(tiny_checkpoint, tmp_path):
+    fake = tmp_path / "notes.png"
+    fake.write_text("not an image")
+    result = cli("--model", str(tiny_checkpoint), "--image", str(fake), "-p", "x")
+    assert result.returncode != 0 and "notes.png" in result.stderr and "not an image" in result.stderr
+    audio = write_clip(tmp_path / "sound.mka", audio_only=True)
+    result = cli("--model", str(tiny_checkpoint), "--video", str(audio), "-p", "x")
+    assert result.returncode != 0 and "sound.mka" in result.stderr and "no video stream" in result.stderr
+
+
+def test_video_chat_samples_one_frame_per_second(tiny, tmp_path):
+    from llamavid.media import load_video
+
+    clip = write_clip(tmp_path / "clip.mp4", seconds=3)
+    frames, times = load_video(clip)
+    assert len(frames) == 3 and times == pytest.approx([0.0, 1.0, 2.0], abs=0.11)
+    chat = Chat(tiny, Visual("video", tiny.encode(tiny.preprocess(np.stack(frames), mode="crop"))))
+    ids, slots = chat._turn_ids("What happens?")
+    assert ids.count(-200) == 1 and slots[0].shape == (6, 64)
+
+
+def test_second_turn_extends_the_cache_exactly(tiny, image_file):
+    from llamavid.media import load_image
+
+    feats = tiny.encode(tiny.preprocess([load_image(image_file)]))
+    chat = Chat(tiny, Visual("image", feats))
+    first = "".join(chat.ask("What is this?", GREEDY))
+    ids1, slots1 = Chat(tiny, Visual("image", feats))._turn_ids("What is this?")
+    generated = list(chat.state.seen_ids[len([i for i in ids1 if i >= 0]):])
+    ids2, slots2 = chat._turn_ids("And the colours?")
+    out = chat.backend.generate(chat.state, ids2, slots2, SamplingOptions(max_new_tokens=1, temperature=0))
+    cached_scores = next(iter(out)).scores
+    full_ids = ids1 + generated + ids2  # pending last token is fed first in the cached run
+    with torch.inference_mode():
+        emb = tiny.model.embed_inputs(full_ids, slots1 + slots2)
+        fresh = tiny.model(inputs_embeds=emb).logits[0, -1]
+    assert torch.allclose(cached_scores, fresh, atol=1e-4)
+    assert first == chat.turns[0].answer
+
+
+def test_stopping_an_answer_keeps_the_chat_usable(tiny):
+    chat = Chat(tiny, Visual("none"))
+    pieces = chat.ask("Tell me a long story.", SamplingOptions(max_new_tokens=50, temperature=1.0, seed=0, top_p=1.0))
+    next(pieces, None)
+    pieces.close()
+    assert chat.turns[0].stopped or chat.turns[0].tokens <= 50
+    ids, _ = chat._turn_ids("Shorter please.")
+    if chat.last_token != tiny.tokenizer.eos_token_id:
+        assert ids[0] == tiny.tokenizer.eos_token_id  # the cut answer is closed as the template would
+    assert "".join(chat.ask("Shorter please.", GREEDY)) == chat.turns[1].answer
+
+
+def test_context_overflow_is_refused_before_running(tiny):
+    chat = Chat(tiny, Visual("none"))
+    chat.backend.context_length = lambda: 20
+    with pytest.raises(ValueError, match="tokens but only"):
+        chat.ask("word " * 40, GREEDY)
+    assert chat.turns == []
+
+
+def test_memory_preflight_refuses_with_numbers(tiny, monkeypatch):
+    import llamavid.memory as memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1000)
+    chat = Chat(tiny, Visual("none"))
+    with pytest.raises(MemoryError, match="GiB free"):
+        chat.ask("hello", GREEDY)
+
+
+def test_preflight_numbers_for_a_4bit_7b_chat():
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=32000)
+    assert kv_cache_bytes(cfg, 8000, 2) == 2 * 32 * 4096 * 8000 * 2  # 4.2 GB in fp16
+    plan = estimate(cfg, int(3.9e9), 8000, torch.device("cpu"), 2, available=16 * 2**30, weights_loaded=False)
+    assert plan.fits and 8e9 < plan.total < 12e9
+    assert not estimate(cfg, int(3.9e9), 8000, torch.device("cpu"), 2, available=6 * 2**30, weights_loaded=False).fits
+
+
+def test_frame_stride_fits_the_context():
+    assert frame_stride(100, 2, 100, 2048) == 1
+    assert frame_stride(3000, 2, 100, 2048) == 4  # 974 frames fit -> every 4th of 3000
+    with pytest.raises(ValueError):
+        frame_stride(10, 2, 5000, 2048)
+
+
+def test_4bit_llm_keeps_answers_close(tiny_checkpoint):
+    from llamavid.api import LlamaVid
+
+    full = LlamaVid.load(tiny_checkpoint, device="cpu")
+    q4 = LlamaVid.load(tiny_checkpoint, device="cpu", bits=4)
+    import bitsandbytes as bnb
+
+    assert isinstance(q4.model.model.layers[0].mlp.up_proj, bnb.nn.Linear4bit)
+    assert isinstance(q4.model.model.mm_projector[0], torch.nn.Linear)  # projectors stay 16/32 bit
+    emb = full.model.embed_inputs([1, 20, 30, 40], [])
+    with torch.inference_mode():
+        a, b = full.model(inputs_embeds=emb).logits, q4.model(inputs_embeds=emb).logits
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.95
