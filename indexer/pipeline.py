@@ -24,7 +24,7 @@ from indexer.decode import SampleStream, next_target, video_spec
 from indexer.errors import BadInput, FileChanged
 from indexer.features import Encoder, FeatureWriter, find_vision_weights
 from indexer.probe import ProbeInfo, StreamInfo, probe
-from indexer.subtitles import Track, embedded_tracks, read_sidecar, sidecar_files, sidecar_signature
+from indexer.subtitle_sources import Track, embedded_tracks, read_sidecar, sidecar_files, sidecar_signature
 from indexer.whisper import SpeechOptions, audio_windows, load_model, transcribe_window
 
 log = logging.getLogger(__name__)

@@ -75,12 +75,19 @@ def _stream_info(stream) -> StreamInfo:
     )
 
 
-def _is_vfr(stream) -> bool:
-    """Heuristic from the container: average and nominal rates disagree by more than 1 %."""
+def _is_vfr(container, stream, packets: int = 300) -> bool:
+    """Variable frame rate: the container's rates disagree, or the first packets are unevenly spaced."""
     avg, base = stream.average_rate, stream.base_rate
-    if not avg or not base:
-        return False
-    return abs(float(avg) - float(base)) / float(base) > 0.01
+    if avg and base and abs(float(avg) - float(base)) / float(base) > 0.01:
+        return True
+    stamps = []
+    for packet in container.demux(stream):
+        if packet.pts is not None:
+            stamps.append(packet.pts)
+        if len(stamps) >= packets:
+            break
+    steps = [b - a for a, b in zip(sorted(stamps), sorted(stamps)[1:]) if b > a]
+    return bool(steps) and max(steps) > 1.5 * min(steps)
 
 
 def main_video_stream(container):
@@ -113,6 +120,8 @@ def probe(path: str | Path) -> ProbeInfo:
             raise BadInput("unsupported video codec: the bundled FFmpeg has no decoder for it; "
                            "convert the file (e.g. to H.264) to index it")
         first = _first_frame(container, stream)
+        with av.open(str(path), metadata_errors="ignore") as again:  # fresh demuxer, from the start
+            vfr = _is_vfr(again, again.streams[stream.index])
         start = container.start_time / 1e6 if container.start_time is not None else 0.0
         duration = container.duration / 1e6 if container.duration else None
         if duration is None and stream.duration is not None:
@@ -122,7 +131,7 @@ def probe(path: str | Path) -> ProbeInfo:
             width=first.width, height=first.height, video_codec=stream.codec_context.codec.canonical_name,
             video_index=stream.index,
             frame_rate=float(stream.average_rate) if stream.average_rate else None,
-            variable_frame_rate=_is_vfr(stream), rotation=int(first.rotation or 0),
+            variable_frame_rate=vfr, rotation=int(first.rotation or 0),
             has_audio=bool(container.streams.audio),
             streams=[_stream_info(s) for s in container.streams],
         )

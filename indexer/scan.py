@@ -18,7 +18,7 @@ import sqlite_utils
 from indexer import movies
 from indexer.db import atomic
 from indexer.fingerprint import fingerprint
-from indexer.subtitles import sidecar_signature
+from indexer.subtitle_sources import sidecar_signature
 
 VIDEO_EXTENSIONS = frozenset({
     ".mkv", ".mp4", ".m4v", ".mov", ".avi", ".wmv", ".webm", ".mpg", ".mpeg", ".ts", ".m2ts",

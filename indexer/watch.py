@@ -14,7 +14,7 @@ from pathlib import Path
 
 from indexer.db import connect
 from indexer.scan import VIDEO_EXTENSIONS, scan
-from indexer.subtitles import IMAGE_EXTENSIONS, TEXT_EXTENSIONS
+from indexer.subtitle_sources import IMAGE_EXTENSIONS, TEXT_EXTENSIONS
 
 log = logging.getLogger(__name__)
 WATCHED_EXTENSIONS = VIDEO_EXTENSIONS | set(TEXT_EXTENSIONS) | set(IMAGE_EXTENSIONS)

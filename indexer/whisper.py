@@ -14,7 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
-from indexer.subtitles import Cue
+from indexer.subtitle_sources import Cue
 
 SAMPLE_RATE = 16000
 

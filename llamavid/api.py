@@ -22,49 +22,69 @@ import torch
 from . import prompts as P
 from .conversation import default_template_for
 from .device import pick_device, pick_dtype
-from .generate import SamplingOptions, Session, Step, stream
+from .engine import Chat, Visual
+from .generate import SamplingOptions, Step
 from .loading import CheckpointError, LoadReport, load_llamavid
-from .modeling import LlamaVidForCausalLM, VisualTokens, split_slots
+from .modeling import LlamaVidForCausalLM, VisualTokens
 from .preprocess import preprocess_images
 from .qformer import load_qformer_tokenizer, tokenize_prompts
 
 
 @dataclass
 class Prepared:
-    """A prompt ready for the LLM: ids (with -200 placeholders) and spliced embeddings."""
+    """A prompt ready for an LLM backend: ids with -200 placeholders and the rows for them."""
 
     text: str
     input_ids: list[int]
-    embeds: torch.Tensor  # (1, L', H)
+    slots: list[torch.Tensor]
+    model: LlamaVidForCausalLM
+
+    @property
+    def embeds(self) -> torch.Tensor:
+        """(1, L', H) spliced embeddings, for the transformers LLM."""
+        with torch.inference_mode():
+            return self.model.embed_inputs(self.input_ids, self.slots)
 
 
 class LlamaVid:
-    """A loaded model with its tokenizers and preprocessing."""
+    """A loaded model with its tokenizers, preprocessing and LLM backend."""
 
-    def __init__(self, model: LlamaVidForCausalLM, tokenizer: Any, qformer_tokenizer: Any, report: LoadReport):
+    def __init__(self, model: LlamaVidForCausalLM, tokenizer: Any, qformer_tokenizer: Any, report: LoadReport,
+                 backend: Any = None):
+        from .engine import TransformersBackend
+
         self.model = model
         self.tokenizer = tokenizer
         self.qformer_tokenizer = qformer_tokenizer
         self.report = report
         self.template = default_template_for(model.config)
+        self.backend = backend or TransformersBackend(model)
 
     # ------------------------------------------------------------------------------------ loading
     @classmethod
     def load(cls, model: str | Path, *, device: str | torch.device | None = "auto", dtype: Any = "auto",
              vision: str | Path | None = None, vocab: str | Path | None = None,
              search_dirs: Iterable[Path] = (), load_vision: bool = True,
-             attn_implementation: str = "sdpa", bits: int | None = None) -> "LlamaVid":
+             attn_implementation: str = "sdpa", bits: int | None = None, backend: str = "transformers",
+             gguf_type: str | None = None, kv_type: str = "f16", n_ctx: int | None = None,
+             threads: int | None = None) -> "LlamaVid":
         """Load a checkpoint folder in the released layout (see :func:`llamavid.loading.load_llamavid`).
 
         ``bits`` 4 or 8 quantizes the LLM's decoder layers with bitsandbytes; the weights are
         read on the CPU and each layer moves to the device already quantized.
+        ``backend="llama.cpp"`` takes a folder written by ``llamavid models convert-gguf``: the
+        LLM runs from its GGUF file (``gguf_type`` picks f16/q8_0/q4_K_M, ``kv_type`` the cache
+        type) and only the vision side is loaded in torch.
         """
+        if backend not in ("transformers", "llama.cpp"):
+            raise ValueError(f"backend must be 'transformers' or 'llama.cpp', got {backend!r}")
         dev = pick_device(device)
         dt = pick_dtype(dtype, dev)
+        cpp = backend == "llama.cpp"
         net, report = load_llamavid(model, device="cpu" if bits else dev, dtype=dt, eva_file=vision,
                                     vocab_file=vocab, search_dirs=search_dirs, load_vision=load_vision,
-                                    attn_implementation=attn_implementation)
-        if bits:
+                                    attn_implementation=attn_implementation, llm=not cpp)
+        if bits and not cpp:
             from .bnb import quantize_llm
             from .loading import place
 
@@ -73,7 +93,12 @@ class LlamaVid:
         if report.vocab_file is None:
             raise CheckpointError(f"{model}: no Q-Former vocabulary: put bert_vocab.txt (bert-base-uncased "
                                   "vocab.txt) in the folder or a shared models folder, or pass vocab=PATH")
-        return cls(net, load_llm_tokenizer(Path(model)), load_qformer_tokenizer(report.vocab_file), report)
+        engine = None
+        if cpp:
+            from .llamacpp import LlamaCppBackend, find_gguf
+
+            engine = LlamaCppBackend(find_gguf(Path(model), gguf_type), n_ctx=n_ctx, kv_type=kv_type, threads=threads)
+        return cls(net, load_llm_tokenizer(Path(model)), load_qformer_tokenizer(report.vocab_file), report, engine)
 
     @property
     def config(self):
@@ -81,7 +106,7 @@ class LlamaVid:
 
     @property
     def device(self) -> torch.device:
-        return self.model.lm_head.weight.device
+        return self.model.model.vlm_att_query.device
 
     @property
     def image_size(self) -> int:
@@ -106,22 +131,18 @@ class LlamaVid:
             raise CheckpointError(f"{self.report.folder}: no LLaMA tokenizer (tokenizer.model) in the checkpoint folder")
         return P.tokenizer_image_token(text, self.tokenizer)
 
-    def embed(self, input_ids: Sequence[int], visuals: Sequence[VisualTokens]) -> torch.Tensor:
-        """Splice visual tokens into the text at the ``<image>`` placeholders, in order."""
-        placeholders = sum(1 for i in input_ids if i == P.IMAGE_TOKEN_INDEX)
-        if len(visuals) == 1:
-            slots = split_slots(visuals[0].tokens, placeholders)
-        else:  # several inputs: one slot per prompt of each, in order
-            slots = [row for v in visuals for row in v.tokens]
-        with torch.inference_mode():
-            return self.model.embed_inputs(list(input_ids), slots)
-
-    def generate(self, embeds: torch.Tensor, options: SamplingOptions | None = None,
-                 session: Session | None = None, prompt_ids: Sequence[int] = ()) -> Iterator[Step]:
+    def sampling(self, options: SamplingOptions | None = None) -> SamplingOptions:
+        """Options with this tokenizer's end-of-sequence id as the stop token."""
         opts = options or SamplingOptions()
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None and opts.stop_ids == (2,):
             opts.stop_ids = (self.tokenizer.eos_token_id,)
-        return stream(self.model, embeds, opts, session, prompt_ids)
+        return opts
+
+    def generate(self, prepared: Prepared, options: SamplingOptions | None = None,
+                 state: Any = None) -> Iterator[Step]:
+        """Tokens for a prepared prompt from the LLM backend (a fresh conversation if no state)."""
+        state = state if state is not None else self.backend.new_state()
+        return self.backend.generate(state, prepared.input_ids, prepared.slots, self.sampling(options))
 
     def decode(self, steps: Iterable[Step]) -> Iterator[str]:
         """Text pieces as tokens arrive (decoding the whole answer each time keeps spaces right)."""
@@ -140,48 +161,35 @@ class LlamaVid:
             yield text[len(shown):]
 
     # ------------------------------------------------------------------------------ one question
-    def prepare(self, question: str, *, images: Sequence[Any] | None = None, video: Any = None,
-                features: Any = None, frame_times: Sequence[float] | None = None,
-                subtitles: Sequence[Any] = (), history: Sequence[tuple[str, str]] = ()) -> Prepared:
-        """Build the prompt for exactly one kind of visual input (or none) and embed it."""
-        given = [x is not None for x in (images, video, features)]
-        if sum(given) > 1:
+    def visual(self, *, images: Sequence[Any] | None = None, video: Any = None, features: Any = None,
+               frame_times: Sequence[float] | None = None, subtitles: Sequence[Any] = ()) -> Visual:
+        """Encode one kind of visual input (or none) once; a chat reuses it every turn."""
+        if sum(x is not None for x in (images, video, features)) > 1:
             raise ValueError("give images, a video or film features, not several at once")
         if features is not None:
-            return self._prepare_movie(question, features, frame_times, subtitles)
-        if images is None and video is None:
-            text = P.image_prompt(question, self.template, history, image_in="none")
-            ids = self.tokenize(text)
-            return Prepared(text, ids, self.embed(ids, []))
+            times = list(frame_times) if frame_times is not None else [float(i) for i in range(len(features))]
+            if len(times) != len(features):
+                raise ValueError(f"{len(times)} frame times for {len(features)} frames of features")
+            return Visual("film", features, times, list(subtitles))
         if video is not None:
-            feats = self.encode(self.preprocess(np.asarray(video), mode="crop"))
-            visuals = [self.visual_tokens(feats, [question])]
-        else:
-            feats = self.encode(self.preprocess(list(images)))
-            visuals = [self.visual_tokens(feats[i:i + 1], [question]) for i in range(len(feats))]
-        text = P.image_prompt(question, self.template, history, image_in="latest")
-        marker = P.DEFAULT_IMAGE_TOKEN + "\n"
-        text = text.replace(marker, marker * len(visuals), 1)  # several images: one <image> each
-        ids = self.tokenize(text)
-        return Prepared(text, ids, self.embed(ids, visuals))
+            frames = video if torch.is_tensor(video) else self.preprocess(np.asarray(video), mode="crop")
+            return Visual("video", self.encode(frames), list(frame_times or []))
+        if images is not None:
+            return Visual("image", self.encode(self.preprocess(list(images))))
+        return Visual("none")
 
-    def _prepare_movie(self, question: str, features: Any, frame_times: Sequence[float] | None,
-                       subtitles: Sequence[Any]) -> Prepared:
-        """Film features (T, 256 or 257, C), one ``<image><image>`` per frame followed by its subtitles."""
-        count = len(features)
-        times = list(frame_times) if frame_times is not None else [float(i) for i in range(count)]
-        if len(times) != count:
-            raise ValueError(f"{len(times)} frame times for {count} frames of features")
-        per_frame = P.interleave_subtitles(times, list(subtitles))
-        text = P.movie_prompt(per_frame, question, template=self.template)
-        ids = self.tokenize(text)
-        visual = self.visual_tokens(features, [question])
-        return Prepared(text, ids, self.embed(ids, [visual]))
+    def chat(self, **inputs: Any) -> Chat:
+        """A multi-turn conversation about ``images``, a ``video`` or film ``features``."""
+        return Chat(self, self.visual(**inputs))
+
+    def prepare(self, question: str, **inputs: Any) -> Prepared:
+        """The first-turn prompt for a question, without running the LLM."""
+        text, slots, _ = Chat(self, self.visual(**inputs)).turn_text(question)
+        return Prepared(text, self.tokenize(text), slots, self.model)
 
     def stream(self, question: str, options: SamplingOptions | None = None, **inputs: Any) -> Iterator[str]:
         """Answer one question, text piece by piece."""
-        prepared = self.prepare(question, **inputs)
-        return self.decode(self.generate(prepared.embeds, options, prompt_ids=prepared.input_ids))
+        return self.chat(**inputs).ask(question, options)
 
     def ask(self, question: str, options: SamplingOptions | None = None, **inputs: Any) -> str:
         return "".join(self.stream(question, options, **inputs))

@@ -47,6 +47,7 @@ SUBCOMMANDS: dict[str, str] = {
     "web": "app.web",
     "chat": "llamavid.chat_cli",
     "doctor": "llamavid.doctor",
+    "models": "llamavid.models_cli",
 }
 
 #: Packages whose own loggers follow -v (third-party loggers only at -vv).

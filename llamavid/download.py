@@ -54,6 +54,7 @@ __all__ = [
     "git_blob_sha1",
     "http_resolver",
     "http_size",
+    "hub_endpoint",
     "hub_file_info",
     "hub_repo_files",
     "hub_resolver",
@@ -204,16 +205,31 @@ class RepoListing:
     files: tuple[RepoFile, ...]
 
 
-def _endpoint() -> str:
+def hub_endpoint() -> str:
+    """The hub URL in use: ``$HF_ENDPOINT`` (read by huggingface-hub at import) or huggingface.co."""
     from huggingface_hub import constants
 
     return constants.ENDPOINT
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Network-level exceptions of whichever HTTP client this huggingface-hub version uses."""
+    found: list[type[BaseException]] = []
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"),
+                         ("requests", "ConnectionError"), ("requests", "Timeout")):
+        try:
+            found.append(getattr(__import__(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
 def _hub_call(fn: Callable[[], Any], what: str) -> Any:
     """Run a huggingface-hub call; turn its errors into messages that say what to do."""
-    import httpx2  # huggingface-hub's HTTP client
     from huggingface_hub import errors as hub_errors
+
+    not_found = tuple(getattr(hub_errors, n) for n in ("RevisionNotFoundError", "RemoteEntryNotFoundError",
+                                                       "EntryNotFoundError") if hasattr(hub_errors, n))
 
     try:
         return fn()
@@ -223,23 +239,23 @@ def _hub_call(fn: Callable[[], Any], what: str) -> Any:
             f"(unset HF_HUB_OFFLINE) to download, or register a checkpoint folder you already have "
             f"with `llamavid models add NAME FOLDER`.") from exc
     except hub_errors.GatedRepoError as exc:
-        raise DownloadError(f"{what} is gated on {_endpoint()}: accept its terms on the hub page and log in "
+        raise DownloadError(f"{what} is gated on {hub_endpoint()}: accept its terms on the hub page and log in "
                             f"with `hf auth login` (or set HF_TOKEN)") from exc
     except hub_errors.RepositoryNotFoundError as exc:
-        raise DownloadError(f"{what}: repository not found on {_endpoint()} (or private: log in with "
+        raise DownloadError(f"{what}: repository not found on {hub_endpoint()} (or private: log in with "
                             f"`hf auth login`). If HF_ENDPOINT points to a mirror, check that it has "
                             f"this repo.") from exc
-    except (hub_errors.RevisionNotFoundError, hub_errors.RemoteEntryNotFoundError) as exc:
-        raise DownloadError(f"{what}: not found on {_endpoint()} ({exc.__class__.__name__}); the repo may "
+    except not_found as exc:
+        raise DownloadError(f"{what}: not found on {hub_endpoint()} ({exc.__class__.__name__}); the repo may "
                             f"have changed: `llamavid models list --available` shows what is expected") from exc
     except hub_errors.HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status in (401, 403):
-            raise DownloadError(f"{what}: access denied by {_endpoint()} (HTTP {status}); log in with "
+            raise DownloadError(f"{what}: access denied by {hub_endpoint()} (HTTP {status}); log in with "
                                 f"`hf auth login` or check HF_TOKEN") from exc
-        raise TransientError(f"{what}: {_endpoint()} answered HTTP {status}") from exc
-    except (httpx2.TransportError, hub_errors.FileMetadataError) as exc:
-        raise TransientError(f"{what}: cannot reach {_endpoint()} ({exc})") from exc
+        raise TransientError(f"{what}: {hub_endpoint()} answered HTTP {status}") from exc
+    except (*_transport_errors(), hub_errors.FileMetadataError) as exc:
+        raise TransientError(f"{what}: cannot reach {hub_endpoint()} ({exc})") from exc
 
 
 def _planning(fn: Callable[[], Any], what: str) -> Any:
@@ -261,7 +277,7 @@ def hub_repo_files(repo_id: str, revision: str | None = None) -> RepoListing:
                  None if s.lfs else s.blob_id)
         for s in (info.siblings or []))
     if not info.sha:
-        raise DownloadError(f"{repo_id}: {_endpoint()} did not say which commit it serves; is HF_ENDPOINT a "
+        raise DownloadError(f"{repo_id}: {hub_endpoint()} did not say which commit it serves; is HF_ENDPOINT a "
                             f"Hugging Face hub?")
     return RepoListing(repo_id, info.sha, files)
 

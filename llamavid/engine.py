@@ -90,7 +90,7 @@ class Chat:
     def __init__(self, lv, visual: Visual, backend: Backend | None = None):
         self.lv = lv
         self.visual = visual
-        self.backend = backend or TransformersBackend(lv.model)
+        self.backend = backend or lv.backend
         self.state = self.backend.new_state()
         self.turns: list[Turn] = []
         self.last_token: int | None = None
@@ -111,30 +111,35 @@ class Chat:
         slots = [self.lv.visual_tokens(v.features[i:i + 1], [question]).tokens[0] for i in range(len(v.features))]
         return marker * len(slots), slots
 
-    def _turn_ids(self, question: str) -> tuple[list[int], list[torch.Tensor]]:
+    def turn_text(self, question: str) -> tuple[str, list[torch.Tensor], bool]:
+        """This turn's prompt text, its visual rows, and whether it continues earlier turns."""
         prefix, slots = self._visual_slots(question)
         marker = P.DEFAULT_IMAGE_TOKEN + "\n"
         if not self.turns:
             if self.visual.kind == "film":
-                return self.lv.tokenize(prefix), slots
+                return prefix, slots, False
             if not prefix:
-                return self.lv.tokenize(P.image_prompt(question, self.lv.template, image_in="none")), slots
+                return P.image_prompt(question, self.lv.template, image_in="none"), slots, False
             text = P.image_prompt(question, self.lv.template, image_in="latest")
-            return self.lv.tokenize(text.replace(marker, prefix, 1)), slots
+            return text.replace(marker, prefix, 1), slots, False
         conv = get_template(self.lv.template)
-        text = f"{conv.roles[0]}: {prefix}{question}{conv.sep}{conv.roles[1]}:"
+        return f"{conv.roles[0]}: {prefix}{question}{conv.sep}{conv.roles[1]}:", slots, True
+
+    def _turn_ids(self, question: str) -> tuple[list[int], list[torch.Tensor]]:
+        text, slots, follow_up = self.turn_text(question)
         ids = self.lv.tokenize(text)
-        bos = getattr(self.lv.tokenizer, "bos_token_id", None)
-        ids = ids[1:] if ids[:1] == [bos] else ids
-        eos = self.lv.tokenizer.eos_token_id
-        if self.last_token != eos:  # the last answer was cut: close it as the template would
-            ids = [eos] + ids
+        if follow_up:
+            bos = getattr(self.lv.tokenizer, "bos_token_id", None)
+            ids = ids[1:] if ids[:1] == [bos] else ids
+            eos = self.lv.tokenizer.eos_token_id
+            if self.last_token != eos:  # the last answer was cut: close it as the template would
+                ids = [eos] + ids
         return ids, slots
 
     # --------------------------------------------------------------------------------- one turn
     def ask(self, question: str, options: SamplingOptions | None = None) -> Iterator[str]:
         """Stream the answer; stopping the iteration early keeps the conversation consistent."""
-        opts = options or SamplingOptions()
+        opts = self.lv.sampling(options)
         ids, slots = self._turn_ids(question)
         new_tokens = len(ids) - len(slots) + sum(s.shape[0] for s in slots)
         limit = self.backend.context_length()

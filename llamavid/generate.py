@@ -8,10 +8,12 @@ outlive the call so a later turn can extend it instead of re-reading a film.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from transformers import DynamicCache
+
+from .memory import PREFILL_CHUNK
 
 
 @dataclass
@@ -46,7 +48,7 @@ class Step:
 class Session:
     """The KV cache and the ids the model has seen, so a conversation can be extended."""
 
-    cache: DynamicCache = field(default_factory=DynamicCache)
+    cache: Any = field(default_factory=DynamicCache)  # the backend's KV state
     length: int = 0
     seen_ids: list[int] = field(default_factory=list)
     pending: list[int] = field(default_factory=list)  # chosen but not yet run through the model
@@ -82,14 +84,43 @@ def sample(scores: torch.Tensor, opts: SamplingOptions, generator: torch.Generat
 
 
 @torch.inference_mode()
-def forward_step(model, session: Session, embeds: torch.Tensor) -> torch.Tensor:
-    """Run (1, L, H) embeddings through the model after what the session holds; last logits."""
-    positions = torch.arange(session.length, session.length + embeds.shape[1], device=embeds.device)
-    out = model(inputs_embeds=embeds, cache=session.cache, use_cache=True,
-                position_ids=positions.unsqueeze(0), logits_to_keep=1)
-    session.cache = out.cache
-    session.length += embeds.shape[1]
+def forward_step(model, session: Session, embeds: torch.Tensor, chunk: int = PREFILL_CHUNK) -> torch.Tensor:
+    """Run (1, L, H) embeddings through the model after what the session holds; last logits.
+
+    Long prompts (a film is thousands of rows) go in chunks, which bounds the attention
+    scores and MLP activations to ``chunk`` rows at a time; the result is the same.
+    """
+    for part in embeds.split(chunk, dim=1):
+        positions = torch.arange(session.length, session.length + part.shape[1], device=part.device)
+        out = model(inputs_embeds=part, cache=session.cache, use_cache=True,
+                    position_ids=positions.unsqueeze(0), logits_to_keep=1)
+        session.cache = out.cache
+        session.length += part.shape[1]
     return out.logits[0, -1].float()
+
+
+def decode_loop(logits: torch.Tensor, feed: Callable[[int], torch.Tensor], opts: SamplingOptions,
+                session: Session, generator: torch.Generator | None) -> Iterator[Step]:
+    """Choose, yield, feed back: the part every LLM backend shares.
+
+    ``feed(token)`` runs one token through the backend's model and returns the next logits.
+    The last token is left pending in the session (not fed), so a follow-up turn runs it first.
+    """
+    for i in range(opts.max_new_tokens):
+        scores = apply_repetition_penalty(logits, session.seen_ids, opts.repetition_penalty)
+        token = sample(scores, opts, generator)
+        session.seen_ids.append(token)
+        yield Step(token, scores)
+        if token in opts.stop_ids or i == opts.max_new_tokens - 1:
+            session.pending = [token]
+            return
+        logits = feed(token)
+
+
+def make_generator(opts: SamplingOptions, device: torch.device | str = "cpu") -> torch.Generator | None:
+    if opts.seed is None or opts.greedy:
+        return None
+    return torch.Generator(device=device).manual_seed(opts.seed)
 
 
 def stream(model, prompt_embeds: torch.Tensor, opts: SamplingOptions, session: Session | None = None,
@@ -101,22 +132,15 @@ def stream(model, prompt_embeds: torch.Tensor, opts: SamplingOptions, session: S
     """
     session = session if session is not None else Session()
     session.seen_ids.extend(i for i in prompt_ids if i >= 0)
-    generator = None
-    if opts.seed is not None and not opts.greedy:
-        generator = torch.Generator(device=prompt_embeds.device).manual_seed(opts.seed)
     embed = model.get_input_embeddings()
+    device = prompt_embeds.device
     if session.pending:
-        pending = embed(torch.tensor([session.pending], device=prompt_embeds.device)).to(prompt_embeds.dtype)
+        pending = embed(torch.tensor([session.pending], device=device)).to(prompt_embeds.dtype)
         prompt_embeds = torch.cat([pending, prompt_embeds], dim=1)
         session.pending = []
     logits = forward_step(model, session, prompt_embeds)
-    for i in range(opts.max_new_tokens):
-        scores = apply_repetition_penalty(logits, session.seen_ids, opts.repetition_penalty)
-        token = sample(scores, opts, generator)
-        session.seen_ids.append(token)
-        yield Step(token, scores)
-        if token in opts.stop_ids or i == opts.max_new_tokens - 1:
-            session.pending = [token]  # a follow-up turn runs it first, keeping the cache exact
-            return
-        ids = torch.tensor([[token]], device=prompt_embeds.device)
-        logits = forward_step(model, session, embed(ids))
+
+    def feed(token: int) -> torch.Tensor:
+        return forward_step(model, session, embed(torch.tensor([[token]], device=device)))
+
+    return decode_loop(logits, feed, opts, session, make_generator(opts, device))

@@ -61,7 +61,7 @@ def checkpoint_files(folder: Path) -> list[Path]:
             except (ValueError, KeyError) as exc:
                 raise CheckpointError(f"{index}: not a valid weight index ({exc})") from exc
             return [folder / f for f in sorted(set(weight_map.values()))]
-    for name in SINGLE_FILES + ("mm_projector.bin",):
+    for name in SINGLE_FILES + ("mm_projector.bin", "vision.safetensors"):
         if (folder / name).is_file():
             return [folder / name]
     raise CheckpointError(f"{folder}: no weights found (expected {INDEX_FILES[1]} with its shards, "
@@ -99,6 +99,20 @@ class LoadReport:
     vocab_file: Path | None
     ignored_keys: list[str] = field(default_factory=list)
     ignored_config_fields: list[str] = field(default_factory=list)
+
+
+LLM_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
+
+
+def drop_llm(model: LlamaVidForCausalLM) -> None:
+    """Remove the LLM's modules when another engine (llama.cpp) runs the LLM: no memory for them."""
+    from torch import nn
+
+    model.model.layers = nn.ModuleList()
+    model.model.embed_tokens = nn.Identity()
+    model.model.norm = nn.Identity()
+    model.lm_head = nn.Identity()
+    model.config.llm_in_torch = False
 
 
 def build_state(config: LlamaVidConfig, ckpt: dict[str, torch.Tensor], eva: dict,
@@ -150,8 +164,11 @@ def load_llamavid(folder: str | Path, *, device: torch.device | str = "cpu", dty
                   eva_file: str | Path | None = None, vocab_file: str | Path | None = None,
                   search_dirs: Iterable[Path] = (), load_vision: bool = True,
                   attn_implementation: str = "sdpa", config_overrides: Mapping | None = None,
-                  image_size: int | None = None) -> tuple[LlamaVidForCausalLM, LoadReport]:
-    """Build the model from a checkpoint folder in the released layout."""
+                  image_size: int | None = None, llm: bool = True) -> tuple[LlamaVidForCausalLM, LoadReport]:
+    """Build the model from a checkpoint folder in the released layout.
+
+    ``llm=False`` loads only the vision side (for a GGUF LLM run by llama.cpp, or feature work).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder; give a LLaMA-VID checkpoint folder or an installed model name")
@@ -180,6 +197,9 @@ def load_llamavid(folder: str | Path, *, device: torch.device | str = "cpu", dty
     config._attn_implementation = attn_implementation
     with torch.device("meta"):
         model = LlamaVidForCausalLM(config)
+    if not llm:
+        drop_llm(model)
+        ckpt = {k: v for k, v in ckpt.items() if not k.startswith(LLM_PREFIXES)}
     state, ignored = build_state(config, ckpt, eva, model.state_dict().keys())
     model.load_state_dict(state, strict=False, assign=True)
     fill_buffers(model)

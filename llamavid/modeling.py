@@ -112,7 +112,7 @@ class LlamaVidForCausalLM(LlamaForCausalLM):
         are read ``block_size`` (prompt, frame) pairs at a time, which bounds memory for a 2-hour film.
         """
         p_count, frames = qformer_ids.shape[0], features.shape[0]
-        dev, dtype = self.lm_head.weight.device, self.model.vlm_att_query.dtype
+        dev, dtype = self.model.vlm_att_query.device, self.model.vlm_att_query.dtype
         outs, queries, parts = [], [], []
         for start in range(0, p_count * frames, block_size):
             rows = torch.arange(start, min(start + block_size, p_count * frames))

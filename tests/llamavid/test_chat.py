@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from llamavid.engine import Chat, Visual
+from llamavid.engine import Chat, TransformersBackend, Visual
 from llamavid.generate import SamplingOptions
 from llamavid.memory import estimate, frame_stride, kv_cache_bytes
 
@@ -150,7 +150,7 @@ def test_stopping_an_answer_keeps_the_chat_usable(tiny):
 
 
 def test_context_overflow_is_refused_before_running(tiny):
-    chat = Chat(tiny, Visual("none"))
+    chat = Chat(tiny, Visual("none"), backend=TransformersBackend(tiny.model))
     chat.backend.context_length = lambda: 20
     with pytest.raises(ValueError, match="tokens but only"):
         chat.ask("word " * 40, GREEDY)

@@ -152,7 +152,7 @@ def test_ask_streams_decoded_text(tiny):
     opts = SamplingOptions(max_new_tokens=6, temperature=0)
     pieces = list(tiny.stream("Describe the scene.", opts, images=[np.zeros((50, 50, 3), np.uint8)]))
     prepared = tiny.prepare("Describe the scene.", images=[np.zeros((50, 50, 3), np.uint8)])
-    ids = [s.token for s in tiny.generate(prepared.embeds, SamplingOptions(max_new_tokens=6, temperature=0))]
+    ids = [s.token for s in tiny.generate(prepared, SamplingOptions(max_new_tokens=6, temperature=0))]
     ids = [i for i in ids if i != tiny.tokenizer.eos_token_id]
     assert "".join(pieces) == tiny.tokenizer.decode(ids, skip_special_tokens=True)
 

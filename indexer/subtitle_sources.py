@@ -26,6 +26,9 @@ FORCED_TAGS = {"forced", "foreign"}
 SDH_TAGS = {"sdh", "cc", "hi"}
 IGNORED_TAGS = {"default"}
 SUBTITLE_FOLDERS = {"subs", "subtitles"}
+# legacy code pages of subtitle files, most common first (tie-break for charset detection)
+COMMON_ENCODINGS = ["cp1252", "cp1250", "cp1251", "cp1253", "cp1254", "cp1256", "cp1255", "gb18030",
+                    "big5", "shift_jis", "euc_kr", "cp1257", "iso8859_15", "latin_1"]
 _ASS_TAG = re.compile(r"\{[^}]*\}")
 
 
@@ -121,9 +124,15 @@ def decode_text(raw: bytes) -> tuple[str, str]:
         return raw.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         pass
-    best = from_bytes(raw).best()
-    if best is None:
+    matches = list(from_bytes(raw))
+    if not matches:
         raise ValueError("cannot tell the text encoding (binary file?)")
+    # Near-ties are common for Latin text (cp1257 and cp1252 both read French "plausibly"); among
+    # candidates about as clean as the best, prefer the code pages subtitles are actually written in.
+    floor = min(m.chaos for m in matches) + 0.05
+    close = [m for m in matches if m.chaos <= floor]
+    best = min(close, key=lambda m: (COMMON_ENCODINGS.index(m.encoding) if m.encoding in COMMON_ENCODINGS
+                                     else len(COMMON_ENCODINGS), m.chaos))
     return str(best), best.encoding
 
 
@@ -157,8 +166,13 @@ def parse_subtitle_text(text: str, ext: str, frame_rate: float | None = None) ->
     only between look-alikes."""
     import pysubs2
 
-    fmt = {".sub": "microdvd", ".vtt": "vtt"}.get(ext)
-    subs = pysubs2.SSAFile.from_string(text, format_=fmt, fps=frame_rate or 23.976)
+    fps = frame_rate or 23.976  # MicroDVD counts frames
+    forced = {".sub": "microdvd", ".vtt": "vtt"}.get(ext)
+    try:
+        subs = pysubs2.SSAFile.from_string(text, format_=forced, fps=fps)
+    except pysubs2.exceptions.FormatAutodetectionError:
+        # e.g. an ASS file without a styles section: trust the extension
+        subs = pysubs2.SSAFile.from_string(text, format_=TEXT_EXTENSIONS[ext], fps=fps)
     cues = []
     for event in subs.events:
         if event.is_comment or event.is_drawing:
