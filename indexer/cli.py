@@ -61,6 +61,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speech", choices=("auto", "always", "never"), default="auto",
                    help="speech recognition: auto = only for movies without text subtitles")
     p.add_argument("--whisper-model", default="small", help="faster-whisper size name or model folder")
+    p.add_argument("--whisper-beam", type=int, default=5, help="beam size (1 is faster, 5 more accurate)")
     p.add_argument("--no-vad", action="store_true", help="transcribe silence and music too")
     p.add_argument("--decode-workers", type=int, default=0, help="parallel decoding processes (0: auto)")
     p.add_argument("--idle", type=float, default=0.0, help="seconds to rest between chunks (lighter load)")
@@ -100,7 +101,8 @@ def options_from(args: argparse.Namespace):
     return IndexOptions(fps=args.fps, batch_size=args.batch_size, vision=args.vision, device=args.device,
                         dtype=args.dtype, speech=args.speech, decode_workers=args.decode_workers,
                         idle=args.idle, max_attempts=args.max_attempts,
-                        whisper=SpeechOptions(model=args.whisper_model, vad=not args.no_vad))
+                        whisper=SpeechOptions(model=args.whisper_model, vad=not args.no_vad,
+                                              beam_size=args.whisper_beam))
 
 
 # -- actions -------------------------------------------------------------------------------------

@@ -218,19 +218,7 @@ class SampleStream:
             worker.join(timeout=5)
 
     def _segments(self) -> Iterator[tuple[int, int | None]]:
-        """Segments on the sampling grid, at least ``segment_seconds`` long, each starting just
-        after a keyframe when the container has an index (so a worker wastes no decoding before
-        its first target). The last one is open-ended in case the duration is wrong."""
-        length = max(1, math.ceil(self.segment_seconds * self.fps))
-        end_k = math.ceil((self.spec.duration or 0.0) * self.fps)
-        starts = [k for k in keyframe_targets(self.spec, self.fps) if k > self.start_k] or \
-            list(range(self.start_k + length, end_k, length))
-        k = self.start_k
-        for start in starts:
-            if start - k >= length and start < end_k:
-                yield k, start
-                k = start
-        yield k, None
+        return plan_segments(self.spec, self.fps, self.start_k, self.segment_seconds)
 
     def _parallel(self) -> Iterator[Sample]:
         """Segments decoded by worker processes, consumed in order, ``workers + 1`` in flight."""
@@ -254,6 +242,21 @@ class SampleStream:
             finally:
                 for future in pending:
                     future.cancel()
+
+
+def plan_segments(spec: VideoSpec, fps: float, start_k: int, segment_seconds: float) -> Iterator[tuple[int, int | None]]:
+    """Segments on the sampling grid, at least ``segment_seconds`` long, each starting just after a
+    keyframe when the container has an index (so a worker wastes no decoding before its first
+    target). The last one is open-ended in case the duration is wrong."""
+    length = max(1, math.ceil(segment_seconds * fps))
+    end_k = math.ceil((spec.duration or 0.0) * fps)
+    starts = [k for k in keyframe_targets(spec, fps) if k > start_k] or list(range(start_k + length, end_k, length))
+    k = start_k
+    for start in starts:
+        if start - k >= length and start < end_k:
+            yield k, start
+            k = start
+    yield k, None
 
 
 def keyframe_targets(spec: VideoSpec, fps: float, margin: float = 0.25) -> list[int]:

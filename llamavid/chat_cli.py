@@ -22,6 +22,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cuda, mps or cpu")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPUs, fp32 on CPU), fp32, fp16 or bf16")
     p.add_argument("--vision", metavar="PATH", help="eva_vit_g.pth to use instead of the installed one")
+    p.add_argument("--backend", choices=("transformers", "llama.cpp"), default="transformers",
+                   help="LLM engine; llama.cpp needs a folder from `llamavid models convert-gguf`")
+    p.add_argument("--gguf-type", choices=("f32", "f16", "q8_0", "q4_K_M"),
+                   help="which GGUF file of a converted folder (default: the smallest)")
+    p.add_argument("--kv-type", choices=("f16", "q8_0", "q4_0", "f32"), default="f16",
+                   help="llama.cpp KV cache type (q8_0 halves its memory)")
+    p.add_argument("--ctx", type=int, help="llama.cpp context length (default: the model's, at most 8192)")
+    p.add_argument("--threads", type=int, help="llama.cpp threads (default: the CPU cores, at most 8)")
     p.add_argument("--temperature", type=float, default=0.2, help="0 = greedy (default 0.2)")
     p.add_argument("--top-p", type=float, default=0.7)
     p.add_argument("--top-k", type=int, default=50)
@@ -68,8 +76,9 @@ def load(args: argparse.Namespace):
     bits = 4 if args.load_4bit else 8 if args.load_8bit else None
     try:
         lv = LlamaVid.load(folder, device=args.device, dtype=args.dtype, vision=args.vision, search_dirs=shared,
-                           load_vision=not args.movie, bits=bits)
-    except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
+                           load_vision=not args.movie, bits=bits, backend=args.backend,
+                           gguf_type=args.gguf_type, kv_type=args.kv_type, n_ctx=args.ctx, threads=args.threads)
+    except (CheckpointError, FileNotFoundError, ValueError, RuntimeError, MemoryError) as exc:
         raise UserError(str(exc)) from None
     if args.conv_mode:
         from .conversation import get_template

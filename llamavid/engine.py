@@ -177,5 +177,5 @@ def plan_video_stride(lv, frames: int, question_tokens: int = 64, max_new_tokens
     per_frame = 1 + (1 if cfg.compress_type and "mean" in cfg.compress_type else
                      (int(cfg.compress_type.split(":")[1]) ** 2 if cfg.compress_type else
                       (cfg.image_size // 14) ** 2))
-    limit = TransformersBackend(lv.model).context_length()
+    limit = lv.backend.context_length()
     return frame_stride(frames, per_frame, question_tokens + max_new_tokens, limit)

@@ -18,8 +18,16 @@ import torch
 from .generate import SamplingOptions, Session, Step, decode_loop, make_generator
 from .memory import Estimate, available_memory
 
-KV_TYPES = ("f16", "q8_0", "q4_0")
-BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # ggml block sizes
+KV_TYPES = ("f16", "q8_0", "q4_0", "f32")
+BYTES_PER_VALUE = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # ggml block sizes
+
+
+def _quiet() -> None:
+    """llama.cpp logs every tensor it loads to stderr; keep errors only unless LLAMAVID_LLAMA_LOG is set."""
+    import logging
+
+    if not os.environ.get("LLAMAVID_LLAMA_LOG"):
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
 
 
 def _lib():
@@ -41,6 +49,7 @@ class LlamaCppBackend:
         self.path = Path(gguf)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: GGUF file not found (llamavid models convert-gguf writes it)")
+        _quiet()
         lib.llama_backend_init()
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = (999 if lib.llama_supports_gpu_offload() else 0) if n_gpu_layers is None else n_gpu_layers
@@ -56,16 +65,24 @@ class LlamaCppBackend:
 
     def _context(self, n_ctx: int):
         lib = _lib()
-        ggml = {"f16": lib.GGML_TYPE_F16, "q8_0": lib.GGML_TYPE_Q8_0, "q4_0": lib.GGML_TYPE_Q4_0}[self.kv_type]
+        ggml = {"f32": lib.GGML_TYPE_F32, "f16": lib.GGML_TYPE_F16, "q8_0": lib.GGML_TYPE_Q8_0,
+                "q4_0": lib.GGML_TYPE_Q4_0}[self.kv_type]
         params = lib.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, self.n_batch, self.n_batch
         params.n_threads = params.n_threads_batch = self.threads
         params.type_k = params.type_v = ggml
-        if self.kv_type != "f16":  # a quantized V cache needs flash attention in llama.cpp
+        if self.kv_type.startswith("q"):  # a quantized V cache needs flash attention in llama.cpp
             params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        elif self.kv_type == "f32":  # full precision: CPU flash attention would round Q/K/V to f16
+            params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        head_dim = self.n_embd // max(1, lib.llama_model_n_head(self.model))
+        if self.kv_type.startswith("q") and head_dim % 32:
+            raise ValueError(f"a {self.kv_type} KV cache needs a head size divisible by 32 (this model: {head_dim}); "
+                             "use --kv-type f16")
         ctx = lib.llama_init_from_model(self.model, params)
         if not ctx:
-            raise MemoryError(f"llama.cpp could not create a {n_ctx}-token context; use a smaller one")
+            raise MemoryError(f"llama.cpp could not create a {n_ctx}-token {self.kv_type} context; use a smaller "
+                              "context or KV type (set LLAMAVID_LLAMA_LOG=1 to see llama.cpp's reason)")
         return ctx
 
     def close(self) -> None:

@@ -364,8 +364,9 @@ class PullPlan:
     def needed_bytes(self) -> int:
         """Bytes still to write: sizes minus what ``.part`` files already hold (cache copies count)."""
         total = 0
-        for r in (*self.remotes, *self.shared_remotes):
-            size = r.size or 0
+        shared = [(r, catalog.SHARED_PARTS[r.dest.name].approx_size) for r in self.shared_remotes]
+        for r, guess in [*((r, None) for r in self.remotes), *shared]:
+            size = r.size if r.size is not None else guess or 0  # unknown length: the catalogue's estimate
             part = download.part_path(r.dest)
             have = part.stat().st_size if part.exists() else 0
             total += max(size - have, 0)
@@ -408,11 +409,15 @@ def plan_pull(entry: CatalogEntry, data_dir: DataDir | str | os.PathLike[str], *
     manifest = {"format": 1, "name": entry.name, "repo_id": entry.repo_id, "commit": listing.commit,
                 "endpoint": download.hub_endpoint(), "files": {}, "complete": False}
     plan = PullPlan(entry, folder, listing.commit, manifest)
+    before = (_read_manifest(folder) or {"files": {}})["files"]
     for name in wanted:
         info = by_name[name]
         manifest["files"][name] = {"size": info.size, "sha256": info.sha256, "git_sha1": info.git_sha1}
         dest = folder / name
-        if not force and dest.is_file() and download.check_file(dest, info.size, hashes=False) is None:
+        old = before.get(name, {})
+        # a file the repo has changed since the last pull is fetched again even if its size is the same
+        changed = any(old.get(k) not in (None, v) for k, v in (("sha256", info.sha256), ("git_sha1", info.git_sha1)))
+        if not force and not changed and dest.is_file() and download.check_file(dest, info.size, hashes=False) is None:
             plan.present.append(name)
             continue
         plan.remotes.append(download.Remote(
@@ -446,7 +451,10 @@ def pull(plan: PullPlan, *, progress: bool | None = None, retries: int = 5, retr
             shared = _shared_manifest(dd)
             shared["files"][remote.dest.name] = {
                 "size": result.size, "sha256": result.sha256, "source": remote.label,
-                "sha256_source": "published" if remote.sha256 else "computed after download (none published)",
+                "sha256_source": ("published by the hub (checked)" if remote.sha256 else
+                                  "computed after download; content checked against the hub's git blob id"
+                                  if remote.git_sha1 else "computed after download (no hash is published; "
+                                                          "size checked)"),
                 "fetched": _now()}
             _write_json(shared_dir(dd) / MANIFEST, shared)
     plan.manifest["complete"] = True
@@ -550,13 +558,22 @@ def verify_model(folder: Path, data_dir: DataDir | str | os.PathLike[str], *, na
     dd = _dd(data_dir)
     out: list[Finding] = []
     ok = lambda f, m="": out.append(Finding("ok", f, m))  # noqa: E731
-    err = lambda f, m: out.append(Finding("error", f, m))  # noqa: E731
     warn = lambda f, m: out.append(Finding("warning", f, m))  # noqa: E731
     if not folder.is_dir():
-        err(str(folder), "folder does not exist")
-        return out
-    fix = f"run `llamavid models pull {name}` to fetch it again" if name and catalog.get(name) else \
-        "replace it with a good copy"
+        return [Finding("error", str(folder), "folder does not exist")]
+    pullable = bool(name and catalog.get(name))
+
+    def fix_for(problem: str) -> str:
+        """`pull` re-fetches missing or wrong-size files; a same-size corrupt file must go first."""
+        if not pullable:
+            return "replace it with a good copy"
+        if problem.startswith(("missing", "truncated", "too large")):
+            return f"run `llamavid models pull {name}` to fetch it again"
+        return f"delete it, then run `llamavid models pull {name}` to fetch it again"
+
+    def err(file: str, problem: str) -> None:
+        out.append(Finding("error", file, f"{problem}; {fix_for(problem)}"))
+
     manifest = _read_manifest(folder) or {"files": {}}
     expected = manifest["files"]
     info = expected.get("config.json", {})
@@ -564,11 +581,11 @@ def verify_model(folder: Path, data_dir: DataDir | str | os.PathLike[str], *, na
                                       info.get("git_sha1"), hashes=hashes)
     if cfg_problem is None and not _config(folder):
         cfg_problem = "not valid JSON"
-    (err("config.json", f"{cfg_problem}; {fix}") if cfg_problem else ok("config.json"))
+    (err("config.json", cfg_problem) if cfg_problem else ok("config.json"))
     try:
         index, weight_map, files = _weights(folder)
     except UserError as exc:
-        err(next(n for n in INDEX_FILES if (folder / n).is_file()), f"{exc}; {fix}")
+        err(next(n for n in INDEX_FILES if (folder / n).is_file()), str(exc))
         index, weight_map, files = None, {}, []
     checked: set[str] = {"config.json"}
     if index is not None:
@@ -576,11 +593,11 @@ def verify_model(folder: Path, data_dir: DataDir | str | os.PathLike[str], *, na
         info = expected.get(index.name, {})
         problem = download.check_file(index, info.get("size"), info.get("sha256"), info.get("git_sha1"),
                                       hashes=hashes)
-        (err(index.name, f"{problem}; {fix}") if problem
+        (err(index.name, problem) if problem
          else ok(index.name, f"{len(files)} shards, {len(weight_map)} tensors"))
     if not files:
         err("weights", f"no weight files ({INDEX_FILES[1]} with shards, {SINGLE_FILES[1]}, "
-                       f"{SINGLE_FILES[0]} or mm_projector.bin); {fix}")
+                       f"{SINGLE_FILES[0]} or mm_projector.bin)")
     keys_by_file: dict[str, set[str]] = {}
     for key, file in weight_map.items():
         keys_by_file.setdefault(file, set()).add(key)
@@ -595,7 +612,7 @@ def verify_model(folder: Path, data_dir: DataDir | str | os.PathLike[str], *, na
         if problem is None and deep and keys_by_file.get(file):
             problem = _deep_keys(path, keys_by_file[file])
         if problem:
-            err(file, f"{problem}; {fix}")
+            err(file, problem)
         else:
             ok(file, human_size(path.stat().st_size))
     for file, info in sorted(expected.items()):  # the rest of what pull put there
@@ -603,7 +620,7 @@ def verify_model(folder: Path, data_dir: DataDir | str | os.PathLike[str], *, na
             continue
         problem = download.check_file(folder / file, info.get("size"), info.get("sha256"), info.get("git_sha1"),
                                       hashes=hashes)
-        (err(file, f"{problem}; {fix}") if problem else ok(file))
+        (err(file, problem) if problem else ok(file))
     for part in sorted(folder.glob("*.part")):
         warn(part.name, f"unfinished download ({human_size(part.stat().st_size)}); run `llamavid models pull "
                         f"{name or '<name>'}` to resume it, or delete it")
@@ -614,7 +631,7 @@ def verify_model(folder: Path, data_dir: DataDir | str | os.PathLike[str], *, na
         elif (folder / "tokenizer.json").is_file():
             ok("tokenizer.json")
         else:
-            err("tokenizer.model", f"missing: the LLaMA tokenizer ships inside each fine-tuned checkpoint; {fix}")
+            err("tokenizer.model", "missing: the LLaMA tokenizer ships inside each fine-tuned checkpoint")
     if kind in ("base-llm", "unknown"):
         return out
     _verify_shared(out, folder, dd, weight_map, hashes, deep)

@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("pull", help="download catalogue checkpoints (resumable, verified)",
                        description="Download checkpoints from the catalogue into <data>/models/<name>/ and "
                                    "the shared parts (eva_vit_g.pth, bert_vocab.txt) once into "
-                                   "<data>/models/shared/. Run it again to resume or repair.")
+                                   "<data>/models/shared/. Run it again to resume an interrupted download or to "
+                                   "re-fetch missing or wrong-size files; --force fetches everything again.")
     p.add_argument("names", nargs="+", metavar="NAME", help="catalogue name(s): see `llamavid models list --available`")
     p.add_argument("--with-base", action="store_true",
                    help="for stage-1 (pretrain) projectors, also pull the base Vicuna LLM they need")
@@ -100,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------------- output
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
     return "\n".join(lines)
 
 

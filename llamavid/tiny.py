@@ -54,11 +54,11 @@ def write_llama_tokenizer(folder: Path, vocab_size: int = 320) -> None:
 
 
 def tiny_config(image_size: int = 224, compress_type: str | None = "mean", vocab_size: int = 320,
-                rope_factor: float | None = None, eva_width: int = 176) -> LlamaVidConfig:
+                rope_factor: float | None = None, eva_width: int = 176, heads: int = 4) -> LlamaVidConfig:
     rope = {"rope_type": "linear", "factor": rope_factor, "rope_theta": 10000.0} if rope_factor else None
     return LlamaVidConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, vocab_size=vocab_size, max_position_embeddings=4096, rms_norm_eps=1e-5,
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=heads,
+        num_key_value_heads=heads, vocab_size=vocab_size, max_position_embeddings=4096, rms_norm_eps=1e-5,
         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
         rope_parameters=rope, mm_hidden_size=eva_width, image_size=image_size, vision_depth=1,
         vision_mlp_hidden=256, compress_type=compress_type, image_aspect_ratio="pad",
@@ -82,12 +82,12 @@ def random_model(config: LlamaVidConfig, seed: int = 0, std: float = 0.05) -> Ll
 
 def write_tiny_checkpoint(folder: str | Path, image_size: int = 224, compress_type: str | None = "mean",
                           rope_factor: float | None = None, seed: int = 0, shards: int = 2,
-                          with_eva: bool = True, with_vocab: bool = True) -> Path:
+                          with_eva: bool = True, with_vocab: bool = True, heads: int = 4) -> Path:
     """A complete tiny checkpoint folder, loadable by :func:`llamavid.loading.load_llamavid`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_llama_tokenizer(folder)
-    config = tiny_config(image_size, compress_type, rope_factor=rope_factor)
+    config = tiny_config(image_size, compress_type, rope_factor=rope_factor, heads=heads)
     model = random_model(config, seed)
     eva = random_eva_state(EvaConfig(224, 14, config.mm_hidden_size, 1, 256), seed=seed + 1)
     # the checkpoint's EVA copy equals the .pth (as in released files, up to bf16 rounding)

@@ -125,7 +125,7 @@ def test_llamavid_app_opens_the_desktop_window(
     probe_env = {**env, "OUT": str(shot)}
     colours = 0
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline and colours <= 10:
             assert app.poll() is None, f"llamavid app exited: {log.read_text(errors='replace')}"
             time.sleep(1)

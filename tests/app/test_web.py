@@ -90,7 +90,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def _wait_for_output(log: Path, text: str, timeout: float = 30.0) -> str:
+def _wait_for_output(log: Path, text: str, timeout: float = 90.0) -> str:
     """The server prints its banner just after it starts answering: wait for it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

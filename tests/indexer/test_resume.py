@@ -39,6 +39,8 @@ def test_kill_9_mid_film_resumes_to_identical_features(cli, movies, tiny_eva, tm
     try:
         wait_for(lambda: _frames_done(cli) >= 6 or proc.poll() is not None, timeout=120)
         assert proc.poll() is None, proc.communicate()
+        code, _, err = cli(*RUN, "--vision", tiny_eva)  # one writer: a second worker is refused
+        assert code == 1 and "another indexer" in err
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -68,22 +70,27 @@ def test_kill_9_mid_film_resumes_to_identical_features(cli, movies, tiny_eva, tm
     assert np.array_equal(feats, ref_feats)
 
 
-def test_pause_and_cancel_from_another_process(cli, movies, tiny_eva):
+def test_pause_and_cancel_a_running_job(cli, movies, tiny_eva):
+    """The worker runs in a thread here; control goes through the database as from another process."""
+    import threading
+
+    from indexer.pipeline import IndexOptions
+    from indexer.runner import run_queue
+    from llamavid.paths import DataDir
+
     make_video(movies / "A.mkv", seconds=20, size=(64, 48))
     make_video(movies / "B.mkv", seconds=2, size=(64, 48))
     cli("add", movies)
-    proc = cli.spawn(*RUN, "--vision", tiny_eva, "--idle", "0.2")
+    options = IndexOptions(vision=str(tiny_eva), speech="never", batch_size=2, idle=0.1)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(summary=run_queue(DataDir(cli.data_dir), options)))
+    worker.start()
     try:
         wait_for(lambda: _frames_done(cli) >= 2, timeout=120)
-        # a second worker on the same data folder is refused while the first one runs
-        code, _, err = cli(*RUN, "--vision", tiny_eva)
-        assert code == 1 and "another indexer" in err
         assert cli("pause", "A.mkv")[0] == 0
-        out, err = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
+        worker.join(timeout=120)
+    assert result["summary"].outcomes == {"paused": 1, "done": 1}
     status = cli.status()
     assert status["A.mkv"]["state"] == "paused" and 2 <= status["A.mkv"]["frames"] < 20
     assert status["B.mkv"]["state"] == "done"  # the rest of the queue went on
@@ -112,16 +119,17 @@ def test_pausing_the_whole_queue(cli, movies, tiny_eva):
     assert cli.status()["A.mkv"]["state"] == "done"
 
 
-def _limit_file_size():
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1_500_000, 1_500_000))
-
-
 def test_full_disk_fails_with_a_clear_message(cli, movies, tiny_eva):
-    make_video(movies / "Long.mkv", seconds=40, size=(64, 48))  # 40 x 90 kB of features > the 1.5 MB limit
+    """RLIMIT_FSIZE makes the kernel refuse writes past 1.5 MB (EFBIG), as a full disk would."""
+    make_video(movies / "Long.mkv", seconds=20, size=(64, 48))  # 20 x 90 kB of features > 1.5 MB
     cli("add", movies)
-    proc = cli.spawn(*RUN, "--vision", tiny_eva, preexec_fn=_limit_file_size)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1_500_000, hard))
+    try:
+        code, out, err = cli(*RUN, "--vision", tiny_eva)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert code == 1
     assert "no space for the feature cache" in err and "llamavid index retry" in err
     status = cli.status()["Long.mkv"]
     assert status["state"] == "failed" and "no space" in status["error"]

@@ -206,7 +206,8 @@ def hub(fake: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fake:
 def _serve_checkpoint(fake: Fake, ckpt: Path, name: str = VIDEO_MODEL) -> dict[str, bytes]:
     """The tiny checkpoint as hub repos: the model repo (+ files pull must skip), bert vocab, EVA."""
     files = {p.name: p.read_bytes() for p in ckpt.iterdir() if p.name not in ("eva_vit_g.pth", "bert_vocab.txt")}
-    extra = {".gitattributes": b"*.bin filter=lfs\n", "training_args.bin": b"unsafe pickle", "trainer_state.json": b"{}"}
+    extra = {".gitattributes": b"*.bin filter=lfs\n", "training_args.bin": b"unsafe pickle",
+             "trainer_state.json": b"{}"}
     lfs = {n for n in files if n.endswith(".bin") or n == "tokenizer.model"} | {"training_args.bin"}
     fake.add_repo(f"YanweiLi/{name}", {**files, **extra}, lfs)
     fake.add_repo("google-bert/bert-base-uncased", {"vocab.txt": (ckpt / "bert_vocab.txt").read_bytes()}, set())
@@ -308,6 +309,18 @@ def test_giving_up_keeps_the_part_for_the_next_run(fake: Fake, tmp_path: Path) -
     with pytest.raises(download.DownloadError, match="1.0 kB kept in .*g.bin.part, run the same command again"):
         download.fetch(remote, progress=False, retries=1, retry_wait=0)
     assert download.part_path(dest).stat().st_size == 1000 and not dest.exists()
+
+
+def test_a_second_writer_of_the_same_file_is_refused(fake: Fake, tmp_path: Path) -> None:
+    from filelock import FileLock
+
+    dest = tmp_path / "l.bin"
+    remote = _remote(fake, "/l.bin", dest, b"z" * 1000)
+    with FileLock(str(download.part_path(dest)) + ".lock"):  # another process is downloading it
+        with pytest.raises(download.DownloadError, match="another llamavid process is downloading l.bin"):
+            download.fetch(remote, progress=False)
+    download.fetch(remote, progress=False)
+    assert dest.read_bytes() == b"z" * 1000
 
 
 def test_server_ignoring_range_restarts_cleanly(fake: Fake, tmp_path: Path) -> None:
@@ -649,6 +662,19 @@ def test_verify_deep_finds_flipped_bits_that_sizes_miss(installed, capsys) -> No
     assert _cli("--data-dir", data, "models", "verify", "tiny") == 0
     assert _cli("--data-dir", data, "models", "verify", "tiny", "--deep") == 1
     assert "CRC check failed" in capsys.readouterr().out
+
+
+def test_verify_hash_finds_a_same_size_corrupt_file(installed, capsys) -> None:
+    data, folder = installed
+    shard = _shard(folder)
+    good = shard.read_bytes()
+    (folder / M.MANIFEST).write_text(json.dumps({"files": {shard.name: {
+        "size": len(good), "sha256": hashlib.sha256(good).hexdigest()}}}))
+    shard.write_bytes(good[:100] + bytes([good[100] ^ 1]) + good[101:])  # inside the zip header area
+    assert _cli("--data-dir", data, "models", "verify", "tiny") == 0, "sizes alone cannot see it"
+    assert _cli("--data-dir", data, "models", "verify", "tiny", "--hash") == 1
+    assert f"{shard.name}: sha256 mismatch" in capsys.readouterr().out
+    assert M.verify_model(tmp := folder / "nope", data) == [M.Finding("error", str(tmp), "folder does not exist")]
 
 
 def test_verify_reports_missing_shared_parts_and_shards(installed, capsys) -> None:

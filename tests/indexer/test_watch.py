@@ -1,0 +1,74 @@
+"""Watch mode: new files are picked up from file-system events and from periodic rescans."""
+from __future__ import annotations
+
+import os
+import shutil
+
+from helpers import wait_for
+from indexer.watch import Watcher
+from llamavid.paths import DataDir
+from media import make_video
+
+
+def _paths(cli) -> set[str]:
+    db = cli.db()
+    try:
+        return {r[0] for r in db.execute("SELECT rel_path FROM movies WHERE missing = 0")}
+    finally:
+        db.close()
+
+
+def test_watcher_scans_on_events(cli, movies, tmp_path):
+    make_video(movies / "A.mkv", seconds=1)
+    cli("add", movies, "--no-scan")
+    watcher = Watcher(DataDir(cli.data_dir), rescan_seconds=3600, settle_seconds=0, poll_seconds=0.5)
+    watcher.start()  # the initial scan
+    try:
+        assert _paths(cli) == {"A.mkv"}
+        staged = make_video(tmp_path / "B.mkv", seconds=1)
+        shutil.move(staged, movies / "B.mkv")
+        wait_for(lambda: _paths(cli) == {"A.mkv", "B.mkv"}, timeout=30)
+        (movies / "A.mkv").unlink()
+        wait_for(lambda: _paths(cli) == {"B.mkv"}, timeout=30)
+    finally:
+        watcher.stop()
+    assert not watcher._thread.is_alive()
+
+
+def test_periodic_rescan_without_events(cli, movies, tmp_path, monkeypatch):
+    import watchfiles
+
+    cli("add", movies, "--no-scan")
+
+    def no_events(*paths, stop_event, **kwargs):  # a network share: no change notifications
+        while not stop_event.wait(0.2):
+            yield set()
+
+    monkeypatch.setattr(watchfiles, "watch", no_events)
+    watcher = Watcher(DataDir(cli.data_dir), rescan_seconds=0.5, settle_seconds=0, poll_seconds=0.2)
+    watcher.start()
+    try:
+        make_video(movies / "C.mkv", seconds=1)
+        wait_for(lambda: _paths(cli) == {"C.mkv"}, timeout=30)
+    finally:
+        watcher.stop()
+    assert watcher.scans >= 2
+
+
+def test_watch_command_indexes_and_stops_on_interrupt(cli, movies, tiny_eva, monkeypatch):
+    """`index watch` = initial scan + worker that waits for work instead of exiting."""
+    path = make_video(movies / "A.mkv", seconds=1)
+    os.utime(path, (path.stat().st_atime - 60, path.stat().st_mtime - 60))  # copied a minute ago
+    cli("add", movies, "--no-scan")
+    seen = []
+
+    def stop_when_idle(self):
+        seen.append(True)
+        raise KeyboardInterrupt  # what Ctrl-C does while the worker waits
+
+    monkeypatch.setattr(Watcher, "wait", stop_when_idle)
+    code, out, err = cli("watch", "--vision", tiny_eva, "--speech", "never", "--quiet")
+    assert code == 130 and seen
+    assert cli.status()["A.mkv"]["state"] == "done"
+    code, out, _ = cli("run", "--vision", tiny_eva, "--quiet")  # the worker lock was released
+    assert code == 0 and "nothing to do" in out
