@@ -26,6 +26,7 @@ ACTIONS = ("add", "scan", "run", "status", "watch", "pause", "resume", "cancel",
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="index_command", metavar="ACTION", title="actions")
     sub.required = True
+    sub.add_parser = _with_data_dir(sub.add_parser)
     p = sub.add_parser("add", help="add library folders and scan them")
     p.add_argument("paths", nargs="+", metavar="PATH", help="folder of movies (scanned recursively)")
     p.add_argument("--no-scan", action="store_true", help="only register the folders")
@@ -50,6 +51,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("search", help="full-text search in the subtitles of the library")
     p.add_argument("query")
     p.add_argument("--limit", type=int, default=20)
+
+
+def _with_data_dir(add_parser):
+    """Every action also takes --data-dir after its name (``llamavid index run --data-dir X``)."""
+    def add(name, **kwargs):
+        parser = add_parser(name, **kwargs)
+        parser.add_argument("--data-dir", metavar="DIR", default=argparse.SUPPRESS,
+                            help="the data folder (database and caches); default $LLAMAVID_DATA_DIR")
+        return parser
+    return add
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:

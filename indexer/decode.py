@@ -22,6 +22,7 @@ what makes decoding keep up with a GPU; on a CPU-only machine EVA dominates and 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import queue
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -32,6 +33,9 @@ from typing import Iterator
 import numpy as np
 
 EPS = 1e-6
+# Decode workers start from a clean "forkserver" process: forking the indexer itself (torch and
+# FFmpeg threads running, OpenMP initialised) is not fork-safe.
+DECODE_START_METHOD = "forkserver"
 
 
 @dataclass(frozen=True)
@@ -224,7 +228,8 @@ class SampleStream:
         """Segments decoded by worker processes, consumed in order, ``workers + 1`` in flight."""
         pending: list[Future] = []
         segments = self._segments()
-        with ProcessPoolExecutor(max_workers=self.workers) as pool:
+        context = multiprocessing.get_context(DECODE_START_METHOD)
+        with ProcessPoolExecutor(max_workers=self.workers, mp_context=context) as pool:
             try:
                 while True:
                     while len(pending) <= self.workers:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-HELP = "chat about images, a short video or an indexed movie (streamed answers, multi-turn)"
+HELP = "chat about images, a short video or an indexed movie, answers streamed, several turns"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,8 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cuda, mps or cpu")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPUs, fp32 on CPU), fp32, fp16 or bf16")
     p.add_argument("--vision", metavar="PATH", help="eva_vit_g.pth to use instead of the installed one")
-    p.add_argument("--backend", choices=("transformers", "llama.cpp"), default="transformers",
-                   help="LLM engine; llama.cpp needs a folder from `llamavid models convert-gguf`")
+    p.add_argument("--backend", choices=("auto", "transformers", "llama.cpp"), default="auto",
+                   help="LLM engine; auto = llama.cpp for a folder from `llamavid models convert-gguf`")
     p.add_argument("--gguf-type", choices=("f32", "f16", "q8_0", "q4_K_M"),
                    help="which GGUF file of a converted folder (default: the smallest)")
     p.add_argument("--kv-type", choices=("f16", "q8_0", "q4_0", "f32"), default="f16",
@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def model_folder(name: str, data_dir: Path) -> tuple[Path, list[Path]]:
     """The checkpoint folder and the shared folders the loader searches (eva_vit_g.pth, vocabulary)."""
     try:
-        from .catalog import resolve_model, search_dirs  # the model manager, when installed
+        from .models import resolve_model, search_dirs
         return resolve_model(name, data_dir), search_dirs(data_dir)
     except ImportError:
         pass
@@ -74,9 +74,12 @@ def load(args: argparse.Namespace):
         raise UserError("choose one of --load-4bit and --load-8bit")
     folder, shared = model_folder(args.model, args.data_dir)
     bits = 4 if args.load_4bit else 8 if args.load_8bit else None
+    backend = args.backend
+    if backend == "auto":
+        backend = "llama.cpp" if any(folder.glob("llm-*.gguf")) else "transformers"
     try:
         lv = LlamaVid.load(folder, device=args.device, dtype=args.dtype, vision=args.vision, search_dirs=shared,
-                           load_vision=not args.movie, bits=bits, backend=args.backend,
+                           load_vision=not args.movie, bits=bits, backend=backend,
                            gguf_type=args.gguf_type, kv_type=args.kv_type, n_ctx=args.ctx, threads=args.threads)
     except (CheckpointError, FileNotFoundError, ValueError, RuntimeError, MemoryError) as exc:
         raise UserError(str(exc)) from None

@@ -46,6 +46,7 @@ SUBCOMMANDS: dict[str, str] = {
     "app": "app.launch",
     "web": "app.web",
     "chat": "llamavid.chat_cli",
+    "index": "indexer.cli",
     "doctor": "llamavid.doctor",
     "models": "llamavid.models_cli",
 }

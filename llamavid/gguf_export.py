@@ -138,6 +138,9 @@ def quantize_gguf(source: Path, out: Path, ftype: str, threads: int = 0) -> Path
     """q8_0 / q4_K_M with llama.cpp's quantizer (the same code ``llama-quantize`` runs)."""
     import llama_cpp
 
+    from .llamacpp import _quiet
+
+    _quiet()
     kinds = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_K_M": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = kinds[ftype]

@@ -206,6 +206,9 @@ def _weights(folder: Path) -> tuple[Path | None, dict[str, str], list[str]]:
     for name in (*SINGLE_FILES, "mm_projector.bin"):
         if (folder / name).is_file():
             return None, {}, [name]
+    ggufs = sorted(p.name for p in folder.glob("llm-*.gguf"))
+    if ggufs:  # written by `models convert-gguf`: LLM for llama.cpp, vision side in safetensors
+        return None, {}, [*ggufs, "vision.safetensors"]
     return None, {}, []
 
 
@@ -518,9 +521,24 @@ def _check_safetensors(path: Path) -> str | None:
     return None
 
 
+def _check_gguf(path: Path) -> str | None:
+    """Header and tensor table readable and every tensor's data inside the file."""
+    try:
+        import gguf
+
+        reader = gguf.GGUFReader(path)
+    except Exception as exc:  # noqa: BLE001 - gguf raises several types for damaged files
+        return f"not a readable GGUF file ({exc.__class__.__name__}: {str(exc)[:120]})"
+    if not reader.tensors:
+        return "GGUF file without tensors"
+    return None
+
+
 def _check_weights_file(path: Path, deep: bool) -> str | None:
     if path.suffix == ".safetensors":
         return _check_safetensors(path)
+    if path.suffix == ".gguf":
+        return _check_gguf(path)
     return _check_torch_zip(path, deep)
 
 
@@ -664,6 +682,9 @@ def _verify_shared(out: list[Finding], folder: Path, dd: DataDir, weight_map: di
         out.append(Finding("error", str(vocab), f"{problem}; {pull_hint}") if problem
                    else Finding("ok", VOCAB_FILE, str(vocab)))
     eva = find_shared(EVA_FILE, folder, dd)
+    if eva is None and (folder / "vision.safetensors").is_file():
+        out.append(Finding("ok", EVA_FILE, "in vision.safetensors (converted for llama.cpp)"))
+        return
     if eva is None:
         has_copy = any(k.startswith("model.vision_tower.vision_tower.") for k in weight_map)
         message = f"not found in the checkpoint folder or {shared_dir(dd)}"

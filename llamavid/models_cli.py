@@ -89,6 +89,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--shared", action="store_true", help="print the shared-parts folder instead")
     _common(p)
 
+    p = sub.add_parser("convert-gguf", help="write a model's LLM as GGUF for the llama.cpp backend",
+                       description="Write the LLM of an installed model as GGUF (f16, q8_0, q4_K_M; q8_0/q4_K_M "
+                                   "through llama.cpp's quantizer) with the vision side in fp16 next to it, into "
+                                   "<data>/models/<NAME>-gguf/. Chat with it: llamavid chat --model NAME-gguf.")
+    p.add_argument("name", metavar="NAME", help="installed model name or checkpoint folder")
+    p.add_argument("--types", default="f16,q8_0,q4_K_M", help="comma-separated: f32, f16, q8_0, q4_K_M")
+    p.add_argument("--output", metavar="NAME_OR_FOLDER", help="output name (default NAME-gguf) or folder")
+    _common(p)
+
     p = sub.add_parser("add", help="register a checkpoint folder you already have (nothing is copied)",
                        description="Register a local checkpoint folder under NAME so `--model NAME` finds "
                                    "it. Nothing is copied or moved; `rm NAME` only unregisters it.")
@@ -252,7 +261,28 @@ def _add(args: argparse.Namespace, dd: DataDir) -> int:
     return 0
 
 
-_ACTIONS = {"list": _list, "pull": _pull, "verify": _verify, "rm": _rm, "path": _path, "add": _add}
+def _convert_gguf(args: argparse.Namespace, dd: DataDir) -> int:
+    from pathlib import Path
+
+    from llamavid.gguf_export import convert
+
+    source = M.resolve_model(args.name, dd)
+    default = f"{Path(args.name).name if '/' in args.name else args.name}-gguf"
+    out = Path(args.output) if args.output and "/" in args.output else dd.models / (args.output or default)
+    types = tuple(t.strip() for t in args.types.split(",") if t.strip())
+    try:
+        files = convert(source, out, types, search_dirs=M.search_dirs(dd),
+                        progress=lambda name: print(f"  {name}", file=sys.stderr) if args.verbose else None)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise UserError(str(exc)) from None
+    for path in files:
+        print(f"{path}  {human_size(path.stat().st_size)}")
+    print(f"chat with it: llamavid chat --model {out.name if out.parent == dd.models else out}")
+    return 0
+
+
+_ACTIONS = {"list": _list, "pull": _pull, "verify": _verify, "rm": _rm, "path": _path, "add": _add,
+            "convert-gguf": _convert_gguf}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -145,3 +145,30 @@ def test_long_video_rope_scaling_is_written(checkpoint, tmp_path):
     a, b = ref.prepare("Who?", **inputs("movie")), cpp.prepare("Who?", **inputs("movie"))
     sa, sb = list(ref.generate(a, GREEDY)), list(cpp.generate(b, GREEDY))
     assert max((x.scores - y.scores).abs().max().item() for x, y in zip(sa, sb)) < 1e-4
+
+
+def test_cli_convert_verify_and_chat(checkpoint, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "LLAMAVID_DATA_DIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+
+    def llamavid(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "llamavid.cli", *args], env=env, text=True,
+                              capture_output=True, timeout=300)
+
+    assert llamavid("models", "add", "tiny", str(checkpoint)).returncode == 0
+    converted = llamavid("models", "convert-gguf", "tiny", "--types", "f32,q4_K_M")
+    assert converted.returncode == 0, converted.stderr
+    assert (tmp_path / "models" / "tiny-gguf" / "llm-q4_K_M.gguf").is_file()
+    assert "llama_model_quantize" not in converted.stdout  # llama.cpp's log stays quiet
+    assert llamavid("models", "verify", "tiny-gguf").returncode == 0
+    answer = llamavid("chat", "--model", "tiny-gguf", "--gguf-type", "f32", "--kv-type", "f32", "-p", "Hello?",
+                      "--temperature", "0", "--max-new-tokens", "4")
+    reference = llamavid("chat", "--model", "tiny", "-p", "Hello?", "--temperature", "0", "--max-new-tokens", "4")
+    assert answer.returncode == 0 and reference.returncode == 0, answer.stderr + reference.stderr
+    assert answer.stdout == reference.stdout
+    bad = llamavid("models", "convert-gguf", "tiny", "--types", "q3")
+    assert bad.returncode != 0 and "unknown GGUF type" in bad.stderr

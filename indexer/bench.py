@@ -1,0 +1,314 @@
+"""Benchmark of 1-frame-per-second sampling strategies: seconds per hour of film and peak memory.
+
+    python -m indexer.bench                      # 1080p H.264, long GOPs (cpu-anchors section 3)
+    python -m indexer.bench --seconds 10 --width 640 --height 360 --repeat 2   # a quick run
+
+The clip is made like the cpu-anchors files (moving sinus gradients, a panned noise texture and
+per-frame grain; libx264 veryfast, crf 23, keyint 240 without scene cuts, 2 B-frames, VBV capped
+at 8 Mb/s), ``--seconds`` of unique content repeated ``--repeat`` times by remuxing (no re-encode).
+Every strategy converts each kept frame to an RGB array at source resolution (what the indexer
+hands to the preprocessing), and runs in a fresh process so its peak RSS is its own. The indexer's
+strategy also runs on a clip ``--long-factor`` times longer to show that memory does not grow with
+the length of the film.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from indexer.decode import DECODE_START_METHOD, EPS, DecodeStats, decode_segment, plan_segments, video_spec
+
+STRATEGIES = {
+    "every-frame": "decode every frame (PyAV defaults), keep the first at/after each second",
+    "fps-filter": "decode every frame through libavfilter fps=1 (what `ffmpeg -vf fps=1` does)",
+    "seek": "seek to each second, decode from the keyframe up to it",
+    "nonref": "decode sequentially, skipping non-reference frames (skip_frame=NONREF)",
+    "llamavid": "NONREF + keyframe-aligned segments decoded by parallel worker processes (the indexer's)",
+    "llamavid+preprocess": "the indexer's strategy including CLIP preprocessing (what EVA receives)",
+    "ffmpeg": "the ffmpeg command line: -vf fps=1 -f null (only when ffmpeg is installed)",
+}
+
+
+@dataclass
+class Result:
+    strategy: str
+    clip_seconds: float
+    wall_seconds: float
+    sampled: int
+    seconds_per_hour: float
+    peak_rss_mb: float          # the measuring process
+    worker_peak_rss_mb: float   # the largest child process (decode workers), 0 if none
+    note: str = ""
+
+
+# -- the clip ------------------------------------------------------------------------------------
+
+
+def make_clip(path: Path, seconds: float, width: int = 1920, height: int = 1080, fps: int = 24,
+              kbps: int = 8000) -> Path:
+    """Synthetic film-like H.264 with 10-second GOPs (cpu-anchors section 3)."""
+    import av
+
+    out = av.open(str(path), "w")
+    stream = out.add_stream("libx264", rate=fps)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.options = {"preset": "veryfast", "crf": "23", "x264-params":
+                      f"keyint=240:min-keyint=240:scenecut=0:bframes=2:vbv-maxrate={kbps}:vbv-bufsize={2 * kbps}"}
+    rng = np.random.default_rng(0)
+    texture = np.kron(rng.integers(0, 255, (height // 4, width // 2), dtype=np.uint8), np.ones((4, 4), np.uint8))
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    for i in range(int(seconds * fps)):
+        t = i / fps
+        base = 127 + 60 * np.sin(xx / 97 + t) + 40 * np.cos(yy / 53 - 1.3 * t)
+        shift = int(t * 40) % width
+        luma = base + 0.25 * texture[:, shift:shift + width] + rng.integers(-10, 10, (height, width))
+        y = np.clip(luma, 0, 255).astype(np.uint8)
+        frame = av.VideoFrame.from_ndarray(np.stack([y, np.roll(y, 7, 1), 255 - y], -1), format="rgb24")
+        frame.pts = i
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode())
+    out.close()
+    return path
+
+
+def repeat_clip(src: Path, dst: Path, copies: int) -> Path:
+    """``copies`` times the clip back to back, by copying packets with shifted timestamps."""
+    import av
+
+    with av.open(str(src)) as source, av.open(str(dst), "w") as out:
+        stream = source.streams.video[0]
+        target = out.add_stream_from_template(stream)
+        span = int(round(source.duration / 1e6 / stream.time_base))
+        for copy in range(copies):
+            source.seek(0)
+            for packet in source.demux(stream):
+                if packet.dts is None and packet.pts is None:
+                    continue
+                packet.pts = None if packet.pts is None else packet.pts + copy * span
+                packet.dts = None if packet.dts is None else packet.dts + copy * span
+                packet.stream = target
+                out.mux(packet)
+    return dst
+
+
+# -- strategies (each runs inside its own process, see _measure) ----------------------------------
+
+
+def _sequential(path: str, skip: str | None = None) -> int:
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        if skip:
+            stream.codec_context.skip_frame = skip
+        kept, target = 0, 0
+        for frame in container.decode(stream):
+            if frame.time >= target - EPS:
+                frame.to_ndarray(format="rgb24")
+                kept, target = kept + 1, math.floor(frame.time + EPS) + 1
+    return kept
+
+
+def _fps_filter(path: str) -> int:
+    import av
+    import av.filter
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        graph = av.filter.Graph()
+        source = graph.add_buffer(template=stream)
+        fps, sink = graph.add("fps", "1"), graph.add("buffersink")
+        source.link_to(fps)
+        fps.link_to(sink)
+        graph.configure()
+        kept = 0
+        for frame in _with_end(container.decode(stream)):
+            graph.push(frame)
+            while True:
+                try:
+                    graph.pull().to_ndarray(format="rgb24")
+                    kept += 1
+                except (av.BlockingIOError, av.EOFError):
+                    break
+    return kept
+
+
+def _with_end(frames):
+    yield from frames
+    yield None  # flushes the filter graph
+
+
+def _seek(path: str, seconds: int) -> int:
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        for k in range(seconds):
+            container.seek(int(k / stream.time_base), stream=stream, backward=True)
+            for frame in container.decode(stream):
+                if frame.time >= k - EPS:
+                    frame.to_ndarray(format="rgb24")
+                    break
+    return seconds
+
+
+def _segment_count(spec, fps: float, start: int, stop: int | None, prepare: bool) -> tuple[int, float]:
+    """Frames kept in one segment, and this worker's peak RSS in MB."""
+    from indexer.decode import decode_segment_prepared
+
+    if prepare:
+        count = len(decode_segment_prepared(spec, fps, start, stop, 224)[0])
+    else:
+        count = sum(1 for _ in decode_segment(spec, fps, start, stop, DecodeStats()))
+    return count, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _warm(prepare: bool) -> None:
+    """Start-up work of a worker process (imports), kept out of the timing: paid once per run."""
+    import av  # noqa: F401
+
+    if prepare:
+        import llamavid.preprocess  # noqa: F401
+    time.sleep(0.2)  # so that every worker of the pool gets one of these
+
+
+def _llamavid(path: str, pool, prepare: bool, segment_seconds: float = 30.0) -> tuple[int, float]:
+    """(frames kept, largest worker peak RSS in MB) with the indexer's segmented NONREF decoding."""
+    from indexer.probe import probe
+
+    spec = video_spec(path, probe(path))
+    segments = list(plan_segments(spec, 1.0, 0, segment_seconds))
+    if pool is None:
+        results = [_segment_count(spec, 1.0, a, b, prepare) for a, b in segments]
+        return sum(n for n, _ in results), 0.0
+    results = [f.result() for f in [pool.submit(_segment_count, spec, 1.0, a, b, prepare) for a, b in segments]]
+    return sum(n for n, _ in results), max(rss for _, rss in results)
+
+
+def _ffmpeg(path: str) -> int:
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-i", path,
+                    "-vf", "fps=1", "-f", "null", "-"], check=True)
+    return -1
+
+
+def run_one(strategy: str, path: str, workers: int, seek_seconds: int) -> dict:
+    """Time one strategy in this process; returns what Result needs."""
+    import multiprocessing
+
+    import av  # noqa: F401 - imports are not part of the timing
+
+    prepare = strategy == "llamavid+preprocess"
+    pool = None
+    if strategy.startswith("llamavid") and workers > 1:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(DECODE_START_METHOD))
+        for future in [pool.submit(_warm, prepare) for _ in range(workers)]:
+            future.result()
+    elif prepare:
+        _warm(True)
+    start = time.perf_counter()
+    sampled = {
+        "every-frame": lambda: _sequential(path),
+        "nonref": lambda: _sequential(path, "NONREF"),
+        "fps-filter": lambda: _fps_filter(path),
+        "seek": lambda: _seek(path, seek_seconds),
+        "llamavid": lambda: _llamavid(path, pool, prepare=False),
+        "llamavid+preprocess": lambda: _llamavid(path, pool, prepare=True),
+        "ffmpeg": lambda: _ffmpeg(path),
+    }[strategy]()
+    wall = time.perf_counter() - start
+    if pool is not None:
+        pool.shutdown()
+    sampled, workers_rss = sampled if isinstance(sampled, tuple) else (sampled, 0.0)
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"wall": wall, "sampled": sampled, "rss": own, "children_rss": workers_rss}
+
+
+def _measure(strategy: str, clip: Path, clip_seconds: float, workers: int, seek_seconds: int) -> Result:
+    """Run a strategy in a fresh interpreter, so peak RSS and caches are its own."""
+    cmd = [sys.executable, "-m", "indexer.bench", "--one", strategy, "--clip", str(clip),
+           "--workers", str(workers), "--seek-seconds", str(seek_seconds)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    measured = seek_seconds if strategy == "seek" else clip_seconds
+    note = f"first {seek_seconds} s, extrapolated" if strategy == "seek" else ""
+    return Result(strategy, measured, round(data["wall"], 2), data["sampled"],
+                  round(data["wall"] * 3600 / measured, 1), round(data["rss"], 1),
+                  round(data["children_rss"], 1) if strategy != "ffmpeg" else 0.0, note)
+
+
+def benchmark(seconds: float = 30, repeat: int = 4, width: int = 1920, height: int = 1080,
+              workers: int | None = None, seek_seconds: int = 20, long_factor: int = 4,
+              strategies: list[str] | None = None, workdir: Path | None = None,
+              log=print) -> dict:
+    """Make the clips, measure every strategy, return the results (and print them with ``log``)."""
+    workers = workers or max(1, os.cpu_count() or 1)
+    folder = Path(workdir or tempfile.mkdtemp(prefix="llamavid-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    unique = folder / f"unique-{width}x{height}-{seconds:g}s.mp4"
+    if not unique.exists():
+        log(f"making a {seconds:g} s {width}x{height} H.264 clip ...")
+        make_clip(unique, seconds, width, height)
+    clip = repeat_clip(unique, folder / f"clip-x{repeat}.mp4", repeat)
+    clip_seconds = seconds * repeat
+    names = strategies or [s for s in STRATEGIES if s != "ffmpeg" or shutil.which("ffmpeg")]
+    results = []
+    for name in names:
+        results.append(_measure(name, clip, clip_seconds, workers, min(seek_seconds, int(clip_seconds))))
+        log(_row(results[-1]))
+    long_clip = repeat_clip(unique, folder / f"clip-x{repeat * long_factor}.mp4", repeat * long_factor)
+    long = _measure("llamavid", long_clip, clip_seconds * long_factor, workers, seek_seconds)
+    log(f"memory vs length: {_row(long)}")
+    return {"clip": {"path": str(clip), "seconds": clip_seconds, "width": width, "height": height,
+                     "bitrate_mbps": round(clip.stat().st_size * 8 / clip_seconds / 1e6, 2),
+                     "workers": workers, "cpus": os.cpu_count()},
+            "results": [asdict(r) for r in results], "long": asdict(long)}
+
+
+def _row(r: Result) -> str:
+    return (f"{r.strategy:<20} {r.seconds_per_hour:>8.1f} s/hour  ({r.wall_seconds:.1f} s for {r.clip_seconds:g} s, "
+            f"{r.sampled} frames)  peak RSS {r.peak_rss_mb:.0f} MB"
+            + (f" + workers {r.worker_peak_rss_mb:.0f} MB" if r.worker_peak_rss_mb else "")
+            + (f"  [{r.note}]" if r.note else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m indexer.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=30, help="unique content to encode")
+    parser.add_argument("--repeat", type=int, default=4, help="copies of it in the measured clip")
+    parser.add_argument("--width", type=int, default=1920)
+    parser.add_argument("--height", type=int, default=1080)
+    parser.add_argument("--workers", type=int, default=0, help="decode processes for the indexer (0: CPU count)")
+    parser.add_argument("--seek-seconds", type=int, default=20, help="seconds sampled by the slow seek strategy")
+    parser.add_argument("--long-factor", type=int, default=4)
+    parser.add_argument("--strategies", nargs="*", choices=list(STRATEGIES))
+    parser.add_argument("--workdir", type=Path, help="keep the clips here (reused by later runs)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON at the end")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--clip", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_one(args.one, args.clip, args.workers, args.seek_seconds)))
+        return 0
+    report = benchmark(args.seconds, args.repeat, args.width, args.height, args.workers or None,
+                       args.seek_seconds, args.long_factor, args.strategies, args.workdir)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

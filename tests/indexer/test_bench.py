@@ -1,0 +1,25 @@
+"""The decoding benchmark runs end to end on a tiny clip and reports consistent numbers."""
+from __future__ import annotations
+
+from indexer.bench import benchmark, make_clip, repeat_clip
+from indexer.probe import probe
+
+
+def test_repeat_clip_makes_a_longer_valid_file(tmp_path):
+    clip = make_clip(tmp_path / "a.mp4", 2, 160, 96)
+    longer = repeat_clip(clip, tmp_path / "b.mp4", 3)
+    assert probe(longer).duration == 6.0 and probe(clip).duration == 2.0
+
+
+def test_benchmark_smoke(tmp_path):
+    lines = []
+    report = benchmark(seconds=2, repeat=2, width=160, height=96, workers=2, seek_seconds=2, long_factor=2,
+                       strategies=["every-frame", "nonref", "seek", "llamavid"], workdir=tmp_path, log=lines.append)
+    results = {r["strategy"]: r for r in report["results"]}
+    assert list(results) == ["every-frame", "nonref", "seek", "llamavid"]
+    assert [results[s]["sampled"] for s in ("every-frame", "nonref", "llamavid")] == [4, 4, 4]
+    assert results["seek"]["sampled"] == 2 and "extrapolated" in results["seek"]["note"]
+    assert all(r["seconds_per_hour"] > 0 and r["peak_rss_mb"] > 0 for r in results.values())
+    assert results["llamavid"]["worker_peak_rss_mb"] > 0
+    assert report["long"]["sampled"] == 8 and report["long"]["clip_seconds"] == 8
+    assert len(lines) == 6 and lines[-1].startswith("memory vs length")
