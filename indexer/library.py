@@ -122,8 +122,18 @@ def _movie(db: sqlite_utils.Database, row: dict) -> Movie:
         fps=row["fps"], frames=row["frames_done"], features_complete=bool(row["features_complete"]),
         feature_path=row["feature_path"],
         feature_shape=json.loads(row["feature_shape"]) if row["feature_shape"] else None,
-        vision_id=row["vision_id"], cache_bytes=row["cache_bytes"], cue_count=row["cue_count"],
+        vision_id=row["vision_id"], cache_bytes=_disk_bytes(row), cue_count=row["cue_count"],
         subtitle_sources=sorted({t["source"] for t in tracks if t["cue_count"]}), subtitle_tracks=tracks)
+
+
+def _disk_bytes(row: dict) -> int:
+    """Bytes the movie's cache takes now: the final file, or the preallocated partial one."""
+    if row["features_complete"] or not row["feature_path"]:
+        return row["cache_bytes"]
+    try:
+        return os.stat(row["feature_path"] + ".partial").st_size
+    except OSError:
+        return 0
 
 
 def list_movies(db: sqlite_utils.Database) -> list[Movie]:

@@ -46,7 +46,18 @@ def run_queue(data, options: IndexOptions, on_progress: ProgressFn | None = None
     on_event = on_event or (lambda movie, outcome, message: None)
     data.create()
     db = connect(data.database)
-    with jobs.worker_lock(data.root):
+    try:
+        with jobs.worker_lock(data.root):
+            _work(db, data, options, summary, on_progress, on_event, wait, stop)
+    finally:
+        db.close()
+    return summary
+
+
+def _work(db, data, options: IndexOptions, summary: RunSummary, on_progress, on_event, wait, stop) -> None:
+    from llamavid.errors import UserError
+
+    if True:
         jobs.recover_stale(db)
         pipeline = Pipeline(db, data, options, on_progress)
         while not (stop and stop.is_set()):
@@ -68,8 +79,6 @@ def run_queue(data, options: IndexOptions, on_progress: ProgressFn | None = None
                 raise
             summary.count(outcome)
             on_event({"path": movie[0]}, outcome, message)
-    db.close()
-    return summary
 
 
 def run_job(pipeline: Pipeline, db, job: dict, options: IndexOptions) -> tuple[str, str | None]:

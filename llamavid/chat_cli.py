@@ -120,14 +120,18 @@ def visual_input(lv, args: argparse.Namespace):
 
 
 def movie_input(args: argparse.Namespace):
-    from .engine import Visual
+    """An indexed film: its cached EVA features (memory-mapped), frame times and subtitles."""
+    from .engine import film_visual
 
     try:
-        from indexer.library import open_movie
+        from indexer.library import FeaturesNotReady, find_movie, open_library
     except ImportError:
         raise UserError("--movie needs the library indexer (llamavid index)") from None
-    movie = open_movie(args.data_dir, args.movie)
-    return Visual("film", movie.features, movie.frame_times, movie.subtitles)
+    db = open_library(args.data_dir)
+    try:
+        return film_visual(db, find_movie(db, args.movie))
+    except (KeyError, FeaturesNotReady) as exc:
+        raise UserError(str(exc).strip("'\"")) from None
 
 
 def answer(chat, question: str, opts) -> None:
@@ -167,7 +171,12 @@ def run(args: argparse.Namespace) -> int:
         if not Path(path).is_file():
             raise UserError(f"{path}: no such file")
     lv = load(args)
-    chat = Chat(lv, visual_input(lv, args))
+    try:
+        chat = Chat(lv, visual_input(lv, args))
+    except (ValueError, MemoryError) as exc:
+        raise UserError(str(exc)) from None
+    for note in chat.notes:
+        print(f"note: {note}", file=sys.stderr)
     opts = sampling(args)
     if args.prompt is not None:
         try:

@@ -94,6 +94,21 @@ class Chat:
         self.state = self.backend.new_state()
         self.turns: list[Turn] = []
         self.last_token: int | None = None
+        self.notes: list[str] = []
+        if visual.kind == "film":
+            self._fit_film()
+
+    def _fit_film(self, text_tokens: int = 1024) -> None:
+        """Keep every k-th frame when a film's 2 tokens per frame would overflow the context.
+
+        Subtitles all stay: they attach to the nearest kept frame, so no dialogue is lost.
+        """
+        v, limit = self.visual, self.backend.context_length()
+        stride = frame_stride(len(v.features), 2, text_tokens + 8 * len(v.subtitles), limit)
+        if stride > 1:
+            v.features, v.frame_times = v.features[::stride], v.frame_times[::stride]
+            self.notes.append(f"the film has more frames than the {limit}-token context holds; "
+                              f"using every {stride}th frame ({len(v.frame_times)} frames)")
 
     # ----------------------------------------------------------------------------- prompt pieces
     def _visual_slots(self, question: str) -> tuple[str, list[torch.Tensor]]:
@@ -169,6 +184,20 @@ class Chat:
         except GeneratorExit:
             turn.stopped = True
             raise
+
+
+def film_visual(db, movie) -> Visual:
+    """A library film as a chat input: features without the CLS row, as the long-video model reads them.
+
+    The reference's movie path feeds ``feats[:, 1:]``, so its Q-Former never sees CLS; the
+    memory map is sliced, not copied.
+    """
+    from indexer.library import frame_times, open_features, subtitles
+
+    feats = open_features(movie)
+    if feats.shape[1] % 2 == 1:
+        feats = feats[:, 1:]
+    return Visual("film", feats, frame_times(db, movie).tolist(), subtitles(db, movie))
 
 
 def plan_video_stride(lv, frames: int, question_tokens: int = 64, max_new_tokens: int = 512) -> int:

@@ -170,16 +170,13 @@ def setup_model(args: TrainArgs, rt: Runtime, bf16: bool) -> nn.Module:
     model.config._attn_implementation = attention_implementation(args.attn, rt.device)
     prefixes = trainable_prefixes(args.preset.train_llm, args.bert_type)
     if args.lora_r:
-        if not args.lora_train_multimodal:
-            prefixes = ()
-        prefixes = tuple(p for p in prefixes if p not in LLM)
         compute = torch.bfloat16 if bf16 else torch.float32
         add_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.bits, compute, rt.device)
-        prefixes += ("model.layers.",)
-        set_trainable(model, prefixes)
+        multimodal = tuple(p for p in prefixes if p not in LLM) if args.lora_train_multimodal else ()
+        set_trainable(model, multimodal)
         for name, param in model.named_parameters():
-            if name.startswith("model.layers.") and "lora_" not in name:
-                param.requires_grad_(False)
+            if "lora_" in name:
+                param.requires_grad_(True)
     else:
         set_trainable(model, prefixes)
     model.to(rt.device)
@@ -192,7 +189,7 @@ def setup_model(args: TrainArgs, rt: Runtime, bf16: bool) -> nn.Module:
     return model
 
 
-def data(args: TrainArgs, tokenizer, qformer_tokenizer, progress) -> Any:
+def data(args: TrainArgs, tokenizer, qformer_tokenizer, say) -> Any:
     from .dataset import DataOptions, LlavaDataset
     from .records import read_records
     from .validate import CheckOptions, validate
@@ -205,7 +202,7 @@ def data(args: TrainArgs, tokenizer, qformer_tokenizer, progress) -> Any:
         if not report.ok and not args.skip_bad_samples:
             raise UserError(f"the data has problems; fix them or pass --skip-bad-samples:\n{report.text(10)}")
         if report.errors or report.warnings:
-            progress.message(report.text(10))
+            say(report.text(10))
     options = DataOptions(args.image_folder, args.video_folder, args.preset.template, args.image_size,
                           args.preset.image_aspect_ratio, args.video_fps, args.video_token, args.max_frames,
                           args.trust_pickle, args.skip_bad_samples, args.seed)
@@ -277,8 +274,7 @@ def _run(args: TrainArgs, rt: Runtime) -> TrainResult:
     barrier(rt)
     step_module = _train_step(model, args)
     wrapped = wrap(step_module, rt, args.fsdp, bf16)
-    progress = Progress(output, 0, 0, False)
-    dataset = data(args, tokenizer, qformer_tokenizer, Progress(output, 0, 0, rt.is_main))
+    dataset = data(args, tokenizer, qformer_tokenizer, print if rt.is_main else (lambda text: None))
     plan = Plan(dataset.modality_lengths, args.batch_size, rt.world_size, rt.rank, args.grad_accum, args.seed,
                 args.group_by_modality, args.epochs, args.max_steps)
     optimizer, scheduler = optimizer_and_schedule(wrapped, args, plan.total_steps)

@@ -193,3 +193,18 @@ def test_status_json_is_one_object_per_line(cli, movies, tiny_eva):
     os.remove(movies / "A.mkv")
     cli("scan")
     assert cli.status()["A.mkv"]["state"] == "missing"
+
+
+def test_llamavid_index_console_script(llamavid_cmd, movies, tmp_path):
+    """The command is registered in `llamavid` (subprocess, the installed console script)."""
+    import subprocess
+
+    make_video(movies / "A.mkv", seconds=1)
+    base = [*llamavid_cmd, "index"]
+    data = ["--data-dir", str(tmp_path / "data")]
+    add = subprocess.run([*base, "add", str(movies), *data], capture_output=True, text=True, timeout=120)
+    assert add.returncode == 0, add.stderr
+    status = subprocess.run([*base, "status", "--json", *data], capture_output=True, text=True, timeout=120)
+    assert [json.loads(line)["state"] for line in status.stdout.splitlines()] == ["queued"]
+    bad = subprocess.run([*base, "add", str(tmp_path / "nowhere"), *data], capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.startswith("llamavid: error:") and "not a folder" in bad.stderr

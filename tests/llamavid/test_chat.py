@@ -197,3 +197,12 @@ def test_4bit_llm_keeps_answers_close(tiny_checkpoint):
     with torch.inference_mode():
         a, b = full.model(inputs_embeds=emb).logits, q4.model(inputs_embeds=emb).logits
     assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.95
+
+
+def test_film_longer_than_the_context_keeps_every_kth_frame(tiny):
+    backend = TransformersBackend(tiny.model)
+    backend.context_length = lambda: 1200
+    feats = np.zeros((1000, 256, 176), np.float16)
+    chat = Chat(tiny, Visual("film", feats, [float(i) for i in range(1000)], []), backend=backend)
+    assert len(chat.visual.features) == 84 and chat.visual.frame_times[1] == 12.0  # stride 12
+    assert "every 12th frame" in chat.notes[0]
