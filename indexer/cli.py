@@ -145,7 +145,8 @@ def cmd_run(args, data, wait=None, stop=None) -> int:
     from indexer.runner import run_queue
 
     options = options_from(args)
-    find_vision_weights(data.models, options.vision)  # fail before the first film, not in the middle
+    if _has_work(data):
+        find_vision_weights(data.models, options.vision)  # fail before the first film, not in the middle
     progress = Progress(enabled=not args.quiet)
     signal.signal(signal.SIGTERM, _sigterm)
     try:
@@ -156,13 +157,23 @@ def cmd_run(args, data, wait=None, stop=None) -> int:
     return 0
 
 
+def _has_work(data) -> bool:
+    db = _db(data)
+    try:
+        return db.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()[0] > 0
+    finally:
+        db.close()
+
+
 def _sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
     raise KeyboardInterrupt
 
 
 def cmd_watch(args, data) -> int:
+    from indexer.features import find_vision_weights
     from indexer.watch import Watcher
 
+    find_vision_weights(data.models, args.vision)  # new films can arrive at any time
     watcher = Watcher(data, rescan_seconds=args.rescan_minutes * 60)
     watcher.start()
     try:

@@ -51,7 +51,7 @@ CREATE TABLE movies (
     speech_windows_done INTEGER NOT NULL DEFAULT 0,
     speech_language TEXT,
     fps REAL, vision_id TEXT, feature_path TEXT, feature_shape TEXT,
-    frames_capacity INTEGER, frames_done INTEGER NOT NULL DEFAULT 0,
+    frames_capacity INTEGER, chunk_frames INTEGER, frames_done INTEGER NOT NULL DEFAULT 0,
     features_complete INTEGER NOT NULL DEFAULT 0,
     cache_bytes INTEGER NOT NULL DEFAULT 0,
     warning TEXT

@@ -63,8 +63,13 @@ class Pipeline:
 
     def encoder(self) -> Encoder:
         if self._encoder is None:
+            from llamavid.errors import UserError
+
             weights = find_vision_weights(self.data.models, self.options.vision)
-            self._encoder = Encoder(weights, self.options.device, self.options.dtype)
+            try:
+                self._encoder = Encoder(weights, self.options.device, self.options.dtype)
+            except (ValueError, FileNotFoundError) as exc:  # bad --device/--dtype, unusable weights
+                raise UserError(str(exc)) from exc
         return self._encoder
 
     def check_file(self, movie: dict) -> None:
@@ -191,7 +196,6 @@ class Pipeline:
     # -- features --------------------------------------------------------------------------------
 
     def feature_stage(self, job: dict, movie: dict, info: ProbeInfo) -> None:
-        self._job_id = job["id"]
         encoder = self.encoder()
         fps = self.options.fps
         if movie["features_complete"] and movie["vision_id"] == encoder.id and movie["fps"] == fps:
@@ -199,8 +203,7 @@ class Pipeline:
         if movie["vision_id"] not in (None, encoder.id) or movie["fps"] not in (None, fps):
             movies.clear_features(self.db, movie["id"])  # other weights or rate: start over
             movie = movies.get(self.db, movie["id"])
-        writer, done = self._open_writer(movie, info, encoder)
-        batch = self.options.batch_size or (4 if encoder.device.type == "cpu" else 32)
+        writer, done, batch = self._open_writer(movie, info, encoder)
         last = self.db.execute("SELECT time FROM frames WHERE movie_id = ? AND idx = ?",
                                [movie["id"], done - 1]).fetchone()
         stream = SampleStream(video_spec(movie["path"], info), fps, next_target(last[0], fps) if last else 0,
@@ -220,29 +223,32 @@ class Pipeline:
                 done = self._commit(job, movie, writer, encoder, pending, done, None, total)
         finally:
             writer.close()
-        self._finish_features(movie, info, writer, done, stream.stats)
+        self._finish_features(job, movie, info, writer, done, stream.stats)
 
     def _decode_workers(self, encoder: Encoder) -> int:
         if self.options.decode_workers:
             return self.options.decode_workers
         return 1 if encoder.device.type == "cpu" else max(1, min(4, (os.cpu_count() or 2) - 1))
 
-    def _open_writer(self, movie: dict, info: ProbeInfo, encoder: Encoder) -> tuple[FeatureWriter, int]:
-        """Resume the partial file if the database and the file agree, else start a new one."""
+    def _open_writer(self, movie: dict, info: ProbeInfo, encoder: Encoder) -> tuple[FeatureWriter, int, int]:
+        """(writer, frames done, chunk size): resume the partial file if the database and the file
+        agree, else start a new one. A resumed movie keeps its chunk size, so its batches line up
+        with those of an uninterrupted run and the features come out bit-identical."""
         final = self.data.features / f"{movie['id']}-{movie['fingerprint'][:16]}.npy"
         writer = FeatureWriter(final, encoder.row_shape)
         done = movie["frames_done"]
         if done and movie["feature_path"] == str(final) and writer.resume() and writer.capacity >= done:
-            return writer, done
+            return writer, done, movie["chunk_frames"]
+        batch = self.options.batch_size or (4 if encoder.device.type == "cpu" else 32)
         capacity = info.expected_samples(self.options.fps)
         writer.create(capacity)
         with atomic(self.db):
             self.db.execute("DELETE FROM frames WHERE movie_id = ?", [movie["id"]])
             self.db["movies"].update(movie["id"], {
                 "feature_path": str(final), "fps": self.options.fps, "vision_id": encoder.id,
-                "frames_capacity": capacity, "frames_done": 0, "features_complete": 0,
+                "frames_capacity": capacity, "chunk_frames": batch, "frames_done": 0, "features_complete": 0,
                 "feature_shape": json.dumps([0, *encoder.row_shape])})
-        return writer, 0
+        return writer, 0, batch
 
     def _commit(self, job: dict, movie: dict, writer: FeatureWriter, encoder: Encoder, samples: list,
                 done: int, rate: float | None, total: int) -> int:
@@ -260,7 +266,8 @@ class Pipeline:
         self.on_progress(movie, "features", end, max(total, end))
         return end
 
-    def _finish_features(self, movie: dict, info: ProbeInfo, writer: FeatureWriter, done: int, stats) -> None:
+    def _finish_features(self, job: dict, movie: dict, info: ProbeInfo, writer: FeatureWriter, done: int,
+                         stats) -> None:
         if done == 0:
             writer.discard()
             raise BadInput("no video frame could be decoded" +
@@ -274,7 +281,7 @@ class Pipeline:
                          "(truncated or damaged file); indexed what was readable")
         if stats.corrupt_packets:
             notes.append(f"skipped {stats.corrupt_packets} damaged video packets")
-        jobs.progress(self.db, self._job_id, "features", done, done)
+        jobs.progress(self.db, job["id"], "features", done, done)
         values = {"features_complete": 1, "feature_path": str(path), "frames_done": done,
                   "feature_shape": json.dumps([done, *writer.row_shape]), "cache_bytes": path.stat().st_size}
         self._note(movie, "; ".join(notes) or None, **values)

@@ -40,45 +40,42 @@ def run_queue(data, options: IndexOptions, on_progress: ProgressFn | None = None
               on_event: EventFn | None = None, wait: Callable[[], None] | None = None,
               stop: threading.Event | None = None) -> RunSummary:
     """Process queued jobs until none is left (or, with ``wait``, until ``stop`` is set)."""
-    from llamavid.errors import UserError
-
     summary = RunSummary()
-    on_event = on_event or (lambda movie, outcome, message: None)
     data.create()
     db = connect(data.database)
     try:
         with jobs.worker_lock(data.root):
-            _work(db, data, options, summary, on_progress, on_event, wait, stop)
+            jobs.recover_stale(db)
+            pipeline = Pipeline(db, data, options, on_progress)
+            _work(db, pipeline, options, summary, on_event or (lambda movie, outcome, message: None), wait, stop)
     finally:
         db.close()
     return summary
 
 
-def _work(db, data, options: IndexOptions, summary: RunSummary, on_progress, on_event, wait, stop) -> None:
+def _work(db, pipeline: Pipeline, options: IndexOptions, summary: RunSummary, on_event: EventFn,
+          wait: Callable[[], None] | None, stop: threading.Event | None) -> None:
     from llamavid.errors import UserError
 
-    if True:
-        jobs.recover_stale(db)
-        pipeline = Pipeline(db, data, options, on_progress)
-        while not (stop and stop.is_set()):
-            if jobs.queue_paused(db):
-                summary.stopped = "queue paused; `llamavid index resume` to continue"
-                break
-            job = jobs.claim_next(db)
-            if job is None:
-                if wait is None:
-                    break
-                wait()
-                continue
-            movie = db.execute("SELECT path FROM movies WHERE id = ?", [job["movie_id"]]).fetchone()
-            try:
-                outcome, message = run_job(pipeline, db, job, options)
-            except (DiskFull, UserError) as exc:
-                on_event({"path": movie[0]}, "stopped", str(exc))
-                summary.stopped = str(exc)
-                raise
-            summary.count(outcome)
-            on_event({"path": movie[0]}, outcome, message)
+    while not (stop and stop.is_set()):
+        if jobs.queue_paused(db):
+            summary.stopped = "queue paused; `llamavid index resume` to continue"
+            return
+        job = jobs.claim_next(db)
+        if job is None:
+            if wait is None:
+                return
+            wait()
+            continue
+        movie = {"path": db.execute("SELECT path FROM movies WHERE id = ?", [job["movie_id"]]).fetchone()[0]}
+        try:
+            outcome, message = run_job(pipeline, db, job, options)
+        except (DiskFull, UserError) as exc:
+            on_event(movie, "stopped", str(exc))
+            summary.stopped = str(exc)
+            raise
+        summary.count(outcome)
+        on_event(movie, outcome, message)
 
 
 def run_job(pipeline: Pipeline, db, job: dict, options: IndexOptions) -> tuple[str, str | None]:

@@ -151,7 +151,7 @@ def _scan_file(db: sqlite_utils.Database, library: dict, path: Path, row: dict |
     if row is not None:
         _changed(db, row, path, dict(identity, fingerprint=fp), report)
         return
-    moved = _vanished_with(db, fp)
+    moved = _vanished_with(db, fp) if identity["size"] else None  # empty files all look alike
     if moved is not None:
         with atomic(db):
             db["movies"].update(moved["id"], dict(identity, path=str(path), rel_path=rel, missing=0,

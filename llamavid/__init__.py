@@ -1,1 +1,30 @@
-"""llamavid."""
+"""llamavid: the LLaMA-VID model library (vision, Q-Former, visual tokens, loading, engines).
+
+The names below are imported on first use, so ``import llamavid`` (and the CLI's ``--help``)
+stays fast; see README.md "Python API".
+"""
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "LlamaVid": "llamavid.api",
+    "Prepared": "llamavid.api",
+    "Chat": "llamavid.engine",
+    "Visual": "llamavid.engine",
+    "SamplingOptions": "llamavid.generate",
+    "LlamaVidConfig": "llamavid.config",
+    "LlamaVidForCausalLM": "llamavid.modeling",
+    "load_llamavid": "llamavid.loading",
+    "save_released": "llamavid.loading",
+    "preprocess_images": "llamavid.preprocess",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'llamavid' has no attribute {name!r}")

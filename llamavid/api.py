@@ -67,11 +67,12 @@ class LlamaVid:
              search_dirs: Iterable[Path] = (), load_vision: bool = True,
              attn_implementation: str = "sdpa", bits: int | None = None, backend: str = "transformers",
              gguf_type: str | None = None, kv_type: str = "f16", n_ctx: int | None = None,
-             threads: int | None = None) -> "LlamaVid":
+             threads: int | None = None, base: str | Path | None = None) -> "LlamaVid":
         """Load a checkpoint folder in the released layout (see :func:`llamavid.loading.load_llamavid`).
 
         ``bits`` 4 or 8 quantizes the LLM's decoder layers with bitsandbytes; the weights are
         read on the CPU and each layer moves to the device already quantized.
+        ``base`` is the Vicuna folder a stage-1 ``*-pretrain-*`` projector checkpoint builds on.
         ``backend="llama.cpp"`` takes a folder written by ``llamavid models convert-gguf``: the
         LLM runs from its GGUF file (``gguf_type`` picks f16/q8_0/q4_K_M, ``kv_type`` the cache
         type) and only the vision side is loaded in torch.
@@ -83,7 +84,7 @@ class LlamaVid:
         cpp = backend == "llama.cpp"
         net, report = load_llamavid(model, device="cpu" if bits else dev, dtype=dt, eva_file=vision,
                                     vocab_file=vocab, search_dirs=search_dirs, load_vision=load_vision,
-                                    attn_implementation=attn_implementation, llm=not cpp)
+                                    attn_implementation=attn_implementation, llm=not cpp, base=base)
         if bits and not cpp:
             from .bnb import quantize_llm
             from .loading import place
@@ -98,7 +99,8 @@ class LlamaVid:
             from .llamacpp import LlamaCppBackend, find_gguf
 
             engine = LlamaCppBackend(find_gguf(Path(model), gguf_type), n_ctx=n_ctx, kv_type=kv_type, threads=threads)
-        return cls(net, load_llm_tokenizer(Path(model)), load_qformer_tokenizer(report.vocab_file), report, engine)
+        tokenizer = load_llm_tokenizer(Path(model)) or (load_llm_tokenizer(Path(base)) if base else None)
+        return cls(net, tokenizer, load_qformer_tokenizer(report.vocab_file), report, engine)
 
     @property
     def config(self):

@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cuda, mps or cpu")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPUs, fp32 on CPU), fp32, fp16 or bf16")
     p.add_argument("--vision", metavar="PATH", help="eva_vit_g.pth to use instead of the installed one")
+    p.add_argument("--base", metavar="MODEL", help="base LLM of a stage-1 *-pretrain-* checkpoint "
+                   "(default: the catalogue's, e.g. vicuna-7b-v1.5)")
     p.add_argument("--backend", choices=("auto", "transformers", "llama.cpp"), default="auto",
                    help="LLM engine; auto = llama.cpp for a folder from `llamavid models convert-gguf`")
     p.add_argument("--gguf-type", choices=("f32", "f16", "q8_0", "q4_K_M"),
@@ -59,6 +61,16 @@ def model_folder(name: str, data_dir: Path) -> tuple[Path, list[Path]]:
     raise UserError(f"unknown model {name!r} ({hint}); give a checkpoint folder or install one")
 
 
+def base_model_of(name: str) -> str:
+    """The catalogue's base LLM for a stage-1 projector checkpoint."""
+    from . import catalog
+
+    entry = catalog.get(Path(name).name)
+    if entry is None or not entry.base_model:
+        raise UserError(f"{name} holds only a stage-1 projector; name its base LLM with --base")
+    return entry.base_model
+
+
 def sampling(args: argparse.Namespace):
     from .generate import SamplingOptions
 
@@ -73,6 +85,9 @@ def load(args: argparse.Namespace):
     if args.load_4bit and args.load_8bit:
         raise UserError("choose one of --load-4bit and --load-8bit")
     folder, shared = model_folder(args.model, args.data_dir)
+    base = None
+    if (folder / "mm_projector.bin").is_file() and not any(folder.glob("pytorch_model*.bin.index.json")):
+        base = model_folder(args.base or base_model_of(args.model), args.data_dir)[0]
     bits = 4 if args.load_4bit else 8 if args.load_8bit else None
     backend = args.backend
     if backend == "auto":
@@ -80,7 +95,8 @@ def load(args: argparse.Namespace):
     try:
         lv = LlamaVid.load(folder, device=args.device, dtype=args.dtype, vision=args.vision, search_dirs=shared,
                            load_vision=not args.movie, bits=bits, backend=backend,
-                           gguf_type=args.gguf_type, kv_type=args.kv_type, n_ctx=args.ctx, threads=args.threads)
+                           gguf_type=args.gguf_type, kv_type=args.kv_type, n_ctx=args.ctx, threads=args.threads,
+                           base=base)
     except (CheckpointError, FileNotFoundError, ValueError, RuntimeError, MemoryError) as exc:
         raise UserError(str(exc)) from None
     if args.conv_mode:

@@ -68,9 +68,21 @@ def checkpoint_files(folder: Path) -> list[Path]:
                           f"{SINGLE_FILES[0]} or {SINGLE_FILES[1]})")
 
 
-def read_checkpoint(folder: Path) -> dict[str, torch.Tensor]:
+def read_checkpoint(folder: Path, base: Path | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint; a stage-1 (``*-pretrain-*``) folder takes its LLM from ``base``.
+
+    Those folders hold only ``mm_projector.bin`` (projectors and Q-Former); the reference could
+    not load them for inference at all.
+    """
+    files = checkpoint_files(folder)
     state: dict[str, torch.Tensor] = {}
-    for path in checkpoint_files(folder):
+    if [f.name for f in files] == ["mm_projector.bin"]:
+        if base is None:
+            raise CheckpointError(f"{folder}: holds only the stage-1 projector (mm_projector.bin); give its base "
+                                  "LLM (--base, e.g. vicuna-7b-v1.5 from `llamavid models pull`)")
+        base_state = read_checkpoint(Path(base))
+        state.update({k: v for k, v in base_state.items() if k.startswith(LLM_PREFIXES)})
+    for path in files:
         state.update(read_tensor_file(path))
     return state
 
@@ -164,7 +176,8 @@ def load_llamavid(folder: str | Path, *, device: torch.device | str = "cpu", dty
                   eva_file: str | Path | None = None, vocab_file: str | Path | None = None,
                   search_dirs: Iterable[Path] = (), load_vision: bool = True,
                   attn_implementation: str = "sdpa", config_overrides: Mapping | None = None,
-                  image_size: int | None = None, llm: bool = True) -> tuple[LlamaVidForCausalLM, LoadReport]:
+                  image_size: int | None = None, llm: bool = True,
+                  base: str | Path | None = None) -> tuple[LlamaVidForCausalLM, LoadReport]:
     """Build the model from a checkpoint folder in the released layout.
 
     ``llm=False`` loads only the vision side (for a GGUF LLM run by llama.cpp, or feature work).
@@ -180,7 +193,7 @@ def load_llamavid(folder: str | Path, *, device: torch.device | str = "cpu", dty
     qcfg_file = folder / "qformer_config.json"
     if qcfg_file.is_file():
         config.qformer = {**json.loads(qcfg_file.read_text()), **config.qformer}
-    ckpt = read_checkpoint(folder)
+    ckpt = read_checkpoint(folder, Path(base) if base else None)
     eva_path = find_file(EVA_FILE, folder, Path(eva_file) if eva_file else None, search_dirs) if load_vision else None
     eva, depth = vision_state(ckpt, eva_path) if load_vision else ({}, None)
     if load_vision and not eva:

@@ -157,3 +157,17 @@ def split_slots(tokens: torch.Tensor, placeholders: int) -> list[torch.Tensor]:
         return list(tokens[0].split(1))
     raise ValueError(f"{placeholders} <image> placeholders cannot take visual tokens of shape "
                      f"{tuple(tokens.shape)}: expected one per prompt or one per token row")
+
+
+def _register() -> None:
+    """Let transformers' Auto classes build the model from a config with our own model_type."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        AutoConfig.register(LlamaVidConfig.model_type, LlamaVidConfig)
+        AutoModelForCausalLM.register(LlamaVidConfig, LlamaVidForCausalLM)
+    except ValueError:  # already registered (module reloaded)
+        pass
+
+
+_register()

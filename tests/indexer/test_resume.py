@@ -55,7 +55,7 @@ def test_kill_9_mid_film_resumes_to_identical_features(cli, movies, tiny_eva, tm
     with pytest.raises(indexer.FeaturesNotReady):
         _features(cli)
 
-    code, out, err = cli(*RUN, "--vision", tiny_eva)
+    code, out, err = cli(*RUN[:-1], "3", "--vision", tiny_eva)  # the movie keeps its chunk size of 2
     assert code == 0, err
     feats, times, movie = _features(cli)
     assert movie.state == "done" and feats.shape == (24, 257, 176)

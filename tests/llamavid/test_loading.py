@@ -175,3 +175,26 @@ def test_336_position_table_is_interpolated_bicubically(tiny_checkpoint):
     got = model.model.vision_tower.vision_tower.pos_embed[:, 1:].reshape(1, 24, 24, -1).permute(0, 3, 1, 2)
     assert torch.allclose(got, want, atol=1e-6)
     assert model.encode_images(torch.randn(1, 3, 336, 336)).shape == (1, 577, 176)
+
+
+def test_stage1_projector_checkpoint_loads_on_its_base_llm(tiny_checkpoint, tmp_path):
+    """``*-pretrain-*`` repos: config.json + mm_projector.bin, the LLM from Vicuna, EVA from the .pth."""
+    full = read_checkpoint(tiny_checkpoint)
+    base, pretrain = tmp_path / "vicuna", tmp_path / "llama-vid-tiny-pretrain"
+    base.mkdir()
+    pretrain.mkdir()
+    llm = {k: v for k, v in full.items() if k.startswith(("model.embed_tokens", "model.layers", "model.norm", "lm_head"))}
+    torch.save(llm, base / "pytorch_model.bin")
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        shutil.copy(tiny_checkpoint / name, base / name)
+    projector = {k: v for k, v in full.items() if k.startswith(("model.mm_projector", "model.vlm_att"))
+                 and not k.endswith("position_ids")}
+    torch.save(projector, pretrain / "mm_projector.bin")
+    for name in ("config.json", "qformer_config.json", "eva_vit_g.pth", "bert_vocab.txt"):
+        shutil.copy(tiny_checkpoint / name, pretrain / name)
+    with pytest.raises(CheckpointError, match="--base"):
+        load_llamavid(pretrain)
+    lv = LlamaVid.load(pretrain, device="cpu", base=base)
+    ref = LlamaVid.load(tiny_checkpoint, device="cpu")
+    assert all(torch.equal(ref.model.state_dict()[k], v) for k, v in lv.model.state_dict().items())
+    assert lv.tokenizer is not None
