@@ -49,6 +49,7 @@ SUBCOMMANDS: dict[str, str] = {
     "index": "indexer.cli",
     "doctor": "llamavid.doctor",
     "models": "llamavid.models_cli",
+    "train": "train.cli",
 }
 
 #: Packages whose own loggers follow -v (third-party loggers only at -vv).

@@ -98,17 +98,24 @@ class Chat:
         if visual.kind == "film":
             self._fit_film()
 
-    def _fit_film(self, text_tokens: int = 1024) -> None:
+    def _fit_film(self, reserve: int = 256) -> None:
         """Keep every k-th frame when a film's 2 tokens per frame would overflow the context.
 
-        Subtitles all stay: they attach to the nearest kept frame, so no dialogue is lost.
+        The text is measured by tokenizing the movie prompt once; ``reserve`` leaves room for the
+        question and the start of the answer. Subtitles all stay: they attach to the nearest kept
+        frame, so no dialogue is lost.
         """
         v, limit = self.visual, self.backend.context_length()
-        stride = frame_stride(len(v.features), 2, text_tokens + 8 * len(v.subtitles), limit)
-        if stride > 1:
-            v.features, v.frame_times = v.features[::stride], v.frame_times[::stride]
-            self.notes.append(f"the film has more frames than the {limit}-token context holds; "
-                              f"using every {stride}th frame ({len(v.frame_times)} frames)")
+        frames = len(v.features)
+        per_frame = P.interleave_subtitles(v.frame_times, v.subtitles)
+        ids = self.lv.tokenize(P.movie_prompt(per_frame, "", template=self.lv.template))
+        text_tokens = len(ids) - 2 * frames + reserve
+        if text_tokens + 2 * frames <= limit:
+            return
+        stride = frame_stride(frames, 2, text_tokens, limit)
+        v.features, v.frame_times = v.features[::stride], v.frame_times[::stride]
+        self.notes.append(f"the film has more frames than the {limit}-token context holds; "
+                          f"using every {stride}th frame ({len(v.frame_times)} frames)")
 
     # ----------------------------------------------------------------------------- prompt pieces
     def _visual_slots(self, question: str) -> tuple[str, list[torch.Tensor]]:

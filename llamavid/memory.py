@@ -93,5 +93,5 @@ def frame_stride(frames: int, tokens_per_frame: int, text_tokens: int, limit_tok
     """Smallest stride so that the sampled frames' tokens plus the text stay within ``limit_tokens``."""
     room = limit_tokens - text_tokens
     if room < tokens_per_frame:
-        raise ValueError(f"the question alone takes {text_tokens} of {limit_tokens} tokens")
+        raise ValueError(f"the text alone (question, subtitles, answer room) takes {text_tokens} of the {limit_tokens}-token context")
     return max(1, math.ceil(frames / (room // tokens_per_frame)))

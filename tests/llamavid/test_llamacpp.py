@@ -141,7 +141,7 @@ def test_long_video_rope_scaling_is_written(checkpoint, tmp_path):
     ctx = fields["llama.context_length"]
     assert int(ctx.parts[ctx.data[0]][0]) == 4096 * 16
     ref = LlamaVid.load(folder, device="cpu")
-    cpp = LlamaVid.load(tmp_path / "out", device="cpu", backend="llama.cpp", kv_type="f32", n_ctx=512)
+    cpp = LlamaVid.load(tmp_path / "out", device="cpu", backend="llama.cpp", kv_type="f32", n_ctx=2048)
     a, b = ref.prepare("Who?", **inputs("movie")), cpp.prepare("Who?", **inputs("movie"))
     sa, sb = list(ref.generate(a, GREEDY)), list(cpp.generate(b, GREEDY))
     assert max((x.scores - y.scores).abs().max().item() for x, y in zip(sa, sb)) < 1e-4
