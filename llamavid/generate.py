@@ -52,6 +52,7 @@ class Session:
     length: int = 0
     seen_ids: list[int] = field(default_factory=list)
     pending: list[int] = field(default_factory=list)  # chosen but not yet run through the model
+    static_limit: int = 0  # tokens a preallocated (static) cache holds; 0 = it grows
 
 
 def apply_repetition_penalty(scores: torch.Tensor, seen: Sequence[int], penalty: float) -> torch.Tensor:
@@ -84,7 +85,8 @@ def sample(scores: torch.Tensor, opts: SamplingOptions, generator: torch.Generat
 
 
 @torch.inference_mode()
-def forward_step(model, session: Session, embeds: torch.Tensor, chunk: int = PREFILL_CHUNK) -> torch.Tensor:
+def forward_step(model, session: Session, embeds: torch.Tensor, chunk: int = PREFILL_CHUNK,
+                 step: Callable | None = None) -> torch.Tensor:
     """Run (1, L, H) embeddings through the model after what the session holds; last logits.
 
     Long prompts (a film is thousands of rows) go in chunks, which bounds the attention
@@ -92,8 +94,9 @@ def forward_step(model, session: Session, embeds: torch.Tensor, chunk: int = PRE
     """
     for part in embeds.split(chunk, dim=1):
         positions = torch.arange(session.length, session.length + part.shape[1], device=part.device)
-        out = model(inputs_embeds=part, cache=session.cache, use_cache=True,
-                    position_ids=positions.unsqueeze(0), logits_to_keep=1)
+        run = step if step is not None and part.shape[1] == 1 else model
+        out = run(inputs_embeds=part, cache=session.cache, use_cache=True,
+                  position_ids=positions.unsqueeze(0), logits_to_keep=1)
         session.cache = out.cache
         session.length += part.shape[1]
     return out.logits[0, -1].float()
@@ -124,11 +127,11 @@ def make_generator(opts: SamplingOptions, device: torch.device | str = "cpu") ->
 
 
 def stream(model, prompt_embeds: torch.Tensor, opts: SamplingOptions, session: Session | None = None,
-           prompt_ids: Sequence[int] = ()) -> Iterator[Step]:
+           prompt_ids: Sequence[int] = (), step: Callable | None = None) -> Iterator[Step]:
     """Yield tokens as they are chosen. Stops at a stop id (which is yielded) or the token limit.
 
     ``prompt_embeds`` continues ``session`` (a fresh one if None), so a follow-up question only
-    costs its own tokens.
+    costs its own tokens. ``step`` replaces the model for one-token steps (a compiled forward).
     """
     session = session if session is not None else Session()
     session.seen_ids.extend(i for i in prompt_ids if i >= 0)
@@ -141,6 +144,6 @@ def stream(model, prompt_embeds: torch.Tensor, opts: SamplingOptions, session: S
     logits = forward_step(model, session, prompt_embeds)
 
     def feed(token: int) -> torch.Tensor:
-        return forward_step(model, session, embed(torch.tensor([[token]], device=device)))
+        return forward_step(model, session, embed(torch.tensor([[token]], device=device)), step=step)
 
     return decode_loop(logits, feed, opts, session, make_generator(opts, device))

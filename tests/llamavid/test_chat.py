@@ -208,3 +208,16 @@ def test_film_longer_than_the_context_keeps_every_kth_frame(tiny):
     assert stride > 1 and len(chat.visual.features) == len(range(0, 1000, stride))
     assert 2 * len(chat.visual.features) < 1200 <= 2 * len(range(0, 1000, stride - 1)) + 256
     assert f"every {stride}th frame" in chat.notes[0]
+
+
+def test_static_cache_backend_gives_the_same_answers(tiny):
+    """The CUDA path (static cache; compiled decode on GPUs) computes what the growing cache does."""
+    static = TransformersBackend(tiny.model, static_cache=True, compile_decode=False, static_cache_tokens=400)
+    answers = []
+    for backend in (TransformersBackend(tiny.model), static):
+        chat = Chat(tiny, Visual("none"), backend=backend)
+        answers.append(["".join(chat.ask(q, GREEDY)) for q in ("Hello?", "Who are you?")])
+    assert answers[0] == answers[1]
+    chat = Chat(tiny, Visual("none"), backend=static)
+    with pytest.raises(ValueError, match="preallocated"):
+        "".join(chat.ask("word " * 200, SamplingOptions(max_new_tokens=300, temperature=0)))
