@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamavid.paths import DataDir, InstalledModel, installed_models
+from llamavid.models import InstalledEntry, list_models
+from llamavid.paths import DataDir
 
 __all__ = [
     "TITLE",
@@ -53,7 +54,7 @@ class AppStatus:
 
     data_dir: Path
     models_dir: Path
-    models: list[InstalledModel]
+    models: list[InstalledEntry]
     version: str
 
     @property
@@ -64,7 +65,7 @@ class AppStatus:
 def collect_status(data_dir: Path | str) -> AppStatus:
     """Look at the data folder now (cheap: a directory listing and file sizes)."""
     dd = DataDir(Path(data_dir))
-    return AppStatus(data_dir=dd.root, models_dir=dd.models, models=installed_models(dd), version=_version())
+    return AppStatus(data_dir=dd.root, models_dir=dd.models, models=list_models(dd), version=_version())
 
 
 def instructions_markdown(status: AppStatus) -> str:
@@ -76,11 +77,11 @@ def instructions_markdown(status: AppStatus) -> str:
         f"### {GET_MODELS_HEADING}\n\n"
         f"No model is installed yet in `{status.models_dir}`.\n\n"
         f"1. The released LLaMA-VID checkpoints are on the Hugging Face hub, for example:\n{repos}\n"
-        f"2. Download one into its own folder under the models folder, for example with the "
-        f"Hugging Face command line (installed with llamavid):\n\n"
-        f'   `hf download {first_repo} --local-dir "{status.models_dir / first_name}"`\n\n'
-        f"3. Or put (or symlink) a checkpoint folder you already have at "
-        f"`{status.models_dir}/<name>/`; the folder must hold the checkpoint's `config.json`.\n"
+        f"2. Download one with the model manager (resumable, verified; it also fetches the shared "
+        f"`eva_vit_g.pth` and Q-Former vocabulary):\n\n"
+        f"   `llamavid models pull {first_name}`\n\n"
+        f"3. Or register a checkpoint folder you already have: `llamavid models add NAME FOLDER`, "
+        f"or put (or symlink) it at `{status.models_dir}/<name>/`.\n"
         f"4. Press **Refresh**: the model is listed here.\n\n"
         f"A 7B checkpoint is about 14 GB on disk."
     )
@@ -91,7 +92,7 @@ def models_markdown(status: AppStatus) -> str:
     if not status.has_models:
         return instructions_markdown(status)
     lines = [f"### Installed models ({len(status.models)})", ""]
-    lines += [f"- **{m.name}**: {m.size_human}, `{m.path}`" for m in status.models]
+    lines += [f"- **{m.name}** ({m.kind}, {m.status}): {m.size_human}, `{m.path}`" for m in status.models]
     return "\n".join(lines)
 
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llamavid.paths import DataDir, human_size, installed_models
+from llamavid.paths import DataDir, human_size
 
 __all__ = ["HELP", "Check", "add_arguments", "collect", "run"]
 
@@ -239,18 +239,21 @@ def check_disk(root: Path) -> Check:
 
 
 def check_models(dd: DataDir) -> Check:
-    models = installed_models(dd)
-    data = {"models": [{"name": m.name, "path": str(m.path), "size_bytes": m.size_bytes} for m in models]}
+    from llamavid.models import list_models
+
+    models = list_models(dd)
+    data = {"models": [m.to_dict() for m in models]}
     if not models:
         return Check(
             "models",
             WARN,
             f"none in {dd.models}",
-            f"download a checkpoint, e.g. YanweiLi/llama-vid-7b-full-224-video-fps-1 from the Hugging Face hub, "
-            f"into {dd.models}/<name>/ (or symlink a checkpoint folder there); `llamavid app` shows the steps",
+            "download one with `llamavid models pull llama-vid-7b-full-224-video-fps-1` (the hub's "
+            "YanweiLi/llama-vid-7b-full-224-video-fps-1; `llamavid models list --available` shows all) into "
+            f"{dd.models}, or register a folder you have with `llamavid models add NAME FOLDER`",
             data,
         )
-    detail = ", ".join(f"{m.name} ({m.size_human})" for m in models)
+    detail = ", ".join(f"{m.name} ({m.size_human}, {m.status})" for m in models)
     return Check("models", OK, detail, data=data)
 
 

@@ -158,6 +158,10 @@ class InstalledEntry:
     detail: str = ""
     repo_id: str | None = None
 
+    @property
+    def size_human(self) -> str:
+        return human_size(self.size_bytes)
+
     def to_dict(self) -> dict:
         return {"name": self.name, "path": str(self.path), "source": self.source, "kind": self.kind,
                 "size_bytes": self.size_bytes, "size": human_size(self.size_bytes), "status": self.status,

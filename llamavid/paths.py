@@ -33,10 +33,8 @@ __all__ = [
     "APP_NAME",
     "ENV_VAR",
     "DataDir",
-    "InstalledModel",
     "default_data_dir",
     "resolve_data_dir",
-    "installed_models",
 ]
 
 APP_NAME = "llamavid"
@@ -146,20 +144,6 @@ class DataDir:
         return self
 
 
-@dataclass(frozen=True)
-class InstalledModel:
-    """A model checkpoint folder found under ``<data>/models``."""
-
-    name: str
-    path: Path
-    size_bytes: int
-
-    @property
-    def size_human(self) -> str:
-        """The size as a person reads it ("13.5 GB")."""
-        return human_size(self.size_bytes)
-
-
 def human_size(n: int | float) -> str:
     """Format a byte count with decimal units, as file managers and the hub show them."""
     for unit in ("B", "kB", "MB", "GB", "TB"):
@@ -168,36 +152,3 @@ def human_size(n: int | float) -> str:
         n /= 1000
     raise AssertionError("unreachable")
 
-
-def _folder_size(folder: Path) -> int:
-    """Total size of the files in ``folder``, following symlinks.
-
-    Hugging Face downloads are often symlinks into a blob store, so sizes are taken from
-    the link targets; broken links count as 0 instead of failing the whole listing.
-    """
-    total = 0
-    for dirpath, _dirnames, filenames in os.walk(folder, followlinks=True):
-        for name in filenames:
-            try:
-                total += os.stat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                continue
-    return total
-
-
-def installed_models(data_dir: DataDir | str | os.PathLike[str]) -> list[InstalledModel]:
-    """The model folders under ``<data>/models``: each direct sub-folder holding a ``config.json``.
-
-    Symlinked folders count (users link a checkpoint they keep elsewhere). The list is
-    sorted by name; a missing ``models`` folder simply gives an empty list.
-    """
-    dd = data_dir if isinstance(data_dir, DataDir) else DataDir(Path(data_dir))
-    if not dd.models.is_dir():
-        return []
-    found = []
-    for entry in sorted(dd.models.iterdir(), key=lambda p: p.name.lower()):
-        if entry.name.startswith(".") or not entry.is_dir():
-            continue
-        if (entry / "config.json").is_file():
-            found.append(InstalledModel(name=entry.name, path=entry, size_bytes=_folder_size(entry)))
-    return found

@@ -9,7 +9,8 @@ import platformdirs
 import pytest
 
 from llamavid.errors import UserError
-from llamavid.paths import ENV_VAR, DataDir, human_size, installed_models, resolve_data_dir
+from llamavid.models import list_models
+from llamavid.paths import ENV_VAR, DataDir, human_size, resolve_data_dir
 
 
 def test_option_wins_over_env_and_default(tmp_path: Path) -> None:
@@ -78,12 +79,12 @@ def test_installed_models_finds_model_folders(data_dir: Path, make_model) -> Non
     hidden = make_model(data_dir, ".partial-download")
     assert hidden.exists()
 
-    found = installed_models(data_dir)
+    found = list_models(data_dir)
     assert [m.name for m in found] == ["Alpha", "zeta"]
     zeta = found[1]
     assert zeta.path == data_dir / "models" / "zeta"
     assert zeta.size_bytes == 2000 + len('{"model_type": "llamavid"}')
-    assert installed_models(DataDir(data_dir)) == found, "accepts a DataDir or a path"
+    assert list_models(DataDir(data_dir)) == found, "accepts a DataDir or a path"
 
 
 def test_installed_models_follows_symlinks(tmp_path: Path, data_dir: Path, make_model) -> None:
@@ -91,13 +92,13 @@ def test_installed_models_follows_symlinks(tmp_path: Path, data_dir: Path, make_
     (data_dir / "models").mkdir(exist_ok=True)
     os.symlink(elsewhere, data_dir / "models" / "linked")
     os.symlink(tmp_path / "nowhere", data_dir / "models" / "broken-link")
-    (m,) = installed_models(data_dir)
+    (m,) = list_models(data_dir)
     assert m.name == "linked"
     assert m.size_bytes >= 4096
 
 
 def test_no_models_folder_means_no_models(tmp_path: Path) -> None:
-    assert installed_models(tmp_path / "does-not-exist") == []
+    assert list_models(tmp_path / "does-not-exist") == []
 
 
 @pytest.mark.parametrize(

@@ -23,8 +23,8 @@ def test_status_text_without_models(data_dir: Path) -> None:
     text = st.status_markdown(st.collect_status(data_dir))
     assert str(data_dir) in text
     assert st.GET_MODELS_HEADING in text
-    assert f'--local-dir "{data_dir / "models" / "llama-vid-7b-full-224-video-fps-1"}"' in text
-    assert "llamavid models pull" not in text, "that command does not exist yet"
+    assert "`llamavid models pull llama-vid-7b-full-224-video-fps-1`" in text
+    assert "llamavid models add" in text and str(data_dir / "models") in text
 
 
 def test_status_text_lists_models(data_dir: Path, make_model) -> None:

@@ -1,0 +1,3 @@
+from llamavid.cli import main
+
+raise SystemExit(main())
