@@ -12,9 +12,10 @@ a chat keeps visual tokens): ``preprocess`` -> ``encode`` -> ``visual_tokens`` -
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +68,7 @@ class LlamaVid:
              search_dirs: Iterable[Path] = (), load_vision: bool = True,
              attn_implementation: str = "sdpa", bits: int | None = None, backend: str = "transformers",
              gguf_type: str | None = None, kv_type: str = "f16", n_ctx: int | None = None,
-             threads: int | None = None, base: str | Path | None = None) -> "LlamaVid":
+             threads: int | None = None, base: str | Path | None = None) -> LlamaVid:
         """Load a checkpoint folder in the released layout (see :func:`llamavid.loading.load_llamavid`).
 
         ``bits`` 4 or 8 quantizes the LLM's decoder layers with bitsandbytes; the weights are
@@ -201,9 +202,9 @@ def load_llm_tokenizer(folder: Path):
     """The checkpoint's LLaMA tokenizer, from its own files only (never a hub)."""
     if not any((folder / n).is_file() for n in ("tokenizer.model", "tokenizer.json")):
         return None
-    from transformers import AutoTokenizer
-
     import warnings
+
+    from transformers import AutoTokenizer
 
     try:
         with warnings.catch_warnings():  # released configs use the old rope_scaling spelling

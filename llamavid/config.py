@@ -94,7 +94,7 @@ class LlamaVidConfig(LlamaConfig):
         return "pretrain" in self.bert_type
 
     @classmethod
-    def from_released(cls, values: dict[str, Any], **overrides: Any) -> "LlamaVidConfig":
+    def from_released(cls, values: dict[str, Any], **overrides: Any) -> LlamaVidConfig:
         """Build from a released ``config.json`` dict (any ``model_type``, unknown fields dropped)."""
         values = {**values, **overrides}
         values.pop("model_type", None)
@@ -113,12 +113,12 @@ class LlamaVidConfig(LlamaConfig):
         return config
 
     @classmethod
-    def from_file(cls, path: str | Path, **overrides: Any) -> "LlamaVidConfig":
+    def from_file(cls, path: str | Path, **overrides: Any) -> LlamaVidConfig:
         path = Path(path)
         try:
             values = json.loads(path.read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: config.json not found; is this a LLaMA-VID checkpoint folder?")
+            raise FileNotFoundError(f"{path}: config.json not found; is this a LLaMA-VID checkpoint folder?") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: not valid JSON ({exc}); the file is corrupt") from exc
         if not isinstance(values, dict) or "hidden_size" not in values:

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 Message = Union[str, tuple, None]
 
@@ -43,7 +43,7 @@ class Conversation:
     offset: int = 0
     sep_style: SeparatorStyle = SeparatorStyle.SINGLE
     sep: str = "###"
-    sep2: Optional[str] = None
+    sep2: str | None = None
     version: str = "Unknown"
     name: str = ""
 
@@ -57,7 +57,7 @@ class Conversation:
         """Without a message this opens the assistant turn the model is asked to complete."""
         self.append_message(self.roles[1], message)
 
-    def copy(self) -> "Conversation":
+    def copy(self) -> Conversation:
         return copy.deepcopy(self)
 
     def _rendered_messages(self) -> list[tuple[str, Message]]:

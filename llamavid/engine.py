@@ -6,8 +6,9 @@ what lets llama.cpp serve the LLM on a laptop while this module stays the same.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 

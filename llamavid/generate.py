@@ -7,8 +7,9 @@ outlive the call so a later turn can extend it instead of re-reading a film.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from transformers import DynamicCache

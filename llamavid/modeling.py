@@ -17,8 +17,8 @@ dict loads by name with nothing missing and nothing unexpected:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import nn

@@ -12,7 +12,8 @@ results are written straight into one preallocated batch tensor.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence, Union
+from collections.abc import Iterable, Sequence
+from typing import Union
 
 import numpy as np
 import torch
@@ -124,7 +125,7 @@ def _check_args(image_size: int, mode: str) -> None:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
 
 
-def _as_image_list(images: Union[ImageLike, Iterable[ImageLike]]) -> list[ImageLike]:
+def _as_image_list(images: ImageLike | Iterable[ImageLike]) -> list[ImageLike]:
     """Accept a list of images, one TxHxWx3 array, or (for convenience) one image."""
     if isinstance(images, Image.Image):
         return [images]
@@ -141,7 +142,7 @@ def _as_image_list(images: Union[ImageLike, Iterable[ImageLike]]) -> list[ImageL
     return list(images)
 
 
-def preprocess_images(images: Union[ImageLike, Iterable[ImageLike]], image_size: int = 224,
+def preprocess_images(images: ImageLike | Iterable[ImageLike], image_size: int = 224,
                       mode: str = "crop") -> torch.Tensor:
     """Batch of CLIP-preprocessed images, (N, 3, S, S) float32.
 

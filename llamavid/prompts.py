@@ -9,8 +9,8 @@ the reference's web UI does, because it would otherwise open a slot with no feat
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any, Iterable, Literal, Optional, Sequence, Union
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, Union
 
 import numpy as np
 
@@ -44,7 +44,7 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
 
 
 def tokenizer_image_token(prompt: str, tokenizer: Any, image_token_index: int = IMAGE_TOKEN_INDEX,
-                          bos_token_id: Optional[int] = None) -> list[int]:
+                          bos_token_id: int | None = None) -> list[int]:
     """LLaVA ``tokenizer_image_token``: token ids with ``image_token_index`` at every ``<image>``.
 
     Each chunk between ``<image>`` markers is tokenised on its own (so SentencePiece adds its
@@ -57,7 +57,7 @@ def tokenizer_image_token(prompt: str, tokenizer: Any, image_token_index: int = 
     """
     bos = bos_token_id if bos_token_id is not None else getattr(tokenizer, "bos_token_id", None)
     chunks = prompt.split(DEFAULT_IMAGE_TOKEN)
-    empty: Optional[list[int]] = None  # movie prompts hold thousands of empty chunks: encode once
+    empty: list[int] | None = None  # movie prompts hold thousands of empty chunks: encode once
     ids: list[int] = []
     strip_bos = False
     for i, chunk in enumerate(chunks):
@@ -100,8 +100,8 @@ def _image_turns(n_turns: int, image_in: ImageIn) -> list[bool]:
     raise ValueError(f"image_in must be 'every', 'latest', 'first' or 'none', got {image_in!r}")
 
 
-def _turns(question: str, history: History) -> list[tuple[str, Optional[str]]]:
-    turns: list[tuple[str, Optional[str]]] = []
+def _turns(question: str, history: History) -> list[tuple[str, str | None]]:
+    turns: list[tuple[str, str | None]] = []
     for item in history:
         if len(item) != 2:
             raise ValueError(f"history items must be (user, assistant) pairs, got {item!r}")

@@ -8,9 +8,9 @@ passed to SDPA this matches the reference's "scale q, then q @ k^T" form to floa
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,7 @@ class EvaConfig:
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, torch.Tensor], image_size: int = 224,
-                        depth: int | None = None) -> "EvaConfig":
+                        depth: int | None = None) -> EvaConfig:
         """Infer sizes from tensor shapes; depth defaults to the file's blocks minus one.
 
         BLIP-2 (and so LLaMA-VID) uses the second-to-last block of the 40-block file, which is
@@ -236,7 +236,7 @@ class EvaVisionTower(nn.Module):
     @classmethod
     def from_file(cls, path: str | Path, image_size: int = 224, depth: int | None = None,
                   device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-                  ) -> "EvaVisionTower":
+                  ) -> EvaVisionTower:
         """Load an ``eva_vit_g.pth``-format file (flat state dict)."""
         state = load_eva_file(path)
         cfg = EvaConfig.from_state_dict(state, image_size=image_size, depth=depth)
@@ -245,7 +245,7 @@ class EvaVisionTower(nn.Module):
     @classmethod
     def from_state_dict(cls, state: Mapping[str, torch.Tensor], cfg: EvaConfig,
                         device: torch.device | str | None = None,
-                        dtype: torch.dtype = torch.float32) -> "EvaVisionTower":
+                        dtype: torch.dtype = torch.float32) -> EvaVisionTower:
         with torch.device("meta"):
             tower = cls(cfg)
         tower.vision_tower.load_state_dict(prepare_eva_state(state, cfg), assign=True, strict=True)

@@ -12,7 +12,7 @@ import importlib.util
 import json
 import os
 import shutil
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from types import ModuleType
 
@@ -43,7 +43,7 @@ def runs() -> list[tuple[Path, str]]:
     return [(case, name) for case in case_dirs() for name in json.loads((case / "runs.json").read_text())["runs"]]
 
 
-@lru_cache(maxsize=None)
+@cache
 def recipe_for(case: Path) -> ModuleType:
     for candidate in (case / "recipe.py", case.parent / "recipe.py", BUNDLED / "recipe.py"):
         if candidate.is_file():

@@ -149,4 +149,4 @@ def test_golden(case: Path, name: str, tmp_path_factory) -> None:
     assert expected.checked, f"{case.name}-{name}: no stored output could be compared"
     unchecked = sorted(set(expected.tensors) - expected.checked)
     if unchecked:
-        warnings.warn(f"{case.name}-{name}: outputs not compared: {unchecked}")
+        warnings.warn(f"{case.name}-{name}: outputs not compared: {unchecked}", stacklevel=1)

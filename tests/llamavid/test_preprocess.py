@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -11,21 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
-from llamavid.preprocess import (CLIP_MEAN, CLIP_STD, PAD_COLOR, expand_to_square, preprocess_frame,
-                                 preprocess_images, resize_shortest_side)
+from llamavid.preprocess import (
+    CLIP_MEAN,
+    CLIP_STD,
+    PAD_COLOR,
+    expand_to_square,
+    preprocess_frame,
+    preprocess_images,
+    resize_shortest_side,
+)
 
-GOLDEN_ROOT = Path(__file__).resolve().parents[1] / "data" / "golden"
-
-
-def golden_case_dirs() -> list[Path]:
-    """Case folders under tests/data/golden plus those in LLAMAVID_GOLDEN_DIRS (':'-separated)."""
-    roots = [GOLDEN_ROOT] + [Path(p) for p in os.environ.get("LLAMAVID_GOLDEN_DIRS", "").split(":") if p]
-    cases: list[Path] = []
-    for root in roots:
-        found = [root] if (root / "runs.json").is_file() else sorted(
-            d for d in root.glob("*") if (d / "runs.json").is_file())
-        cases += [d for d in found if d.resolve() not in {c.resolve() for c in cases}]
-    return cases
+from .golden import case_dirs as golden_case_dirs
 
 
 def pixel_runs() -> list[tuple[Path, str]]:

@@ -1,9 +1,7 @@
 """Prompt builders, tokenizer_image_token and the movie-mode subtitle interleaving."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,33 +9,28 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from llamavid.prompts import (DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX, assign_subtitle_frames,
-                              assign_subtitles, image_prompt, interleave_subtitles, movie_prompt,
-                              qformer_prompts_for, tokenizer_image_token, video_prompt)
+from llamavid.prompts import (
+    DEFAULT_IMAGE_TOKEN,
+    IMAGE_TOKEN_INDEX,
+    assign_subtitle_frames,
+    assign_subtitles,
+    image_prompt,
+    interleave_subtitles,
+    movie_prompt,
+    qformer_prompts_for,
+    tokenizer_image_token,
+    video_prompt,
+)
 
-GOLDEN_ROOT = Path(__file__).resolve().parents[1] / "data" / "golden"
+from .golden import BUNDLED as GOLDEN_ROOT
+from .golden import case_dirs as golden_case_dirs
+from .golden import recipe_for
+
 VICUNA = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
           "helpful, detailed, and polite answers to the user's questions.")
 
 
-def _recipe():
-    spec = importlib.util.spec_from_file_location("golden_recipe", GOLDEN_ROOT / "recipe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _recipe()
-
-
-def golden_case_dirs() -> list[Path]:
-    roots = [GOLDEN_ROOT] + [Path(p) for p in os.environ.get("LLAMAVID_GOLDEN_DIRS", "").split(":") if p]
-    cases: list[Path] = []
-    for root in roots:
-        found = [root] if (root / "runs.json").is_file() else sorted(
-            d for d in root.glob("*") if (d / "runs.json").is_file())
-        cases += [d for d in found if d.resolve() not in {c.resolve() for c in cases}]
-    return cases
+recipe = recipe_for(GOLDEN_ROOT / "tiny-224-video")
 
 
 def golden_runs(field: str) -> list[tuple[Path, str]]:
