@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     from llamavid.paths import resolve_data_dir
 
     parser = argparse.ArgumentParser(prog="python -m indexer", description=cli.HELP)
-    parser.add_argument("--data-dir", metavar="DIR", help="data folder (default: $LLAMAVID_DATA_DIR or the user data folder)")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="data folder (default: $LLAMAVID_DATA_DIR or the user data folder)")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     cli.add_arguments(parser)
     args = parser.parse_args(argv)

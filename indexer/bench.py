@@ -36,7 +36,9 @@ STRATEGIES = {
     "fps-filter": "decode every frame through libavfilter fps=1 (what `ffmpeg -vf fps=1` does)",
     "seek": "seek to each second, decode from the keyframe up to it",
     "nonref": "decode sequentially, skipping non-reference frames (skip_frame=NONREF)",
-    "llamavid": "NONREF + keyframe-aligned segments decoded by parallel worker processes (the indexer's)",
+    "llamavid-serial": "the indexer's decoder in one process: NONREF, and packets before a keyframe "
+                       "that is due before the next target are never decoded",
+    "llamavid": "the same on keyframe-aligned segments, decoded by parallel worker processes (the indexer's)",
     "llamavid+preprocess": "the indexer's strategy including CLIP preprocessing (what EVA receives)",
     "ffmpeg": "the ffmpeg command line: -vf fps=1 -f null (only when ffmpeg is installed)",
 }
@@ -48,7 +50,8 @@ class Result:
     clip_seconds: float
     wall_seconds: float
     sampled: int
-    seconds_per_hour: float
+    seconds_per_hour: float     # wall clock
+    cpu_seconds_per_hour: float  # CPU time of every process and thread involved (load-independent)
     peak_rss_mb: float          # the measuring process
     worker_peak_rss_mb: float   # the largest child process (decode workers), 0 if none
     note: str = ""
@@ -165,15 +168,16 @@ def _seek(path: str, seconds: int) -> int:
     return seconds
 
 
-def _segment_count(spec, fps: float, start: int, stop: int | None, prepare: bool) -> tuple[int, float]:
-    """Frames kept in one segment, and this worker's peak RSS in MB."""
+def _segment_count(spec, fps: float, start: int, stop: int | None, prepare: bool) -> tuple[int, float, float]:
+    """Frames kept in one segment, this worker's peak RSS in MB and the CPU seconds it took."""
     from indexer.decode import decode_segment_prepared
 
+    cpu = time.process_time()
     if prepare:
         count = len(decode_segment_prepared(spec, fps, start, stop, 224)[0])
     else:
         count = sum(1 for _ in decode_segment(spec, fps, start, stop, DecodeStats()))
-    return count, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return count, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.process_time() - cpu
 
 
 def _warm(prepare: bool) -> None:
@@ -185,17 +189,17 @@ def _warm(prepare: bool) -> None:
     time.sleep(0.2)  # so that every worker of the pool gets one of these
 
 
-def _llamavid(path: str, pool, prepare: bool, segment_seconds: float = 30.0) -> tuple[int, float]:
-    """(frames kept, largest worker peak RSS in MB) with the indexer's segmented NONREF decoding."""
+def _llamavid(path: str, pool, prepare: bool, segment_seconds: float = 30.0) -> tuple[int, float, float]:
+    """(frames kept, largest worker peak RSS in MB, worker CPU seconds) with the indexer's strategy."""
     from indexer.probe import probe
 
     spec = video_spec(path, probe(path))
     segments = list(plan_segments(spec, 1.0, 0, segment_seconds))
     if pool is None:
         results = [_segment_count(spec, 1.0, a, b, prepare) for a, b in segments]
-        return sum(n for n, _ in results), 0.0
+        return sum(r[0] for r in results), 0.0, 0.0
     results = [f.result() for f in [pool.submit(_segment_count, spec, 1.0, a, b, prepare) for a, b in segments]]
-    return sum(n for n, _ in results), max(rss for _, rss in results)
+    return sum(r[0] for r in results), max(r[1] for r in results), sum(r[2] for r in results)
 
 
 def _ffmpeg(path: str) -> int:
@@ -212,28 +216,32 @@ def run_one(strategy: str, path: str, workers: int, seek_seconds: int) -> dict:
 
     prepare = strategy == "llamavid+preprocess"
     pool = None
-    if strategy.startswith("llamavid") and workers > 1:
+    if strategy in ("llamavid", "llamavid+preprocess") and workers > 1:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(DECODE_START_METHOD))
         for future in [pool.submit(_warm, prepare) for _ in range(workers)]:
             future.result()
     elif prepare:
         _warm(True)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     sampled = {
         "every-frame": lambda: _sequential(path),
         "nonref": lambda: _sequential(path, "NONREF"),
         "fps-filter": lambda: _fps_filter(path),
         "seek": lambda: _seek(path, seek_seconds),
+        "llamavid-serial": lambda: _llamavid(path, None, prepare=False),
         "llamavid": lambda: _llamavid(path, pool, prepare=False),
         "llamavid+preprocess": lambda: _llamavid(path, pool, prepare=True),
         "ffmpeg": lambda: _ffmpeg(path),
     }[strategy]()
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     if pool is not None:
         pool.shutdown()
-    sampled, workers_rss = sampled if isinstance(sampled, tuple) else (sampled, 0.0)
+    sampled, workers_rss, workers_cpu = sampled if isinstance(sampled, tuple) else (sampled, 0.0, 0.0)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the ffmpeg command line
+    cpu += workers_cpu + (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"wall": wall, "sampled": sampled, "rss": own, "children_rss": workers_rss}
+    return {"wall": wall, "cpu": cpu, "sampled": sampled, "rss": own, "children_rss": workers_rss}
 
 
 def _measure(strategy: str, clip: Path, clip_seconds: float, workers: int, seek_seconds: int) -> Result:
@@ -245,7 +253,8 @@ def _measure(strategy: str, clip: Path, clip_seconds: float, workers: int, seek_
     measured = seek_seconds if strategy == "seek" else clip_seconds
     note = f"first {seek_seconds} s, extrapolated" if strategy == "seek" else ""
     return Result(strategy, measured, round(data["wall"], 2), data["sampled"],
-                  round(data["wall"] * 3600 / measured, 1), round(data["rss"], 1),
+                  round(data["wall"] * 3600 / measured, 1), round(data["cpu"] * 3600 / measured, 1),
+                  round(data["rss"], 1),
                   round(data["children_rss"], 1) if strategy != "ffmpeg" else 0.0, note)
 
 
@@ -263,6 +272,9 @@ def benchmark(seconds: float = 30, repeat: int = 4, width: int = 1920, height: i
         make_clip(unique, seconds, width, height)
     clip = repeat_clip(unique, folder / f"clip-x{repeat}.mp4", repeat)
     clip_seconds = seconds * repeat
+    log(f"clip: {clip_seconds:g} s {width}x{height}, {clip.stat().st_size * 8 / clip_seconds / 1e6:.1f} Mb/s; "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other processes share the CPUs: "
+        "compare CPU-s, and wall only within this run)")
     names = strategies or [s for s in STRATEGIES if s != "ffmpeg" or shutil.which("ffmpeg")]
     results = []
     for name in names:
@@ -273,12 +285,13 @@ def benchmark(seconds: float = 30, repeat: int = 4, width: int = 1920, height: i
     log(f"memory vs length: {_row(long)}")
     return {"clip": {"path": str(clip), "seconds": clip_seconds, "width": width, "height": height,
                      "bitrate_mbps": round(clip.stat().st_size * 8 / clip_seconds / 1e6, 2),
-                     "workers": workers, "cpus": os.cpu_count()},
+                     "workers": workers, "cpus": os.cpu_count(), "load_average": os.getloadavg()},
             "results": [asdict(r) for r in results], "long": asdict(long)}
 
 
 def _row(r: Result) -> str:
-    return (f"{r.strategy:<20} {r.seconds_per_hour:>8.1f} s/hour  ({r.wall_seconds:.1f} s for {r.clip_seconds:g} s, "
+    return (f"{r.strategy:<20} {r.seconds_per_hour:>7.0f} s/hour wall, {r.cpu_seconds_per_hour:>6.0f} CPU-s/hour  "
+            f"({r.wall_seconds:.1f} s for {r.clip_seconds:g} s, "
             f"{r.sampled} frames)  peak RSS {r.peak_rss_mb:.0f} MB"
             + (f" + workers {r.worker_peak_rss_mb:.0f} MB" if r.worker_peak_rss_mb else "")
             + (f"  [{r.note}]" if r.note else ""))

@@ -194,7 +194,7 @@ def cmd_status(args, data) -> int:
         for movie in found:
             print(json.dumps(status_object(movie), ensure_ascii=False))
         return 0
-    print_table(db, found)
+    print_table(db, found, data.features)
     return 0
 
 

@@ -11,13 +11,18 @@ Speed (cpu-anchors section 3, and ``indexer.bench``): the decoder skips non-refe
 bit-identical to a full decode; a kept frame can be up to two frames after the grid point, like
 with any decoder that has to pick a real frame. Skipping all B-frames (``BIDIR``) or keyframe-only
 decoding would be faster but is lossy with real encodes (P-frames may predict from reference
-B-frames), so it is not used. Only kept frames are converted to RGB.
+B-frames), so it is not used. Only kept frames are converted to RGB. Packets are read a little
+ahead: when a keyframe shown no later than the next target is already in sight, the packets before
+it are dropped undecoded (exact: nothing kept is shown before that keyframe, and nothing after it
+refers back). That removes the tail of every GOP, and makes sparse sampling or short GOPs cost
+little more than their keyframes.
 
 With ``workers > 1`` the film is cut into segments on the sampling grid, and worker processes
 decode them in parallel (each seeks to the keyframe before its segment). Because the rule above
-only depends on the decoded frames and the grid, the result equals a sequential decode. This is
-what makes decoding keep up with a GPU; on a CPU-only machine EVA dominates and one worker
-(a background thread) is enough.
+only depends on the decoded frames and the grid, the result equals a sequential decode. That is
+meant for many-core GPU machines, where decoding rather than EVA limits the rate (not measured
+yet: on the 2-core development machine FFmpeg's own threads already use both cores). On a
+CPU-only machine EVA dominates and one worker (a background thread) is enough.
 """
 from __future__ import annotations
 
@@ -25,10 +30,11 @@ import math
 import multiprocessing
 import queue
 import threading
+from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -54,12 +60,14 @@ class DecodeStats:
     """Filled while decoding: what went wrong without stopping the run."""
 
     corrupt_packets: int = 0
+    skipped_packets: int = 0
     last_time: float | None = None
     first_error: str | None = None
     decoded: int = 0
 
     def merge(self, other: "DecodeStats") -> None:
         self.corrupt_packets += other.corrupt_packets
+        self.skipped_packets += other.skipped_packets
         self.decoded += other.decoded
         if other.last_time is not None:
             self.last_time = max(self.last_time or 0.0, other.last_time)
@@ -90,11 +98,48 @@ def _open(spec: VideoSpec, start_k: int, fps: float):
     return container, stream
 
 
-def _decoded(container, stream, stats: DecodeStats) -> Iterator:
+def _lookahead(stream, fps: float) -> int:
+    """Packets to read ahead: enough to see the next keyframe before the gap to it is decoded."""
+    rate = float(stream.average_rate or stream.guessed_rate or 30)
+    return min(4096, math.ceil(rate / fps) + 16)
+
+
+def _packets(container, stream, target: Callable[[], float], lookahead: int,
+             stats: DecodeStats) -> Iterator:
+    """Demuxed packets, minus those that cannot matter.
+
+    When a keyframe already read ahead is shown no later than the next target, no frame before it
+    can be kept (they are all shown earlier) and nothing after it refers to them (a keyframe starts
+    a new group of pictures), so those packets are never decoded. With long GOPs this saves the
+    tail of each GOP; with short GOPs or sparse sampling it decodes little more than keyframes.
+    """
+    pending: deque = deque()
+    base = stream.time_base
+    for packet in container.demux(stream):
+        pending.append(packet)
+        if len(pending) > lookahead:
+            _drop_before_keyframe(pending, target(), base, stats)
+            yield pending.popleft()
+    while pending:
+        _drop_before_keyframe(pending, target(), base, stats)
+        yield pending.popleft()
+
+
+def _drop_before_keyframe(pending: deque, target: float, base, stats: DecodeStats) -> None:
+    last = None
+    for i, packet in enumerate(pending):
+        if i and packet.is_keyframe and packet.pts is not None and packet.pts * base <= target + EPS:
+            last = i
+    for _ in range(last or 0):
+        pending.popleft()
+        stats.skipped_packets += 1
+
+
+def _decoded(container, stream, target: Callable[[], float], fps: float, stats: DecodeStats) -> Iterator:
     """Decoded frames; a corrupt packet is counted and skipped instead of ending the film."""
     import av
 
-    for packet in container.demux(stream):
+    for packet in _packets(container, stream, target, _lookahead(stream, fps), stats):
         try:
             frames = stream.decode(packet)
         except (av.error.InvalidDataError, av.error.PatchWelcomeError, av.error.UndefinedError) as exc:
@@ -111,9 +156,9 @@ def decode_segment(spec: VideoSpec, fps: float, start_k: int, stop_k: int | None
     """Kept frames (time, upright RGB uint8 HxWx3) for targets ``start_k <= k < stop_k``."""
     container, stream = _open(spec, start_k, fps)
     with container:
-        frames = _decoded(container, stream, stats)
-        k, first, fallback_dt = start_k, True, 1.0 / float(stream.average_rate or 25)
-        last = None
+        k = start_k
+        frames = _decoded(container, stream, lambda: spec.start_time + k / fps, fps, stats)
+        first, fallback_dt, last = True, 1.0 / float(stream.average_rate or 25), None
         for frame in frames:
             t = (frame.time if frame.time is not None else (last or 0.0) + fallback_dt) - spec.start_time
             last = t + spec.start_time
@@ -191,21 +236,24 @@ class SampleStream:
         out: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
+        def offer(item) -> bool:
+            """Put unless the consumer has gone away (then the producer just ends)."""
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.2)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def produce() -> None:
             try:
                 for t, image in decode_segment(self.spec, self.fps, self.start_k, None, self.stats):
-                    item = Sample(t, _prepare(image, self.image_size))
-                    while not stop.is_set():
-                        try:
-                            out.put(item, timeout=0.2)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
+                    if not offer(Sample(t, _prepare(image, self.image_size))):
                         return
-                out.put(None)
+                offer(None)
             except BaseException as exc:  # handed to the consumer, raised there
-                out.put(exc)
+                offer(exc)
 
         worker = threading.Thread(target=produce, name="llamavid-decode", daemon=True)
         worker.start()
@@ -249,7 +297,8 @@ class SampleStream:
                     future.cancel()
 
 
-def plan_segments(spec: VideoSpec, fps: float, start_k: int, segment_seconds: float) -> Iterator[tuple[int, int | None]]:
+def plan_segments(spec: VideoSpec, fps: float, start_k: int,
+                  segment_seconds: float) -> Iterator[tuple[int, int | None]]:
     """Segments on the sampling grid, at least ``segment_seconds`` long, each starting just after a
     keyframe when the container has an index (so a worker wastes no decoding before its first
     target). The last one is open-ended in case the duration is wrong."""

@@ -165,11 +165,7 @@ class FeatureWriter:
 
     def discard(self) -> None:
         self.array = None
-        for path in (self.partial,):
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
+        self.partial.unlink(missing_ok=True)
 
     def close(self) -> None:
         self.flush()

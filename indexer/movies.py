@@ -20,7 +20,8 @@ STAGE_COLUMNS = {
     "frame_rate": None, "rotation": 0, "variable_frame_rate": 0, "has_audio": 0, "probe": None,
     "subtitles_done": 0, "speech_state": None, "speech_windows_done": 0, "speech_language": None,
     "fps": None, "vision_id": None, "feature_path": None, "feature_shape": None,
-    "frames_capacity": None, "chunk_frames": None, "frames_done": 0, "features_complete": 0, "cache_bytes": 0, "warning": None,
+    "frames_capacity": None, "chunk_frames": None, "frames_done": 0, "features_complete": 0,
+    "cache_bytes": 0, "warning": None,
 }
 
 
@@ -47,7 +48,8 @@ def clear_features(db: sqlite_utils.Database, movie_id: int) -> None:
     with atomic(db):
         db.execute("DELETE FROM frames WHERE movie_id = ?", [movie_id])
         db.execute("UPDATE movies SET fps = NULL, vision_id = NULL, feature_path = NULL, feature_shape = NULL,"
-                   " frames_capacity = NULL, chunk_frames = NULL, frames_done = 0, features_complete = 0, cache_bytes = 0"
+                   " frames_capacity = NULL, chunk_frames = NULL, frames_done = 0, features_complete = 0,"
+                   " cache_bytes = 0"
                    " WHERE id = ?", [movie_id])
 
 

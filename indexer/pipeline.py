@@ -276,7 +276,8 @@ class Pipeline:
         self.check_file(movie)
         path = writer.finalize(done)
         notes = []
-        if info.duration and stats.last_time is not None and stats.last_time < info.duration - max(2.0, 2 / self.options.fps):
+        slack = max(2.0, 2 / self.options.fps)
+        if info.duration and stats.last_time is not None and stats.last_time < info.duration - slack:
             notes.append(f"decoding stopped at {stats.last_time:.0f} s of {info.duration:.0f} s "
                          "(truncated or damaged file); indexed what was readable")
         if stats.corrupt_packets:

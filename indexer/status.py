@@ -19,7 +19,24 @@ def _progress(movie) -> str:
     return ""
 
 
-def print_table(db, movies) -> None:
+def _folder_bytes(folder) -> int:
+    """Everything in the feature cache, partial files and caches of removed movies included."""
+    if not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+def queue_eta(db, movies) -> float:
+    """Seconds until the queue is done, at the last measured feature rate (frames per second)."""
+    row = db.execute("SELECT rate FROM jobs WHERE rate > 0 ORDER BY updated_at DESC LIMIT 1").fetchone()
+    if not row:
+        return 0.0
+    frames = sum(max(0.0, (m.duration or 0) * (m.fps or 1.0) - m.frames)
+                 for m in movies if m.state in ("queued", "running"))
+    return frames / row[0]
+
+
+def print_table(db, movies, cache_dir=None) -> None:
     print(f"{'ID':>4} {'STATE':<9} {'FRAMES':>7} {'CUES':>6} {'SUBTITLES':<18} {'CACHE':>9}  PATH")
     for m in movies:
         sources = ",".join(m.subtitle_sources) or "-"
@@ -33,8 +50,9 @@ def print_table(db, movies) -> None:
                 print(f"{'':>6}subtitles: {track['message']}")
     counts = jobs.queue_counts(db)
     total = sum(m.cache_bytes for m in movies)
-    remaining = sum(m.eta_seconds or 0 for m in movies)
+    remaining = queue_eta(db, movies)
+    disk = _folder_bytes(cache_dir) if cache_dir else total
     queue = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "empty"
     paused = " (queue paused)" if jobs.queue_paused(db) else ""
-    print(f"\n{len(movies)} movies, cache {human_bytes(total)}; jobs: {queue}{paused}"
-          + (f"; {_eta(remaining)}" if remaining else ""))
+    print(f"\n{len(movies)} movies, cache {human_bytes(total)} (on disk: {human_bytes(disk)}); "
+          f"jobs: {queue}{paused}" + (f"; queue {_eta(remaining)}" if remaining else ""))

@@ -23,7 +23,7 @@ import torch
 from . import prompts as P
 from .conversation import default_template_for
 from .device import pick_device, pick_dtype
-from .engine import Chat, Visual
+from .engine import Chat, Visual, film_features
 from .generate import SamplingOptions, Step
 from .loading import CheckpointError, LoadReport, load_llamavid
 from .modeling import LlamaVidForCausalLM, VisualTokens
@@ -173,7 +173,7 @@ class LlamaVid:
             times = list(frame_times) if frame_times is not None else [float(i) for i in range(len(features))]
             if len(times) != len(features):
                 raise ValueError(f"{len(times)} frame times for {len(features)} frames of features")
-            return Visual("film", features, times, list(subtitles))
+            return Visual("film", film_features(features), times, list(subtitles))
         if video is not None:
             frames = video if torch.is_tensor(video) else self.preprocess(np.asarray(video), mode="crop")
             return Visual("video", self.encode(frames), list(frame_times or []))

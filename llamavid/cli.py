@@ -48,6 +48,7 @@ SUBCOMMANDS: dict[str, str] = {
     "chat": "llamavid.chat_cli",
     "index": "indexer.cli",
     "doctor": "llamavid.doctor",
+    "bench": "llamavid.bench",
     "models": "llamavid.models_cli",
     "train": "train.cli",
 }

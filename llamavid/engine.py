@@ -225,10 +225,14 @@ def film_visual(db, movie) -> Visual:
     """
     from indexer.library import frame_times, open_features, subtitles
 
-    feats = open_features(movie)
-    if feats.shape[1] % 2 == 1:
-        feats = feats[:, 1:]
-    return Visual("film", feats, frame_times(db, movie).tolist(), subtitles(db, movie))
+    return Visual("film", film_features(open_features(movie)), frame_times(db, movie).tolist(),
+                  subtitles(db, movie))
+
+
+def film_features(feats):
+    """Drop the CLS row of stored EVA features (T, 257, C) -> (T, 256, C), as the long-video
+    path of the reference and of training feed them; a memory map stays a memory map."""
+    return feats[:, 1:] if feats.shape[1] % 2 == 1 else feats
 
 
 def plan_video_stride(lv, frames: int, question_tokens: int = 64, max_new_tokens: int = 512) -> int:

@@ -249,10 +249,16 @@ def save_released(model: LlamaVidForCausalLM, folder: str | Path, dtype: torch.d
     Floating tensors are stored in ``dtype`` (bf16 like the released files); the EVA copy is
     included as in full checkpoints.
     """
+    return save_released_state(model.state_dict(), model.config, folder, dtype, max_shard_bytes)
+
+
+def save_released_state(state: Mapping[str, torch.Tensor], config: LlamaVidConfig, folder: str | Path,
+                        dtype: torch.dtype = torch.bfloat16, max_shard_bytes: int = 10 * 2**30) -> Path:
+    """:func:`save_released` for a state dict gathered elsewhere (FSDP shards, merged LoRA weights)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
-             for k, v in model.state_dict().items()}
+             for k, v in state.items()}
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for key, tensor in state.items():
@@ -271,7 +277,7 @@ def save_released(model: LlamaVidForCausalLM, folder: str | Path, dtype: torch.d
     total = sum(t.numel() * t.element_size() for t in state.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (folder / INDEX_FILES[1]).write_text(json.dumps(index, indent=2))
-    (folder / "config.json").write_text(json.dumps(released_config(model.config, dtype), indent=2))
-    if model.config.qformer:
-        (folder / "qformer_config.json").write_text(json.dumps(model.config.qformer, indent=2))
+    (folder / "config.json").write_text(json.dumps(released_config(config, dtype), indent=2))
+    if config.qformer:
+        (folder / "qformer_config.json").write_text(json.dumps(config.qformer, indent=2))
     return folder

@@ -14,11 +14,13 @@ Stage 1 also writes the reference's ``mm_projector.bin``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +69,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@contextlib.contextmanager
+def _quiet(rt: Runtime):
+    """torch.distributed.checkpoint warns that it runs in one process; that is intended here."""
+    with warnings.catch_warnings():
+        if not rt.distributed:
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def _options():
+    """Trained weights only (frozen ones come from the starting files again); ``strict=False``
+    because the frozen ones are then absent - every trained one is still required by ``dcp.load``."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(ignore_frozen_params=True)
+    return StateDictOptions(ignore_frozen_params=True, strict=False)
 
 
 def save_state(output: Path, step: int, wrapped: nn.Module, optimizer, scheduler, info: dict[str, Any],
@@ -85,7 +98,8 @@ def save_state(output: Path, step: int, wrapped: nn.Module, optimizer, scheduler
         shutil.rmtree(tmp)
     barrier(rt)
     model_state, optim_state = get_state_dict(wrapped, optimizer, options=_options())
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
+    with _quiet(rt):
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
     torch.save(rng_state(), tmp / f"rng-{rt.rank}.pt")
     barrier(rt)
     if rt.is_main:
@@ -108,7 +122,8 @@ def load_state(folder: Path, wrapped: nn.Module, optimizer, scheduler, rt: Runti
 
     model_state, optim_state = get_state_dict(wrapped, optimizer, options=_options())
     state = {"model": model_state, "optim": optim_state} if optimizer_too else {"model": model_state}
-    dcp.load(state, checkpoint_id=str(folder))
+    with _quiet(rt):
+        dcp.load(state, checkpoint_id=str(folder))
     set_state_dict(wrapped, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state.get("optim", optim_state), options=_options())
     if scheduler is not None:
@@ -142,12 +157,14 @@ def full_state(wrapped: nn.Module, model: nn.Module, lora: bool) -> dict[str, to
     return {k[len("model."):] if k.startswith("model.") else k: v for k, v in state.items()}
 
 
-def save_model(output: Path, state: dict[str, torch.Tensor], config, stage: int, sources: dict[str, Path | None]) -> Path:
+def save_model(output: Path, state: dict[str, torch.Tensor], config, stage: int,
+               sources: dict[str, Path | None]) -> Path:
     """Write the released layout (+ ``mm_projector.bin`` after stage 1) and the files chat needs."""
     output = Path(output)
     save_released(_StateView(state, config), output, dtype=torch.bfloat16)
     if stage == 1:
-        projector = {k: v.detach().to("cpu", torch.bfloat16) for k, v in state.items() if matches(k, PROJECTOR_FILE)}
+        projector = {k: v.detach().to("cpu", torch.bfloat16) for k, v in state.items()
+                     if matches(k, PROJECTOR_FILE) and v.is_floating_point()}  # parameters only, as the reference
         torch.save(projector, output / "mm_projector.bin")
     copy_support_files(output, sources)
     return output

@@ -16,7 +16,7 @@ checkpointing. This module imports nothing heavy: the command line reads its def
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -179,13 +179,12 @@ class TrainArgs:
     resume: str = "auto"
     log_every: int = 1
     tensorboard: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def preset(self) -> StagePreset:
         return preset(self.stage)
 
-    def resolved(self) -> "TrainArgs":
+    def resolved(self) -> TrainArgs:
         """A copy with every ``None`` default filled from the stage preset."""
         p = self.preset
         values = asdict(self)
@@ -203,7 +202,7 @@ class TrainArgs:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_json(cls, values: dict[str, Any]) -> "TrainArgs":
+    def from_json(cls, values: dict[str, Any]) -> TrainArgs:
         paths = {f.name for f in fields(cls) if "Path" in str(f.type)}
         known = {f.name for f in fields(cls)}
         return cls(**{k: (Path(v) if k in paths and v is not None else v) for k, v in values.items() if k in known})

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -106,7 +106,7 @@ def wrap(step: nn.Module, rt: Runtime, fsdp: str | None, bf16: bool) -> nn.Modul
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [rt.device.index] if rt.device.type == "cuda" else None
-    return DistributedDataParallel(step, device_ids=ids, broadcast_buffers=False)
+    return DistributedDataParallel(step, device_ids=ids, gradient_as_bucket_view=True)
 
 
 def shard(step: nn.Module, rt: Runtime, reshard: bool, bf16: bool) -> nn.Module:
@@ -119,7 +119,8 @@ def shard(step: nn.Module, rt: Runtime, reshard: bool, bf16: bool) -> nn.Module:
 
     if not rt.distributed:
         raise UserError("--fsdp needs several processes: start the run with torchrun --nproc-per-node N")
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
+              else MixedPrecisionPolicy())
     for layer in step.model.model.layers:
         fully_shard(layer, mp_policy=policy, reshard_after_forward=reshard)
     fully_shard(step, mp_policy=policy, reshard_after_forward=reshard)

@@ -12,8 +12,9 @@ by name: a file that lacks a tensor, or has one the model does not know, is an e
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
@@ -71,7 +72,8 @@ def qformer_sizes(state: Mapping[str, torch.Tensor], overrides: Mapping[str, Any
     """Q-Former sizes read off the weights; heads cannot be, so they default to width / 64 (BERT)."""
     prefix = "model.vlm_att_encoder.bert."
     words = state[prefix + "embeddings.word_embeddings.weight"]
-    layers = {int(k[len(prefix + "encoder.layer."):].split(".")[0]) for k in state if k.startswith(prefix + "encoder.layer.")}
+    layer_prefix = prefix + "encoder.layer."
+    layers = {int(k[len(layer_prefix):].split(".")[0]) for k in state if k.startswith(layer_prefix)}
     sizes = {"vocab_size": int(words.shape[0]), "hidden_size": int(words.shape[1]), "num_hidden_layers": len(layers),
              "intermediate_size": int(state[prefix + "encoder.layer.0.intermediate.dense.weight"].shape[0]),
              "num_attention_heads": max(1, int(words.shape[1]) // 64)}
@@ -157,9 +159,12 @@ def apply_rope_scaling(model: LlamaVidForCausalLM, max_length: int) -> float | N
     return factor
 
 
-def checkpoint_shape(folder: Path) -> dict[str, Any]:
-    """compress_type and image size of a previous stage's output, which this stage keeps."""
-    config = LlamaVidConfig.from_file(Path(folder) / "config.json")
+def checkpoint_shape(folder: Path) -> dict[str, Any] | None:
+    """compress_type and image size of a previous stage's output (None for a plain LLaMA config)."""
+    values = json.loads((Path(folder) / "config.json").read_text())
+    if "mm_hidden_size" not in values:
+        return None
+    config = LlamaVidConfig.from_released(values)
     return {"compress_type": config.compress_type, "image_size": config.image_size}
 
 

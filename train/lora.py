@@ -121,15 +121,18 @@ def estimate_gib(config, *, lora_r: int = 0, bits: int = 16, train_llm: bool = T
     q = config.qformer or {}
     qh, qi, ql = q.get("hidden_size", 768), q.get("intermediate_size", 3072), q.get("num_hidden_layers", 12)
     multimodal = ql * (4 * qh * qh + 4 * qh * qi) + (ql // 2) * (2 * qh * qh + 2 * qh * width) \
-        + q.get("vocab_size", 30523) * qh + 2 * width * width + qh * width + width * config.hidden_size \
+        + q.get("vocab_size", 30523) * qh + width * width + qh * width + width * config.hidden_size \
         + config.hidden_size * (width + config.hidden_size)
     parts = {"EVA (frozen bf16)": eva * 2 / gib}
     if lora_r:
-        per_layer = lora_r * (2 * (config.hidden_size * 2) * 2 + 3 * (config.hidden_size + config.intermediate_size))
-        parts["LLM (frozen " + ("NF4" if bits == 4 else "bf16") + ")"] = (linears * (0.52 if bits == 4 else 2) + other * 2) / gib
+        h, i = config.hidden_size, config.intermediate_size
+        per_layer = lora_r * (4 * (h + h) + 3 * (h + i))  # A (r x in) + B (out x r) on the seven projections
+        kind = "NF4" if bits == 4 else "bf16"
+        parts[f"LLM (frozen {kind})"] = (linears * (0.52 if bits == 4 else 2) + other * 2) / gib
         parts["LoRA (trained)"] = config.num_hidden_layers * per_layer * 16 / gib
     else:
-        parts["LLM (" + ("trained" if train_llm else "frozen bf16") + ")"] = (linears + other) * (16 if train_llm else 2) / gib
+        kind = "trained" if train_llm else "frozen bf16"
+        parts[f"LLM ({kind})"] = (linears + other) * (16 if train_llm else 2) / gib
     parts["Q-Former + projectors (" + ("trained" if train_multimodal else "frozen") + ")"] = \
         multimodal * (16 if train_multimodal else 2) / gib
     act_layer = batch * seq_len * config.hidden_size * 2

@@ -68,7 +68,8 @@ def _subtitles(record: dict[str, Any], folder: Path) -> list[Any]:
         except (OSError, ValueError) as exc:
             raise DataError(f"{path}: cannot read the subtitles ({exc})") from None
     if not isinstance(subs, list):
-        raise DataError(f"'subtitles' must be a list of {{start_time, end_time, text}} or a JSON file, got {subs!r:.60}")
+        raise DataError("'subtitles' must be a list of {start_time, end_time, text} or a JSON file, "
+                        f"got {subs!r:.60}")
     return subs
 
 

@@ -32,7 +32,7 @@ def unused_qformer_params(model: nn.Module) -> set[str]:
     if not layers:
         return set()
     last = f"model.vlm_att_encoder.bert.encoder.layer.{max(layers)}."
-    return {n for n, _ in model.named_parameters() if n.startswith(last + "intermediate.") or n.startswith(last + "output.")}
+    return {n for n, _ in model.named_parameters() if n.startswith((last + "intermediate.", last + "output."))}
 
 
 def trainable_names(model: nn.Module) -> list[str]:

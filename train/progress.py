@@ -27,7 +27,8 @@ class Progress:
         self.log_file = None
         if not enabled:
             return
-        self.log_file = open(Path(output) / "train_log.jsonl", "a", encoding="utf-8")
+        # a fresh run starts a new log; a resumed one continues it
+        self.log_file = open(Path(output) / "train_log.jsonl", "a" if start else "w", encoding="utf-8")
         if sys.stderr.isatty():
             from tqdm import tqdm
 

@@ -13,9 +13,10 @@ reference swallowed such errors and trained on a random other sample instead.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 IMAGE_TOKEN = "<image>"
 FEATURE_SUFFIXES = (".npy", ".npz", ".pkl")

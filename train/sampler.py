@@ -8,7 +8,7 @@ The plan is a pure function of (lengths, seed, epoch), so a resumed run skips ah
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -7,7 +7,7 @@ a 64K-token film sample with a short answer needs a few rows of logits, not 64K 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ def expand_labels(labels: torch.Tensor, input_ids: torch.Tensor, slot_rows: Sequ
     """Labels of the spliced sequence: each ``<image>`` becomes its visual rows, all ignored."""
     where = (input_ids == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
     pieces, prev = [], 0
-    for pos, rows in zip(where, slot_rows):
+    for pos, rows in zip(where, slot_rows, strict=True):
         pieces += [labels[prev:pos], labels.new_full((rows,), IGNORE_INDEX)]
         prev = pos + 1
     pieces.append(labels[prev:])
@@ -37,7 +37,7 @@ def pad_batch(embeds: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[t
     out = embeds[0].new_zeros(len(embeds), length, width)
     mask = torch.zeros(len(embeds), length, dtype=torch.long, device=dev)
     target = torch.full((len(embeds), length), IGNORE_INDEX, dtype=torch.long, device=dev)
-    for i, (e, lab) in enumerate(zip(embeds, labels)):
+    for i, (e, lab) in enumerate(zip(embeds, labels, strict=True)):
         out[i, : e.shape[0]] = e
         mask[i, : e.shape[0]] = 1
         target[i, : lab.shape[0]] = lab.to(dev)
@@ -73,7 +73,7 @@ class TrainStep(nn.Module):
         """(loss, number of supervised tokens) of one micro-batch."""
         features = self.encode(batch)
         embeds, labels = [], []
-        for sample, feats in zip(batch, features):
+        for sample, feats in zip(batch, features, strict=True):
             e, lab = self.splice(sample, feats)
             embeds.append(e[: self.max_length])
             labels.append(lab[: self.max_length])

@@ -11,8 +11,9 @@ and keeps the sample.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from llamavid.conversation import get_template
 from llamavid.prompts import IMAGE_TOKEN_INDEX, tokenizer_image_token
@@ -42,7 +43,7 @@ def plain_guided(turns: Sequence[tuple[str, str]], tokenizer: Any, where: str) -
         raise DataError(f"{where}: stage 1 (plain_guided) needs exactly one human turn with {IMAGE_TOKEN} "
                         f"and one answer, got {len(turns)} turns")
     sep = get_template("plain_guided").sep
-    prompt = turns[0][1].replace(IMAGE_TOKEN, "").replace("\n", "")
+    prompt = turns[0][1].replace(IMAGE_TOKEN, "").strip().replace("\n", "")  # as after preprocess_multimodal
     ids = tokenizer_image_token(IMAGE_TOKEN + turns[1][1] + sep, tokenizer)
     head = len(tokenizer_image_token(IMAGE_TOKEN, tokenizer))  # BOS and the placeholder
     return TextSample(ids, [IGNORE_INDEX] * head + ids[head:], [prompt])

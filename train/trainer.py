@@ -9,16 +9,17 @@ default) continues from it. A run killed without warning continues from its last
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
-import logging
 import math
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,13 +28,12 @@ from llamavid.errors import UserError
 
 from . import checkpoint as ckpt
 from .config import LLM, TrainArgs, trainable_prefixes
-from .distributed import Runtime, all_reduce_sum, any_rank, barrier, gradient_sync, init_runtime, shutdown, unwrap, wrap
+from .distributed import Runtime, all_reduce_sum, any_rank, barrier, gradient_sync, init_runtime, shutdown, wrap
 from .sampler import epoch_order, micro_batches_per_epoch, rank_batches
 
-log = logging.getLogger(__name__)
 # Settings that may change when a run is resumed; anything else must match the first start.
 RESUMABLE_CHANGES = {"output", "num_workers", "log_every", "tensorboard", "resume", "device", "validate",
-                     "save_total_limit", "extra", "skip_bad_samples", "save_steps"}
+                     "save_total_limit", "skip_bad_samples", "save_steps"}
 
 
 @dataclass
@@ -44,6 +44,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     stopped_early: bool = False
     model: nn.Module | None = None
+    rank: int = 0
 
 
 # ------------------------------------------------------------------------------------ the plan
@@ -90,10 +91,13 @@ def prepare_args(args: TrainArgs, world_size: int) -> TrainArgs:
     """Fill presets, take the model's shape from ``--init``, check options that cannot work together."""
     from .init import checkpoint_shape
 
-    if args.init is not None:
-        if not (Path(args.init) / "config.json").is_file():
-            raise UserError(f"--init {args.init}: not a checkpoint folder (no config.json)")
-        shape = checkpoint_shape(args.init)
+    args = dataclasses.replace(args)  # the caller's object stays as given
+    if args.init is not None and not (Path(args.init) / "config.json").is_file():
+        raise UserError(f"--init {args.init}: not a checkpoint folder (no config.json)")
+    # the token layout and image size continue those of the previous stage
+    previous = args.init or (Path(args.projector).parent if args.projector else None)
+    shape = checkpoint_shape(previous) if previous and (Path(previous) / "config.json").is_file() else None
+    if shape is not None:
         args.compress_type, args.image_size = shape["compress_type"], shape["image_size"]
     args = args.resolved()
     if args.lora_r and not args.preset.train_llm:
@@ -160,6 +164,14 @@ def attention_implementation(choice: str, device: torch.device) -> str:
     return "flash_attention_2" if device.type == "cuda" and importlib.util.find_spec("flash_attn") else "sdpa"
 
 
+def enable_checkpointing(model: nn.Module) -> None:
+    """Recompute each decoder layer in the backward pass (non-reentrant: works with frozen inputs and FSDP)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def setup_model(args: TrainArgs, rt: Runtime, bf16: bool) -> nn.Module:
     """Starting weights, frozen / trainable parts, LoRA, precision and checkpointing, on the device."""
     from .init import build_model
@@ -167,7 +179,10 @@ def setup_model(args: TrainArgs, rt: Runtime, bf16: bool) -> nn.Module:
     from .params import cast_frozen, set_trainable
 
     model = build_model(args)
-    model.config._attn_implementation = attention_implementation(args.attn, rt.device)
+    try:
+        model.set_attn_implementation(attention_implementation(args.attn, rt.device))
+    except (ImportError, ValueError) as exc:
+        raise UserError(f"--attn {args.attn}: {exc}") from None
     prefixes = trainable_prefixes(args.preset.train_llm, args.bert_type)
     if args.lora_r:
         compute = torch.bfloat16 if bf16 else torch.float32
@@ -179,11 +194,11 @@ def setup_model(args: TrainArgs, rt: Runtime, bf16: bool) -> nn.Module:
                 param.requires_grad_(True)
     else:
         set_trainable(model, prefixes)
-    model.to(rt.device)
     if bf16 and not args.fsdp:
-        cast_frozen(model, torch.bfloat16)
+        cast_frozen(model, torch.bfloat16)  # before moving: a frozen 7B LLM then never needs 27 GB on the GPU
+    model.to(rt.device)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     model.train()
     model.model.vision_tower.eval()
     return model
@@ -212,9 +227,22 @@ def data(args: TrainArgs, tokenizer, qformer_tokenizer, say) -> Any:
     return LlavaDataset(records, tokenizer, qformer_tokenizer, options)
 
 
-def optimizer_and_schedule(wrapped: nn.Module, args: TrainArgs, total: int):
-    from transformers import get_cosine_schedule_with_warmup
+def cosine_with_warmup(optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay to 0: transformers' ``get_cosine_schedule_with_warmup``.
 
+    Written out here because importing transformers' optimization module pulls in peft and
+    bitsandbytes (seconds of start-up, and compilation on some machines).
+    """
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def optimizer_and_schedule(wrapped: nn.Module, args: TrainArgs, total: int):
     from .params import param_groups
 
     groups = param_groups(wrapped, args.weight_decay)
@@ -222,7 +250,7 @@ def optimizer_and_schedule(wrapped: nn.Module, args: TrainArgs, total: int):
         raise UserError("nothing to train: every parameter is frozen")
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-8)
     warmup = math.ceil(args.warmup_ratio * total)
-    return optimizer, get_cosine_schedule_with_warmup(optimizer, warmup, total)
+    return optimizer, cosine_with_warmup(optimizer, warmup, total)
 
 
 # ------------------------------------------------------------------------------------ the loop
@@ -233,13 +261,15 @@ class StopFlag:
         self.raised = False
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopFlag":
+    def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
+        if self.raised and signum == signal.SIGINT:  # a second Ctrl-C: stop now, without saving
+            raise KeyboardInterrupt
         self.raised = True
 
     def __exit__(self, *exc) -> None:
@@ -264,17 +294,17 @@ def _run(args: TrainArgs, rt: Runtime) -> TrainResult:
     output = Path(args.output)
     resume_from = check_resume(args, output)
     bf16 = args.bf16 if args.bf16 is not None else (rt.device.type == "cuda" and torch.cuda.is_bf16_supported())
-    torch.manual_seed(args.seed)
     tokenizer, qformer_tokenizer, vocab = tokenizers(args)
+    dataset = data(args, tokenizer, qformer_tokenizer, print if rt.is_main else (lambda text: None))  # fail early
+    torch.manual_seed(args.seed)
     model = setup_model(args, rt, bf16)
+    torch.manual_seed(args.seed + rt.rank)  # same starting weights everywhere, own dropout masks per rank
     if rt.is_main:
         output.mkdir(parents=True, exist_ok=True)
         if resume_from is None:
             (output / "run.json").write_text(json.dumps(args.to_json(), indent=2))
     barrier(rt)
-    step_module = _train_step(model, args)
-    wrapped = wrap(step_module, rt, args.fsdp, bf16)
-    dataset = data(args, tokenizer, qformer_tokenizer, print if rt.is_main else (lambda text: None))
+    wrapped = wrap(_train_step(model, args), rt, args.fsdp, bf16)
     plan = Plan(dataset.modality_lengths, args.batch_size, rt.world_size, rt.rank, args.grad_accum, args.seed,
                 args.group_by_modality, args.epochs, args.max_steps)
     optimizer, scheduler = optimizer_and_schedule(wrapped, args, plan.total_steps)
@@ -286,6 +316,8 @@ def _run(args: TrainArgs, rt: Runtime) -> TrainResult:
         start = int(info["step"])
     progress = Progress(output, plan.total_steps, start, rt.is_main, args.log_every, args.tensorboard)
     progress.message(_banner(args, rt, model, plan, resume_from, bf16))
+    if rt.device.type == "cuda" and rt.is_main:
+        progress.message(_memory_note(args, model, rt))
     result = TrainResult(output, start, plan.total_steps)
     try:
         with StopFlag() as stop:
@@ -293,7 +325,7 @@ def _run(args: TrainArgs, rt: Runtime) -> TrainResult:
         _finish(args, rt, wrapped, model, optimizer, scheduler, result, vocab)
     finally:
         progress.close()
-    result.model = model
+    result.model, result.rank = model, rt.rank
     return result
 
 
@@ -388,6 +420,20 @@ def _finish(args, rt, wrapped, model, optimizer, scheduler, result: TrainResult,
                    "eva": args.vision or (Path(args.init) / "eva_vit_g.pth" if args.init else None)}
         ckpt.save_model(Path(args.output), state, model.config, args.stage, sources)
     barrier(rt)
+
+
+def _memory_note(args: TrainArgs, model: nn.Module, rt: Runtime) -> str:
+    """The rough per-GPU memory this run needs, next to what the GPU has (before the first step fails)."""
+    from .lora import estimate_gib
+
+    estimate = estimate_gib(model.config, lora_r=args.lora_r, bits=args.bits, train_llm=args.preset.train_llm,
+                            train_multimodal=args.lora_train_multimodal or not args.lora_r,
+                            seq_len=args.max_length, batch=args.batch_size)
+    have = torch.cuda.get_device_properties(rt.device).total_memory / 2**30
+    note = f"memory estimate without sharding: {estimate.describe()}; this GPU has {have:.0f} GiB"
+    if estimate.total > have and not args.fsdp:
+        note += " - probably too little: use --fsdp across GPUs, LoRA (--lora-r 64) or QLoRA (--bits 4)"
+    return note
 
 
 def _banner(args: TrainArgs, rt: Runtime, model: nn.Module, plan: Plan, resume_from, bf16: bool) -> str:

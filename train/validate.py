@@ -67,7 +67,7 @@ class Report:
             if self.offset_masked:
                 text += f"; {self.offset_masked} samples masked by offsets (the reference rule miscounts them)"
         else:
-            text += "; lengths not checked (give --model FOLDER for the tokenizer)"
+            text += "; lengths not checked"
         return text
 
     def text(self, limit: int = 50) -> str:

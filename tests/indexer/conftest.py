@@ -24,11 +24,12 @@ def tiny_eva(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_whisper(request) -> Path:
+def tiny_whisper(request, tmp_path_factory) -> Path:
     """Converted once and kept in the pytest cache (about 10 s to build)."""
     from tiny_whisper import build_tiny_whisper
 
-    folder = Path(request.config.cache.mkdir("llamavid-tiny-whisper-v1"))
+    cache = getattr(request.config, "cache", None)  # absent with -p no:cacheprovider
+    folder = Path(cache.mkdir("llamavid-tiny-whisper-v1") if cache else tmp_path_factory.mktemp("whisper"))
     model = folder / "ct2"
     if not (model / "model.bin").is_file():
         build_tiny_whisper(folder)

@@ -19,7 +19,8 @@ def test_benchmark_smoke(tmp_path):
     assert list(results) == ["every-frame", "nonref", "seek", "llamavid"]
     assert [results[s]["sampled"] for s in ("every-frame", "nonref", "llamavid")] == [4, 4, 4]
     assert results["seek"]["sampled"] == 2 and "extrapolated" in results["seek"]["note"]
-    assert all(r["seconds_per_hour"] > 0 and r["peak_rss_mb"] > 0 for r in results.values())
+    assert all(r["seconds_per_hour"] > 0 and r["cpu_seconds_per_hour"] > 0 and r["peak_rss_mb"] > 0
+               for r in results.values())
     assert results["llamavid"]["worker_peak_rss_mb"] > 0
     assert report["long"]["sampled"] == 8 and report["long"]["clip_seconds"] == 8
-    assert len(lines) == 6 and lines[-1].startswith("memory vs length")
+    assert len(lines) == 7 and lines[1].startswith("clip: 4 s 160x96") and lines[-1].startswith("memory vs length")

@@ -99,3 +99,15 @@ def test_bad_files_say_why(tmp_path, maker, message):
 def test_unsupported_codec(tmp_path):
     with pytest.raises(BadInput, match="unsupported video codec"):
         probe(make_undecodable(tmp_path / "avs2.ts"))
+
+
+def test_packets_before_a_keyframe_at_the_target_are_never_decoded(tmp_path, monkeypatch):
+    import indexer.decode as decode
+
+    path = make_video(tmp_path / "a.mp4", seconds=12, fps=25, gop=25)  # a keyframe every second
+    fast, fast_stats = _sample(path, fps=0.25)
+    monkeypatch.setattr(decode, "_drop_before_keyframe", lambda *args: None)
+    slow, slow_stats = _sample(path, fps=0.25)
+    assert [t for t, _ in fast] == [t for t, _ in slow] == [0.0, 4.0, 8.0]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(fast, slow))
+    assert fast_stats.skipped_packets > 150 and fast_stats.decoded < slow_stats.decoded / 4

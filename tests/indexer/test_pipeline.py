@@ -93,7 +93,8 @@ def test_read_api(cli, movies, tiny_eva):
 
 
 def test_features_match_a_direct_encoding(cli, movies, tiny_eva):
-    """The cache holds exactly what EVA gives for the sampled, preprocessed frames."""
+    """The cache holds exactly what EVA gives for the sampled, preprocessed frames (decoded here by
+    two worker processes, as on a GPU machine)."""
     import torch
 
     from indexer.decode import DecodeStats, decode_segment, video_spec
@@ -103,7 +104,9 @@ def test_features_match_a_direct_encoding(cli, movies, tiny_eva):
 
     path = make_video(movies / "A.mp4", seconds=3, size=(128, 72))
     cli("add", movies)
-    cli("run", "--vision", tiny_eva, "--speech", "never", "--quiet", "--batch-size", "2")
+    code, _, err = cli("run", "--vision", tiny_eva, "--speech", "never", "--quiet", "--batch-size", "2",
+                       "--decode-workers", "2")
+    assert code == 0, err
     frames = [img for _, img in decode_segment(video_spec(path, probe(path)), 1.0, 0, None, DecodeStats())]
     tower = EvaVisionTower.from_file(tiny_eva)
     expected = tower(preprocess_images(frames[:2])).to(torch.float16).numpy()
@@ -208,3 +211,20 @@ def test_llamavid_index_console_script(llamavid_cmd, movies, tmp_path):
     assert [json.loads(line)["state"] for line in status.stdout.splitlines()] == ["queued"]
     bad = subprocess.run([*base, "add", str(tmp_path / "nowhere"), *data], capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.startswith("llamavid: error:") and "not a folder" in bad.stderr
+
+
+def test_a_film_of_several_hours(cli, movies, tiny_eva):
+    """3 hours (at 1 frame/s, tiny pictures, so the file is quick to make): probe, preallocation,
+    times and the sampling all hold at that length; sampled every 50 s to keep the test short."""
+    hours = 3
+    make_video(movies / "Epic.mkv", fps=1, size=(32, 32), frame_times=[float(i) for i in range(hours * 3600)])
+    cli("add", movies)
+    code, _, err = cli("run", "--vision", tiny_eva, "--speech", "never", "--quiet", "--fps", "0.02",
+                       "--batch-size", "16")
+    assert code == 0, err
+    status = cli.status()["Epic.mkv"]
+    assert status["state"] == "done" and status["duration"] == pytest.approx(hours * 3600, abs=2)
+    assert status["frames"] == hours * 72 and status["feature_shape"] == [hours * 72, 257, TINY_WIDTH]
+    db = indexer.open_library(cli.data_dir)
+    times = indexer.frame_times(db, indexer.list_movies(db)[0])
+    assert times[-1] == pytest.approx(hours * 3600 - 50) and np.allclose(np.diff(times), 50)

@@ -35,7 +35,7 @@ def test_kill_9_mid_film_resumes_to_identical_features(cli, movies, tiny_eva, tm
 
     make_video(movies / "Film.mkv", seconds=24, fps=25, size=(128, 96), gop=60)
     cli("add", movies)
-    proc = cli.spawn(*RUN, "--vision", tiny_eva, "--idle", "0.25")
+    proc = cli.spawn(*RUN, "--vision", tiny_eva, "--idle", "0.5")  # slow enough to be caught mid-film
     try:
         wait_for(lambda: _frames_done(cli) >= 6 or proc.poll() is not None, timeout=120)
         assert proc.poll() is None, proc.communicate()
@@ -81,7 +81,7 @@ def test_pause_and_cancel_a_running_job(cli, movies, tiny_eva):
     make_video(movies / "A.mkv", seconds=20, size=(64, 48))
     make_video(movies / "B.mkv", seconds=2, size=(64, 48))
     cli("add", movies)
-    options = IndexOptions(vision=str(tiny_eva), speech="never", batch_size=2, idle=0.1)
+    options = IndexOptions(vision=str(tiny_eva), speech="never", batch_size=2, idle=0.3)
     result = {}
     worker = threading.Thread(target=lambda: result.update(summary=run_queue(DataDir(cli.data_dir), options)))
     worker.start()

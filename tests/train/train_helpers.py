@@ -117,7 +117,8 @@ def write_dataset(folder: Path, eva_width: int = 176) -> dict[str, Path]:
                "conversations": [human("Describe the image concisely.\n<image>"), gpt(f"a {c} scene.")]}
               for c in ("red", "green", "blue")]
     stage1 += [{"id": f"clip-{c}", "video": f"{c}.mp4",
-                "conversations": [human("<image>\nDescribe the video."), gpt(f"a {c} video.")]} for c in ("red", "blue")]
+                "conversations": [human("<image>\nDescribe the video."), gpt(f"a {c} video.")]}
+               for c in ("red", "blue")]
     stage2 = [
         {"id": "chat-red", "image": "red.png", "conversations": [
             human("<image>\nWhat color is it?"), gpt("It is red."), human("Is it dark?"), gpt("No.")]},

@@ -1,0 +1,127 @@
+"""``llamavid bench`` (smoke mode through the CLI), int8 vision quantization and EVA's fused q/v bias."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llamavid import cli
+from llamavid.bench import reference_attention_in, resolve_model
+from llamavid.errors import UserError
+from llamavid.quantize import quantize_vision, quantized_linears
+from llamavid.tiny import random_model, tiny_config
+from llamavid.vision import Attention, EvaConfig, EvaVisionTower, random_eva_state
+
+
+def small_tower(depth: int = 2, image_size: int = 224) -> EvaVisionTower:
+    cfg = EvaConfig(image_size=image_size, width=176, depth=depth, mlp_hidden=256)
+    return EvaVisionTower.from_state_dict(random_eva_state(cfg, seed=3), cfg)
+
+
+def cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
+
+
+def test_smoke_bench_through_the_cli(llamavid_cmd: list[str]) -> None:
+    proc = subprocess.run([*llamavid_cmd, "bench", "--smoke"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]  # stdout is JSON lines only
+    assert records[0]["bench"] == "env"
+    assert not [r for r in records if "error" in r], records
+    eva = {(r["image_size"], r["variant"]): r for r in records if r["bench"] == "eva"}
+    for size in (224, 336):
+        for variant in ("eager-fp32", "sdpa-fp32", "sdpa-int8"):
+            r = eva[size, variant]
+            assert r["frames_per_s"] > 0 and r["median_s"] >= r["min_s"] > 0
+            assert r["cosine_vs_fp32"] > 0.99 and r["speedup_vs_eager"] > 0
+        assert eva[size, "sdpa-fp32"]["cosine_vs_fp32"] > 0.99999  # SDPA is the same maths
+    qformer = {r["variant"]: r for r in records if r["bench"] == "qformer"}
+    assert set(qformer) == {"fp32", "int8"}
+    assert all(r["frames_per_s"] > 0 and r["cosine_vs_fp32"] > 0.99 for r in qformer.values())
+    llm = {(r["variant"], r["phase"]): r for r in records if r["bench"] == "llm"}
+    assert set(llm) == {(v, p) for v in ("ours-stream", "hf-generate") for p in ("prefill", "decode")}
+    assert all(r["tokens_per_s"] > 0 for r in llm.values())
+    assert llm["hf-generate", "decode"]["same_tokens_as_ours"] == 1.0  # greedy, same weights
+
+
+def test_bad_stage_is_a_one_line_user_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "--only", "eva,nope"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("llamavid: error: --only: unknown stage(s) nope") and err.count("\n") == 1
+
+
+def test_unknown_model_name_says_what_to_do(tmp_path) -> None:
+    with pytest.raises(UserError, match="no-such-model"):
+        resolve_model("no-such-model", tmp_path)
+
+
+def test_fused_qkv_bias_equals_default_attention() -> None:
+    torch.manual_seed(0)
+    attn = Attention(EvaConfig(width=176)).eval()
+    with torch.no_grad():
+        attn.q_bias.normal_()
+        attn.v_bias.normal_()
+    x = torch.randn(2, 17, 176)
+    with torch.no_grad():
+        want = attn(x)
+        weight = attn.qkv.weight
+        attn.fuse_qkv_bias()
+        attn.fuse_qkv_bias()  # idempotent
+        got = attn(x)
+    assert attn.qkv_fused_bias and attn.qkv.bias is not None
+    assert attn.qkv.weight is weight  # shared, not copied
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_reference_attention_matches_ours_and_is_restored() -> None:
+    tower = small_tower()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ours = tower(x)
+        with reference_attention_in(tower):
+            eager = tower(x)
+        again = tower(x)
+    torch.testing.assert_close(eager, ours, atol=1e-5, rtol=1e-5)
+    assert torch.equal(again, ours)
+    assert all("forward" not in vars(m) for m in tower.modules())
+
+
+def test_quantize_vision_keeps_eva_features() -> None:
+    tower = small_tower(depth=2)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = tower(x)
+        assert quantize_vision(tower, "int8") is tower
+        got = tower(x)
+    names = [name for name, _ in quantized_linears(tower)]
+    assert len(names) == 2 * 4  # qkv, proj, fc1, fc2 per block
+    assert not any(type(m) is torch.nn.Linear for m in tower.modules())
+    assert cos(got, want) >= 0.999
+
+
+def test_quantize_qformer_side_only_on_a_model() -> None:
+    model = random_model(tiny_config())
+    feats = torch.randn(3, 257, 176, generator=torch.Generator().manual_seed(2))
+    ids, mask = torch.randint(5, 90, (1, 7)), torch.ones(1, 7, dtype=torch.long)
+    with torch.inference_mode():
+        want = model.visual_tokens(feats, ids, mask).tokens
+    quantize_vision(model, vision=False, qformer=True)
+    names = [name for name, _ in quantized_linears(model)]
+    assert names and not any("vision_tower" in n or "layers." in n or "lm_head" in n for n in names)
+    assert any("vlm_att_encoder" in n for n in names) and any("vlm_att_key_projector" in n for n in names)
+    assert not any("mm_projector" in n or "val_projector" in n for n in names)  # one row per frame: kept fp32
+    with torch.inference_mode():
+        got = model.visual_tokens(feats, ids, mask).tokens
+    assert cos(got, want) >= 0.999
+
+
+def test_quantize_refuses_what_it_cannot_do() -> None:
+    with pytest.raises(ValueError, match="float32"):
+        quantize_vision(small_tower(depth=1).to(torch.bfloat16))
+    with pytest.raises(ValueError, match="unknown quantization mode"):
+        quantize_vision(small_tower(depth=1), "int4")
+    tower = small_tower(depth=1)
+    assert quantize_vision(tower, "none") is tower and not list(quantized_linears(tower))
