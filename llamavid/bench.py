@@ -31,10 +31,11 @@ import statistics
 import sys
 import time
 import types
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from llamavid.errors import UserError, require
 
@@ -55,6 +56,9 @@ LLM_SIZES: dict[str, dict[str, int]] = {
 SMOKE_EVA = dict(width=176, depth=2, mlp_hidden=256)
 SMOKE_QFORMER = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                      vocab_size=200)
+#: Defaults of the options whose ``--smoke`` value differs.
+FULL = dict(repeats=3, frames=64, question_tokens=20, prompt_tokens=512, new_tokens=64)
+SMOKE = dict(repeats=1, frames=4, question_tokens=8, prompt_tokens=16, new_tokens=4)
 INIT_STD = 0.02  # the reference's trunc_normal_(std=.02); truncation at +-2 never bites at this std
 
 
@@ -82,15 +86,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="precision of the timed variants (auto: fp32 on CPU, bf16 on CUDA, fp16 on MPS)")
     parser.add_argument("--llm-size", default="auto", choices=("auto", *LLM_SIZES),
                         help="LLM size for random weights (auto: 7b on CUDA, else 1b)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant, after one warm-up")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed runs per variant, after one warm-up (default 3; 1 with --smoke)")
     parser.add_argument("--sizes", type=_csv(int), default=[224, 336], metavar="PX",
                         help="EVA image sizes (comma-separated)")
     parser.add_argument("--batch", type=_csv(int), default=None, metavar="N",
                         help="EVA batch sizes (comma-separated; default 1,4 on CPU, 1,64 on a GPU)")
-    parser.add_argument("--frames", type=int, default=64, help="frames per Q-Former block (the model's block size)")
-    parser.add_argument("--question-tokens", type=int, default=20, help="Q-Former question length in tokens")
-    parser.add_argument("--prompt-tokens", type=int, default=512, help="LLM prompt length for prefill")
-    parser.add_argument("--new-tokens", type=int, default=64, help="LLM tokens to generate (greedy)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help=f"frames per Q-Former block, the model's block size (default {FULL['frames']})")
+    parser.add_argument("--question-tokens", type=int, default=None,
+                        help=f"Q-Former question length in tokens (default {FULL['question_tokens']})")
+    parser.add_argument("--prompt-tokens", type=int, default=None,
+                        help=f"LLM prompt length for prefill (default {FULL['prompt_tokens']})")
+    parser.add_argument("--new-tokens", type=int, default=None,
+                        help=f"LLM tokens to generate, greedy (default {FULL['new_tokens']})")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice, one per physical core)")
     parser.add_argument("--compile", default="auto", choices=("auto", "yes", "no"),
@@ -134,8 +143,6 @@ class BenchPlan:
 
 def make_plan(args: argparse.Namespace) -> BenchPlan:
     """Turn command-line options into a plan; every problem becomes a UserError saying what to change."""
-    import torch
-
     from llamavid.device import pick_device
 
     unknown = [s for s in args.only if s not in STAGES]
@@ -145,8 +152,11 @@ def make_plan(args: argparse.Namespace) -> BenchPlan:
         device = pick_device(args.device)
     except (ValueError, RuntimeError) as exc:
         raise UserError(f"--device {args.device}: {exc}") from exc
-    for name in ("repeats", "frames", "question_tokens", "prompt_tokens", "new_tokens"):
-        if getattr(args, name) < 1:
+    smoke = bool(args.smoke)
+    counts = {name: getattr(args, name) if getattr(args, name) is not None else (SMOKE if smoke else FULL)[name]
+              for name in FULL}
+    for name, value in counts.items():
+        if value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be at least 1")
@@ -156,20 +166,17 @@ def make_plan(args: argparse.Namespace) -> BenchPlan:
     if args.batch is not None and min(args.batch) < 1:
         raise UserError("--batch sizes must be at least 1")
     gpu = device.type != "cpu"
-    llm_size = args.llm_size if args.llm_size != "auto" else ("tiny" if args.smoke else "7b" if device.type == "cuda" else "1b")
+    llm_size = args.llm_size
+    if llm_size == "auto":
+        llm_size = "tiny" if smoke else "7b" if device.type == "cuda" else "1b"
     model_folder, search = resolve_model(args.model, getattr(args, "data_dir", None)) if args.model else (None, [])
-    smoke = bool(args.smoke)
     return BenchPlan(
         stages=tuple(s for s in STAGES if s in args.only),
         device=device,
         dtype=bench_dtype(args.dtype, device),
-        repeats=1 if smoke else args.repeats,
         sizes=tuple(args.sizes),
         batches=tuple(args.batch or ((1,) if smoke else (1, 64) if gpu else (1, 4))),
-        frames=4 if smoke and args.frames == 64 else args.frames,
-        question_tokens=8 if smoke and args.question_tokens == 20 else args.question_tokens,
-        prompt_tokens=16 if smoke and args.prompt_tokens == 512 else args.prompt_tokens,
-        new_tokens=4 if smoke and args.new_tokens == 64 else args.new_tokens,
+        **counts,
         llm_size=llm_size,
         compile={"yes": True, "no": False}.get(args.compile, device.type == "cuda"),
         smoke=smoke,
@@ -194,7 +201,8 @@ def bench_dtype(name: str, device: Any) -> Any:
 def resolve_model(name: str, data_dir: Any) -> tuple[Path, list[Path]]:
     """The checkpoint folder for ``--model`` (as every command resolves it) and the shared folders
     the loader searches for ``eva_vit_g.pth`` and the Q-Former vocabulary."""
-    from llamavid.models import resolve_model as resolve, search_dirs
+    from llamavid.models import resolve_model as resolve
+    from llamavid.models import search_dirs
     from llamavid.paths import resolve_data_dir
 
     data_dir = data_dir if data_dir is not None else resolve_data_dir(None)
@@ -328,9 +336,26 @@ def environment(plan: BenchPlan) -> dict:
         name = torch.cuda.get_device_name(plan.device)
     else:
         name = _cpu_name() or platform.processor() or platform.machine()
-    return {"bench": "env", "device_name": name, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    return {"bench": "env", "device_name": name, **_cpu_ids(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
             "dtype": dtype_name(plan.dtype), "smoke": plan.smoke, "repeats": plan.repeats}
+
+
+def _cpu_ids() -> dict:
+    """CPU family / model / MHz: a cloud VM's "AMD EPYC" can be any generation, and the
+    generation decides what int8 and fp32 kernels gain (measured: 2x int8 on Zen 4, 1.3x on Zen 1)."""
+    wanted = {"cpu family": "cpu_family", "model": "cpu_model", "cpu MHz": "cpu_mhz"}
+    found: dict = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in wanted and wanted[key] not in found:
+                found[wanted[key]] = value.strip()
+    except OSError:
+        pass
+    return found
 
 
 def _cpu_name() -> str | None:
@@ -538,7 +563,7 @@ def bench_eva(plan: BenchPlan, rec: Recorder, base: Any) -> None:
             gen = torch.Generator().manual_seed(plan.seed + size + batch)
             pixels = torch.randn(batch, 3, size, size, generator=gen).to(plan.device)
             with torch.inference_mode():
-                calls = {name: (lambda f=f: f(pixels)) for name, f in variants.items()}
+                calls = {name: (lambda f=f, x=pixels: f(x)) for name, f in variants.items()}
                 results = round_robin(calls, plan.repeats, sync,
                                       rec.error("eva", image_size=size, batch=batch))
                 if reference is not None:  # fp32 eager, untimed: what every variant is compared with
@@ -743,7 +768,7 @@ def bench_llm(plan: BenchPlan, rec: Recorder, model: Any) -> None:
         agree = None
         if ours is not None and name != "ours-stream":
             mine, theirs = ours.warmup_value.tokens, t.warmup_value.tokens
-            agree = round(sum(a == b for a, b in zip(mine, theirs)) / max(1, len(mine)), 4)
+            agree = round(sum(a == b for a, b in zip(mine, theirs, strict=False)) / max(1, len(mine)), 4)
         rec.emit({**common, "variant": name, "phase": "prefill", "tokens": plan.prompt_tokens,
                   "tokens_per_s": round(plan.prompt_tokens / statistics.median(prefill), 3),
                   "median_s": round(statistics.median(prefill), 4), "min_s": round(min(prefill), 4),

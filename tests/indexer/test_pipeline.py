@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import indexer
-from conftest import TINY_WIDTH
+from indexer_cli_helper import TINY_WIDTH
 from media import make_audio_only, make_undecodable, make_video, rotate_mp4, truncate, write_srt
 
 CUES = [(0.5, 1.5, "The hero enters"), (2.0, 3.0, "Nobody expected the llama")]

@@ -31,7 +31,7 @@ def _features(cli):
 
 
 def test_kill_9_mid_film_resumes_to_identical_features(cli, movies, tiny_eva, tmp_path, capsys):
-    from conftest import Cli
+    from indexer_cli_helper import Cli
 
     make_video(movies / "Film.mkv", seconds=24, fps=25, size=(128, 96), gop=60)
     cli("add", movies)

@@ -1,0 +1,44 @@
+"""The indexer CLI driven in-process (shared by conftest and tests that need it outside fixtures)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_WIDTH = 176  # tiny EVA: 2 heads of 88, features (T, 257, 176)
+
+
+class Cli:
+    """``python -m indexer`` against one data folder, in-process (fast) or as a subprocess."""
+
+    def __init__(self, data_dir: Path, capsys):
+        self.data_dir = data_dir
+        self.capsys = capsys
+
+    def __call__(self, *args: str) -> tuple[int, str, str]:
+        from indexer.__main__ import main
+
+        self.capsys.readouterr()
+        code = main(["--data-dir", str(self.data_dir), *map(str, args)])
+        out = self.capsys.readouterr()
+        return code, out.out, out.err
+
+    def status(self) -> dict[str, dict]:
+        code, out, err = self("status", "--json")
+        assert code == 0, err
+        return {row["path"]: row for row in map(json.loads, out.splitlines())}
+
+    def spawn(self, *args: str, **popen) -> subprocess.Popen:
+        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+        return subprocess.Popen([sys.executable, "-m", "indexer", "--data-dir", str(self.data_dir), *map(str, args)],
+                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+    def db(self):
+        from indexer.db import connect
+
+        return connect(self.data_dir / "library.db")
+
+
