@@ -45,20 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def model_folder(name: str, data_dir: Path) -> tuple[Path, list[Path]]:
     """The checkpoint folder and the shared folders the loader searches (eva_vit_g.pth, vocabulary)."""
-    try:
-        from .models import resolve_model, search_dirs
-        return resolve_model(name, data_dir), search_dirs(data_dir)
-    except ImportError:
-        pass
-    path = Path(name).expanduser()
-    models = Path(data_dir) / "models"
-    if path.is_dir():
-        return path, [models / "shared"]
-    if (models / name).is_dir():
-        return models / name, [models / "shared"]
-    installed = sorted(p.name for p in models.glob("*") if (p / "config.json").is_file()) if models.is_dir() else []
-    hint = f"installed: {', '.join(installed)}" if installed else "no model is installed"
-    raise UserError(f"unknown model {name!r} ({hint}); give a checkpoint folder or install one")
+    from .models import resolve_model, search_dirs
+
+    return resolve_model(name, data_dir), search_dirs(data_dir)
 
 
 def base_model_of(name: str) -> str:

@@ -45,11 +45,10 @@ def test_bad_compress_type_is_refused(bad):
 
 
 def test_linear_rope_scaling_divides_positions(tiny_checkpoint, tmp_path):
-    folder = tmp_path / "long"
-    shutil.copytree(tiny_checkpoint, folder)
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["rope_scaling"] = {"type": "linear", "factor": 16.0}
-    (folder / "config.json").write_text(json.dumps(cfg))
+    from llamavid.tiny import write_tiny_checkpoint
+
+    folder = write_tiny_checkpoint(tmp_path / "long", rope_factor=16.0)
+    assert json.loads((folder / "config.json").read_text())["rope_scaling"] == {"type": "linear", "factor": 16.0}
     scaled, _ = load_llamavid(folder)
     plain, _ = load_llamavid(tiny_checkpoint)
     x = torch.zeros(1, 1, 64)
