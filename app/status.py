@@ -59,7 +59,8 @@ class AppStatus:
 
     @property
     def has_models(self) -> bool:
-        return bool(self.models)
+        """A model to chat with: speech-recognition models (for the indexer) do not count."""
+        return any(m.kind != "speech" for m in self.models)
 
 
 def collect_status(data_dir: Path | str) -> AppStatus:

@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, text in (("pause", "pause movies (none given: the whole queue, the current chunk finishes)"),
                        ("resume", "resume paused or cancelled movies (none given: the whole queue)"),
                        ("cancel", "stop indexing movies and take them out of the queue"),
-                       ("retry", "queue failed movies again (none given: all failed ones)")):
+                       ("retry", "queue failed movies again (none given: all failed ones, and those whose speech "
+                                 "recognition failed)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("movies", nargs="*", metavar="MOVIE", help="id or path")
     p = sub.add_parser("rm", help="remove a library folder or a movie from the index (files are kept)")
@@ -81,10 +82,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from indexer.errors import IndexingError
     from llamavid.errors import UserError
     from llamavid.paths import DataDir
-
-    from indexer.errors import IndexingError
 
     data = DataDir(Path(args.data_dir)).create()
     try:
@@ -100,10 +100,9 @@ def _db(data):
 
 
 def options_from(args: argparse.Namespace):
-    from llamavid.errors import UserError
-
     from indexer.pipeline import IndexOptions
     from indexer.whisper import SpeechOptions
+    from llamavid.errors import UserError
 
     if args.fps <= 0:
         raise UserError(f"--fps must be positive, got {args.fps}")
@@ -212,9 +211,8 @@ def status_object(movie) -> dict:
 
 
 def _find(db, ref: str):
-    from llamavid.errors import UserError
-
     from indexer.library import find_movie
+    from llamavid.errors import UserError
 
     try:
         return find_movie(db, ref)
@@ -232,8 +230,10 @@ def _control(action: str):
             print("queue paused (the current chunk finishes)" if action == "pause" else "queue resumed")
             if action == "pause":
                 return 0
-        if not args.movies and action == "retry":
-            ids = [r["movie_id"] for r in db.query("SELECT movie_id FROM jobs WHERE state = 'failed'")]
+        if not args.movies and action == "retry":  # failed jobs, and finished ones whose speech stage failed
+            ids = [r["movie_id"] for r in db.query(
+                "SELECT movie_id FROM jobs WHERE state = 'failed' OR (state = 'done' AND movie_id IN"
+                " (SELECT id FROM movies WHERE speech_state LIKE 'error%'))")]
         elif not args.movies and action == "resume":
             ids = [r["movie_id"] for r in db.query("SELECT movie_id FROM jobs WHERE state = 'paused'")]
         elif not args.movies:
@@ -249,9 +249,8 @@ def _control(action: str):
 
 
 def cmd_rm(args, data) -> int:
-    from llamavid.errors import UserError
-
     from indexer import movies
+    from llamavid.errors import UserError
 
     db = _db(data)
     for ref in args.paths:

@@ -11,9 +11,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import sqlite_utils
@@ -30,6 +30,9 @@ from indexer.whisper import SpeechOptions, audio_windows, load_model, transcribe
 log = logging.getLogger(__name__)
 SPEECH_MODES = ("auto", "always", "never")
 ProgressFn = Callable[[dict, str, int, "int | None"], None]
+
+
+SPEECH_FAILED = "speech recognition failed"
 
 
 @dataclass
@@ -131,6 +134,7 @@ class Pipeline:
             self.db["movies"].update(movie["id"], {"subtitles_done": 1, "sidecar_sig": sidecar_signature(path)})
 
     def speech_stage(self, job: dict, movie: dict, info: ProbeInfo) -> None:
+        self._drop_warning(movie, SPEECH_FAILED)  # an earlier try's; this one reports its own
         reason = self._speech_skip_reason(movie, info)
         if reason:
             with atomic(self.db):
@@ -139,7 +143,7 @@ class Pipeline:
         model = self._whisper_model()
         if model is None:
             self._note(movie, speech_state=f"error: {self._whisper_error}",
-                       warning=f"speech recognition failed: {self._whisper_error}")
+                       warning=f"{SPEECH_FAILED}: {self._whisper_error} (then `llamavid index retry`)")
             return
         self._transcribe(job, movie, info, model)
 
@@ -161,7 +165,7 @@ class Pipeline:
             from llamavid.errors import UserError
 
             try:
-                self._whisper = load_model(self.options.whisper.model, self.data.models / "whisper")
+                self._whisper = load_model(self.options.whisper.model, self.data.root)
             except UserError as exc:
                 self._whisper_error = str(exc)
         return self._whisper
@@ -185,6 +189,13 @@ class Pipeline:
             self.on_progress(movie, "speech", window + 1, total)
             self._between_chunks(job, movie)
         self._note(movie, speech_state="done")
+
+    def _drop_warning(self, movie: dict, prefix: str) -> None:
+        current = movies.get(self.db, movie["id"])["warning"] or ""
+        kept = "; ".join(w for w in current.split("; ") if w and not w.startswith(prefix))
+        if kept != current:
+            with atomic(self.db):
+                self.db["movies"].update(movie["id"], {"warning": kept or None})
 
     def _note(self, movie: dict, warning: str | None = None, **values) -> None:
         if warning:

@@ -8,9 +8,9 @@ default: it skips music and silence, which is where Whisper invents text.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -21,30 +21,59 @@ SAMPLE_RATE = 16000
 
 @dataclass
 class SpeechOptions:
-    model: str = "small"               # a faster-whisper size name or a converted model folder
+    model: str = "small"               # an installed speech model (small = whisper-small) or a folder
     vad: bool = True
     language: str | None = None        # None: detect
     window_seconds: float = 600.0
     beam_size: int = 5
 
 
-def load_model(name: str, download_root: Path | None = None):
+def resolve_model(name: str | Path, data_dir: Path) -> Path:
+    """The folder of a faster-whisper model: an installed name (``small`` means the catalogue's
+    ``whisper-small``), a name registered with ``llamavid models add``, or a folder path.
+
+    Indexing never downloads: a model that is not installed is an error saying what to pull, so a
+    library scan cannot start a multi-gigabyte transfer the user did not ask for.
+    """
+    from llamavid import catalog
+    from llamavid.errors import UserError
+    from llamavid.models import SPEECH_FILES
+    from llamavid.models import resolve_model as resolve_folder
+
+    text = str(name)
+    if catalog.get(f"whisper-{text}") is not None:
+        text = f"whisper-{text}"
+    try:
+        folder = resolve_folder(text, data_dir)
+    except UserError as exc:
+        raise UserError(f"speech model {str(name)!r}: {exc}; {_CHOICES}") from exc
+    missing = [f for f in SPEECH_FILES if not (folder / f).is_file()]
+    if missing:
+        raise UserError(f"speech model {folder} is not a faster-whisper model folder (no {', '.join(missing)}); "
+                        f"{_CHOICES}")
+    return folder
+
+
+_CHOICES = ("pass --whisper-model with an installed speech model (`llamavid models pull whisper-small`; "
+            "`llamavid models list --available` shows the sizes) or a faster-whisper model folder, "
+            "or --speech never")
+
+
+def load_model(name: str | Path, data_dir: Path):
     """A WhisperModel on CUDA (float16) when ctranslate2 sees a GPU, else CPU (int8)."""
     import ctranslate2
     from faster_whisper import WhisperModel
 
     from llamavid.errors import UserError
 
+    folder = resolve_model(name, data_dir)
     cuda = ctranslate2.get_cuda_device_count() > 0
     try:
-        return WhisperModel(name, device="cuda" if cuda else "cpu",
-                            compute_type="float16" if cuda else "int8",
-                            download_root=str(download_root) if download_root else None)
-    except Exception as exc:  # hub errors, missing files, bad folders: many types
-        raise UserError(
-            f"speech recognition model {name!r} could not be loaded ({exc.__class__.__name__}: {exc}); "
-            "pass --whisper-model with a size name that can be downloaded (tiny, base, small, medium, "
-            "large-v3) or a local faster-whisper model folder, or --speech never") from exc
+        return WhisperModel(str(folder), device="cuda" if cuda else "cpu",
+                            compute_type="float16" if cuda else "int8", local_files_only=True)
+    except Exception as exc:  # ctranslate2 / tokenizer errors come in many types
+        raise UserError(f"speech model {folder} could not be loaded ({exc.__class__.__name__}: {exc}); "
+                        f"{_CHOICES}") from exc
 
 
 def _audio_stream(container):

@@ -1,4 +1,5 @@
-"""The released LLaMA-VID checkpoints and the shared parts they need, as data in one place.
+"""The released LLaMA-VID checkpoints, the shared parts they need and the speech-recognition
+models of the indexer, as data in one place.
 
 ``llamavid models`` (list --available, pull, verify), the apps and ``doctor`` read this table
 instead of hard-coding repo names, so "which weights go where" has one answer.
@@ -34,6 +35,7 @@ __all__ = [
     "KINDS",
     "MODELS",
     "SHARED_PARTS",
+    "SPEECH_MODELS",
     "SharedPart",
     "entries",
     "get",
@@ -53,6 +55,7 @@ KINDS: dict[str, str] = {
     "pretrain": "stage-1 projector only (mm_projector.bin): input to stage-2 training, not a chat model; "
     "needs the base Vicuna LLM",
     "base-llm": "base Vicuna-v1.5 LLM that the stage-1 projectors were trained against",
+    "speech": "speech recognition for the indexer (faster-whisper), used on films without text subtitles",
 }
 
 #: Environment variable that replaces the LAVIS URL of eva_vit_g.pth (a mirror, or a
@@ -190,12 +193,31 @@ BASE_LLMS: tuple[CatalogEntry, ...] = (
                  "derived: 1.30e10 parameters in fp16", shared=(), license="Llama 2 Community License"),
 )
 
-_BY_NAME: dict[str, CatalogEntry] = {e.name: e for e in (*MODELS, *BASE_LLMS)}
+_WHISPER_LICENSE = "MIT (OpenAI Whisper weights, converted to CTranslate2 by Systran)"
+_WHISPER_SIZE = "approximate (hub listing of model.bin, float16)"
+
+
+def _whisper(size: str, approx: int, purpose: str) -> CatalogEntry:
+    return CatalogEntry(f"whisper-{size}", f"Systran/faster-whisper-{size}", "speech", "", None, purpose,
+                        approx, _WHISPER_SIZE, shared=(), license=_WHISPER_LICENSE)
+
+
+#: Speech-recognition models for the indexer (``llamavid index run --whisper-model small`` uses
+#: ``whisper-small``). They are only ever downloaded by ``llamavid models pull``, never by indexing.
+SPEECH_MODELS: tuple[CatalogEntry, ...] = (
+    _whisper("tiny", 75 * MB, "fastest, least accurate; fine for a quick search index"),
+    _whisper("base", 145 * MB, "fast; good for clear dialogue"),
+    _whisper("small", 484 * MB, "the indexer's default: a good balance on a CPU"),
+    _whisper("medium", 1_530 * MB, "more accurate, ~3x slower than small"),
+    _whisper("large-v3", 3_090 * MB, "most accurate; meant for a GPU"),
+)
+
+_BY_NAME: dict[str, CatalogEntry] = {e.name: e for e in (*MODELS, *BASE_LLMS, *SPEECH_MODELS)}
 
 
 def entries(include_base: bool = True) -> list[CatalogEntry]:
-    """Every downloadable checkpoint, LLaMA-VID ones first."""
-    return [*MODELS, *(BASE_LLMS if include_base else ())]
+    """Every downloadable model: LLaMA-VID checkpoints, base LLMs, then speech recognition."""
+    return [*MODELS, *(BASE_LLMS if include_base else ()), *SPEECH_MODELS]
 
 
 def names() -> list[str]:

@@ -55,6 +55,7 @@ EVA_FILE = catalog.EVA.filename
 VOCAB_FILE = catalog.BERT_VOCAB.filename
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+SPEECH_FILES = ("config.json", "model.bin", "tokenizer.json")  # what faster-whisper opens
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -182,6 +183,8 @@ def infer_kind(folder: Path, name: str | None = None) -> str:
     if entry is not None:
         return entry.kind
     files = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    if "model.bin" in files or "suppress_ids" in _config(folder):
+        return "speech"  # a CTranslate2 Whisper model (faster-whisper)
     if "mm_projector.bin" in files and not files & {*INDEX_FILES, *SINGLE_FILES}:
         return "pretrain"
     cfg = _config(folder)
@@ -236,6 +239,9 @@ def _quick_status(folder: Path, dd: DataDir, kind: str) -> tuple[str, str]:
                                      if partial else ""))
     if not (folder / "config.json").is_file():
         return "incomplete", "no config.json"
+    if kind == "speech":
+        missing = [f for f in SPEECH_FILES if not (folder / f).is_file()]
+        return ("incomplete", f"missing {', '.join(missing)}") if missing else ("complete", "")
     try:
         _index, _map, files = _weights(folder)
     except UserError as exc:
@@ -604,6 +610,9 @@ def verify_model(folder: Path, data_dir: DataDir | str | os.PathLike[str], *, na
     if cfg_problem is None and not _config(folder):
         cfg_problem = "not valid JSON"
     (err("config.json", cfg_problem) if cfg_problem else ok("config.json"))
+    if infer_kind(folder, name) == "speech":
+        _verify_listed(out, folder, expected, [f for f in SPEECH_FILES[1:] if f not in expected], hashes, err)
+        return out
     try:
         index, weight_map, files = _weights(folder)
     except UserError as exc:
@@ -637,12 +646,7 @@ def verify_model(folder: Path, data_dir: DataDir | str | os.PathLike[str], *, na
             err(file, problem)
         else:
             ok(file, human_size(path.stat().st_size))
-    for file, info in sorted(expected.items()):  # the rest of what pull put there
-        if file in checked:
-            continue
-        problem = download.check_file(folder / file, info.get("size"), info.get("sha256"), info.get("git_sha1"),
-                                      hashes=hashes)
-        (err(file, problem) if problem else ok(file))
+    _verify_listed(out, folder, {f: i for f, i in expected.items() if f not in checked}, [], hashes, err)
     for part in sorted(folder.glob("*.part")):
         warn(part.name, f"unfinished download ({human_size(part.stat().st_size)}); run `llamavid models pull "
                         f"{name or '<name>'}` to resume it, or delete it")
@@ -666,6 +670,19 @@ def verify_model(folder: Path, data_dir: DataDir | str | os.PathLike[str], *, na
             warn("base LLM", f"this stage-1 projector needs {entry.base_model}: `llamavid models pull "
                              f"{entry.base_model}`")
     return out
+
+
+def _verify_listed(out: list[Finding], folder: Path, expected: dict[str, dict], required: list[str],
+                   hashes: bool, err: Any) -> None:
+    """Files the pull manifest lists (size, hashes), plus ``required`` ones that must exist."""
+    for file in required:
+        (err(file, "missing") if not (folder / file).is_file() else out.append(Finding("ok", file, "")))
+    for file, info in sorted(expected.items()):
+        if file == "config.json":
+            continue
+        problem = download.check_file(folder / file, info.get("size"), info.get("sha256"), info.get("git_sha1"),
+                                      hashes=hashes)
+        (err(file, problem) if problem else out.append(Finding("ok", file, "")))
 
 
 def _verify_shared(out: list[Finding], folder: Path, dd: DataDir, weight_map: dict[str, str], hashes: bool,

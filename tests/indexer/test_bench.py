@@ -14,13 +14,16 @@ def test_repeat_clip_makes_a_longer_valid_file(tmp_path):
 def test_benchmark_smoke(tmp_path):
     lines = []
     report = benchmark(seconds=2, repeat=2, width=160, height=96, workers=2, seek_seconds=2, long_factor=2,
-                       strategies=["every-frame", "nonref", "seek", "llamavid"], workdir=tmp_path, log=lines.append)
+                       strategies=["every-frame", "nonref", "seek", "llamavid", "llamavid-workers"], workdir=tmp_path,
+                       rounds=2, gop_seconds=1, log=lines.append)
     results = {r["strategy"]: r for r in report["results"]}
-    assert list(results) == ["every-frame", "nonref", "seek", "llamavid"]
-    assert [results[s]["sampled"] for s in ("every-frame", "nonref", "llamavid")] == [4, 4, 4]
+    assert list(results) == ["every-frame", "nonref", "seek", "llamavid", "llamavid-workers"]
+    assert [results[s]["sampled"] for s in ("every-frame", "nonref", "llamavid", "llamavid-workers")] == [4] * 4
+    assert "median of 2 runs" in results["nonref"]["note"]
     assert results["seek"]["sampled"] == 2 and "extrapolated" in results["seek"]["note"]
     assert all(r["seconds_per_hour"] > 0 and r["cpu_seconds_per_hour"] > 0 and r["peak_rss_mb"] > 0
                for r in results.values())
-    assert results["llamavid"]["worker_peak_rss_mb"] > 0
+    assert results["llamavid-workers"]["worker_peak_rss_mb"] > 0 and results["llamavid"]["worker_peak_rss_mb"] == 0
     assert report["long"]["sampled"] == 8 and report["long"]["clip_seconds"] == 8
-    assert len(lines) == 7 and lines[1].startswith("clip: 4 s 160x96") and lines[-1].startswith("memory vs length")
+    assert len(lines) == 8 and lines[1].startswith("clip: 4 s 160x96") and "GOP 1 s" in lines[1]
+    assert lines[-1].startswith("memory vs length")

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from media import make_audio_only, make_undecodable, make_video, rotate_mp4, truncate
 
 from indexer.decode import DecodeStats, SampleStream, decode_segment, video_spec
 from indexer.errors import BadInput
 from indexer.probe import probe
-from media import make_audio_only, make_undecodable, make_video, rotate_mp4, truncate
 
 
 def _sample(path, fps=1.0, start_k=0):
@@ -62,7 +62,7 @@ def test_resume_from_a_target_equals_the_tail_of_a_full_pass(tmp_path):
     full, _ = _sample(path)
     tail, _ = _sample(path, start_k=5)
     assert [t for t, _ in tail] == [t for t, _ in full[5:]]
-    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(tail, full[5:]))
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(tail, full[5:], strict=True))
 
 
 def test_parallel_segments_equal_sequential(tmp_path):
@@ -73,7 +73,7 @@ def test_parallel_segments_equal_sequential(tmp_path):
     assert len(list(par_stream._segments())) > 2
     par = list(par_stream)
     assert [s.time for s in par] == [s.time for s in seq]
-    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(par, seq))
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(par, seq, strict=True))
     assert par[0].pixels.shape == (3, 32, 32)
 
 
@@ -109,5 +109,17 @@ def test_packets_before_a_keyframe_at_the_target_are_never_decoded(tmp_path, mon
     monkeypatch.setattr(decode, "_drop_before_keyframe", lambda *args: None)
     slow, slow_stats = _sample(path, fps=0.25)
     assert [t for t, _ in fast] == [t for t, _ in slow] == [0.0, 4.0, 8.0]
-    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(fast, slow))
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(fast, slow, strict=True))
     assert fast_stats.skipped_packets > 150 and fast_stats.decoded < slow_stats.decoded / 4
+
+
+def test_frames_after_the_last_target_are_never_decoded(tmp_path, monkeypatch):
+    import indexer.decode as decode
+
+    path = make_video(tmp_path / "a.mp4", seconds=3.96, fps=25, gop=250)  # targets 0..3, then 0.92 s more
+    fast, fast_stats = _sample(path)
+    monkeypatch.setattr(decode, "_drop_past_last_target", lambda *args: None)
+    slow, slow_stats = _sample(path)
+    assert [t for t, _ in fast] == [t for t, _ in slow] and len(fast) == 4 and fast[-1][0] < 3.1
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(fast, slow, strict=True))
+    assert fast_stats.decoded <= slow_stats.decoded - 10 and fast_stats.skipped_packets >= 15

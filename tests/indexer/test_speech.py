@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from media import make_video
 
 import indexer
 from indexer.whisper import SAMPLE_RATE, audio_windows
-from media import make_video
 
 
 def test_audio_windows_resume_at_a_window(tmp_path):
@@ -68,6 +68,54 @@ def test_an_unusable_speech_model_is_a_warning_not_a_failure(cli, movies, tiny_e
     status = cli.status()["Talk.mp4"]
     assert status["state"] == "done" and status["frames"] == 2
     assert "speech recognition failed" in status["warning"] and "--whisper-model" in status["warning"]
+
+
+def test_a_speech_model_that_is_not_installed_is_never_downloaded(cli, movies, tiny_eva, tiny_whisper,
+                                                                   monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a download attempt would fail loudly
+    make_video(movies / "Talk.mp4", seconds=2, audio=True)
+    cli("add", movies)
+    code, _, err = cli("run", "--vision", tiny_eva, "--whisper-model", "tiny", "--quiet")
+    assert code == 0, err
+    status = cli.status()["Talk.mp4"]
+    assert status["state"] == "done" and status["frames"] == 2 and status["subtitle_tracks"] == []
+    assert "llamavid models pull whisper-tiny" in status["warning"]
+    assert "llamavid index retry" in status["warning"] and "127.0.0.1:9" not in status["warning"]
+    # the user installs it (as `models pull` would leave it), retries, and the film is transcribed
+    shutil.copytree(tiny_whisper, cli.data_dir / "models" / "whisper-tiny")
+    code, out, _ = cli("retry")
+    assert code == 0 and "1 queued" in out
+    code, _, err = cli("run", "--vision", tiny_eva, "--whisper-model", "tiny", "--no-vad", "--whisper-beam", "1",
+                       "--quiet")
+    assert code == 0, err
+    status = cli.status()["Talk.mp4"]
+    assert [t["source"] for t in status["subtitle_tracks"]] == ["asr"]
+    assert "speech recognition failed" not in (status["warning"] or "")
+
+
+def test_speech_models_in_the_model_manager(tiny_whisper, tmp_path, capsys):
+    import shutil
+
+    from llamavid import catalog
+    from llamavid.cli import main
+    from llamavid.models import list_models, verify_model
+
+    assert catalog.get("whisper-small").repo_id == "Systran/faster-whisper-small"
+    assert catalog.get("whisper-small").kind == "speech"
+    shutil.copytree(tiny_whisper, tmp_path / "models" / "whisper-small")
+    (entry,) = list_models(tmp_path)
+    assert (entry.name, entry.kind, entry.status) == ("whisper-small", "speech", "complete")
+    findings = verify_model(entry.path, tmp_path, name="whisper-small")
+    assert {f.file for f in findings} >= {"config.json", "model.bin", "tokenizer.json"}
+    assert all(f.level == "ok" for f in findings)
+    (entry.path / "model.bin").unlink()
+    assert list_models(tmp_path)[0].status == "incomplete"
+    assert any(f.level == "error" and f.file == "model.bin" for f in verify_model(entry.path, tmp_path))
+    assert main(["--data-dir", str(tmp_path), "models", "list", "--available"]) == 0
+    assert "whisper-large-v3" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("mode, tracks", [("always", ["embedded", "asr"]), ("never", ["embedded"])])

@@ -417,6 +417,30 @@ def test_pull_from_a_hub_endpoint_installs_a_loadable_model(hub: Fake, tiny_chec
     assert content_gets() == before
 
 
+def test_pull_of_a_speech_model_for_the_indexer(hub: Fake, tmp_path: Path, capsys) -> None:
+    from indexer.whisper import resolve_model as speech_model
+
+    files = {"config.json": b'{"alignment_heads": [[1, 0]], "lang_ids": [], "suppress_ids": []}',
+             "model.bin": bytes(range(256)) * 40, "tokenizer.json": b'{"model": {}}',
+             "vocabulary.json": b'["a"]', "README.md": b"# faster-whisper tiny"}
+    hub.add_repo("Systran/faster-whisper-tiny", {**files, ".gitattributes": b"*.bin filter=lfs\n"}, {"model.bin"})
+    data = tmp_path / "data"
+    with pytest.raises(UserError, match="models pull whisper-tiny"):
+        speech_model("tiny", data)
+    assert _cli("--data-dir", data, "models", "pull", "whisper-tiny") == 0
+    folder = DataDir(data).models / "whisper-tiny"
+    assert {n: (folder / n).read_bytes() for n in files} == files
+    assert not (DataDir(data).models / "shared").exists()  # no EVA, no BERT vocabulary for this one
+    capsys.readouterr()
+    assert _cli("--data-dir", data, "models", "list", "--json") == 0
+    listed = json.loads(capsys.readouterr().out)["models"]
+    assert [(m["name"], m["kind"], m["status"]) for m in listed] == [("whisper-tiny", "speech", "complete")]
+    assert _cli("--data-dir", data, "models", "verify", "whisper-tiny", "--hash") == 0
+    assert speech_model("tiny", data) == speech_model("whisper-tiny", data) == folder
+    (folder / "model.bin").write_bytes(b"cut")
+    assert _cli("--data-dir", data, "models", "verify", "whisper-tiny") == 1
+
+
 def test_pull_refuses_a_hub_file_whose_hash_does_not_match(hub: Fake, tiny_checkpoint: Path, tmp_path: Path,
                                                            capsys) -> None:
     files = _serve_checkpoint(hub, tiny_checkpoint)
@@ -573,7 +597,8 @@ def test_list_empty_and_available(tmp_path: Path, capsys) -> None:
     assert "No models installed" in capsys.readouterr().out
     assert _cli("--data-dir", tmp_path, "models", "list", "--available", "--json") == 0
     listed = json.loads(capsys.readouterr().out)
-    assert len(listed["models"]) == 13 and not any(m["installed"] for m in listed["models"])
+    assert len(listed["models"]) == 13 + 5 and not any(m["installed"] for m in listed["models"])
+    assert [m["name"] for m in listed["models"] if m["kind"] == "speech"][-1] == "whisper-large-v3"
     assert {p["file"] for p in listed["shared_parts"]} == {"eva_vit_g.pth", "bert_vocab.txt"}
 
 
