@@ -622,13 +622,27 @@ def _cast_token_side(dtype: Any) -> Callable[[Any], None]:
     return convert
 
 
+def _unfold(inner: Any) -> None:
+    """The textbook Q-Former: keys and values projected from every patch row, for comparison with
+    the folded cross-attention and context keys (llamavid.qformer / llamavid.tokens). Those take
+    the shortcut only for modules that are exactly ``nn.Linear``; a subclass opts out."""
+    from torch import nn
+
+    class Projected(nn.Linear):
+        pass
+
+    for module in [inner.vlm_att_key_projector, *inner.vlm_att_encoder.modules()]:
+        if type(module) is nn.Linear:
+            module.__class__ = Projected
+
+
 def qformer_variants(plan: BenchPlan, model: Any) -> dict[str, Any]:
     """Variant name -> a model whose ``visual_tokens`` is timed."""
     import torch
 
     from llamavid.quantize import quantize_vision
 
-    variants: dict[str, Any] = {"fp32": model}
+    variants: dict[str, Any] = {"fp32": model, "fp32-unfolded": token_twin(model, _unfold)}
     if plan.dtype != torch.float32:
         variants[dtype_name(plan.dtype)] = token_twin(model, _cast_token_side(plan.dtype))
     if plan.device.type == "cpu":

@@ -100,12 +100,12 @@ class QFormerAttention(nn.Module):
         b, n, _ = hidden.shape
         q = self._heads(self.query(hidden))                                  # (B, h, n, d)
         wk = self.key.weight.view(self.num_heads, self.head_dim, -1)         # (h, d, Cx)
-        scores = torch.matmul(torch.matmul(q, wk), context.unsqueeze(1).transpose(-1, -2))
-        weights = (scores / math.sqrt(self.head_dim)).softmax(dim=-1)      # (B, h, n, L)
-        mixed = torch.matmul(weights, context.unsqueeze(1))                  # (B, h, n, Cx)
-        wv = self.value.weight.view(self.num_heads, self.head_dim, -1)       # (h, d, Cx)
-        out = torch.matmul(mixed, wv.transpose(-1, -2))                      # (B, h, n, d)
-        out = out.transpose(1, 2).reshape(b, n, -1)
+        wv = self.value.weight.view(self.num_heads, self.head_dim, -1)
+        # batched matrix products without broadcasting, which would copy the context per head
+        qk = torch.einsum("bhnd,hdc->bhnc", q, wk).reshape(b, self.num_heads * n, -1)
+        weights = (torch.bmm(qk, context.transpose(1, 2)) / math.sqrt(self.head_dim)).softmax(dim=-1)
+        mixed = torch.bmm(weights, context).view(b, self.num_heads, n, -1)  # (B, h, n, Cx)
+        out = torch.einsum("bhnc,hdc->bnhd", mixed, wv).reshape(b, n, -1)
         return out + self.value.bias if self.value.bias is not None else out
 
 
