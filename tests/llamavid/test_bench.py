@@ -39,8 +39,9 @@ def test_smoke_bench_through_the_cli(llamavid_cmd: list[str]) -> None:
             assert r["cosine_vs_fp32"] > 0.99 and r["speedup_vs_eager"] > 0
         assert eva[size, "sdpa-fp32"]["cosine_vs_fp32"] > 0.99999  # SDPA is the same maths
     qformer = {r["variant"]: r for r in records if r["bench"] == "qformer"}
-    assert set(qformer) == {"fp32", "int8"}
+    assert set(qformer) == {"fp32", "fp32-unfolded", "int8"}
     assert all(r["frames_per_s"] > 0 and r["cosine_vs_fp32"] > 0.99 for r in qformer.values())
+    assert qformer["fp32-unfolded"]["cosine_vs_fp32"] > 0.99999  # the folded shortcut is the same maths
     llm = {(r["variant"], r["phase"]): r for r in records if r["bench"] == "llm"}
     assert set(llm) == {(v, p) for v in ("ours-stream", "hf-generate") for p in ("prefill", "decode")}
     assert all(r["tokens_per_s"] > 0 for r in llm.values())
