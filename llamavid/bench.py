@@ -41,7 +41,8 @@ from llamavid.errors import UserError, require
 
 HELP = "measure EVA, Q-Former and LLM speed on this machine (one JSON line per measurement)"
 
-STAGES = ("eva", "qformer", "llm")
+STAGES = ("eva", "qformer", "llm", "llamacpp")
+DEFAULT_STAGES = ("eva", "qformer", "llm")  # llamacpp writes GGUF files of the LLM (GBs at 1b): opt-in
 DTYPE_NAMES = ("auto", "fp32", "fp16", "bf16")
 #: LLaMA sizes for random weights: "1b" is TinyLlama-shaped (docs: cpu-anchors section 4), "7b" Vicuna-7B.
 LLM_SIZES: dict[str, dict[str, int]] = {
@@ -76,8 +77,9 @@ def _csv(kind: Callable[[str], Any]) -> Callable[[str], list]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--only", type=_csv(str), default=list(STAGES), metavar="STAGES",
-                        help=f"comma-separated stages to run, of {', '.join(STAGES)}")
+    parser.add_argument("--only", type=_csv(str), default=list(DEFAULT_STAGES), metavar="STAGES",
+                        help=f"comma-separated stages to run, of {', '.join(STAGES)} (llamacpp: the llama.cpp "
+                             "backend against transformers on the same LLM, written as GGUF; not run by default)")
     parser.add_argument("--model", metavar="NAME_OR_FOLDER",
                         help="use this checkpoint's weights (a folder, or a model name under <data>/models); "
                              "default: random full-size weights")
@@ -121,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
 class BenchPlan:
     """Everything a benchmark run needs, validated; build it with :func:`make_plan` or directly."""
 
-    stages: tuple[str, ...] = STAGES
+    stages: tuple[str, ...] = DEFAULT_STAGES
     device: Any = None  # torch.device; None = pick
     dtype: Any = None  # torch.dtype of the timed variants; None = pick for the device
     repeats: int = 3
@@ -819,9 +821,9 @@ def run_bench(plan: BenchPlan, stream: Any = None) -> list[dict]:
             base = random_eva(eva_config_for(plan), plan.device, plan.seed)
         bench_eva(plan, rec, base)
         del base
-    if "qformer" in plan.stages or "llm" in plan.stages:
+    if {"qformer", "llm", "llamacpp"} & set(plan.stages):
         if model is None:
-            with_llm = "llm" in plan.stages
+            with_llm = "llm" in plan.stages or "llamacpp" in plan.stages
             if with_llm and plan.device.type == "cpu":
                 ensure_memory(_llm_bytes(plan), f"the random {plan.llm_size} LLM in fp32",
                               "choose a smaller --llm-size (1b) or run --only eva,qformer")
@@ -831,6 +833,10 @@ def run_bench(plan: BenchPlan, stream: Any = None) -> list[dict]:
             bench_qformer(plan, rec, model)
         if "llm" in plan.stages:
             bench_llm(plan, rec, model)
+        if "llamacpp" in plan.stages:
+            from llamavid.bench_llamacpp import bench_llamacpp
+
+            bench_llamacpp(plan, rec, model, ("f16", "q8_0") if plan.smoke else ("f16", "q8_0", "q4_K_M"), _say)
     return rec.records
 
 

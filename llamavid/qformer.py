@@ -78,10 +78,13 @@ class QFormerAttention(nn.Module):
         return out.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[1], -1)
 
     def _folds(self, hidden: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> bool:
-        """Whether :meth:`_folded` is exact and cheaper: plain float weights, no dropout (it
-        would break the bias argument below), no mask, and few query rows reading many context
-        rows (cross-attention: 32 queries over 257 patches; multiply-adds counted below)."""
-        if self.training or mask is not None or type(self.key) is not nn.Linear or type(self.value) is not nn.Linear:
+        """Whether :meth:`_folded` is exact and cheaper: inference (no dropout, which would break
+        the bias argument below; no gradients, which the key bias would not get), plain float
+        weights, no mask, and few query rows reading many context rows (cross-attention: 32
+        queries over 257 patches; multiply-adds counted below)."""
+        if self.training or torch.is_grad_enabled() or mask is not None:
+            return False
+        if type(self.key) is not nn.Linear or type(self.value) is not nn.Linear:
             return False
         n, length, width, wide = hidden.shape[1], context.shape[1], hidden.shape[-1], context.shape[-1]
         folded = 2 * n * wide * (width + self.num_heads * length)

@@ -25,6 +25,22 @@ def cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
 
 
+def test_smoke_llamacpp_stage_compares_both_backends_and_both_prefixes(llamavid_cmd: list[str]) -> None:
+    proc = subprocess.run([*llamavid_cmd, "bench", "--smoke", "--only", "llamacpp"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    got = {(r["backend"], r["prefix"], r["phase"]): r for r in records if r["bench"] == "llamacpp"}
+    assert set(got) == {(b, p, ph) for b in ("transformers", "llama.cpp-f16", "llama.cpp-q8_0")
+                        for p in ("tokens", "embeddings") for ph in ("prefill", "decode")}
+    assert all(r["tokens_per_s"] > 0 for r in got.values())
+    # the same prompt as ids or as spliced embedding rows: the same greedy answer in each backend
+    assert all(got[b, "embeddings", "decode"]["same_tokens_as_token_prefix"] == 1.0
+               for b in ("transformers", "llama.cpp-f16"))
+    assert got["llama.cpp-q8_0", "tokens", "prefill"]["gguf_bytes"] < got["llama.cpp-f16", "tokens", "prefill"]["gguf_bytes"]
+    assert not any(r["bench"] in ("eva", "qformer", "llm") for r in records)  # only the stage asked for
+
+
 def test_smoke_bench_through_the_cli(llamavid_cmd: list[str]) -> None:
     proc = subprocess.run([*llamavid_cmd, "bench", "--smoke"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

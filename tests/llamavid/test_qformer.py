@@ -26,13 +26,17 @@ def test_folded_cross_attention_equals_projected_keys_and_values(queries, patche
     for linear in (att.key, att.value):
         nn.init.normal_(linear.bias, std=0.5)  # the folding argument is about these biases
     hidden, context = torch.randn(2, queries, 256).double(), torch.randn(2, patches, 320).double()
-    assert att._folds(hidden, context, None)
-    torch.testing.assert_close(att(hidden, context, None), _reference_attention(att, hidden, context),
-                               rtol=1e-10, atol=1e-10)
+    with torch.inference_mode():
+        assert att._folds(hidden, context, None)
+        torch.testing.assert_close(att(hidden, context, None), _reference_attention(att, hidden, context),
+                                   rtol=1e-10, atol=1e-10)
+    assert not att._folds(hidden, context, None)  # gradients wanted: the direct path
     att.train()  # dropout: the direct path
-    assert not att._folds(hidden, context, None)
+    with torch.no_grad():
+        assert not att._folds(hidden, context, None)
 
 
+@torch.no_grad()
 def test_attention_folds_only_where_it_saves_work():
     cfg = qformer_config(dict(hidden_size=256, num_attention_heads=4, encoder_width=320))
     att = QFormerAttention(cfg, 256).eval()
@@ -52,6 +56,9 @@ def test_context_pool_folded_keys_equal_projected_keys():
     nn.init.normal_(key.bias, std=1.0)
     weights = (text_q @ key(patches).transpose(-1, -2) / math.sqrt(64)).softmax(-1)
     expected = (weights @ patches).mean(1, keepdim=True)
-    torch.testing.assert_close(context_pool(text_q, patches, key), expected, rtol=1e-10, atol=1e-10)
+    with torch.no_grad():
+        torch.testing.assert_close(context_pool(text_q, patches, key), expected, rtol=1e-10, atol=1e-10)
+    context_pool(text_q, patches, key).sum().backward()  # training: the bias gets its (tiny) gradient
+    assert key.bias.grad is not None
     wrapped = nn.Sequential(key)  # anything but a plain Linear takes the direct path
     torch.testing.assert_close(context_pool(text_q, patches, wrapped), expected, rtol=1e-10, atol=1e-10)
