@@ -8,8 +8,10 @@ backend answers the same prompt through the engine's one interface (``Backend.ge
 * ``llama.cpp-<type>``: the GGUF file, f16 KV cache, the machine's threads.
 
 Each backend runs the prompt twice: as token ids, and as embeddings (one ``<image>`` slot holding
-the prompt's embedding rows), which is how visual tokens reach the LLM. Decode speed after an
-embedding prefix must match decode after a token prefix: the prefix only fills the KV cache.
+the rows that backend would look up for those ids: the model's table for transformers, the GGUF's
+dequantized ``token_embd`` for llama.cpp), which is how visual tokens reach the LLM. The greedy
+answers must then be the same, and decode speed after an embedding prefix must match decode after
+a token prefix: the prefix only fills the KV cache.
 """
 from __future__ import annotations
 
@@ -52,25 +54,40 @@ def _timed(backend: Any, ids: list[int], slots: list, new_tokens: int) -> tuple[
     return tokens, first - start, time.perf_counter() - first
 
 
-def _inputs(model: Any, ids: Any, prefix: str) -> tuple[list[int], list]:
-    """The prompt as ids, or as one embedding slot holding the same rows."""
+def gguf_token_rows(path: Path, ids: list[int]) -> Any:
+    """The GGUF file's own embedding rows for ``ids``, dequantized: exactly what llama.cpp looks
+    up for those tokens, so a token prefix and an embedding prefix are the same input."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(str(path))
+    table = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    return np.asarray(gguf.dequantize(np.asarray(table.data)[ids], table.tensor_type), dtype=np.float32)
+
+
+def _inputs(model: Any, ids: Any, prefix: str, gguf_file: Path | None) -> tuple[list[int], list]:
+    """The prompt as ids, or as one embedding slot holding the rows the backend would look up."""
     import torch
 
     if prefix == "tokens":
         return ids[0].tolist(), []
-    with torch.inference_mode():
-        rows = model.get_input_embeddings()(ids)[0].float()
+    if gguf_file is not None:
+        rows = torch.from_numpy(gguf_token_rows(gguf_file, ids[0].tolist()))
+    else:
+        with torch.inference_mode():
+            rows = model.get_input_embeddings()(ids)[0].float()
     return [-200], [rows]  # IMAGE_TOKEN_INDEX: the slot is spliced in its place
 
 
-def backends(model: Any, ggufs: dict[str, Path], context: int, threads: int | None) -> dict[str, Callable]:
-    """Backend name -> a factory (llama.cpp contexts hold GBs: one is alive at a time)."""
+def backends(model: Any, ggufs: dict[str, Path], context: int,
+             threads: int | None) -> dict[str, tuple[Callable, Path | None]]:
+    """Backend name -> (a factory, its GGUF file); llama.cpp contexts hold GBs: one lives at a time."""
     from llamavid.engine import TransformersBackend
     from llamavid.llamacpp import LlamaCppBackend
 
-    made: dict[str, Callable] = {"transformers": lambda: TransformersBackend(model)}
+    made: dict[str, tuple[Callable, Path | None]] = {"transformers": (lambda: TransformersBackend(model), None)}
     for kind, path in ggufs.items():
-        made[f"llama.cpp-{kind}"] = lambda p=path: LlamaCppBackend(p, n_ctx=context, threads=threads)
+        made[f"llama.cpp-{kind}"] = (lambda p=path: LlamaCppBackend(p, n_ctx=context, threads=threads), path)
     return made
 
 
@@ -84,21 +101,20 @@ def bench_llamacpp(plan: Any, rec: Any, model: Any, types: tuple[str, ...] = ("f
     ids = torch.randint(3, min(vocab, 32000), (1, plan.prompt_tokens), generator=gen)
     with tempfile.TemporaryDirectory(prefix="llamavid-bench-gguf-") as tmp:
         ggufs = write_ggufs(model, Path(tmp), types, say)
-        sizes = {k: p.stat().st_size for k, p in ggufs.items()}
         context = plan.prompt_tokens + plan.new_tokens + 8
-        for name, make in backends(model, ggufs, context, plan.threads).items():
+        for name, (make, path) in backends(model, ggufs, context, plan.threads).items():
             say(f"llamacpp stage: {name}, prompt {plan.prompt_tokens} as tokens and as embeddings, "
                 f"{plan.new_tokens} new tokens ({plan.repeats} rounds)")
             backend = make()
             try:
-                _measure(plan, rec, model, backend, name, ids, sizes.get(name.rpartition("-")[2]))
+                inputs = {p: _inputs(model, ids, p, path) for p in PREFIXES}
+                _measure(plan, rec, backend, name, inputs, path.stat().st_size if path else None)
             finally:
                 getattr(backend, "close", lambda: None)()
 
 
-def _measure(plan: Any, rec: Any, model: Any, backend: Any, name: str, ids: Any, file_bytes: int | None) -> None:
+def _measure(plan: Any, rec: Any, backend: Any, name: str, inputs: dict[str, tuple], file_bytes: int | None) -> None:
     """Round robin over the two prefixes; one record per prefix and phase."""
-    inputs = {p: _inputs(model, ids, p) for p in PREFIXES}
     runs: dict[str, list] = {p: [] for p in PREFIXES}
     warm = {p: _timed(backend, *inputs[p], plan.new_tokens) for p in PREFIXES}
     for _ in range(plan.repeats):

@@ -34,9 +34,10 @@ def test_smoke_llamacpp_stage_compares_both_backends_and_both_prefixes(llamavid_
     assert set(got) == {(b, p, ph) for b in ("transformers", "llama.cpp-f16", "llama.cpp-q8_0")
                         for p in ("tokens", "embeddings") for ph in ("prefill", "decode")}
     assert all(r["tokens_per_s"] > 0 for r in got.values())
-    # the same prompt as ids or as spliced embedding rows: the same greedy answer in each backend
+    # the same prompt as ids or as spliced embedding rows (the backend's own table, for llama.cpp the
+    # GGUF's dequantized rows): the same greedy answer in each backend, quantized ones included
     assert all(got[b, "embeddings", "decode"]["same_tokens_as_token_prefix"] == 1.0
-               for b in ("transformers", "llama.cpp-f16"))
+               for b in ("transformers", "llama.cpp-f16", "llama.cpp-q8_0"))
     sizes = {b: got[b, "tokens", "prefill"]["gguf_bytes"] for b in ("llama.cpp-f16", "llama.cpp-q8_0")}
     assert sizes["llama.cpp-q8_0"] < sizes["llama.cpp-f16"]
     assert not any(r["bench"] in ("eva", "qformer", "llm") for r in records)  # only the stage asked for
