@@ -72,7 +72,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16")
     p.add_argument("--speech", choices=("auto", "always", "never"), default="auto",
                    help="speech recognition: auto = only for movies without text subtitles")
-    p.add_argument("--whisper-model", default="small", help="faster-whisper size name or model folder")
+    p.add_argument("--whisper-model", default="small",
+                   help="speech model: tiny, base, small, medium or large-v3 once installed with "
+                        "`llamavid models pull whisper-NAME` (indexing never downloads), or a faster-whisper folder")
     p.add_argument("--whisper-beam", type=int, default=5, help="beam size (1 is faster, 5 more accurate)")
     p.add_argument("--no-vad", action="store_true", help="transcribe silence and music too")
     p.add_argument("--decode-workers", type=int, default=0, help="parallel decoding processes (0: auto)")
