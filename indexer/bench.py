@@ -205,8 +205,12 @@ def _one_pass(path: str, prepare: bool) -> int:
     from indexer.probe import probe
 
     spec = video_spec(path, probe(path))
-    frames = decode_segment(spec, 1.0, 0, None, DecodeStats())
-    return sum(1 for _, image in frames if not prepare or prepare_frame(image, 224) is not None)
+    kept = 0
+    for _, image in decode_segment(spec, 1.0, 0, None, DecodeStats()):
+        if prepare:
+            prepare_frame(image, 224)
+        kept += 1
+    return kept
 
 
 def _workers(path: str, pool, segment_seconds: float = 30.0) -> tuple[int, float, float]:

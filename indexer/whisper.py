@@ -37,7 +37,7 @@ def resolve_model(name: str | Path, data_dir: Path) -> Path:
     """
     from llamavid import catalog
     from llamavid.errors import UserError
-    from llamavid.models import SPEECH_FILES
+    from llamavid.models import missing_speech_files
     from llamavid.models import resolve_model as resolve_folder
 
     text = str(name)
@@ -47,7 +47,7 @@ def resolve_model(name: str | Path, data_dir: Path) -> Path:
         folder = resolve_folder(text, data_dir)
     except UserError as exc:
         raise UserError(f"speech model {str(name)!r}: {exc}; {_CHOICES}") from exc
-    missing = [f for f in SPEECH_FILES if not (folder / f).is_file()]
+    missing = missing_speech_files(folder)
     if missing:
         raise UserError(f"speech model {folder} is not a faster-whisper model folder (no {', '.join(missing)}); "
                         f"{_CHOICES}")

@@ -334,40 +334,21 @@ def environment(plan: BenchPlan) -> dict:
     import torch
     import transformers
 
+    from llamavid.doctor import cpu_info
+
+    cpu = cpu_info()
     if plan.device.type == "cuda":
         name = torch.cuda.get_device_name(plan.device)
     else:
-        name = _cpu_name() or platform.processor() or platform.machine()
-    return {"bench": "env", "device_name": name, **_cpu_ids(),
+        name = cpu.get("model name") or platform.processor() or platform.machine()
+    # family / model / MHz: a cloud VM's "AMD EPYC" can be any generation, and the generation
+    # decides what int8 and fp32 kernels gain (measured: 2x int8 on Zen 4, 1.3x on Zen 1)
+    ids = {field: cpu[key] for key, field in (("cpu family", "cpu_family"), ("model", "cpu_model"),
+                                              ("cpu MHz", "cpu_mhz")) if key in cpu}
+    return {"bench": "env", "device_name": name, **ids,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
             "dtype": dtype_name(plan.dtype), "smoke": plan.smoke, "repeats": plan.repeats}
-
-
-def _cpu_ids() -> dict:
-    """CPU family / model / MHz: a cloud VM's "AMD EPYC" can be any generation, and the
-    generation decides what int8 and fp32 kernels gain (measured: 2x int8 on Zen 4, 1.3x on Zen 1)."""
-    wanted = {"cpu family": "cpu_family", "model": "cpu_model", "cpu MHz": "cpu_mhz"}
-    found: dict = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key in wanted and wanted[key] not in found:
-                found[wanted[key]] = value.strip()
-    except OSError:
-        pass
-    return found
-
-
-def _cpu_name() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 # ------------------------------------------------------------------------------------- weights

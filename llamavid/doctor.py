@@ -124,15 +124,24 @@ def check_sqlite() -> Check:
     return Check("sqlite", OK, detail, data={"version": sqlite3.sqlite_version, "fts5": True})
 
 
-def _cpu_flags() -> set[str]:
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ("model name", "cpu family", "flags", ...);
+    empty where there is no such file (macOS, Windows)."""
+    info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if not line.strip():
+                    break  # the end of the first processor's block
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return set()
+    return info
+
+
+def _cpu_flags() -> set[str]:
+    return set(cpu_info().get("flags", "").split())
 
 
 def check_device() -> Check:

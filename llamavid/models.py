@@ -39,6 +39,7 @@ __all__ = [
     "folder_size",
     "infer_kind",
     "list_models",
+    "missing_speech_files",
     "plan_pull",
     "pull",
     "remove_model",
@@ -183,11 +184,11 @@ def infer_kind(folder: Path, name: str | None = None) -> str:
     if entry is not None:
         return entry.kind
     files = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
-    if "model.bin" in files or "suppress_ids" in _config(folder):
+    cfg = _config(folder)
+    if "model.bin" in files or "suppress_ids" in cfg:
         return "speech"  # a CTranslate2 Whisper model (faster-whisper)
     if "mm_projector.bin" in files and not files & {*INDEX_FILES, *SINGLE_FILES}:
         return "pretrain"
-    cfg = _config(folder)
     if not cfg:
         return "unknown"
     if not any(k.startswith("mm_") for k in cfg):
@@ -198,6 +199,11 @@ def infer_kind(folder: Path, name: str | None = None) -> str:
     if str(cfg.get("compress_type") or "").startswith("mean"):
         return "video"
     return "image"
+
+
+def missing_speech_files(folder: Path) -> list[str]:
+    """The files faster-whisper opens that ``folder`` lacks (empty: a usable speech model)."""
+    return [f for f in SPEECH_FILES if not (folder / f).is_file()]
 
 
 def _weights(folder: Path) -> tuple[Path | None, dict[str, str], list[str]]:
@@ -240,7 +246,7 @@ def _quick_status(folder: Path, dd: DataDir, kind: str) -> tuple[str, str]:
     if not (folder / "config.json").is_file():
         return "incomplete", "no config.json"
     if kind == "speech":
-        missing = [f for f in SPEECH_FILES if not (folder / f).is_file()]
+        missing = missing_speech_files(folder)
         return ("incomplete", f"missing {', '.join(missing)}") if missing else ("complete", "")
     try:
         _index, _map, files = _weights(folder)
@@ -611,7 +617,9 @@ def verify_model(folder: Path, data_dir: DataDir | str | os.PathLike[str], *, na
         cfg_problem = "not valid JSON"
     (err("config.json", cfg_problem) if cfg_problem else ok("config.json"))
     if infer_kind(folder, name) == "speech":
-        _verify_listed(out, folder, expected, [f for f in SPEECH_FILES[1:] if f not in expected], hashes, err)
+        listed = {f: i for f, i in expected.items() if f != "config.json"}  # config.json: checked above
+        required = [f for f in SPEECH_FILES if f != "config.json" and f not in listed]
+        _verify_listed(out, folder, listed, required, hashes, err)
         return out
     try:
         index, weight_map, files = _weights(folder)
@@ -674,12 +682,10 @@ def verify_model(folder: Path, data_dir: DataDir | str | os.PathLike[str], *, na
 
 def _verify_listed(out: list[Finding], folder: Path, expected: dict[str, dict], required: list[str],
                    hashes: bool, err: Any) -> None:
-    """Files the pull manifest lists (size, hashes), plus ``required`` ones that must exist."""
+    """Files the pull manifest lists (size, hashes), plus ``required`` ones it does not list."""
     for file in required:
         (err(file, "missing") if not (folder / file).is_file() else out.append(Finding("ok", file, "")))
     for file, info in sorted(expected.items()):
-        if file == "config.json":
-            continue
         problem = download.check_file(folder / file, info.get("size"), info.get("sha256"), info.get("git_sha1"),
                                       hashes=hashes)
         (err(file, problem) if problem else out.append(Finding("ok", file, "")))

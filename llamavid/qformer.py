@@ -37,6 +37,14 @@ def qformer_config(overrides: Mapping[str, Any] | None = None) -> BertConfig:
     return BertConfig(**values)
 
 
+def can_fold(*projections: nn.Module) -> bool:
+    """Whether a key/value projection may be folded into the queries (see
+    :meth:`QFormerAttention._folded` and :func:`llamavid.tokens.context_pool`): only at inference
+    (with gradients the key bias would get none, where the reference's optimizer updates it) and
+    only for plain float ``nn.Linear`` weights (not int8-quantized or wrapped ones)."""
+    return not torch.is_grad_enabled() and all(type(p) is nn.Linear for p in projections)
+
+
 class QFormerEmbeddings(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
@@ -78,13 +86,10 @@ class QFormerAttention(nn.Module):
         return out.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[1], -1)
 
     def _folds(self, hidden: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> bool:
-        """Whether :meth:`_folded` is exact and cheaper: inference (no dropout, which would break
-        the bias argument below; no gradients, which the key bias would not get), plain float
-        weights, no mask, and few query rows reading many context rows (cross-attention: 32
-        queries over 257 patches; multiply-adds counted below)."""
-        if self.training or torch.is_grad_enabled() or mask is not None:
-            return False
-        if type(self.key) is not nn.Linear or type(self.value) is not nn.Linear:
+        """Whether :meth:`_folded` is exact and cheaper: :func:`can_fold`, no dropout (it would
+        break the bias argument below), no mask, and few query rows reading many context rows
+        (cross-attention: 32 queries over 257 patches; multiply-adds counted below)."""
+        if self.training or mask is not None or not can_fold(self.key, self.value):
             return False
         n, length, width, wide = hidden.shape[1], context.shape[1], hidden.shape[-1], context.shape[-1]
         folded = 2 * n * wide * (width + self.num_heads * length)

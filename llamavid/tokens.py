@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .qformer import can_fold
+
 
 @dataclass
 class TokenParts:
@@ -50,11 +52,10 @@ def context_pool(text_q: torch.Tensor, patches: torch.Tensor, key_projector: nn.
     The values are the raw patch features and the scale is applied after the product, as the
     reference does; both matter for parity.
     """
-    if type(key_projector) is nn.Linear and not torch.is_grad_enabled():
+    if can_fold(key_projector):
         # q (X W^T + b)^T = (q W) X^T + a constant per query row, which softmax ignores: the
         # patches (257 x 1408 per frame) are never projected, the 32 queries are. Same result up
-        # to float rounding, ~6x less arithmetic here. Training, and quantized or wrapped
-        # projectors, take the direct path (training updates the bias like the reference does).
+        # to float rounding, ~6x less arithmetic here.
         scores = torch.matmul(torch.matmul(text_q, key_projector.weight), patches.transpose(-1, -2))
     else:
         scores = torch.matmul(text_q, key_projector(patches).transpose(-1, -2))
