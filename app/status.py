@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamavid.models import InstalledEntry, list_models
+from llamavid.hub import catalog
+from llamavid.hub.catalog import CatalogEntry
+from llamavid.hub.installed import InstalledEntry, list_models
 from llamavid.paths import DataDir
 
 __all__ = [
@@ -18,7 +20,7 @@ __all__ = [
     "TAGLINE",
     "NOT_YET",
     "GET_MODELS_HEADING",
-    "RELEASED_CHECKPOINTS",
+    "CHAT_MODELS",
     "AppStatus",
     "collect_status",
     "instructions_markdown",
@@ -31,12 +33,8 @@ TAGLINE = "A local-first movie assistant around the LLaMA-VID video LLM."
 NOT_YET = "Chatting with your movies is not available in this version yet; this window shows the setup."
 GET_MODELS_HEADING = "How to get model weights"
 
-#: Released LLaMA-VID checkpoints on the Hugging Face hub (repo id, what it is for).
-RELEASED_CHECKPOINTS: list[tuple[str, str]] = [
-    ("YanweiLi/llama-vid-7b-full-224-video-fps-1", "7B, short videos at 1 frame per second"),
-    ("YanweiLi/llama-vid-13b-full-224-video-fps-1", "13B, short videos at 1 frame per second"),
-    ("YanweiLi/llama-vid-7b-full-224-long-video", "7B, hour-long videos (movies)"),
-]
+#: The released checkpoints a movie assistant chats with: the catalogue's video models.
+CHAT_MODELS: list[CatalogEntry] = [e for e in catalog.MODELS if e.kind in ("video", "long-video")]
 
 
 def _version() -> str:
@@ -71,9 +69,8 @@ def collect_status(data_dir: Path | str) -> AppStatus:
 
 def instructions_markdown(status: AppStatus) -> str:
     """Step-by-step text for getting a checkpoint into the data folder (Markdown)."""
-    first_repo = RELEASED_CHECKPOINTS[0][0]
-    first_name = first_repo.split("/", 1)[1]
-    repos = "\n".join(f"   - `{repo}`: {what}" for repo, what in RELEASED_CHECKPOINTS)
+    first_name = CHAT_MODELS[0].name
+    repos = "\n".join(f"   - `{e.repo_id}`: {e.purpose}" for e in CHAT_MODELS)
     return (
         f"### {GET_MODELS_HEADING}\n\n"
         f"No model is installed yet in `{status.models_dir}`.\n\n"

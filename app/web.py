@@ -1,17 +1,13 @@
-"""``llamavid web``: the local web UI (gradio), bound to 127.0.0.1 by default.
-
-It is both a subcommand module (HELP, add_arguments, run) and the web front end
-that ``llamavid app`` falls back to when there is no display. What the page shows
-comes from :mod:`app.status`, shared with the desktop window. gradio is imported
-only when a server starts, to keep ``llamavid --help`` fast.
+"""The local web UI (gradio), bound to 127.0.0.1 by default: ``llamavid web``, and what
+``llamavid app`` falls back to when there is no display (the commands live in :mod:`llamavid.cli.web`
+and :mod:`llamavid.cli.app`). What the page shows comes from :mod:`app.status`, shared with the
+desktop window. gradio is imported only when a server starts: ``llamavid --help`` imports this module.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
-import sys
 import webbrowser
 from pathlib import Path
 from typing import Any
@@ -19,39 +15,10 @@ from typing import Any
 from app import status as st
 from llamavid.errors import UserError, require
 
-__all__ = ["HELP", "DEFAULT_HOST", "DEFAULT_PORT", "add_arguments", "add_server_arguments", "build_ui", "start", "run"]
-
-HELP = "serve the web UI on this computer (http://127.0.0.1:7860 by default)"
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "build_ui", "serve", "start"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
-
-
-def _port(text: str) -> int:
-    """argparse type: a TCP port, 0 meaning 'any free port'."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port number (use 1-65535, or 0 for any free port)")
-    return value
-
-
-def add_server_arguments(parser: argparse.ArgumentParser) -> None:
-    """--host/--port/--open-browser, shared by ``llamavid web`` and ``llamavid app``."""
-    parser.add_argument(
-        "--host",
-        default=DEFAULT_HOST,
-        help="address the web UI listens on; 127.0.0.1 keeps it private to this computer, "
-        "0.0.0.0 opens it to your network (no password!)",
-    )
-    parser.add_argument("--port", type=_port, default=DEFAULT_PORT, help="port of the web UI; 0 picks a free one")
-    parser.add_argument("--open-browser", action="store_true", help="open the web UI in the default browser")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_server_arguments(parser)
 
 
 def _free_port(host: str, port: int) -> int:
@@ -141,13 +108,3 @@ def serve(data_dir: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, op
     finally:
         demo.close()
     return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    return serve(args.data_dir, args.host, args.port, args.open_browser)
-
-
-if __name__ == "__main__":  # python -m app.web, handy when debugging the page alone
-    from llamavid.cli import main
-
-    sys.exit(main(["web", *sys.argv[1:]]))

@@ -1,7 +1,8 @@
 """Why a movie could not be indexed, as exception types the job runner treats differently.
 
-* ``BadInput``: the file itself is unusable (empty, truncated, no video, unknown codec). Retrying
-  cannot help, so the job fails at once with the message and the rest of the library goes on.
+* ``llamavid.errors.BadMedia`` (raised by probing and decoding): the file itself is unusable (empty,
+  truncated, no video, unknown codec). Retrying cannot help, so the job fails at once with the
+  message and the rest of the library goes on.
 * ``FileChanged``: the file was removed or replaced while it was being indexed. The scan that
   notices it decides what happens next (mark missing, or index the new content).
 * ``DiskFull``: the cache or database could not be written. Every later job would fail the same
@@ -18,10 +19,6 @@ DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 class IndexingError(Exception):
     """Base of the failures the indexer explains to the user."""
-
-
-class BadInput(IndexingError):
-    """The video (or one of its parts) cannot be used; the message says why."""
 
 
 class FileChanged(IndexingError):

@@ -25,17 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from indexer.errors import DiskFull, is_disk_full
+from llamavid import storage
 
 DTYPE = np.dtype("<f2")
 PARTIAL_SUFFIX = ".partial"
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 def _read_header(fh) -> tuple[tuple[int, int], tuple, np.dtype, int]:
@@ -77,11 +70,8 @@ def _reserve(path: Path, size: int) -> None:
 
 
 def check_free_space(folder: Path, needed: int) -> None:
-    free = shutil.disk_usage(folder).free
-    if needed > free:
-        raise DiskFull(f"the feature cache needs {human_bytes(needed)} in {folder} but only "
-                       f"{human_bytes(free)} is free; free some space (or move the data folder with "
-                       "--data-dir) and run `llamavid index retry`")
+    storage.check_free_space(folder, needed, "the feature cache", "free some space (or move the data folder with "
+                             "--data-dir) and run `llamavid index retry`", DiskFull)
 
 
 class FeatureWriter:
@@ -160,7 +150,7 @@ class FeatureWriter:
         """Shrink to the real frame count and publish the file under its final name, atomically."""
         self._reshape_file(rows)
         os.replace(self.partial, self.final)
-        _fsync_dir(self.final.parent)
+        storage.fsync_dir(self.final.parent)
         return self.final
 
     def discard(self) -> None:
@@ -170,78 +160,3 @@ class FeatureWriter:
     def close(self) -> None:
         self.flush()
         self.array = None
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# ---------------------------------------------------------------------------------------------
-# The vision tower
-
-
-VISION_FILE = "eva_vit_g.pth"
-
-
-def find_vision_weights(models_dir: Path, explicit: str | Path | None = None) -> Path:
-    """The file given with --vision, else the installed one: ``<data>/models/eva_vit_g.pth`` or
-    the copy inside an installed checkpoint folder (``<data>/models/<name>/eva_vit_g.pth``)."""
-    from llamavid.errors import UserError
-
-    if explicit:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise UserError(f"--vision {path}: no such file (expected an eva_vit_g.pth-format file)")
-        return path.resolve()
-    candidates = [models_dir / VISION_FILE]
-    if models_dir.is_dir():
-        candidates += sorted(p / VISION_FILE for p in models_dir.iterdir() if p.is_dir())
-    for path in candidates:
-        if path.is_file():
-            return path.resolve()
-    raise UserError(f"no vision weights installed: put {VISION_FILE} in {models_dir} (or in a checkpoint "
-                    f"folder there), or pass --vision PATH")
-
-
-def vision_id(path: Path) -> str:
-    """Identifies the weights that produced a cache, so a different file invalidates it."""
-    from indexer.fingerprint import fingerprint
-
-    return f"{Path(path).name}:{fingerprint(path)}"
-
-
-class Encoder:
-    """EVA on the best device, turning (B, 3, S, S) pixels into (B, 1 + N, C) fp16 rows."""
-
-    def __init__(self, weights: Path, device: str | None = "auto", dtype: str | None = "auto",
-                 image_size: int = 224):
-        import torch
-
-        from llamavid.device import pick_device, pick_dtype
-        from llamavid.vision import EvaVisionTower
-
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype, self.device)
-        self.weights = Path(weights)
-        self.id = vision_id(self.weights)
-        self.tower = EvaVisionTower.from_file(self.weights, image_size=image_size,
-                                              device=self.device, dtype=self.dtype)
-        self._torch = torch
-
-    @property
-    def image_size(self) -> int:
-        return self.tower.image_size
-
-    @property
-    def row_shape(self) -> tuple[int, int]:
-        return (1 + self.tower.num_patches, self.tower.width)
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        with torch.inference_mode():
-            out = self.tower(torch.from_numpy(np.ascontiguousarray(pixels)))
-        return out.to(torch.float16).cpu().numpy()

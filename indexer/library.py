@@ -21,22 +21,18 @@ import numpy as np
 import sqlite_utils
 
 from indexer.db import connect
+from llamavid.model.features import drop_cls
+from llamavid.paths import DataDir, resolve_data_dir
+from llamavid.prompt.subtitles import Cue
+from llamavid.runtime.inputs import Visual
 
 __all__ = ["Movie", "Cue", "SearchHit", "FeaturesNotReady", "open_library", "list_movies", "get_movie",
-           "find_movie", "open_features", "frame_times", "subtitles", "search_subtitles", "cache_bytes"]
+           "find_movie", "open_features", "frame_times", "subtitles", "search_subtitles", "film_visual",
+           "cache_bytes"]
 
 
 class FeaturesNotReady(LookupError):
     """The movie's features are not (yet) complete; the message says what state it is in."""
-
-
-@dataclass
-class Cue:
-    start_time: float
-    end_time: float
-    text: str
-    language: str | None
-    source: str                     # embedded | sidecar | asr
 
 
 @dataclass
@@ -94,8 +90,6 @@ LEFT JOIN jobs ON jobs.movie_id = movies.id
 
 def open_library(data_dir: str | os.PathLike | None = None) -> sqlite_utils.Database:
     """The library database of a data folder (``--data-dir`` > $LLAMAVID_DATA_DIR > default)."""
-    from llamavid.paths import DataDir, resolve_data_dir
-
     return connect(DataDir(resolve_data_dir(data_dir)).database)
 
 
@@ -207,6 +201,12 @@ def search_subtitles(db: sqlite_utils.Database, query: str, movie_id: int | None
         params.append(movie_id)
     rows = db.execute(sql + " ORDER BY bm25(cues_fts) LIMIT ?", params + [limit]).fetchall()
     return [SearchHit(r[0], r[1], r[2], r[3], r[4], r[6], r[5]) for r in rows]
+
+
+def film_visual(db: sqlite_utils.Database, movie: Movie) -> Visual:
+    """A library film as a chat input: its features (memory-mapped, CLS dropped as the long-video
+    model reads them), frame times and subtitles."""
+    return Visual("film", drop_cls(open_features(movie)), frame_times(db, movie).tolist(), subtitles(db, movie))
 
 
 def cache_bytes(db: sqlite_utils.Database) -> int:

@@ -20,10 +20,12 @@ import sqlite_utils
 
 from indexer import jobs, movies
 from indexer.db import atomic
-from indexer.decode import SampleStream, next_target, video_spec
-from indexer.errors import BadInput, FileChanged
-from indexer.features import Encoder, FeatureWriter, find_vision_weights
-from indexer.probe import ProbeInfo, StreamInfo, probe
+from llamavid.errors import BadMedia
+from llamavid.media.decode import SampleStream, next_target, video_spec
+from indexer.errors import FileChanged
+from indexer.encoder import Encoder, find_vision_weights
+from indexer.features import FeatureWriter
+from llamavid.media.probe import ProbeInfo, StreamInfo, probe
 from indexer.subtitle_sources import Track, embedded_tracks, read_sidecar, sidecar_files, sidecar_signature
 from indexer.whisper import SpeechOptions, audio_windows, load_model, transcribe_window
 
@@ -68,7 +70,7 @@ class Pipeline:
         if self._encoder is None:
             from llamavid.errors import UserError
 
-            weights = find_vision_weights(self.data.models, self.options.vision)
+            weights = find_vision_weights(self.data, self.options.vision)
             try:
                 self._encoder = Encoder(weights, self.options.device, self.options.dtype)
             except (ValueError, FileNotFoundError) as exc:  # bad --device/--dtype, unusable weights
@@ -281,7 +283,7 @@ class Pipeline:
                          stats) -> None:
         if done == 0:
             writer.discard()
-            raise BadInput("no video frame could be decoded" +
+            raise BadMedia("no video frame could be decoded" +
                            (f" ({stats.first_error})" if stats.first_error else "") +
                            "; the file is damaged or truncated")
         self.check_file(movie)
@@ -317,7 +319,7 @@ def store_track(db: sqlite_utils.Database, movie_id: int, track: Track) -> int:
 def store_cues(db: sqlite_utils.Database, movie_id: int, track_id: int, track: Track) -> None:
     db.conn.executemany(
         'INSERT INTO cues (movie_id, track_id, start, "end", text, language, source) VALUES (?, ?, ?, ?, ?, ?, ?)',
-        [(movie_id, track_id, c.start, c.end, c.text, track.language, track.source) for c in track.cues])
+        [(movie_id, track_id, c.start_time, c.end_time, c.text, track.language, track.source) for c in track.cues])
 
 
 def asr_track(db: sqlite_utils.Database, movie_id: int, model: str) -> int:

@@ -15,7 +15,8 @@ from typing import Callable
 
 from indexer import jobs
 from indexer.db import connect
-from indexer.errors import BadInput, DiskFull, FileChanged, Interrupted, is_disk_full
+from indexer.errors import DiskFull, FileChanged, Interrupted, is_disk_full
+from llamavid.errors import BadMedia
 from indexer.pipeline import IndexOptions, Pipeline, ProgressFn
 from indexer.scan import rescan_movie
 
@@ -88,7 +89,7 @@ def run_job(pipeline: Pipeline, db, job: dict, options: IndexOptions) -> tuple[s
     except Interrupted as exc:
         jobs.finish(db, job_id, exc.state, keep_error=True)
         return exc.state, None
-    except BadInput as exc:
+    except BadMedia as exc:
         jobs.finish(db, job_id, "failed", str(exc))
         return "failed", str(exc)
     except FileChanged as exc:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from indexer import jobs
-from indexer.features import human_bytes
+from llamavid.storage import human_size
 
 
 def _eta(seconds: float | None) -> str:
@@ -41,7 +41,7 @@ def print_table(db, movies, cache_dir=None) -> None:
     for m in movies:
         sources = ",".join(m.subtitle_sources) or "-"
         print(f"{m.id:>4} {m.state:<9} {m.frames:>7} {m.cue_count:>6} {sources:<18} "
-              f"{human_bytes(m.cache_bytes):>9}  {m.rel_path}")
+              f"{human_size(m.cache_bytes):>9}  {m.rel_path}")
         for text in (_progress(m), m.error and f"error: {m.error}", m.warning and f"note: {m.warning}"):
             if text:
                 print(f"{'':>6}{text}")
@@ -54,5 +54,5 @@ def print_table(db, movies, cache_dir=None) -> None:
     disk = _folder_bytes(cache_dir) if cache_dir else total
     queue = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "empty"
     paused = " (queue paused)" if jobs.queue_paused(db) else ""
-    print(f"\n{len(movies)} movies, cache {human_bytes(total)} (on disk: {human_bytes(disk)}); "
+    print(f"\n{len(movies)} movies, cache {human_size(total)} (on disk: {human_size(disk)}); "
           f"jobs: {queue}{paused}" + (f"; queue {_eta(remaining)}" if remaining else ""))

@@ -17,7 +17,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from indexer.probe import IMAGE_SUBTITLE_CODECS, TEXT_SUBTITLE_CODECS
+from llamavid.media.probe import IMAGE_SUBTITLE_CODECS, TEXT_SUBTITLE_CODECS
+from llamavid.prompt.subtitles import Cue
 
 TEXT_EXTENSIONS = {".srt": "srt", ".ass": "ass", ".ssa": "ssa", ".vtt": "vtt", ".sub": "microdvd",
                    ".smi": "sami", ".sami": "sami", ".ttml": "ttml"}
@@ -31,12 +32,6 @@ COMMON_ENCODINGS = ["cp1252", "cp1250", "cp1251", "cp1253", "cp1254", "cp1256", 
                     "big5", "shift_jis", "euc_kr", "cp1257", "iso8859_15", "latin_1"]
 _ASS_TAG = re.compile(r"\{[^}]*\}")
 
-
-@dataclass
-class Cue:
-    start: float
-    end: float
-    text: str
 
 
 @dataclass
@@ -180,7 +175,7 @@ def parse_subtitle_text(text: str, ext: str, frame_rate: float | None = None) ->
         body = clean_text(event.text)
         if body and event.end > event.start >= 0:
             cues.append(Cue(event.start / 1000, event.end / 1000, body))
-    cues.sort(key=lambda c: (c.start, c.end))
+    cues.sort(key=lambda c: (c.start_time, c.end_time))
     return cues
 
 
@@ -232,7 +227,7 @@ def _read_text_streams(path: Path, origin: float, tracks: dict[int, Track]) -> N
                 if text:
                     track.cues.append(Cue(start, start + (duration or 2.0), text))
     for track in tracks.values():
-        track.cues.sort(key=lambda c: (c.start, c.end))
+        track.cues.sort(key=lambda c: (c.start_time, c.end_time))
 
 
 def _ass_body(sub) -> str:

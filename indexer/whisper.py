@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.subtitle_sources import Cue
+from llamavid.prompt.subtitles import Cue
 
 SAMPLE_RATE = 16000
 
@@ -35,10 +35,10 @@ def resolve_model(name: str | Path, data_dir: Path) -> Path:
     Indexing never downloads: a model that is not installed is an error saying what to pull, so a
     library scan cannot start a multi-gigabyte transfer the user did not ask for.
     """
-    from llamavid import catalog
+    from llamavid.hub import catalog
     from llamavid.errors import UserError
-    from llamavid.models import missing_speech_files
-    from llamavid.models import resolve_model as resolve_folder
+    from llamavid.hub.installed import missing_speech_files
+    from llamavid.hub.installed import resolve_model as resolve_folder
 
     text = str(name)
     if catalog.get(f"whisper-{text}") is not None:

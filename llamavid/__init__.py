@@ -8,16 +8,16 @@ from __future__ import annotations
 from typing import Any
 
 _EXPORTS = {
-    "LlamaVid": "llamavid.api",
-    "Prepared": "llamavid.api",
-    "Chat": "llamavid.engine",
-    "Visual": "llamavid.engine",
-    "SamplingOptions": "llamavid.generate",
-    "LlamaVidConfig": "llamavid.config",
-    "LlamaVidForCausalLM": "llamavid.modeling",
-    "load_llamavid": "llamavid.loading",
-    "save_released": "llamavid.loading",
-    "preprocess_images": "llamavid.preprocess",
+    "LlamaVid": "llamavid.runtime.api",
+    "Prepared": "llamavid.runtime.api",
+    "Chat": "llamavid.runtime.chat",
+    "Visual": "llamavid.runtime.inputs",
+    "SamplingOptions": "llamavid.runtime.generate",
+    "LlamaVidConfig": "llamavid.model.config",
+    "LlamaVidForCausalLM": "llamavid.model.modeling",
+    "load_llamavid": "llamavid.model.loading",
+    "save_released": "llamavid.model.loading",
+    "preprocess_images": "llamavid.media.preprocess",
 }
 __all__ = sorted(_EXPORTS)
 

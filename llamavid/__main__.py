@@ -1,3 +1,3 @@
-from llamavid.cli import main
+from llamavid.cli.main import main
 
 raise SystemExit(main())

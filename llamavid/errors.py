@@ -1,10 +1,11 @@
-"""Errors a person can fix, and the one way the command line reports them.
+"""Errors a person can fix, typed so that every front end can word them its own way.
 
-Library code raises :class:`UserError` for problems caused by input or setup (a bad
-path, a missing optional package, a busy port). ``llamavid.cli.main`` catches it and
-prints ``llamavid: error: <message>`` on one line with no traceback, so the message
-itself must say what went wrong *and* what to do about it. Bugs stay ordinary
-exceptions so their tracebacks are kept.
+Library code raises :class:`UserError` (or one of its kinds below) for problems caused by
+input or setup: a bad path, a missing optional package, a busy port, a video that cannot be
+read, a prompt longer than the context. The message itself says what went wrong *and* what
+to do about it. The command line (``llamavid.cli.main``) prints it as one line
+``llamavid: error: <message>`` without a traceback; an HTTP API maps the kinds to status
+codes, a window to a dialog. Bugs stay ordinary exceptions so their tracebacks are kept.
 """
 
 from __future__ import annotations
@@ -12,11 +13,42 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["UserError", "require"]
+__all__ = ["BadMedia", "Cancelled", "CheckpointError", "ContextOverflow", "NotEnoughMemory", "UserError",
+           "require"]
 
 
 class UserError(Exception):
     """A problem the user can fix; the message is shown as is, without a traceback."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint file is missing, unreadable or does not fit the model; the message names it."""
+
+
+class BadMedia(UserError):
+    """An image or video cannot be used (empty, truncated, no video stream, unknown codec).
+
+    Retrying cannot help: the indexer fails the film at once, a chat refuses the file.
+    """
+
+
+class ContextOverflow(UserError, ValueError):
+    """A prompt does not fit the model's context window (``needed`` > ``limit`` tokens)."""
+
+    def __init__(self, message: str, needed: int = 0, limit: int = 0):
+        super().__init__(message)
+        self.needed, self.limit = needed, limit
+
+
+class NotEnoughMemory(UserError, MemoryError):
+    """The request would not fit the free memory of the device; checked before any work starts."""
+
+
+class Cancelled(Exception):
+    """The caller stopped the work (a Stop button, a closed connection, Ctrl-C).
+
+    Not a :class:`UserError`: nothing went wrong, and a front end says so in its own words.
+    """
 
 
 def require(module: str, package: str | None = None, purpose: str = "this command") -> ModuleType:

@@ -142,13 +142,3 @@ class DataDir:
                     f"pass --data-dir with a writable folder or set ${ENV_VAR}."
                 ) from exc
         return self
-
-
-def human_size(n: int | float) -> str:
-    """Format a byte count with decimal units, as file managers and the hub show them."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
-

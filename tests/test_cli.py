@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llamavid import cli
+from llamavid.cli import main as cli
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess[str]:
@@ -202,7 +202,7 @@ def test_doctor_json_reports_the_installation(llamavid_cmd: list[str], data_dir:
 
 
 def test_doctor_without_models_says_what_to_do(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from llamavid import doctor
+    from llamavid.cli import doctor
 
     check = doctor.check_models(doctor.DataDir(data_dir))
     assert check.status == "warn"
@@ -211,7 +211,7 @@ def test_doctor_without_models_says_what_to_do(data_dir: Path, capsys: pytest.Ca
 
 
 def test_doctor_reports_a_broken_package_instead_of_crashing() -> None:
-    from llamavid import doctor
+    from llamavid.cli import doctor
 
     check = doctor.check_package("ghost", "no_such_module_xyz", "no-such-dist-xyz", "pip install ghost")
     assert check.status == "missing"
@@ -220,7 +220,7 @@ def test_doctor_reports_a_broken_package_instead_of_crashing() -> None:
 
 
 def test_doctor_text_report_marks_each_check(capsys: pytest.CaptureFixture[str]) -> None:
-    from llamavid.doctor import Check, _print_report
+    from llamavid.cli.doctor import Check, _print_report
 
     _print_report(
         [Check("torch", "ok", "2.13.0"), Check("gradio (web UI)", "missing", "not installed", "pip install gradio")]
@@ -237,7 +237,7 @@ def test_doctor_reports_cuda_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
     torch = pytest.importorskip("torch")
-    from llamavid import doctor
+    from llamavid.cli import doctor
 
     props = SimpleNamespace(name="Fake H100", total_memory=80_000_000_000)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -9,8 +9,9 @@ import platformdirs
 import pytest
 
 from llamavid.errors import UserError
-from llamavid.models import list_models
-from llamavid.paths import ENV_VAR, DataDir, human_size, resolve_data_dir
+from llamavid.hub.installed import list_models
+from llamavid.paths import ENV_VAR, DataDir, resolve_data_dir
+from llamavid.storage import human_size
 
 
 def test_option_wins_over_env_and_default(tmp_path: Path) -> None:

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from llamavid.loading import save_released
+from llamavid.model.loading import save_released
 
-from .config import PROJECTOR_FILE, matches
-from .distributed import Runtime, barrier
+from train.config import PROJECTOR_FILE, matches
+from train.distributed import Runtime, barrier
 
 STATE_FILE = "trainer_state.json"
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -148,7 +148,7 @@ class _StateView:
 def full_state(wrapped: nn.Module, model: nn.Module, lora: bool) -> dict[str, torch.Tensor]:
     """The whole model's weights under released names (FSDP shards gathered; LoRA merged)."""
     if lora:
-        from .lora import merged_state_dict
+        from train.lora import merged_state_dict
 
         return merged_state_dict(model)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

@@ -15,12 +15,12 @@ import torch
 from torch.utils.data import Dataset
 
 from llamavid.errors import UserError
-from llamavid.qformer import tokenize_prompts
+from llamavid.model.qformer import tokenize_prompts
 
-from . import text as T
-from .config import IGNORE_INDEX
-from .media import film_inputs, image_pixels, load_film, video_pixels
-from .records import DataError, conversation_turns, media_ref, modality_length, where
+from train import text as T
+from train.config import IGNORE_INDEX
+from train.media import film_inputs, image_pixels, load_film, video_pixels
+from train.records import DataError, conversation_turns, media_ref, modality_length, where
 
 
 @dataclass

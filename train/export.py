@@ -13,15 +13,15 @@ import torch
 
 from llamavid.errors import UserError
 
-from . import checkpoint as ckpt
-from .config import TrainArgs
-from .distributed import Runtime
+from train import checkpoint as ckpt
+from train.config import TrainArgs
+from train.distributed import Runtime
 
 
 def export(checkpoint: Path, output: Path) -> Path:
-    from .lora import is_lora
-    from .step import TrainStep
-    from .trainer import prepare_args, setup_model, tokenizers
+    from train.lora import is_lora
+    from train.step import TrainStep
+    from train.trainer import prepare_args, setup_model, tokenizers
 
     checkpoint, output = Path(checkpoint), Path(output)
     run_file = checkpoint.parent / "run.json"

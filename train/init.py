@@ -19,14 +19,15 @@ from typing import Any
 import torch
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-from llamavid.config import LlamaVidConfig
+from llamavid.model.config import LlamaVidConfig
 from llamavid.errors import UserError
-from llamavid.loading import CheckpointError, build_state, fill_buffers, load_llamavid, read_checkpoint
-from llamavid.modeling import LlamaVidForCausalLM
-from llamavid.tokens import build_projector
-from llamavid.vision import EvaConfig, load_eva_file
+from llamavid.errors import CheckpointError
+from llamavid.model.loading import build_state, fill_buffers, load_llamavid, read_checkpoint
+from llamavid.model.modeling import LlamaVidForCausalLM
+from llamavid.model.visual_tokens import build_projector
+from llamavid.model.eva import EvaConfig, load_eva_file
 
-from .config import PROJECTOR_FILE, TrainArgs, matches, rope_factor_for
+from train.config import PROJECTOR_FILE, TrainArgs, matches, rope_factor_for
 
 FRESH = ("mm_projector", "vlm_att_projector", "vlm_att_key_projector", "vlm_att_val_projector")
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from llamavid.errors import UserError, require
+from llamavid.model.modeling import eva_config
 
 LLM_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -42,7 +43,7 @@ def add_lora(model: nn.Module, r: int, alpha: int, dropout: float, bits: int = 1
         raise UserError("the model has no decoder-layer linears to put LoRA adapters on")
     if bits == 4:
         require("bitsandbytes", purpose="QLoRA (--bits 4)")
-        from llamavid.bnb import quantize_llm
+        from llamavid.model.quantize_llm import quantize_llm
 
         quantize_llm(model, 4, compute_dtype=compute_dtype, device=device)
     config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", target_modules=targets)
@@ -117,7 +118,7 @@ def estimate_gib(config, *, lora_r: int = 0, bits: int = 16, train_llm: bool = T
     gib = 2.0 ** 30
     linears, other = llm_params(config)
     width, depth, mlp = config.mm_hidden_size, config.vision_depth or 39, config.vision_mlp_hidden
-    eva = depth * (4 * width * width + 2 * width * mlp) + (config.image_size // 14) ** 2 * width
+    eva = depth * (4 * width * width + 2 * width * mlp) + eva_config(config).num_patches * width
     q = config.qformer or {}
     qh, qi, ql = q.get("hidden_size", 768), q.get("intermediate_size", 3072), q.get("num_hidden_layers", 12)
     multimodal = ql * (4 * qh * qh + 4 * qh * qi) + (ql // 2) * (2 * qh * qh + 2 * qh * width) \

@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from llamavid.prompts import interleave_subtitles
-
-from .records import IMAGE_TOKEN, DataError
+from llamavid.model.modeling import IMAGE_TOKEN
+from llamavid.model.features import drop_cls, has_cls
+from llamavid.prompt.subtitles import interleave_subtitles
+from train.records import DataError
 
 
 class FeatureRows:
@@ -36,7 +37,7 @@ class FeatureRows:
         shape = np.load(self.path, mmap_mode="r").shape
         if len(shape) != 3:
             raise DataError(f"{self.path}: features must be (frames, rows, width), got shape {shape}")
-        self.drop_cls = shape[1] % 2 == 1
+        self.drop_cls = has_cls(shape[1])
         self.shape = (shape[0], shape[1] - int(self.drop_cls), shape[2])
         self._array: np.ndarray | None = None
 
@@ -56,7 +57,7 @@ class FeatureRows:
 def _drop_cls(feats: np.ndarray, path: Path) -> np.ndarray:
     if feats.ndim != 3:
         raise DataError(f"{path}: features must be (frames, rows, width), got shape {feats.shape}")
-    return feats[:, 1:] if feats.shape[1] % 2 == 1 else feats
+    return drop_cls(feats)
 
 
 def _subtitles(record: dict[str, Any], folder: Path) -> list[Any]:
@@ -119,8 +120,8 @@ def feature_frames(path: Path) -> int:
 
 def image_pixels(path: Path, size: int, aspect: str):
     """(1, 3, S, S) pixels; ``pad`` pads to a square with the mean colour first (stages 2, 3)."""
-    from llamavid.media import load_image
-    from llamavid.preprocess import preprocess_images
+    from llamavid.media.load import load_image
+    from llamavid.media.preprocess import preprocess_images
 
     return preprocess_images([load_image(path)], size, mode="pad" if aspect == "pad" else "crop")
 
@@ -129,8 +130,8 @@ def video_pixels(path: Path, size: int, fps: float, max_frames: int | None):
     """(T, 3, S, S) frames at ``fps`` (resize + centre crop, never padded, as the reference)."""
     import torch
 
-    from llamavid.media import load_video
-    from llamavid.preprocess import preprocess_images
+    from llamavid.media.load import load_video
+    from llamavid.media.preprocess import preprocess_images
 
     frames, _ = load_video(path, fps=fps, max_frames=max_frames,
                            transform=lambda f: preprocess_images([f], size, mode="crop")[0])

@@ -6,7 +6,7 @@ import re
 import torch
 from torch import nn
 
-from .config import matches
+from train.config import matches
 
 
 def set_trainable(model: nn.Module, prefixes: tuple[str, ...]) -> list[str]:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-IMAGE_TOKEN = "<image>"
+from llamavid.model.modeling import IMAGE_TOKEN
+
 FEATURE_SUFFIXES = (".npy", ".npz", ".pkl")
 ROLES = ("human", "gpt")
 

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llamavid.modeling import IMAGE_TOKEN_INDEX, LlamaVidForCausalLM, split_slots
+from llamavid.model.modeling import IMAGE_TOKEN_INDEX, LlamaVidForCausalLM, split_slots
 
-from .config import IGNORE_INDEX, PROJECTOR_FILE, matches
-from .dataset import Sample
+from train.config import IGNORE_INDEX, PROJECTOR_FILE, matches
+from train.dataset import Sample
 
 
 def expand_labels(labels: torch.Tensor, input_ids: torch.Tensor, slot_rows: Sequence[int]) -> torch.Tensor:

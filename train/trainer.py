@@ -26,10 +26,10 @@ from torch import nn
 
 from llamavid.errors import UserError
 
-from . import checkpoint as ckpt
-from .config import LLM, TrainArgs, trainable_prefixes
-from .distributed import Runtime, all_reduce_sum, any_rank, barrier, gradient_sync, init_runtime, shutdown, wrap
-from .sampler import epoch_order, micro_batches_per_epoch, rank_batches
+from train import checkpoint as ckpt
+from train.config import LLM, TrainArgs, trainable_prefixes
+from train.distributed import Runtime, all_reduce_sum, any_rank, barrier, gradient_sync, init_runtime, shutdown, wrap
+from train.sampler import epoch_order, micro_batches_per_epoch, rank_batches
 
 # Settings that may change when a run is resumed; anything else must match the first start.
 RESUMABLE_CHANGES = {"output", "num_workers", "log_every", "tensorboard", "resume", "device", "validate",
@@ -89,7 +89,7 @@ class Plan:
 # ------------------------------------------------------------------------------------ set-up
 def prepare_args(args: TrainArgs, world_size: int) -> TrainArgs:
     """Fill presets, take the model's shape from ``--init``, check options that cannot work together."""
-    from .init import checkpoint_shape
+    from train.init import checkpoint_shape
 
     args = dataclasses.replace(args)  # the caller's object stays as given
     if args.init is not None and not (Path(args.init) / "config.json").is_file():
@@ -142,8 +142,8 @@ def check_resume(args: TrainArgs, output: Path) -> Path | None:
 
 
 def tokenizers(args: TrainArgs) -> tuple[Any, Any, Path]:
-    from llamavid.api import load_llm_tokenizer
-    from llamavid.qformer import load_qformer_tokenizer
+    from llamavid.runtime.api import load_llm_tokenizer
+    from llamavid.model.qformer import load_qformer_tokenizer
 
     source = Path(args.init or args.llm)
     tok = load_llm_tokenizer(source)
@@ -174,9 +174,9 @@ def enable_checkpointing(model: nn.Module) -> None:
 
 def setup_model(args: TrainArgs, rt: Runtime, bf16: bool) -> nn.Module:
     """Starting weights, frozen / trainable parts, LoRA, precision and checkpointing, on the device."""
-    from .init import build_model
-    from .lora import add_lora
-    from .params import cast_frozen, set_trainable
+    from train.init import build_model
+    from train.lora import add_lora
+    from train.params import cast_frozen, set_trainable
 
     model = build_model(args)
     try:
@@ -205,9 +205,9 @@ def setup_model(args: TrainArgs, rt: Runtime, bf16: bool) -> nn.Module:
 
 
 def data(args: TrainArgs, tokenizer, qformer_tokenizer, say) -> Any:
-    from .dataset import DataOptions, LlavaDataset
-    from .records import read_records
-    from .validate import CheckOptions, validate
+    from train.dataset import DataOptions, LlavaDataset
+    from train.records import read_records
+    from train.validate import CheckOptions, validate
 
     if args.validate:
         report = validate(args.data, CheckOptions(args.stage, args.image_folder, args.video_folder,
@@ -243,7 +243,7 @@ def cosine_with_warmup(optimizer, warmup: int, total: int) -> torch.optim.lr_sch
 
 
 def optimizer_and_schedule(wrapped: nn.Module, args: TrainArgs, total: int):
-    from .params import param_groups
+    from train.params import param_groups
 
     groups = param_groups(wrapped, args.weight_decay)
     if not groups:
@@ -288,7 +288,7 @@ def run(args: TrainArgs) -> TrainResult:
 
 
 def _run(args: TrainArgs, rt: Runtime) -> TrainResult:
-    from .progress import Progress
+    from train.progress import Progress
 
     args = prepare_args(args, rt.world_size)
     output = Path(args.output)
@@ -330,7 +330,7 @@ def _run(args: TrainArgs, rt: Runtime) -> TrainResult:
 
 
 def _train_step(model: nn.Module, args: TrainArgs) -> nn.Module:
-    from .step import TrainStep
+    from train.step import TrainStep
 
     return TrainStep(model, args.max_length)
 
@@ -344,7 +344,7 @@ def _autocast(device: torch.device, bf16: bool, fsdp: str | None):
 def _loader(dataset, plan: Plan, start: int, args: TrainArgs):
     from torch.utils.data import DataLoader
 
-    from .dataset import collate
+    from train.dataset import collate
 
     return iter(DataLoader(dataset, batch_sampler=list(plan.micro_batches(start)), collate_fn=collate,
                            num_workers=args.num_workers, generator=torch.Generator().manual_seed(args.seed),
@@ -406,7 +406,7 @@ def _save(args, rt, wrapped, optimizer, scheduler, step: int, plan: Plan) -> Non
 
 def _finish(args, rt, wrapped, model, optimizer, scheduler, result: TrainResult, vocab: Path) -> None:
     """At the end: a last resumable checkpoint and the model in the released layout."""
-    from .lora import is_lora
+    from train.lora import is_lora
 
     if result.stopped_early:
         return
@@ -424,7 +424,7 @@ def _finish(args, rt, wrapped, model, optimizer, scheduler, result: TrainResult,
 
 def _memory_note(args: TrainArgs, model: nn.Module, rt: Runtime) -> str:
     """The rough per-GPU memory this run needs, next to what the GPU has (before the first step fails)."""
-    from .lora import estimate_gib
+    from train.lora import estimate_gib
 
     estimate = estimate_gib(model.config, lora_r=args.lora_r, bits=args.bits, train_llm=args.preset.train_llm,
                             train_multimodal=args.lora_train_multimodal or not args.lora_r,
@@ -437,7 +437,7 @@ def _memory_note(args: TrainArgs, model: nn.Module, rt: Runtime) -> str:
 
 
 def _banner(args: TrainArgs, rt: Runtime, model: nn.Module, plan: Plan, resume_from, bf16: bool) -> str:
-    from .params import count
+    from train.params import count
 
     trainable, total = count(model)
     where = f"resuming from {resume_from.name}" if resume_from else "starting"

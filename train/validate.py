@@ -22,8 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from .config import STAGES, tokens_per_frame
-from .records import IMAGE_TOKEN, DataError, MediaRef, conversation_turns, media_ref, read_records, where
+from train.config import STAGES, tokens_per_frame
+from llamavid.errors import BadMedia
+from llamavid.media.probe import probe
+from llamavid.model.modeling import IMAGE_TOKEN
+from train.records import DataError, MediaRef, conversation_turns, media_ref, read_records, where
 
 
 @dataclass
@@ -160,7 +163,7 @@ def check_file(name: str, media: MediaRef, options: CheckOptions) -> None:
 
     try:
         if media.kind == "image":
-            from llamavid.media import load_image
+            from llamavid.media.load import load_image
 
             load_image(media.path)
         elif media.kind == "video":
@@ -173,12 +176,9 @@ def check_file(name: str, media: MediaRef, options: CheckOptions) -> None:
 
 def video_frames(path: Path, options: CheckOptions) -> int:
     """About how many frames sampling at ``video_fps`` gives (from the container's duration)."""
-    from indexer.errors import BadInput
-    from indexer.probe import probe
-
     try:
         info = probe(path)
-    except BadInput as exc:
+    except BadMedia as exc:
         raise DataError(f"{path}: {exc}") from None
     frames = max(1, math.ceil((info.duration or 1.0) * options.video_fps))
     return min(frames, options.max_frames) if options.max_frames else frames
@@ -197,14 +197,14 @@ def feature_shape(path: Path, trust_pickle: bool) -> tuple[int, ...]:
             return tuple(shape)
     if not trust_pickle:
         raise DataError(f"{path}: .pkl needs --trust-pickle to be opened")
-    from .media import load_film
+    from train.media import load_film
 
     feats, _ = load_film(path, {}, 1.0, True)
     return tuple(feats.shape)
 
 
 def _text_dataset(records: list, options: CheckOptions, image_folder: Path, video_folder: Path):
-    from .dataset import DataOptions, LlavaDataset
+    from train.dataset import DataOptions, LlavaDataset
 
     data = DataOptions(image_folder, video_folder, STAGES[options.stage].template, options.image_size,
                        video_fps=options.video_fps, video_token=options.video_token, trust_pickle=options.trust_pickle)

@@ -17,7 +17,7 @@ from indexer_cli_helper import REPO, TINY_WIDTH  # noqa: E402,F401
 
 @pytest.fixture(scope="session")
 def tiny_eva(tmp_path_factory) -> Path:
-    from llamavid.vision import write_tiny_eva
+    from llamavid.model.eva import write_tiny_eva
 
     return write_tiny_eva(tmp_path_factory.mktemp("eva") / "eva_vit_g.pth", width=TINY_WIDTH, depth=1)
 

@@ -12,17 +12,17 @@ TINY_WIDTH = 176  # tiny EVA: 2 heads of 88, features (T, 257, 176)
 
 
 class Cli:
-    """``python -m indexer`` against one data folder, in-process (fast) or as a subprocess."""
+    """``llamavid index`` against one data folder, in-process (fast) or as a subprocess."""
 
     def __init__(self, data_dir: Path, capsys):
         self.data_dir = data_dir
         self.capsys = capsys
 
     def __call__(self, *args: str) -> tuple[int, str, str]:
-        from indexer.__main__ import main
+        from llamavid.cli.main import main
 
         self.capsys.readouterr()
-        code = main(["--data-dir", str(self.data_dir), *map(str, args)])
+        code = main(["--data-dir", str(self.data_dir), "index", *map(str, args)])
         out = self.capsys.readouterr()
         return code, out.out, out.err
 
@@ -33,7 +33,7 @@ class Cli:
 
     def spawn(self, *args: str, **popen) -> subprocess.Popen:
         env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-        return subprocess.Popen([sys.executable, "-m", "indexer", "--data-dir", str(self.data_dir), *map(str, args)],
+        return subprocess.Popen([sys.executable, "-m", "llamavid", "--data-dir", str(self.data_dir), "index", *map(str, args)],
                                 cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
     def db(self):

@@ -1,8 +1,8 @@
 """The decoding benchmark runs end to end on a tiny clip and reports consistent numbers."""
 from __future__ import annotations
 
-from indexer.bench import benchmark, make_clip, repeat_clip
-from indexer.probe import probe
+from llamavid.bench.decode import benchmark, make_clip, repeat_clip
+from llamavid.media.probe import probe
 
 
 def test_repeat_clip_makes_a_longer_valid_file(tmp_path):

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from media import make_audio_only, make_undecodable, make_video, rotate_mp4, truncate
 
-from indexer.decode import DecodeStats, SampleStream, decode_segment, video_spec
-from indexer.errors import BadInput
-from indexer.probe import probe
+from llamavid.media.decode import DecodeStats, SampleStream, decode_segment, video_spec
+from llamavid.errors import BadMedia
+from llamavid.media.probe import probe
 
 
 def _sample(path, fps=1.0, start_k=0):
@@ -92,17 +92,17 @@ def _write(data: bytes):
 ])
 def test_bad_files_say_why(tmp_path, maker, message):
     path = maker(tmp_path / "bad.mkv")
-    with pytest.raises(BadInput, match=message):
+    with pytest.raises(BadMedia, match=message):
         probe(path)
 
 
 def test_unsupported_codec(tmp_path):
-    with pytest.raises(BadInput, match="unsupported video codec"):
+    with pytest.raises(BadMedia, match="unsupported video codec"):
         probe(make_undecodable(tmp_path / "avs2.ts"))
 
 
 def test_packets_before_a_keyframe_at_the_target_are_never_decoded(tmp_path, monkeypatch):
-    import indexer.decode as decode
+    import llamavid.media.decode as decode
 
     path = make_video(tmp_path / "a.mp4", seconds=12, fps=25, gop=25)  # a keyframe every second
     fast, fast_stats = _sample(path, fps=0.25)
@@ -114,7 +114,7 @@ def test_packets_before_a_keyframe_at_the_target_are_never_decoded(tmp_path, mon
 
 
 def test_frames_after_the_last_target_are_never_decoded(tmp_path, monkeypatch):
-    import indexer.decode as decode
+    import llamavid.media.decode as decode
 
     path = make_video(tmp_path / "a.mp4", seconds=3.96, fps=25, gop=250)  # targets 0..3, then 0.92 s more
     fast, fast_stats = _sample(path)

@@ -97,10 +97,10 @@ def test_features_match_a_direct_encoding(cli, movies, tiny_eva):
     two worker processes, as on a GPU machine)."""
     import torch
 
-    from indexer.decode import DecodeStats, decode_segment, video_spec
-    from indexer.probe import probe
-    from llamavid.preprocess import preprocess_images
-    from llamavid.vision import EvaVisionTower
+    from llamavid.media.decode import DecodeStats, decode_segment, video_spec
+    from llamavid.media.probe import probe
+    from llamavid.media.preprocess import preprocess_images
+    from llamavid.model.eva import EvaVisionTower
 
     path = make_video(movies / "A.mp4", seconds=3, size=(128, 72))
     cli("add", movies)
@@ -124,7 +124,7 @@ def test_incomplete_features_are_not_served(cli, movies, tiny_eva):
 
 
 def test_rerun_changes_nothing_and_other_weights_reindex(cli, movies, tiny_eva, tmp_path):
-    from llamavid.vision import write_tiny_eva
+    from llamavid.model.eva import write_tiny_eva
 
     make_video(movies / "A.mkv", seconds=2)
     cli("add", movies)

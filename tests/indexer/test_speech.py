@@ -99,9 +99,9 @@ def test_a_speech_model_that_is_not_installed_is_never_downloaded(cli, movies, t
 def test_speech_models_in_the_model_manager(tiny_whisper, tmp_path, capsys):
     import shutil
 
-    from llamavid import catalog
-    from llamavid.cli import main
-    from llamavid.models import list_models, verify_model
+    from llamavid.hub import catalog
+    from llamavid.cli.main import main
+    from llamavid.hub.installed import list_models, verify_model
 
     assert catalog.get("whisper-small").repo_id == "Systran/faster-whisper-small"
     assert catalog.get("whisper-small").kind == "speech"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.probe import probe
+from llamavid.media.probe import probe
 from indexer.subtitle_sources import embedded_tracks, parse_sidecar_name, read_sidecar, sidecar_files
 from media import make_video, write_srt
 
@@ -57,26 +57,26 @@ def test_sidecar_encodings_are_detected(tmp_path, encoding, language):
     track = read_sidecar(tmp_path / "Film.mkv", tmp_path / "Film.srt")
     assert track.status == "ok", track.message
     assert [c.text for c in track.cues] == lines
-    assert [(c.start, c.end) for c in track.cues][:2] == [(0.0, 0.9), (1.0, 1.9)]
+    assert [(c.start_time, c.end_time) for c in track.cues][:2] == [(0.0, 0.9), (1.0, 1.9)]
 
 
 def test_two_line_srt_parses(tmp_path):
     track = read_sidecar(tmp_path / "Film.mkv", write_srt(tmp_path / "Film.srt", "One", "Two <b>bold</b>"))
-    assert [(c.start, c.end, c.text) for c in track.cues] == [(0.5, 1.5, "One"), (2.0, 3.0, "Two bold")]
+    assert [(c.start_time, c.end_time, c.text) for c in track.cues] == [(0.5, 1.5, "One"), (2.0, 3.0, "Two bold")]
 
 
 def test_ass_and_vtt_sidecars(tmp_path):
     video = tmp_path / "Film.mkv"
     (tmp_path / "Film.vtt").write_text("WEBVTT\n\n00:00:01.000 --> 00:00:02.500\n<i>Hello</i> there\n")
     track = read_sidecar(video, tmp_path / "Film.vtt")
-    assert [(c.start, c.end, c.text) for c in track.cues] == [(1.0, 2.5, "Hello there")]
+    assert [(c.start_time, c.end_time, c.text) for c in track.cues] == [(1.0, 2.5, "Hello there")]
     ass = tmp_path / "Film.en.ass"
     ass.write_text("[Script Info]\nScriptType: v4.00+\n\n[Events]\n"
                    "Format: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text\n"
                    "Dialogue: 0,0:00:03.00,0:00:04.00,Default,,0,0,0,,{\\b1}Bold{\\b0} line\\Nsecond\n"
                    "Comment: 0,0:00:05.00,0:00:06.00,Default,,0,0,0,,not shown\n")
     track = read_sidecar(video, ass)
-    assert [(c.start, c.text) for c in track.cues] == [(3.0, "Bold line\nsecond")]
+    assert [(c.start_time, c.text) for c in track.cues] == [(3.0, "Bold line\nsecond")]
     assert track.language == "en"
 
 
@@ -106,7 +106,7 @@ def test_embedded_text_tracks(tmp_path, name, codec, expected):
     (track,) = embedded_tracks(path, probe(path))
     assert (track.source, track.language, track.status) == ("embedded", "fre", "ok")
     assert [c.text for c in track.cues] == expected
-    assert [(c.start, c.end) for c in track.cues] == [(0.5, 1.5), (2.0, 3.0)]
+    assert [(c.start_time, c.end_time) for c in track.cues] == [(0.5, 1.5), (2.0, 3.0)]
 
 
 def test_embedded_ass_loses_its_tags(tmp_path):

@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llamavid import cli
-from llamavid.bench import reference_attention_in, resolve_model
+from llamavid.cli import main as cli
+from llamavid.bench.model import reference_attention_in, resolve_model
 from llamavid.errors import UserError
-from llamavid.quantize import quantize_vision, quantized_linears
-from llamavid.tiny import random_model, tiny_config
-from llamavid.vision import Attention, EvaConfig, EvaVisionTower, random_eva_state
+from llamavid.model.quantize_vision import quantize_vision, quantized_linears
+from llamavid.model.tiny import random_model, tiny_config
+from llamavid.model.eva import Attention, EvaConfig, EvaVisionTower, random_eva_state
 
 
 def small_tower(depth: int = 2, image_size: int = 224) -> EvaVisionTower:

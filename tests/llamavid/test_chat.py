@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from llamavid.engine import Chat, TransformersBackend, Visual
-from llamavid.generate import SamplingOptions
-from llamavid.memory import estimate, frame_stride, kv_cache_bytes
+from llamavid.runtime.chat import Chat, TransformersBackend, Visual
+from llamavid.runtime.generate import SamplingOptions
+from llamavid.runtime.memory import estimate, frame_stride, kv_cache_bytes
 
 GREEDY = SamplingOptions(max_new_tokens=4, temperature=0)
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ def cli(*args: str, stdin: str | None = None, data_dir: Path | None = None) -> s
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if data_dir:
         env["LLAMAVID_DATA_DIR"] = str(data_dir)
-    return subprocess.run([sys.executable, "-m", "llamavid.cli", "chat", *args], input=stdin, text=True,
+    return subprocess.run([sys.executable, "-m", "llamavid", "chat", *args], input=stdin, text=True,
                           capture_output=True, env=env, timeout=300)
 
 
@@ -64,7 +64,7 @@ def test_one_shot_cli_answer_equals_the_api(tiny, tiny_checkpoint, image_file):
     result = cli("--model", str(tiny_checkpoint), "--image", str(image_file), "-p", "What is this?",
                  "--temperature", "0", "--max-new-tokens", "4")
     assert result.returncode == 0, result.stderr
-    from llamavid.media import load_image
+    from llamavid.media.load import load_image
 
     expected = tiny.ask("What is this?", GREEDY, images=[load_image(image_file)])
     assert result.stdout.rstrip("\n") == expected
@@ -108,7 +108,7 @@ def test_unreadable_image_and_video_without_picture(tiny_checkpoint, tmp_path):
 
 
 def test_video_chat_samples_one_frame_per_second(tiny, tmp_path):
-    from llamavid.media import load_video
+    from llamavid.media.load import load_video
 
     clip = write_clip(tmp_path / "clip.mp4", seconds=3)
     frames, times = load_video(clip)
@@ -119,7 +119,7 @@ def test_video_chat_samples_one_frame_per_second(tiny, tmp_path):
 
 
 def test_second_turn_extends_the_cache_exactly(tiny, image_file):
-    from llamavid.media import load_image
+    from llamavid.media.load import load_image
 
     feats = tiny.encode(tiny.preprocess([load_image(image_file)]))
     chat = Chat(tiny, Visual("image", feats))
@@ -158,7 +158,7 @@ def test_context_overflow_is_refused_before_running(tiny):
 
 
 def test_memory_preflight_refuses_with_numbers(tiny, monkeypatch):
-    import llamavid.memory as memory
+    import llamavid.runtime.memory as memory
 
     monkeypatch.setattr(memory, "available_memory", lambda device: 1000)
     chat = Chat(tiny, Visual("none"))
@@ -185,7 +185,7 @@ def test_frame_stride_fits_the_context():
 
 
 def test_4bit_llm_keeps_answers_close(tiny_checkpoint):
-    from llamavid.api import LlamaVid
+    from llamavid.runtime.api import LlamaVid
 
     full = LlamaVid.load(tiny_checkpoint, device="cpu")
     q4 = LlamaVid.load(tiny_checkpoint, device="cpu", bits=4)

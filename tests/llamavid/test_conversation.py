@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from llamavid.conversation import Conversation, SeparatorStyle, default_template_for, get_template, template_names
+from llamavid.prompt.templates import Conversation, SeparatorStyle, default_template_for, get_template, template_names
 
 VICUNA = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
           "helpful, detailed, and polite answers to the user's questions.")

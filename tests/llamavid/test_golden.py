@@ -15,12 +15,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llamavid.generate import SamplingOptions, stream
-from llamavid.loading import load_llamavid
-from llamavid.modeling import split_slots
-from llamavid.preprocess import preprocess_images
-from llamavid.prompts import interleave_subtitles, movie_prompt
-from llamavid.qformer import load_qformer_tokenizer, tokenize_prompts
+from llamavid.runtime.generate import SamplingOptions, stream
+from llamavid.model.loading import load_llamavid
+from llamavid.model.modeling import split_slots
+from llamavid.media.preprocess import preprocess_images
+from llamavid.prompt.builders import movie_prompt
+from llamavid.prompt.subtitles import interleave_subtitles
+from llamavid.model.qformer import load_qformer_tokenizer, tokenize_prompts
 
 from .golden import run_input, runs, text, write_checkpoint
 

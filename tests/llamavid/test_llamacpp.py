@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from llamavid.api import LlamaVid
-from llamavid.generate import SamplingOptions
-from llamavid.gguf_export import convert, permute_qk
+from llamavid.runtime.api import LlamaVid
+from llamavid.runtime.generate import SamplingOptions
+from llamavid.runtime.gguf_export import convert, permute_qk
 
 GREEDY = SamplingOptions(max_new_tokens=6, temperature=0, stop_ids=())
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from llamavid.tiny import write_tiny_checkpoint
+    from llamavid.model.tiny import write_tiny_checkpoint
 
     return write_tiny_checkpoint(tmp_path_factory.mktemp("cpp") / "tiny-vid", heads=2)  # head size 32
 
@@ -66,7 +66,7 @@ def test_files_and_metadata(converted, checkpoint):
     assert len(tensors) == 2 * 9 + 3
     from safetensors.torch import load_file
 
-    from llamavid.loading import read_checkpoint
+    from llamavid.model.loading import read_checkpoint
 
     want = permute_qk(read_checkpoint(checkpoint)["model.layers.0.self_attn.q_proj.weight"].float(), 2).numpy()
     got = np.asarray(tensors["blk.0.attn_q.weight"].data).reshape(want.shape)
@@ -112,7 +112,7 @@ def test_quantized_files_and_caches_run(converted, engines, gguf_type, kv_type):
 
 
 def test_bad_gguf_and_missing_files_are_named(converted, tmp_path):
-    from llamavid.llamacpp import LlamaCppBackend, find_gguf
+    from llamavid.runtime.llamacpp import LlamaCppBackend, find_gguf
 
     broken = tmp_path / "llm-f16.gguf"
     broken.write_bytes(b"GGUF" + b"\0" * 64)
@@ -125,7 +125,7 @@ def test_bad_gguf_and_missing_files_are_named(converted, tmp_path):
 def test_long_video_rope_scaling_is_written(tmp_path):
     import gguf
 
-    from llamavid.tiny import write_tiny_checkpoint
+    from llamavid.model.tiny import write_tiny_checkpoint
 
     folder = write_tiny_checkpoint(tmp_path / "long", heads=2, rope_factor=16.0)  # released rope_scaling x16
     convert(folder, tmp_path / "out", types=("f32",))
@@ -151,7 +151,7 @@ def test_cli_convert_verify_and_chat(checkpoint, tmp_path):
     env = {**os.environ, "LLAMAVID_DATA_DIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
     def llamavid(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "llamavid.cli", *args], env=env, text=True,
+        return subprocess.run([sys.executable, "-m", "llamavid", *args], env=env, text=True,
                               capture_output=True, timeout=300)
 
     assert llamavid("models", "add", "tiny", str(checkpoint)).returncode == 0

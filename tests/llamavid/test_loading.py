@@ -8,9 +8,10 @@ import shutil
 import pytest
 import torch
 
-from llamavid.api import LlamaVid
-from llamavid.config import LlamaVidConfig
-from llamavid.loading import CheckpointError, load_llamavid, read_checkpoint
+from llamavid.runtime.api import LlamaVid
+from llamavid.model.config import LlamaVidConfig
+from llamavid.errors import CheckpointError
+from llamavid.model.loading import load_llamavid, read_checkpoint
 
 LONG_VIDEO_CONFIG = {  # fields of the released long-video config.json, sizes shrunk
     "_name_or_path": "./work_dirs/llava-v1.5-7b-full-224-video-att-after-eva",
@@ -45,7 +46,7 @@ def test_bad_compress_type_is_refused(bad):
 
 
 def test_linear_rope_scaling_divides_positions(tiny_checkpoint, tmp_path):
-    from llamavid.tiny import write_tiny_checkpoint
+    from llamavid.model.tiny import write_tiny_checkpoint
 
     folder = write_tiny_checkpoint(tmp_path / "long", rope_factor=16.0)
     assert json.loads((folder / "config.json").read_text())["rope_scaling"] == {"type": "linear", "factor": 16.0}

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from llamavid.generate import SamplingOptions, apply_repetition_penalty, sample, stream
-from llamavid.loading import load_llamavid
-from llamavid.modeling import split_slots
-from llamavid.prompts import IMAGE_TOKEN_INDEX
-from llamavid.qformer import tokenize_prompts
-from llamavid.tokens import pool_content
+from llamavid.runtime.generate import SamplingOptions, apply_repetition_penalty, sample, stream
+from llamavid.model.loading import load_llamavid
+from llamavid.model.modeling import split_slots
+from llamavid.model.modeling import IMAGE_TOKEN_INDEX
+from llamavid.model.qformer import tokenize_prompts
+from llamavid.model.visual_tokens import pool_content
 
 
 def visual(lv, feats, prompts, **kw):
@@ -117,7 +117,7 @@ def test_repetition_penalty_as_transformers_applies_it():
 
 
 def test_stream_stops_at_eos_and_session_continues(tiny):
-    from llamavid.generate import Session
+    from llamavid.runtime.generate import Session
 
     emb = tiny.model.embed_inputs([1, 20, 30], [])
     eos = list(stream(tiny.model, emb, SamplingOptions(max_new_tokens=1, temperature=0, stop_ids=())))[0].token

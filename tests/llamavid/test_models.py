@@ -25,8 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from llamavid import catalog, cli, download
-from llamavid import models as M
+from llamavid.hub import catalog, download
+from llamavid.cli import main as cli
+from llamavid.hub import installed as M
 from llamavid.errors import UserError
 from llamavid.paths import DataDir
 
@@ -400,7 +401,7 @@ def test_pull_from_a_hub_endpoint_installs_a_loadable_model(hub: Fake, tiny_chec
     assert _cli("--data-dir", data, "models", "verify", VIDEO_MODEL, "--hash", "--deep") == 0
 
     # what every --model command does: resolve, then load with the shared folder as search dir
-    from llamavid.api import LlamaVid
+    from llamavid.runtime.api import LlamaVid
 
     lv = LlamaVid.load(M.resolve_model(VIDEO_MODEL, dd), device="cpu", search_dirs=M.search_dirs(dd))
     assert lv.report.eva_file == dd.models / "shared" / "eva_vit_g.pth"

@@ -15,15 +15,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def llamavid(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "LLAMAVID_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "llamavid.cli", *args], env=env, text=True,
+    return subprocess.run([sys.executable, "-m", "llamavid", *args], env=env, text=True,
                           capture_output=True, timeout=600)
 
 
 def test_indexed_movie_chat_matches_the_api(tiny, tiny_checkpoint, tmp_path):
     from indexer.library import find_movie, open_library
 
-    from llamavid.engine import Chat, film_visual
-    from llamavid.generate import SamplingOptions
+    from llamavid.runtime.chat import Chat, film_visual
+    from llamavid.runtime.generate import SamplingOptions
 
     films, data = tmp_path / "films", tmp_path / "data"
     films.mkdir()

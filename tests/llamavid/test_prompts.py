@@ -9,18 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from llamavid.prompts import (
-    DEFAULT_IMAGE_TOKEN,
-    IMAGE_TOKEN_INDEX,
-    assign_subtitle_frames,
-    assign_subtitles,
-    image_prompt,
-    interleave_subtitles,
-    movie_prompt,
-    qformer_prompts_for,
-    tokenizer_image_token,
-    video_prompt,
-)
+from llamavid.model.modeling import IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llamavid.prompt.builders import image_prompt, movie_prompt, qformer_prompts_for, tokenizer_image_token, video_prompt
+from llamavid.prompt.subtitles import assign_subtitle_frames, assign_subtitles, interleave_subtitles
 
 from .golden import BUNDLED as GOLDEN_ROOT
 from .golden import case_dirs as golden_case_dirs
@@ -304,4 +295,4 @@ def test_movie_prompt_ids_have_two_slots_per_frame():
     prompt = movie_prompt(PER_FRAME, "What happens?")
     ids = tokenizer_image_token(prompt, ToyTokenizer(1000))
     assert ids.count(IMAGE_TOKEN_INDEX) == 2 * len(FRAME_TIMES) and ids.count(1) == 1
-    assert DEFAULT_IMAGE_TOKEN == "<image>"
+    assert IMAGE_TOKEN == "<image>"

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from llamavid.qformer import QFormerAttention, qformer_config
-from llamavid.tokens import context_pool
+from llamavid.model.qformer import QFormerAttention, qformer_config
+from llamavid.model.visual_tokens import context_pool
 
 
 def _reference_attention(att: QFormerAttention, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,6 @@ def dataset(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tokenizer(components):
-    from llamavid.api import load_llm_tokenizer
+    from llamavid.runtime.api import load_llm_tokenizer
 
     return load_llm_tokenizer(components["llm"])

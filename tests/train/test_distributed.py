@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llamavid.loading import load_llamavid
+from llamavid.model.loading import load_llamavid
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -22,14 +22,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tiny_init(tmp_path_factory) -> Path:
-    from llamavid.tiny import write_tiny_checkpoint
+    from llamavid.model.tiny import write_tiny_checkpoint
 
     return write_tiny_checkpoint(tmp_path_factory.mktemp("init") / "stage1")
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "train", "run", *args]
+           "-m", "llamavid", "train", "run", *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -47,8 +47,8 @@ def test_ddp_two_processes_train_and_save_a_model_that_chats(tiny_init, dataset,
     assert proc.stdout.count("done: 3 steps") == 1, proc.stdout  # rank 0 reports, rank 1 is quiet
     assert "1 x 2 processes x 2 accumulation" in proc.stdout
 
-    from llamavid.api import LlamaVid
-    from llamavid.generate import SamplingOptions
+    from llamavid.runtime.api import LlamaVid
+    from llamavid.runtime.generate import SamplingOptions
 
     lv = LlamaVid.load(out, device="cpu", dtype="fp32")
     assert lv.ask("Where is the ship going?", SamplingOptions(max_new_tokens=4, temperature=0)).strip()

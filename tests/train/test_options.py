@@ -17,7 +17,7 @@ QUICK = dict(stage=2, max_steps=2, batch_size=2, grad_accum=1, num_workers=0, sa
 
 @pytest.fixture(scope="module")
 def tiny_init(tmp_path_factory) -> Path:
-    from llamavid.tiny import write_tiny_checkpoint
+    from llamavid.model.tiny import write_tiny_checkpoint
 
     return write_tiny_checkpoint(tmp_path_factory.mktemp("init") / "stage1")
 

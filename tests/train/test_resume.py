@@ -28,7 +28,7 @@ COMMON = dict(stage=2, max_steps=10, batch_size=2, grad_accum=2, save_steps=3, l
 @pytest.fixture(scope="module")
 def tiny_init(tmp_path_factory) -> Path:
     """A previous stage's output in the released layout (random tiny weights)."""
-    from llamavid.tiny import write_tiny_checkpoint
+    from llamavid.model.tiny import write_tiny_checkpoint
 
     return write_tiny_checkpoint(tmp_path_factory.mktemp("init") / "stage1")
 
@@ -56,7 +56,7 @@ def logged_step(output: Path) -> int:
 
 def test_sigkilled_run_resumes_to_the_same_weights(tiny_init, dataset, straight, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "llamavid.cli", "train", "run", "--stage", "2", "--data", str(dataset["stage2"]),
+    cmd = [sys.executable, "-m", "llamavid", "train", "run", "--stage", "2", "--data", str(dataset["stage2"]),
            "--init", str(tiny_init), "--output", str(out), "--max-steps", "10", "--batch-size", "2",
            "--grad-accum", "2", "--save-steps", "3", "--lr", "2e-3", "--seed", "7", "--num-workers", "1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -107,8 +107,8 @@ def test_resume_refuses_changed_settings(tiny_init, dataset, straight):
 
 
 def test_export_turns_a_checkpoint_into_the_runs_model(straight, tmp_path):
-    from llamavid import cli
-    from llamavid.loading import load_llamavid
+    from llamavid.cli import main as cli
+    from llamavid.model.loading import load_llamavid
 
     assert cli.main(["train", "export", str(straight.output / "checkpoint-10"), "--output", str(tmp_path / "x")]) == 0
     exported, final = load_llamavid(tmp_path / "x")[0].state_dict(), load_llamavid(straight.output)[0].state_dict()

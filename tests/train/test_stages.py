@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from llamavid.loading import load_llamavid
+from llamavid.model.loading import load_llamavid
 from train.config import TrainArgs, matches, trainable_prefixes
 from train.init import build_model
 from train.params import unused_qformer_params
@@ -121,8 +121,8 @@ def test_stage3_trains_llm_and_mm_projector_with_long_rope(stage3):
 
 
 def test_final_model_chats_through_the_users_loader(stage3, dataset):
-    from llamavid.api import LlamaVid
-    from llamavid.generate import SamplingOptions
+    from llamavid.runtime.api import LlamaVid
+    from llamavid.runtime.generate import SamplingOptions
 
     lv = LlamaVid.load(stage3[2].output, device="cpu", dtype="fp32")
     assert lv.config.rope_parameters["rope_type"] == "linear"

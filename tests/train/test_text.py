@@ -6,18 +6,9 @@ import random
 import pytest
 import torch
 
-from llamavid.prompts import IMAGE_TOKEN_INDEX
+from llamavid.model.modeling import IMAGE_TOKEN_INDEX
 from train import text as T
-from train.config import (
-    ATT_PROJECTORS,
-    LLM,
-    MM_PROJECTOR,
-    QFORMER,
-    default_max_length,
-    rope_factor_for,
-    tokens_per_frame,
-    trainable_prefixes,
-)
+from train.config import ATT_PROJECTORS, LLM, MM_PROJECTOR, QFORMER, default_max_length, rope_factor_for, tokens_per_frame, trainable_prefixes
 from train.records import DataError, conversation_turns
 from train.sampler import epoch_order, modality_grouped, rank_batches
 from train.step import expand_labels, masked_lm_loss, pad_batch
@@ -73,7 +64,7 @@ def test_the_reference_rule_miscount_is_detected_not_silently_dropped(tokenizer)
     would have ignored the whole sample; the offsets rule keeps it."""
     turns = [("human", "Hi"), ("gpt", "Hello."), ("human", "Where?"), ("gpt", "Here.")]
     text = T.render(turns, "imgsp_v1")
-    from llamavid.prompts import tokenizer_image_token
+    from llamavid.prompt.builders import tokenizer_image_token
 
     assert T.reference_labels(text, tokenizer_image_token(text, tokenizer), tokenizer, "imgsp_v1") is None
     sample = T.chat_sample(turns, [], tokenizer, "imgsp_v1", "r")

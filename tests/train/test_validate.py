@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from train_helpers import gpt, human
 
-from llamavid import cli
+from llamavid.cli import main as cli
 from train.validate import CheckOptions, validate
 
 

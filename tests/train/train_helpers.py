@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from llamavid.tiny import bert_vocab, random_model, tiny_config, write_llama_tokenizer
-from llamavid.vision import write_tiny_eva
+from llamavid.model.tiny import bert_vocab, random_model, tiny_config, write_llama_tokenizer
+from llamavid.model.eva import write_tiny_eva
 
 QFORMER_HEADS = {"num_attention_heads": 4}
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "white": (240, 240, 240)}

@@ -1,0 +1,138 @@
+"""``llamavid chat``: ask about images, a short video or an indexed film, in a REPL or once."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+from llamavid.errors import UserError
+
+if TYPE_CHECKING:
+    from llamavid.runtime.api import LlamaVid
+    from llamavid.runtime.generate import SamplingOptions
+    from llamavid.runtime.inputs import Visual
+
+# The model library (torch, transformers) is imported inside the functions below, not at the top:
+# `llamavid --help` imports every command module and must stay fast (tests/test_cli.py measures it).
+
+HELP = "chat about images, a short video or an indexed movie, answers streamed, several turns"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", required=True, help="installed model name or checkpoint folder")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--image", "-i", action="append", metavar="PATH", help="an image (repeat for several)")
+    what.add_argument("--video", metavar="PATH", help="a short video, sampled at --fps")
+    what.add_argument("--movie", metavar="ID_OR_PATH", help="a movie of the indexed library (llamavid index)")
+    p.add_argument("--prompt", "-p", metavar="TEXT", help="ask this one question, print the answer and exit")
+    p.add_argument("--load-4bit", action="store_true", help="LLM weights in 4 bit (bitsandbytes NF4)")
+    p.add_argument("--load-8bit", action="store_true", help="LLM weights in 8 bit (bitsandbytes)")
+    p.add_argument("--device", default="auto", help="auto (default), cuda, mps or cpu")
+    p.add_argument("--dtype", default="auto", help="auto (fp16 on GPUs, fp32 on CPU), fp32, fp16 or bf16")
+    p.add_argument("--vision", metavar="PATH", help="eva_vit_g.pth to use instead of the installed one")
+    p.add_argument("--base", metavar="MODEL", help="base LLM of a stage-1 *-pretrain-* checkpoint "
+                   "(default: the catalogue's, e.g. vicuna-7b-v1.5)")
+    p.add_argument("--backend", choices=("auto", "transformers", "llama.cpp"), default="auto",
+                   help="LLM engine; auto = llama.cpp for a folder from `llamavid models convert-gguf`")
+    p.add_argument("--gguf-type", choices=("f32", "f16", "q8_0", "q4_K_M"),
+                   help="which GGUF file of a converted folder (default: the smallest)")
+    p.add_argument("--kv-type", choices=("f16", "q8_0", "q4_0", "f32"), default="f16",
+                   help="llama.cpp KV cache type (q8_0 halves its memory)")
+    p.add_argument("--ctx", type=int, help="llama.cpp context length (default: the model's, at most 8192)")
+    p.add_argument("--threads", type=int, help="llama.cpp threads (default: the CPU cores, at most 8)")
+    p.add_argument("--temperature", type=float, default=0.2, help="0 = greedy (default 0.2)")
+    p.add_argument("--top-p", type=float, default=0.7)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, help="make sampling repeatable")
+    p.add_argument("--conv-mode", help="conversation template (default: the one the model was trained with)")
+    p.add_argument("--fps", type=float, default=1.0, help="frames per second sampled from --video (default 1)")
+    p.add_argument("--max-frames", type=int, default=180, help="cap on --video frames (spread evenly)")
+
+
+def sampling(args: argparse.Namespace) -> SamplingOptions:
+    from llamavid.runtime.generate import SamplingOptions
+
+    return SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                           top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
+def load(args: argparse.Namespace) -> LlamaVid:
+    from llamavid.runtime.load import load_model
+
+    if args.load_4bit and args.load_8bit:
+        raise UserError("choose one of --load-4bit and --load-8bit")
+    return load_model(args.model, args.data_dir, device=args.device, dtype=args.dtype, vision=args.vision,
+                      bits=4 if args.load_4bit else 8 if args.load_8bit else None, backend=args.backend,
+                      base=args.base, template=args.conv_mode, load_vision=not args.movie, gguf_type=args.gguf_type,
+                      kv_type=args.kv_type, n_ctx=args.ctx, threads=args.threads)
+
+
+def visual_input(lv: LlamaVid, args: argparse.Namespace) -> Visual:
+    """Encode the chosen input once; EVA features stay cached for the whole chat."""
+    from indexer.library import FeaturesNotReady, film_visual, find_movie, open_library
+    from llamavid.media.load import load_image
+
+    if args.image:
+        return lv.visual(images=[load_image(p) for p in args.image])
+    if args.video:
+        return lv.visual(video=Path(args.video), fps=args.fps, max_frames=args.max_frames,
+                         answer_tokens=args.max_new_tokens)
+    if args.movie:
+        db = open_library(args.data_dir)
+        try:
+            return film_visual(db, find_movie(db, args.movie))
+        except (KeyError, FeaturesNotReady) as exc:
+            raise UserError(str(exc).strip("'\"")) from None
+    return lv.visual()
+
+
+def answer(chat, question: str, opts) -> None:
+    """Stream one answer; Ctrl-C ends the answer, not the program."""
+    pieces = chat.ask(question, opts)
+    try:
+        for piece in pieces:
+            print(piece, end="", flush=True)
+    except KeyboardInterrupt:
+        pieces.close()
+        print(" [stopped]", end="")
+    print()
+
+
+def repl(chat, opts) -> None:
+    print("Ask a question (Ctrl-C stops an answer, Ctrl-D or /exit quits).", file=sys.stderr)
+    while True:
+        try:
+            question = input("USER: ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if question in ("/exit", "/quit"):
+            return
+        if question:
+            print("ASSISTANT: ", end="", flush=True)
+            try:
+                answer(chat, question, opts)
+            except UserError as exc:  # too long for the context, not enough memory: the chat goes on
+                print(f"\nllamavid: error: {exc}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from llamavid.runtime.chat import Chat
+
+    for path in (args.image or []) + ([args.video] if args.video else []):
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such file")
+    lv = load(args)
+    chat = Chat(lv, visual_input(lv, args))
+    for note in chat.notes:
+        print(f"note: {note}", file=sys.stderr)
+    opts = sampling(args)
+    if args.prompt is not None:
+        answer(chat, args.prompt, opts)
+        return 0
+    repl(chat, opts)
+    return 0

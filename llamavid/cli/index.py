@@ -1,0 +1,293 @@
+"""``llamavid index``: the movie library indexer (add, scan, run, status, watch, pause, resume...).
+
+Examples:
+  llamavid index add ~/Movies          register a folder and queue its films
+  llamavid index run                   work the queue in the foreground until it is empty
+  llamavid index status --json         one JSON object per movie, for scripts
+  llamavid index watch                 index, then follow the folders for changes
+  llamavid index pause / resume        stop and continue the queue (from another terminal too)
+
+Imports are light at module level (no torch): the heavy parts load inside ``run``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+HELP = "index movie folders: frames, EVA features and subtitles into the library (add, run, status...)"
+
+ACTIONS = ("add", "scan", "run", "status", "watch", "pause", "resume", "cancel", "retry", "rm", "search")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="index_command", metavar="ACTION", title="actions")
+    sub.required = True
+    sub.add_parser = _with_data_dir(sub.add_parser)
+    p = sub.add_parser("add", help="add library folders and scan them")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="folder of movies (scanned recursively)")
+    p.add_argument("--no-scan", action="store_true", help="only register the folders")
+    sub.add_parser("scan", help="rescan every library folder: new, moved, changed and missing files")
+    p = sub.add_parser("run", help="work the queue in the foreground until it is empty, then exit")
+    _run_options(p)
+    p = sub.add_parser("status", help="the movies, their state, progress and cache size")
+    p.add_argument("movies", nargs="*", metavar="MOVIE", help="id or path (default: all)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per movie (one per line)")
+    p = sub.add_parser("watch", help="index, then follow the library folders and re-index what changes")
+    _run_options(p)
+    p.add_argument("--rescan-minutes", type=float, default=30.0,
+                   help="full rescan interval, for shares where change events do not arrive")
+    for name, text in (("pause", "pause movies (none given: the whole queue, the current chunk finishes)"),
+                       ("resume", "resume paused or cancelled movies (none given: the whole queue)"),
+                       ("cancel", "stop indexing movies and take them out of the queue"),
+                       ("retry", "queue failed movies again (none given: all failed ones, and those whose speech "
+                                 "recognition failed)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("movies", nargs="*", metavar="MOVIE", help="id or path")
+    p = sub.add_parser("rm", help="remove a library folder or a movie from the index (files are kept)")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p = sub.add_parser("search", help="full-text search in the subtitles of the library")
+    p.add_argument("query")
+    p.add_argument("--limit", type=int, default=20)
+
+
+def _with_data_dir(add_parser):
+    """Every action also takes --data-dir after its name (``llamavid index run --data-dir X``)."""
+    def add(name, **kwargs):
+        parser = add_parser(name, **kwargs)
+        parser.add_argument("--data-dir", metavar="DIR", default=argparse.SUPPRESS,
+                            help="the data folder (database and caches); default $LLAMAVID_DATA_DIR")
+        return parser
+    return add
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vision", metavar="PATH", help="eva_vit_g.pth-format vision weights (default: installed)")
+    p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of film")
+    p.add_argument("--batch-size", type=int, help="frames per EVA batch and per saved chunk (default 4 CPU, 32 GPU)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16")
+    p.add_argument("--speech", choices=("auto", "always", "never"), default="auto",
+                   help="speech recognition: auto = only for movies without text subtitles")
+    p.add_argument("--whisper-model", default="small",
+                   help="speech model: tiny, base, small, medium or large-v3 once installed with "
+                        "`llamavid models pull whisper-NAME` (indexing never downloads), or a faster-whisper folder")
+    p.add_argument("--whisper-beam", type=int, default=5, help="beam size (1 is faster, 5 more accurate)")
+    p.add_argument("--no-vad", action="store_true", help="transcribe silence and music too")
+    p.add_argument("--decode-workers", type=int, default=0, help="parallel decoding processes (0: auto)")
+    p.add_argument("--idle", type=float, default=0.0, help="seconds to rest between chunks (lighter load)")
+    p.add_argument("--max-attempts", type=int, default=3, help="tries before a failing movie is given up")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from indexer.errors import IndexingError
+    from llamavid.errors import UserError
+    from llamavid.paths import DataDir
+
+    data = DataDir(Path(args.data_dir)).create()
+    try:
+        return COMMANDS[args.index_command](args, data)
+    except IndexingError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _db(data):
+    from indexer.db import connect
+
+    return connect(data.database)
+
+
+def options_from(args: argparse.Namespace):
+    from indexer.pipeline import IndexOptions
+    from indexer.whisper import SpeechOptions
+    from llamavid.errors import UserError
+
+    if args.fps <= 0:
+        raise UserError(f"--fps must be positive, got {args.fps}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    return IndexOptions(fps=args.fps, batch_size=args.batch_size, vision=args.vision, device=args.device,
+                        dtype=args.dtype, speech=args.speech, decode_workers=args.decode_workers,
+                        idle=args.idle, max_attempts=args.max_attempts,
+                        whisper=SpeechOptions(model=args.whisper_model, vad=not args.no_vad,
+                                              beam_size=args.whisper_beam))
+
+
+# -- actions -------------------------------------------------------------------------------------
+
+
+def cmd_add(args, data) -> int:
+    from indexer.scan import add_library, scan
+
+    db = _db(data)
+    ids = [add_library(db, p)["id"] for p in args.paths]
+    if not args.no_scan:
+        print(f"scanned: {scan(db, ids).summary()}")
+    return 0
+
+
+def cmd_scan(args, data) -> int:
+    from indexer.scan import scan
+
+    report = scan(_db(data))
+    print(f"scanned: {report.summary()}")
+    for line in report.errors:
+        print(f"  {line}", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args, data, wait=None, stop=None) -> int:
+    from indexer.features import find_vision_weights
+    from indexer.progress import Progress
+    from indexer.runner import run_queue
+
+    options = options_from(args)
+    if _has_work(data):
+        find_vision_weights(data, options.vision)  # fail before the first film, not in the middle
+    progress = Progress(enabled=not args.quiet)
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        summary = run_queue(data, options, progress.update, progress.event, wait=wait, stop=stop)
+    finally:
+        progress.close()
+    print(f"indexer: {summary.text()}")
+    return 0
+
+
+def _has_work(data) -> bool:
+    db = _db(data)
+    try:
+        return db.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()[0] > 0
+    finally:
+        db.close()
+
+
+def _sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise KeyboardInterrupt
+
+
+def cmd_watch(args, data) -> int:
+    from indexer.features import find_vision_weights
+    from indexer.watch import Watcher
+
+    find_vision_weights(data, args.vision)  # new films can arrive at any time
+    watcher = Watcher(data, rescan_seconds=args.rescan_minutes * 60)
+    watcher.start()
+    try:
+        return cmd_run(args, data, wait=watcher.wait, stop=watcher.stopped)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        watcher.stop()
+
+
+def cmd_status(args, data) -> int:
+    from indexer import library
+    from indexer.status import print_table
+
+    db = _db(data)
+    found = [_find(db, ref) for ref in args.movies] if args.movies else library.list_movies(db)
+    if args.json:
+        for movie in found:
+            print(json.dumps(status_object(movie), ensure_ascii=False))
+        return 0
+    print_table(db, found, data.features)
+    return 0
+
+
+def status_object(movie) -> dict:
+    """The per-movie JSON of ``status --json`` (a stable, script-facing shape)."""
+    return {
+        "id": movie.id, "path": movie.rel_path, "library": movie.library, "state": movie.state,
+        "error": movie.error, "warning": movie.warning, "stage": movie.stage,
+        "progress": {"done": movie.progress[0], "total": movie.progress[1]}, "eta_seconds": movie.eta_seconds,
+        "frames": movie.frames, "cues": movie.cue_count, "subtitle_sources": movie.subtitle_sources,
+        "subtitle_tracks": movie.subtitle_tracks, "duration": movie.duration,
+        "features_complete": movie.features_complete, "feature_shape": movie.feature_shape,
+        "cache_bytes": movie.cache_bytes,
+    }
+
+
+def _find(db, ref: str):
+    from indexer.library import find_movie
+    from llamavid.errors import UserError
+
+    try:
+        return find_movie(db, ref)
+    except KeyError as exc:
+        raise UserError(exc.args[0]) from None
+
+
+def _control(action: str):
+    def command(args, data) -> int:
+        from indexer import jobs
+
+        db = _db(data)
+        if not args.movies and action in ("pause", "resume"):
+            jobs.pause_queue(db, action == "pause")
+            print("queue paused (the current chunk finishes)" if action == "pause" else "queue resumed")
+            if action == "pause":
+                return 0
+        if not args.movies and action == "retry":  # failed jobs, and finished ones whose speech stage failed
+            ids = [r["movie_id"] for r in db.query(
+                "SELECT movie_id FROM jobs WHERE state = 'failed' OR (state = 'done' AND movie_id IN"
+                " (SELECT id FROM movies WHERE speech_state LIKE 'error%'))")]
+        elif not args.movies and action == "resume":
+            ids = [r["movie_id"] for r in db.query("SELECT movie_id FROM jobs WHERE state = 'paused'")]
+        elif not args.movies:
+            from llamavid.errors import UserError
+
+            raise UserError(f"`llamavid index {action}` needs the movies to {action} (ids or paths)")
+        else:
+            ids = [_find(db, ref).id for ref in args.movies]
+        for outcome, n in jobs.request(db, ids, action).items():
+            print(f"{n} {outcome}")
+        return 0
+    return command
+
+
+def cmd_rm(args, data) -> int:
+    from indexer import movies
+    from llamavid.errors import UserError
+
+    db = _db(data)
+    for ref in args.paths:
+        folder = str(Path(ref).expanduser().absolute())
+        library = db.execute("SELECT id FROM libraries WHERE path IN (?, ?)",
+                             [folder, os.path.realpath(ref)]).fetchone()
+        if library:
+            ids = [r[0] for r in db.execute("SELECT id FROM movies WHERE library_id = ?", [library[0]])]
+            for movie_id in ids:
+                movies.delete(db, movie_id)
+            db.execute("DELETE FROM libraries WHERE id = ?", [library[0]])
+            print(f"removed library {folder} ({len(ids)} movies, caches deleted)")
+            continue
+        try:
+            movie = _find(db, ref)
+        except UserError:
+            raise UserError(f"{ref}: neither a library folder nor a movie of the library") from None
+        movies.delete(db, movie.id)
+        print(f"removed {movie.rel_path} (cache deleted; a scan adds it back while the file exists)")
+    return 0
+
+
+def cmd_search(args, data) -> int:
+    from indexer.library import search_subtitles
+
+    for hit in search_subtitles(_db(data), args.query, limit=args.limit):
+        print(f"{_clock(hit.start_time)}  {Path(hit.path).name}  {hit.snippet.replace(chr(10), ' / ')}")
+    return 0
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+COMMANDS = {"add": cmd_add, "scan": cmd_scan, "run": cmd_run, "status": cmd_status, "watch": cmd_watch,
+            "pause": _control("pause"), "resume": _control("resume"), "cancel": _control("cancel"),
+            "retry": _control("retry"), "rm": cmd_rm, "search": cmd_search}

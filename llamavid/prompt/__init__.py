@@ -1,0 +1,1 @@
+"""Text around the visual tokens: conversation templates, prompt builders and subtitles per frame."""

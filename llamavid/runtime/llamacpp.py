@@ -1,0 +1,215 @@
+"""The llama.cpp LLM backend: GGUF weights, visual tokens fed as embedding batches.
+
+Text between ``<image>`` placeholders goes in as token batches, visual rows as embedding batches
+at the following positions (llama.cpp's ``llama_batch.embd``), so a CPU or Apple laptop runs
+the 4-bit LLM at llama.cpp speed while EVA and the Q-Former stay in torch. Sampling is the
+project's own (``generate.decode_loop``), so both backends choose tokens the same way.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llamavid.files import gguf_files, gguf_name
+from llamavid.runtime.generate import SamplingOptions, Session, Step, decode_loop, make_generator
+from llamavid.runtime.memory import Estimate, available_memory
+
+KV_TYPES = ("f16", "q8_0", "q4_0", "f32")
+BYTES_PER_VALUE = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # ggml block sizes
+
+
+def _quiet() -> None:
+    """llama.cpp logs every tensor it loads to stderr; keep errors only unless LLAMAVID_LLAMA_LOG is set."""
+    import logging
+
+    if not os.environ.get("LLAMAVID_LLAMA_LOG"):
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+
+
+def _lib():
+    import llama_cpp
+
+    return llama_cpp
+
+
+class LlamaCppBackend:
+    """One llama.cpp context serving one conversation at a time (sequence 0)."""
+
+    name = "llama.cpp"
+
+    def __init__(self, gguf: str | Path, n_ctx: int | None = None, kv_type: str = "f16",
+                 n_gpu_layers: int | None = None, threads: int | None = None, n_batch: int = 512):
+        lib = _lib()
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"KV cache type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
+        self.path = Path(gguf)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: GGUF file not found (llamavid models convert-gguf writes it)")
+        _quiet()
+        lib.llama_backend_init()
+        mparams = lib.llama_model_default_params()
+        mparams.n_gpu_layers = (999 if lib.llama_supports_gpu_offload() else 0) if n_gpu_layers is None else n_gpu_layers
+        self.model = lib.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self.model:
+            raise ValueError(f"{self.path}: llama.cpp could not load this GGUF file (corrupt or from a newer llama.cpp)")
+        self.n_embd = lib.llama_model_n_embd(self.model)
+        self.n_vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(self.model))
+        self.kv_type, self.n_batch = kv_type, n_batch
+        self.threads = threads or max(1, min(8, (os.cpu_count() or 2)))
+        self.ctx = self._context(n_ctx or min(lib.llama_model_n_ctx_train(self.model), 8192))
+        self.owner: Session | None = None
+
+    def _context(self, n_ctx: int):
+        lib = _lib()
+        ggml = {"f32": lib.GGML_TYPE_F32, "f16": lib.GGML_TYPE_F16, "q8_0": lib.GGML_TYPE_Q8_0,
+                "q4_0": lib.GGML_TYPE_Q4_0}[self.kv_type]
+        params = lib.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, self.n_batch, self.n_batch
+        params.n_threads = params.n_threads_batch = self.threads
+        params.type_k = params.type_v = ggml
+        if self.kv_type.startswith("q"):  # a quantized V cache needs flash attention in llama.cpp
+            params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        elif self.kv_type == "f32":  # full precision: CPU flash attention would round Q/K/V to f16
+            params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        head_dim = self.n_embd // max(1, lib.llama_model_n_head(self.model))
+        if self.kv_type.startswith("q") and head_dim % 32:
+            raise ValueError(f"a {self.kv_type} KV cache needs a head size divisible by 32 (this model: {head_dim}); "
+                             "use --kv-type f16")
+        ctx = lib.llama_init_from_model(self.model, params)
+        if not ctx:
+            raise MemoryError(f"llama.cpp could not create a {n_ctx}-token {self.kv_type} context; use a smaller "
+                              "context or KV type (set LLAMAVID_LLAMA_LOG=1 to see llama.cpp's reason)")
+        return ctx
+
+    def close(self) -> None:
+        lib = _lib()
+        if getattr(self, "ctx", None):
+            lib.llama_free(self.ctx)
+            self.ctx = None
+        if getattr(self, "model", None):
+            lib.llama_model_free(self.model)
+            self.model = None
+
+    def __del__(self) -> None:  # contexts hold large buffers: free them with the backend
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # ------------------------------------------------------------------------------- interface
+    def context_length(self) -> int:
+        return int(_lib().llama_n_ctx(self.ctx))
+
+    def new_state(self) -> Session:
+        lib = _lib()
+        lib.llama_memory_clear(lib.llama_get_memory(self.ctx), True)
+        self.owner = Session(cache=None)
+        return self.owner
+
+    def preflight(self, state: Session, new_tokens: int) -> Estimate:
+        from llamavid.runtime.memory import activation_bytes
+
+        cfg = _GgufShape(self)
+        tokens = state.length + new_tokens
+        kv = int(2 * cfg.num_hidden_layers * cfg.kv_width * tokens * BYTES_PER_VALUE[self.kv_type])
+        return Estimate(self.path.stat().st_size, kv, activation_bytes(cfg, tokens, 4),
+                        available_memory(torch.device("cpu")), tokens, weights_loaded=True)
+
+    def generate(self, state: Session, input_ids: Sequence[int], slots: Sequence[torch.Tensor],
+                 options: SamplingOptions) -> Iterator[Step]:
+        if state is not self.owner:
+            raise RuntimeError("this llama.cpp context now serves another conversation; start a new chat")
+        state.seen_ids.extend(i for i in input_ids if i >= 0)
+        pieces = self._pieces(list(state.pending) + list(input_ids), slots)
+        state.pending = []
+        logits = None
+        for piece in pieces:
+            logits = self._decode(state, piece)
+        return decode_loop(logits, lambda t: self._decode(state, [t]), options, state, make_generator(options))
+
+    # ---------------------------------------------------------------------------------- batches
+    @staticmethod
+    def _pieces(ids: list[int], slots: Sequence[torch.Tensor]) -> list[list[int] | np.ndarray]:
+        """Token runs and embedding blocks in prompt order."""
+        pieces: list[list[int] | np.ndarray] = []
+        run: list[int] = []
+        slot_iter = iter(slots)
+        for token in ids:
+            if token >= 0:
+                run.append(token)
+                continue
+            if run:
+                pieces.append(run)
+                run = []
+            rows = next(slot_iter, None)
+            if rows is None:
+                raise ValueError("more <image> placeholders than visual inputs")
+            pieces.append(rows.detach().to("cpu", torch.float32).reshape(-1, rows.shape[-1]).numpy())
+        if run:
+            pieces.append(run)
+        return pieces
+
+    def _decode(self, state: Session, piece: list[int] | np.ndarray) -> torch.Tensor:
+        """Feed a token run or embedding block in batches; logits of its last position."""
+        count = len(piece)
+        for start in range(0, count, self.n_batch):
+            part = piece[start:start + self.n_batch]
+            self._batch(state.length, part, last=start + len(part) == count)
+            state.length += len(part)
+        ptr = _lib().llama_get_logits_ith(self.ctx, -1)
+        return torch.from_numpy(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy())
+
+    def _batch(self, pos0: int, part, last: bool) -> None:
+        lib = _lib()
+        n = len(part)
+        if n + pos0 > self.context_length():
+            raise ValueError(f"the conversation needs more than the {self.context_length()}-token context")
+        embd = isinstance(part, np.ndarray)
+        batch = lib.llama_batch_init(n, self.n_embd if embd else 0, 1)
+        try:
+            if embd:
+                rows = np.ascontiguousarray(part, dtype=np.float32)
+                if rows.shape[1] != self.n_embd:
+                    raise ValueError(f"visual tokens have width {rows.shape[1]}, the GGUF model {self.n_embd}")
+                ctypes.memmove(batch.embd, rows.ctypes.data, rows.nbytes)
+            for i in range(n):
+                if not embd:
+                    batch.token[i] = int(part[i])
+                batch.pos[i] = pos0 + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = int(last and i == n - 1)
+            batch.n_tokens = n
+            if lib.llama_decode(self.ctx, batch) != 0:
+                raise RuntimeError("llama.cpp failed to decode a batch (context full or out of memory)")
+        finally:
+            lib.llama_batch_free(batch)
+
+
+class _GgufShape:
+    """The few sizes the memory estimate needs, read from the loaded GGUF model."""
+
+    def __init__(self, backend: LlamaCppBackend):
+        lib = _lib()
+        m = backend.model
+        self.num_hidden_layers = lib.llama_model_n_layer(m)
+        self.num_attention_heads = lib.llama_model_n_head(m)
+        self.hidden_size = backend.n_embd
+        self.kv_width = lib.llama_model_n_head_kv(m) * (backend.n_embd // max(1, self.num_attention_heads))
+        self.intermediate_size = 4 * backend.n_embd
+        self.vocab_size = backend.n_vocab
+
+
+def find_gguf(folder: Path, quant: str | None = None) -> Path:
+    """The GGUF file of a converted folder: the requested type, else the smallest present."""
+    files = gguf_files(folder)
+    if quant:
+        files = [p for p in files if p.name == gguf_name(quant)]
+    if not files:
+        raise FileNotFoundError(f"{folder}: no llm-{quant or '*'}.gguf; run `llamavid models convert-gguf` first")
+    return files[0]

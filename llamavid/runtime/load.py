@@ -1,0 +1,80 @@
+"""``load_model``: one loading policy for every front end (chat, server, desktop app, evaluation).
+
+:meth:`LlamaVid.load` opens a folder exactly as told. What a person means by "load
+llama-vid-7b-full-224-video-fps-1 in 4 bit" takes more: the name is resolved through the
+installed models, a stage-1 projector gets its base LLM from the catalogue, a folder converted
+for llama.cpp picks that backend, the shared parts are searched in the data folder, and the
+conversation template can be overridden. Every failure is a :class:`UserError` kind.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from llamavid.errors import NotEnoughMemory, UserError
+from llamavid.files import gguf_files, is_stage1
+from llamavid.hub import catalog
+from llamavid.hub.installed import resolve_model, search_dirs
+from llamavid.prompt.templates import get_template
+from llamavid.runtime.api import LlamaVid
+
+BACKENDS = ("auto", "transformers", "llama.cpp")
+
+
+def base_model_of(name: str) -> str:
+    """The catalogue's base LLM of a stage-1 projector checkpoint."""
+    entry = catalog.get(Path(name).name)
+    if entry is None or not entry.base_model:
+        raise UserError(f"{name} holds only a stage-1 projector; name its base LLM with --base")
+    return entry.base_model
+
+
+def pick_backend(folder: Path, backend: str = "auto") -> str:
+    """``auto``: llama.cpp for a folder written by ``llamavid models convert-gguf``, else transformers."""
+    if backend not in BACKENDS:
+        raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        return "llama.cpp" if gguf_files(folder) else "transformers"
+    return backend
+
+
+def load_model(model: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, device: str = "auto",
+               dtype: str = "auto", bits: int | None = None, backend: str = "auto", base: str | None = None,
+               vision: str | os.PathLike[str] | None = None, template: str | None = None,
+               load_vision: bool = True, gguf_type: str | None = None, kv_type: str = "f16",
+               n_ctx: int | None = None, threads: int | None = None) -> LlamaVid:
+    """Load an installed model name, a registered name or a checkpoint folder, ready to chat.
+
+    Args:
+        model: what ``--model`` says; resolved with :func:`llamavid.hub.installed.resolve_model`.
+        data_dir: the data folder (installed models, the shared ``eva_vit_g.pth`` and vocabulary).
+        bits: 4 or 8 quantizes the LLM with bitsandbytes (transformers backend).
+        backend: ``auto`` (see :func:`pick_backend`), ``transformers`` or ``llama.cpp``.
+        base: base LLM (name or folder) of a stage-1 projector; default: the catalogue's.
+        vision: an ``eva_vit_g.pth`` to use instead of the installed one.
+        template: conversation template; default: the one the checkpoint was trained with.
+        load_vision: False for chats about indexed films, whose EVA features are cached.
+        gguf_type, kv_type, n_ctx, threads: llama.cpp's GGUF file, KV cache type, context, threads.
+    """
+    if bits not in (None, 4, 8):
+        raise UserError(f"bits must be 4 or 8, got {bits}")
+    if template is not None:
+        try:
+            get_template(template)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    folder = resolve_model(model, data_dir)
+    base_folder = resolve_model(base or base_model_of(os.fspath(model)), data_dir) if is_stage1(folder) else None
+    try:
+        lv = LlamaVid.load(folder, device=device, dtype=dtype, vision=vision, search_dirs=search_dirs(data_dir),
+                           load_vision=load_vision, bits=bits, backend=pick_backend(folder, backend),
+                           gguf_type=gguf_type, kv_type=kv_type, n_ctx=n_ctx, threads=threads, base=base_folder)
+    except UserError:
+        raise
+    except MemoryError as exc:
+        raise NotEnoughMemory(str(exc)) from None
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise UserError(str(exc)) from None
+    if template is not None:
+        lv.template = template
+    return lv
