@@ -1,8 +1,10 @@
 """The movie library indexer: folders of films into SQLite plus per-movie EVA feature caches.
 
-Writers: ``llamavid index ...`` (indexer.cli) and the job runner (indexer.runner).
-Readers (the apps): the functions of indexer.library, re-exported here. They load on first use,
-so that ``import indexer.cli`` (done by ``llamavid --help``) stays cheap.
+Writers: ``llamavid index ...`` (llamavid.cli.index) and the job runner (indexer.runner), through
+the queries of indexer.store. Readers (the apps): the functions of indexer.library, re-exported
+here. They load on first use: every ``import indexer.<module>`` runs this file, and
+indexer.library imports torch (its ``Cue`` comes from llamavid.prompt.subtitles, which imports the
+model), which commands such as ``llamavid index pause`` never need.
 """
 from __future__ import annotations
 

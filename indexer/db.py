@@ -1,4 +1,5 @@
-"""The library database: schema, migrations, connections and transactions.
+"""The library database: schema, migrations, connections and transactions; the queries and
+writes themselves are the methods of ``store.LibraryStore``.
 
 One SQLite file (``<data>/library.db``) in WAL mode, so the apps can read while the indexer
 writes. The schema is versioned with ``PRAGMA user_version``: ``MIGRATIONS[i]`` turns version
@@ -12,9 +13,9 @@ timeout instead of failing on a lock upgrade) and nests as savepoints.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import sqlite_utils
 
@@ -182,15 +183,3 @@ def atomic(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
         raise
     db.conn.execute("COMMIT")
 
-
-def get_setting(db: sqlite_utils.Database, key: str, default: str | None = None) -> str | None:
-    row = db.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchone()
-    return row[0] if row else default
-
-
-def set_setting(db: sqlite_utils.Database, key: str, value: str | None) -> None:
-    if value is None:
-        db.execute("DELETE FROM settings WHERE key = ?", [key])
-    else:
-        db.execute("INSERT INTO settings (key, value) VALUES (?, ?) "
-                   "ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value])

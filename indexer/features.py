@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +44,7 @@ def _write_header(fh, version: tuple[int, int], shape: tuple, dtype: np.dtype, o
 
     numpy leaves room in every header for the first axis to grow to 21 digits, so this always fits.
     """
-    text = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (dtype.str, tuple(shape))
+    text = f"{{'descr': {dtype.str!r}, 'fortran_order': False, 'shape': {tuple(shape)!r}, }}"
     preamble = 6 + 2 + (2 if version[0] == 1 else 4)
     room = offset - preamble - 1
     if len(text) > room:
@@ -90,7 +89,7 @@ class FeatureWriter:
     def row_bytes(self) -> int:
         return int(np.prod(self.row_shape)) * DTYPE.itemsize
 
-    def create(self, capacity: int) -> "FeatureWriter":
+    def create(self, capacity: int) -> FeatureWriter:
         """Start a new partial file (any older one is discarded)."""
         self.final.parent.mkdir(parents=True, exist_ok=True)
         check_free_space(self.final.parent, capacity * self.row_bytes())

@@ -9,6 +9,9 @@ each of the T rows, and ``subtitles`` the cues to interleave with them.
     feats = open_features(movie)             # np.memmap (T, 257, 1408)
     times = frame_times(db, movie)           # np.ndarray (T,) seconds
     cues = subtitles(db, movie)              # [Cue(start_time, end_time, text, language, source)]
+
+Every function taking ``db`` accepts the database ``open_library`` returns or a ``LibraryStore``
+(store.py), which holds the queries.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import numpy as np
 import sqlite_utils
 
 from indexer.db import connect
+from indexer.store import LibraryStore
 from llamavid.model.features import drop_cls
 from llamavid.paths import DataDir, resolve_data_dir
 from llamavid.prompt.subtitles import Cue
@@ -79,13 +83,8 @@ class Movie:
         return dict(self.__dict__)
 
 
-_MOVIE_SQL = """
-SELECT movies.*, libraries.path AS library, jobs.state AS job_state, jobs.error AS job_error,
-       jobs.stage AS job_stage, jobs.done AS job_done, jobs.total AS job_total, jobs.rate AS job_rate,
-       (SELECT COUNT(*) FROM cues WHERE cues.movie_id = movies.id) AS cue_count
-FROM movies JOIN libraries ON libraries.id = movies.library_id
-LEFT JOIN jobs ON jobs.movie_id = movies.id
-"""
+#: What the read functions take: the database ``open_library`` returns, or a store around it.
+LibraryDb = sqlite_utils.Database | LibraryStore
 
 
 def open_library(data_dir: str | os.PathLike | None = None) -> sqlite_utils.Database:
@@ -93,9 +92,8 @@ def open_library(data_dir: str | os.PathLike | None = None) -> sqlite_utils.Data
     return connect(DataDir(resolve_data_dir(data_dir)).database)
 
 
-def _tracks(db: sqlite_utils.Database, movie_id: int) -> list[dict]:
-    return list(db.query("SELECT source, ref, codec, language, forced, sdh, kind, status, message, cue_count"
-                         " FROM subtitle_tracks WHERE movie_id = ? ORDER BY id", [movie_id]))
+def _store(db: LibraryDb) -> LibraryStore:
+    return db if isinstance(db, LibraryStore) else LibraryStore(db)
 
 
 def _eta(row: dict) -> float | None:
@@ -105,9 +103,9 @@ def _eta(row: dict) -> float | None:
     return max(0.0, (total - (row["job_done"] or 0)) / row["job_rate"])
 
 
-def _movie(db: sqlite_utils.Database, row: dict) -> Movie:
+def _movie(store: LibraryStore, row: dict) -> Movie:
     state = "missing" if row["missing"] else (row["job_state"] or "new")
-    tracks = _tracks(db, row["id"])
+    tracks = store.subtitle_tracks(row["id"])
     return Movie(
         id=row["id"], path=row["path"], rel_path=row["rel_path"], library=row["library"], state=state,
         error=row["job_error"], warning=row["warning"], stage=row["job_stage"],
@@ -130,29 +128,31 @@ def _disk_bytes(row: dict) -> int:
         return 0
 
 
-def list_movies(db: sqlite_utils.Database) -> list[Movie]:
+def list_movies(db: LibraryDb) -> list[Movie]:
     """Every movie of every library, ordered by library and relative path."""
-    rows = db.query(_MOVIE_SQL + " ORDER BY libraries.path, movies.rel_path")
-    return [_movie(db, row) for row in rows]
+    store = _store(db)
+    return [_movie(store, row) for row in store.movie_views()]
 
 
-def get_movie(db: sqlite_utils.Database, movie_id: int) -> Movie:
-    rows = list(db.query(_MOVIE_SQL + " WHERE movies.id = ?", [movie_id]))
-    if not rows:
+def get_movie(db: LibraryDb, movie_id: int) -> Movie:
+    store = _store(db)
+    row = store.movie_view(movie_id)
+    if row is None:
         raise KeyError(f"no movie with id {movie_id} in the library")
-    return _movie(db, rows[0])
+    return _movie(store, row)
 
 
-def find_movie(db: sqlite_utils.Database, ref: str) -> Movie:
+def find_movie(db: LibraryDb, ref: str) -> Movie:
     """A movie by id, absolute or relative path (to the cwd or to its library folder)."""
     if ref.isdigit():
         return get_movie(db, int(ref))
+    store = _store(db)
     candidates = {str(Path(ref).expanduser().absolute()), os.path.realpath(ref)}
-    rows = [r for r in db.query(_MOVIE_SQL) if r["path"] in candidates or r["rel_path"] == ref]
+    rows = [r for r in store.movie_views() if r["path"] in candidates or r["rel_path"] == ref]
     if len(rows) != 1:
         raise KeyError(f"{ref}: {'no' if not rows else 'more than one'} movie in the library matches; "
                        "use its id or full path (`llamavid index status` lists them)")
-    return _movie(db, rows[0])
+    return _movie(store, rows[0])
 
 
 def open_features(movie: Movie) -> np.memmap:
@@ -167,48 +167,30 @@ def open_features(movie: Movie) -> np.memmap:
     return np.load(path, mmap_mode="r")
 
 
-def frame_times(db: sqlite_utils.Database, movie: Movie) -> np.ndarray:
+def frame_times(db: LibraryDb, movie: Movie) -> np.ndarray:
     """Seconds (from the start of the film) of each stored frame, in row order."""
-    rows = db.execute("SELECT time FROM frames WHERE movie_id = ? ORDER BY idx", [movie.id]).fetchall()
-    return np.array([r[0] for r in rows], dtype=np.float64)
+    return np.array(_store(db).frame_times(movie.id), dtype=np.float64)
 
 
-def subtitles(db: sqlite_utils.Database, movie: Movie, sources: list[str] | None = None,
+def subtitles(db: LibraryDb, movie: Movie, sources: list[str] | None = None,
               language: str | None = None) -> list[Cue]:
     """Cues of the movie in time order, optionally only some sources or one language."""
-    sql = 'SELECT start, "end", text, language, source FROM cues WHERE movie_id = ?'
-    params: list = [movie.id]
-    if sources:
-        sql += f" AND source IN ({', '.join('?' * len(sources))})"
-        params += list(sources)
-    if language:
-        sql += " AND language = ?"
-        params.append(language)
-    rows = db.execute(sql + ' ORDER BY start, "end", id', params).fetchall()
-    return [Cue(*row) for row in rows]
+    return [Cue(*row) for row in _store(db).cues(movie.id, sources, language)]
 
 
-def search_subtitles(db: sqlite_utils.Database, query: str, movie_id: int | None = None,
+def search_subtitles(db: LibraryDb, query: str, movie_id: int | None = None,
                      limit: int = 50) -> list[SearchHit]:
     """Full-text search over every cue (FTS5, best matches first); the query is taken literally."""
-    sql = ("SELECT cues.movie_id, movies.path, cues.start, cues.\"end\", cues.text, cues.source,"
-           " snippet(cues_fts, 0, '[', ']', '...', 12) AS snip"
-           " FROM cues_fts JOIN cues ON cues.id = cues_fts.rowid JOIN movies ON movies.id = cues.movie_id"
-           " WHERE cues_fts MATCH ?")
-    params: list = [db.quote_fts(query)]
-    if movie_id is not None:
-        sql += " AND cues.movie_id = ?"
-        params.append(movie_id)
-    rows = db.execute(sql + " ORDER BY bm25(cues_fts) LIMIT ?", params + [limit]).fetchall()
+    rows = _store(db).search_cues(query, movie_id, limit)
     return [SearchHit(r[0], r[1], r[2], r[3], r[4], r[6], r[5]) for r in rows]
 
 
-def film_visual(db: sqlite_utils.Database, movie: Movie) -> Visual:
+def film_visual(db: LibraryDb, movie: Movie) -> Visual:
     """A library film as a chat input: its features (memory-mapped, CLS dropped as the long-video
     model reads them), frame times and subtitles."""
     return Visual("film", drop_cls(open_features(movie)), frame_times(db, movie).tolist(), subtitles(db, movie))
 
 
-def cache_bytes(db: sqlite_utils.Database) -> int:
+def cache_bytes(db: LibraryDb) -> int:
     """Total size of the complete feature caches."""
-    return int(db.execute("SELECT COALESCE(SUM(cache_bytes), 0) FROM movies").fetchone()[0])
+    return _store(db).cache_bytes()

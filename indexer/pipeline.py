@@ -16,24 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import sqlite_utils
 
 from indexer import jobs, movies
-from indexer.db import atomic
-from llamavid.errors import BadMedia
-from llamavid.media.decode import SampleStream, next_target, video_spec
-from indexer.errors import FileChanged
 from indexer.encoder import Encoder, find_vision_weights
+from indexer.errors import FileChanged
 from indexer.features import FeatureWriter
-from llamavid.media.probe import ProbeInfo, StreamInfo, probe
+from indexer.store import LibraryStore
 from indexer.subtitle_sources import Track, embedded_tracks, read_sidecar, sidecar_files, sidecar_signature
 from indexer.whisper import SpeechOptions, audio_windows, load_model, transcribe_window
+from llamavid.errors import BadMedia, UserError
+from llamavid.media.decode import SampleStream, next_target, video_spec
+from llamavid.media.probe import ProbeInfo, StreamInfo, probe
 
 log = logging.getLogger(__name__)
-SPEECH_MODES = ("auto", "always", "never")
 ProgressFn = Callable[[dict, str, int, "int | None"], None]
-
-
 SPEECH_FAILED = "speech recognition failed"
 
 
@@ -56,20 +52,16 @@ class IndexOptions:
 class Pipeline:
     """Runs the stages of one movie after another; heavy models are loaded once per run."""
 
-    def __init__(self, db: sqlite_utils.Database, data, options: IndexOptions,
+    def __init__(self, store: LibraryStore, data, options: IndexOptions,
                  on_progress: ProgressFn | None = None):
-        self.db, self.data, self.options = db, data, options
+        self.store, self.data, self.options = store, data, options
         self.on_progress = on_progress or (lambda movie, stage, done, total: None)
         self._encoder: Encoder | None = None
         self._whisper = None
         self._whisper_error: str | None = None
 
-    # -- shared helpers ------------------------------------------------------------------------
-
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            from llamavid.errors import UserError
-
             weights = find_vision_weights(self.data, self.options.vision)
             try:
                 self._encoder = Encoder(weights, self.options.device, self.options.dtype)
@@ -88,59 +80,51 @@ class Pipeline:
 
     def _between_chunks(self, job: dict, movie: dict) -> None:
         self.check_file(movie)
-        jobs.check_control(self.db, job["id"])
+        jobs.check_control(self.store, job["id"])
         if self.options.idle:
             time.sleep(self.options.idle)
 
-    # -- the stages ------------------------------------------------------------------------------
-
     def run(self, job: dict) -> None:
-        movie = movies.get(self.db, job["movie_id"])
+        movie = self.store.movie(job["movie_id"])
         self.check_file(movie)
         if not movie["probed"]:
             self.probe_stage(job, movie)
-            movie = movies.get(self.db, movie["id"])
+            movie = self.store.movie(movie["id"])
         info = probe_info(movie)
         if not movie["subtitles_done"]:
             self.subtitle_stage(job, movie, info)
-        movie = movies.get(self.db, movie["id"])
+        movie = self.store.movie(movie["id"])
         if movie["speech_state"] is None or movie["speech_state"].startswith("error"):
             self.speech_stage(job, movie, info)
-        movie = movies.get(self.db, movie["id"])
+        movie = self.store.movie(movie["id"])
         self.feature_stage(job, movie, info)
 
     def probe_stage(self, job: dict, movie: dict) -> None:
-        jobs.progress(self.db, job["id"], "probe", 0, 1)
+        self.store.job_progress(job["id"], "probe", 0, 1)
         info = probe(movie["path"])
         notes = []
         if info.variable_frame_rate:
             notes.append("variable frame rate: frames are sampled by timestamp")
         if info.rotation:
             notes.append(f"rotated {info.rotation} degrees: frames are turned upright")
-        with atomic(self.db):
-            self.db["movies"].update(movie["id"], {
-                "probed": 1, "duration": info.duration, "width": info.width, "height": info.height,
-                "video_codec": info.video_codec, "frame_rate": info.frame_rate, "rotation": info.rotation,
-                "variable_frame_rate": int(info.variable_frame_rate), "has_audio": int(info.has_audio),
-                "probe": json.dumps(info.to_dict()), "warning": "; ".join(notes) or None})
+        self.store.update_movie(movie["id"], {
+            "probed": 1, "duration": info.duration, "width": info.width, "height": info.height,
+            "video_codec": info.video_codec, "frame_rate": info.frame_rate, "rotation": info.rotation,
+            "variable_frame_rate": int(info.variable_frame_rate), "has_audio": int(info.has_audio),
+            "probe": json.dumps(info.to_dict()), "warning": "; ".join(notes) or None})
 
     def subtitle_stage(self, job: dict, movie: dict, info: ProbeInfo) -> None:
-        jobs.progress(self.db, job["id"], "subtitles", 0, 1)
+        self.store.job_progress(job["id"], "subtitles", 0, 1)
         path = Path(movie["path"])
         tracks = embedded_tracks(path, info)
         tracks += [read_sidecar(path, p, info.frame_rate) for p in sidecar_files(path)]
-        with atomic(self.db):
-            self.db.execute("DELETE FROM subtitle_tracks WHERE movie_id = ? AND source != 'asr'", [movie["id"]])
-            for track in tracks:
-                store_track(self.db, movie["id"], track)
-            self.db["movies"].update(movie["id"], {"subtitles_done": 1, "sidecar_sig": sidecar_signature(path)})
+        self.store.replace_subtitle_tracks(movie["id"], tracks, sidecar_signature(path))
 
     def speech_stage(self, job: dict, movie: dict, info: ProbeInfo) -> None:
         self._drop_warning(movie, SPEECH_FAILED)  # an earlier try's; this one reports its own
         reason = self._speech_skip_reason(movie, info)
         if reason:
-            with atomic(self.db):
-                self.db["movies"].update(movie["id"], {"speech_state": f"skipped: {reason}"})
+            self.store.update_movie(movie["id"], {"speech_state": f"skipped: {reason}"})
             return
         model = self._whisper_model()
         if model is None:
@@ -155,17 +139,12 @@ class Pipeline:
             return "speech recognition off (--speech never)"
         if not info.has_audio:
             return "no audio track"
-        if mode == "auto":
-            row = self.db.execute("SELECT COUNT(*) FROM subtitle_tracks WHERE movie_id = ? AND source != 'asr'"
-                                  " AND cue_count > 0", [movie["id"]]).fetchone()
-            if row[0]:
-                return "text subtitles present"
+        if mode == "auto" and self.store.has_text_subtitles(movie["id"]):
+            return "text subtitles present"
         return None
 
     def _whisper_model(self):
         if self._whisper is None and self._whisper_error is None:
-            from llamavid.errors import UserError
-
             try:
                 self._whisper = load_model(self.options.whisper.model, self.data.root)
             except UserError as exc:
@@ -174,39 +153,29 @@ class Pipeline:
 
     def _transcribe(self, job: dict, movie: dict, info: ProbeInfo, model) -> None:
         opts = self.options.whisper
-        track_id = asr_track(self.db, movie["id"], opts.model)
+        track_id = self.store.asr_track(movie["id"], Track(source="asr", ref=opts.model))
         language = movie["speech_language"]
         total = int((info.duration or 0) // opts.window_seconds) + 1
         start = movie["speech_windows_done"]
         for window, audio in audio_windows(movie["path"], info.start_time, opts.window_seconds, start):
             language, cues = transcribe_window(model, audio, window * opts.window_seconds, opts, language)
             track = Track(source="asr", ref=opts.model, language=language, cues=cues)
-            with atomic(self.db):
-                store_cues(self.db, movie["id"], track_id, track)
-                self.db.execute("UPDATE subtitle_tracks SET language = ?, cue_count = cue_count + ? WHERE id = ?",
-                                [language, len(cues), track_id])
-                self.db["movies"].update(movie["id"], {"speech_windows_done": window + 1,
-                                                       "speech_language": language})
-                jobs.progress(self.db, job["id"], "speech", window + 1, total)
+            self.store.add_speech_window(job["id"], movie["id"], track_id, track, window, total)
             self.on_progress(movie, "speech", window + 1, total)
             self._between_chunks(job, movie)
         self._note(movie, speech_state="done")
 
     def _drop_warning(self, movie: dict, prefix: str) -> None:
-        current = movies.get(self.db, movie["id"])["warning"] or ""
+        current = self.store.movie(movie["id"])["warning"] or ""
         kept = "; ".join(w for w in current.split("; ") if w and not w.startswith(prefix))
         if kept != current:
-            with atomic(self.db):
-                self.db["movies"].update(movie["id"], {"warning": kept or None})
+            self.store.update_movie(movie["id"], {"warning": kept or None})
 
     def _note(self, movie: dict, warning: str | None = None, **values) -> None:
         if warning:
-            current = movies.get(self.db, movie["id"])["warning"]
+            current = self.store.movie(movie["id"])["warning"]
             values["warning"] = "; ".join(w for w in (current, warning) if w)
-        with atomic(self.db):
-            self.db["movies"].update(movie["id"], values)
-
-    # -- features --------------------------------------------------------------------------------
+        self.store.update_movie(movie["id"], values)
 
     def feature_stage(self, job: dict, movie: dict, info: ProbeInfo) -> None:
         encoder = self.encoder()
@@ -214,13 +183,13 @@ class Pipeline:
         if movie["features_complete"] and movie["vision_id"] == encoder.id and movie["fps"] == fps:
             return
         if movie["vision_id"] not in (None, encoder.id) or movie["fps"] not in (None, fps):
-            movies.clear_features(self.db, movie["id"])  # other weights or rate: start over
-            movie = movies.get(self.db, movie["id"])
+            movies.clear_features(self.store, movie["id"])  # other weights or rate: start over
+            movie = self.store.movie(movie["id"])
         writer, done, batch = self._open_writer(movie, info, encoder)
-        last = self.db.execute("SELECT time FROM frames WHERE movie_id = ? AND idx = ?",
-                               [movie["id"], done - 1]).fetchone()
-        stream = SampleStream(video_spec(movie["path"], info), fps, next_target(last[0], fps) if last else 0,
-                              encoder.image_size, self._decode_workers(encoder))
+        last = self.store.frame_time(movie["id"], done - 1)
+        start = next_target(last, fps) if last is not None else 0
+        stream = SampleStream(video_spec(movie["path"], info), fps, start, encoder.image_size,
+                              self._decode_workers(encoder))
         total = info.expected_samples(fps) - 1
         started, first_done = time.monotonic(), done
         pending: list = []
@@ -255,12 +224,10 @@ class Pipeline:
         batch = self.options.batch_size or (4 if encoder.device.type == "cpu" else 32)
         capacity = info.expected_samples(self.options.fps)
         writer.create(capacity)
-        with atomic(self.db):
-            self.db.execute("DELETE FROM frames WHERE movie_id = ?", [movie["id"]])
-            self.db["movies"].update(movie["id"], {
-                "feature_path": str(final), "fps": self.options.fps, "vision_id": encoder.id,
-                "frames_capacity": capacity, "chunk_frames": batch, "frames_done": 0, "features_complete": 0,
-                "feature_shape": json.dumps([0, *encoder.row_shape])})
+        self.store.start_features(movie["id"], {
+            "feature_path": str(final), "fps": self.options.fps, "vision_id": encoder.id,
+            "frames_capacity": capacity, "chunk_frames": batch, "frames_done": 0, "features_complete": 0,
+            "feature_shape": json.dumps([0, *encoder.row_shape])})
         return writer, 0, batch
 
     def _commit(self, job: dict, movie: dict, writer: FeatureWriter, encoder: Encoder, samples: list,
@@ -270,12 +237,8 @@ class Pipeline:
         writer.write(done, rows)
         writer.flush()
         end = done + len(samples)
-        with atomic(self.db):
-            self.db.conn.executemany("INSERT OR REPLACE INTO frames (movie_id, idx, time) VALUES (?, ?, ?)",
-                                     [(movie["id"], done + i, s.time) for i, s in enumerate(samples)])
-            self.db.execute("UPDATE movies SET frames_done = ?, frames_capacity = ? WHERE id = ?",
-                            [end, writer.capacity, movie["id"]])
-            jobs.progress(self.db, job["id"], "features", end, max(total, end), rate)
+        self.store.add_frames(job["id"], movie["id"], done, [s.time for s in samples], writer.capacity,
+                              max(total, end), rate)
         self.on_progress(movie, "features", end, max(total, end))
         return end
 
@@ -295,7 +258,7 @@ class Pipeline:
                          "(truncated or damaged file); indexed what was readable")
         if stats.corrupt_packets:
             notes.append(f"skipped {stats.corrupt_packets} damaged video packets")
-        jobs.progress(self.db, job["id"], "features", done, done)
+        self.store.job_progress(job["id"], "features", done, done)
         values = {"features_complete": 1, "feature_path": str(path), "frames_done": done,
                   "feature_shape": json.dumps([done, *writer.row_shape]), "cache_bytes": path.stat().st_size}
         self._note(movie, "; ".join(notes) or None, **values)
@@ -306,26 +269,3 @@ def probe_info(movie: dict) -> ProbeInfo:
     data["streams"] = [StreamInfo(**s) for s in data.get("streams", [])]
     return ProbeInfo(**data)
 
-
-def store_track(db: sqlite_utils.Database, movie_id: int, track: Track) -> int:
-    track_id = db["subtitle_tracks"].insert({
-        "movie_id": movie_id, "source": track.source, "ref": track.ref, "codec": track.codec,
-        "language": track.language, "forced": int(track.forced), "sdh": int(track.sdh), "kind": track.kind,
-        "status": track.status, "message": track.message, "cue_count": len(track.cues)}).last_pk
-    store_cues(db, movie_id, track_id, track)
-    return track_id
-
-
-def store_cues(db: sqlite_utils.Database, movie_id: int, track_id: int, track: Track) -> None:
-    db.conn.executemany(
-        'INSERT INTO cues (movie_id, track_id, start, "end", text, language, source) VALUES (?, ?, ?, ?, ?, ?, ?)',
-        [(movie_id, track_id, c.start_time, c.end_time, c.text, track.language, track.source) for c in track.cues])
-
-
-def asr_track(db: sqlite_utils.Database, movie_id: int, model: str) -> int:
-    """The movie's speech-recognition track (created on first use, reused when resuming)."""
-    row = db.execute("SELECT id FROM subtitle_tracks WHERE movie_id = ? AND source = 'asr'", [movie_id]).fetchone()
-    if row:
-        return row[0]
-    with atomic(db):
-        return store_track(db, movie_id, Track(source="asr", ref=model))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from tqdm import tqdm
+
 
 class Progress:
     """Receives the pipeline's progress callbacks and the runner's outcomes."""
@@ -16,8 +18,6 @@ class Progress:
     def update(self, movie: dict, stage: str, done: int, total: int | None) -> None:
         if not self.enabled:
             return
-        from tqdm import tqdm
-
         key = (movie["id"], stage)
         if key != self.key:
             self.close()

@@ -10,15 +10,15 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from indexer import jobs
-from indexer.db import connect
 from indexer.errors import DiskFull, FileChanged, Interrupted, is_disk_full
-from llamavid.errors import BadMedia
 from indexer.pipeline import IndexOptions, Pipeline, ProgressFn
 from indexer.scan import rescan_movie
+from indexer.store import LibraryStore
+from llamavid.errors import BadMedia, UserError
 
 log = logging.getLogger(__name__)
 EventFn = Callable[[dict, str, "str | None"], None]
@@ -43,34 +43,28 @@ def run_queue(data, options: IndexOptions, on_progress: ProgressFn | None = None
     """Process queued jobs until none is left (or, with ``wait``, until ``stop`` is set)."""
     summary = RunSummary()
     data.create()
-    db = connect(data.database)
-    try:
-        with jobs.worker_lock(data.root):
-            jobs.recover_stale(db)
-            pipeline = Pipeline(db, data, options, on_progress)
-            _work(db, pipeline, options, summary, on_event or (lambda movie, outcome, message: None), wait, stop)
-    finally:
-        db.close()
+    with LibraryStore.open(data.database) as store, jobs.worker_lock(data.root):
+        store.recover_stale_jobs()
+        pipeline = Pipeline(store, data, options, on_progress)
+        _work(store, pipeline, options, summary, on_event or (lambda movie, outcome, message: None), wait, stop)
     return summary
 
 
-def _work(db, pipeline: Pipeline, options: IndexOptions, summary: RunSummary, on_event: EventFn,
-          wait: Callable[[], None] | None, stop: threading.Event | None) -> None:
-    from llamavid.errors import UserError
-
+def _work(store: LibraryStore, pipeline: Pipeline, options: IndexOptions, summary: RunSummary,
+          on_event: EventFn, wait: Callable[[], None] | None, stop: threading.Event | None) -> None:
     while not (stop and stop.is_set()):
-        if jobs.queue_paused(db):
+        if store.queue_paused():
             summary.stopped = "queue paused; `llamavid index resume` to continue"
             return
-        job = jobs.claim_next(db)
+        job = store.claim_next_job()
         if job is None:
             if wait is None:
                 return
             wait()
             continue
-        movie = {"path": db.execute("SELECT path FROM movies WHERE id = ?", [job["movie_id"]]).fetchone()[0]}
+        movie = {"path": store.movie(job["movie_id"])["path"]}
         try:
-            outcome, message = run_job(pipeline, db, job, options)
+            outcome, message = run_job(pipeline, store, job, options)
         except (DiskFull, UserError) as exc:
             on_event(movie, "stopped", str(exc))
             summary.stopped = str(exc)
@@ -79,59 +73,57 @@ def _work(db, pipeline: Pipeline, options: IndexOptions, summary: RunSummary, on
         on_event(movie, outcome, message)
 
 
-def run_job(pipeline: Pipeline, db, job: dict, options: IndexOptions) -> tuple[str, str | None]:
+def run_job(pipeline: Pipeline, store: LibraryStore, job: dict, options: IndexOptions) -> tuple[str, str | None]:
     """Run one job and record how it ended; returns (outcome, message)."""
-    from llamavid.errors import UserError
-
     job_id = job["id"]
     try:
         pipeline.run(job)
     except Interrupted as exc:
-        jobs.finish(db, job_id, exc.state, keep_error=True)
+        store.finish_job(job_id, exc.state, keep_error=True)
         return exc.state, None
     except BadMedia as exc:
-        jobs.finish(db, job_id, "failed", str(exc))
+        store.finish_job(job_id, "failed", str(exc))
         return "failed", str(exc)
     except FileChanged as exc:
-        return _file_changed(db, job, exc)
+        return _file_changed(store, job, exc)
     except DiskFull as exc:
-        _finish_quietly(db, job_id, "failed", str(exc))
+        _finish_quietly(store, job_id, "failed", str(exc))
         raise
     except UserError as exc:
-        jobs.finish(db, job_id, "queued", str(exc))
+        store.finish_job(job_id, "queued", str(exc))
         raise
     except (KeyboardInterrupt, SystemExit):
-        _finish_quietly(db, job_id, "queued", None, keep_error=True)
+        _finish_quietly(store, job_id, "queued", None, keep_error=True)
         raise
     except Exception as exc:  # noqa: BLE001 - anything else: keep the error, retry later
         if is_disk_full(exc):
             message = f"the disk is full ({exc}); free some space and run `llamavid index retry`"
-            _finish_quietly(db, job_id, "failed", message)
+            _finish_quietly(store, job_id, "failed", message)
             raise DiskFull(message) from exc
         log.exception("indexing movie %s failed", job["movie_id"])
         message = f"{exc.__class__.__name__}: {exc}"
         state = "failed" if job["attempts"] >= options.max_attempts else "queued"
-        jobs.finish(db, job_id, state, message)
+        store.finish_job(job_id, state, message)
         return ("failed" if state == "failed" else "retrying"), message
-    jobs.finish(db, job_id, "done", None)
+    store.finish_job(job_id, "done", None)
     return "done", None
 
 
-def _file_changed(db, job: dict, exc: FileChanged) -> tuple[str, str]:
+def _file_changed(store: LibraryStore, job: dict, exc: FileChanged) -> tuple[str, str]:
     """Removed: wait in the queue for the file to come back. Replaced: index the new content."""
-    what = rescan_movie(db, job["movie_id"])
+    what = rescan_movie(store, job["movie_id"])
     if what == "missing":
         message = f"{exc}; marked missing, it resumes if the file comes back"
-        jobs.finish(db, job["id"], "queued", message)
+        store.finish_job(job["id"], "queued", message)
         return "missing", message
     message = f"{exc}; indexing the new content from the start" if what == "changed" else str(exc)
-    jobs.finish(db, job["id"], "queued", message)
+    store.finish_job(job["id"], "queued", message)
     return "requeued", message
 
 
-def _finish_quietly(db, job_id: int, state: str, error: str | None, keep_error: bool = False) -> None:
+def _finish_quietly(store: LibraryStore, job_id: int, state: str, error: str | None, keep_error: bool = False) -> None:
     """Record the job's end if the database can still be written (it may be the full disk)."""
     try:
-        jobs.finish(db, job_id, state, error, keep_error=keep_error)
+        store.finish_job(job_id, state, error, keep_error=keep_error)
     except sqlite3.Error:
         log.warning("could not record the end of job %s", job_id)

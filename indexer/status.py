@@ -1,7 +1,7 @@
 """The human-readable ``llamavid index status`` table."""
 from __future__ import annotations
 
-from indexer import jobs
+from indexer.store import LibraryStore
 from llamavid.storage import human_size
 
 
@@ -26,17 +26,17 @@ def _folder_bytes(folder) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
-def queue_eta(db, movies) -> float:
+def queue_eta(store: LibraryStore, movies) -> float:
     """Seconds until the queue is done, at the last measured feature rate (frames per second)."""
-    row = db.execute("SELECT rate FROM jobs WHERE rate > 0 ORDER BY updated_at DESC LIMIT 1").fetchone()
-    if not row:
+    rate = store.last_rate()
+    if not rate:
         return 0.0
     frames = sum(max(0.0, (m.duration or 0) * (m.fps or 1.0) - m.frames)
                  for m in movies if m.state in ("queued", "running"))
-    return frames / row[0]
+    return frames / rate
 
 
-def print_table(db, movies, cache_dir=None) -> None:
+def print_table(store: LibraryStore, movies, cache_dir=None) -> None:
     print(f"{'ID':>4} {'STATE':<9} {'FRAMES':>7} {'CUES':>6} {'SUBTITLES':<18} {'CACHE':>9}  PATH")
     for m in movies:
         sources = ",".join(m.subtitle_sources) or "-"
@@ -48,11 +48,11 @@ def print_table(db, movies, cache_dir=None) -> None:
         for track in m.subtitle_tracks:
             if track["status"] != "ok":
                 print(f"{'':>6}subtitles: {track['message']}")
-    counts = jobs.queue_counts(db)
+    counts = store.queue_counts()
     total = sum(m.cache_bytes for m in movies)
-    remaining = queue_eta(db, movies)
+    remaining = queue_eta(store, movies)
     disk = _folder_bytes(cache_dir) if cache_dir else total
     queue = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "empty"
-    paused = " (queue paused)" if jobs.queue_paused(db) else ""
+    paused = " (queue paused)" if store.queue_paused() else ""
     print(f"\n{len(movies)} movies, cache {human_size(total)} (on disk: {human_size(disk)}); "
           f"jobs: {queue}{paused}" + (f"; queue {_eta(remaining)}" if remaining else ""))

@@ -17,6 +17,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import av
+import pysubs2
+from charset_normalizer import from_bytes
+
 from llamavid.media.probe import IMAGE_SUBTITLE_CODECS, TEXT_SUBTITLE_CODECS
 from llamavid.prompt.subtitles import Cue
 
@@ -31,7 +35,6 @@ SUBTITLE_FOLDERS = {"subs", "subtitles"}
 COMMON_ENCODINGS = ["cp1252", "cp1250", "cp1251", "cp1253", "cp1254", "cp1256", "cp1255", "gb18030",
                     "big5", "shift_jis", "euc_kr", "cp1257", "iso8859_15", "latin_1"]
 _ASS_TAG = re.compile(r"\{[^}]*\}")
-
 
 
 @dataclass
@@ -52,15 +55,9 @@ class Track:
 
 def clean_text(ass_text: str) -> str:
     """Plain text of an ASS/SSA event (tags and drawing commands removed, line breaks kept)."""
-    import pysubs2
-
     text = pysubs2.SSAEvent(text=ass_text).plaintext
     text = _ASS_TAG.sub("", text)
     return "\n".join(line.strip() for line in text.splitlines() if line.strip())
-
-
-# ---------------------------------------------------------------------------------------------
-# Sidecar files
 
 
 def sidecar_files(video: Path) -> list[Path]:
@@ -110,8 +107,6 @@ def parse_sidecar_name(video: Path, path: Path) -> tuple[str | None, bool, bool]
 
 def decode_text(raw: bytes) -> tuple[str, str]:
     """(text, encoding): UTF-8/UTF-16 by BOM or validity first, else charset-normalizer's guess."""
-    from charset_normalizer import from_bytes
-
     for bom, encoding in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
         if raw.startswith(bom):
             return raw.decode(encoding), encoding
@@ -159,8 +154,6 @@ def read_sidecar(video: Path, path: Path, frame_rate: float | None = None) -> Tr
 def parse_subtitle_text(text: str, ext: str, frame_rate: float | None = None) -> list[Cue]:
     """Cues of a subtitle document; the format comes from the content (pysubs2), the extension decides
     only between look-alikes."""
-    import pysubs2
-
     fps = frame_rate or 23.976  # MicroDVD counts frames
     forced = {".sub": "microdvd", ".vtt": "vtt"}.get(ext)
     try:
@@ -177,10 +170,6 @@ def parse_subtitle_text(text: str, ext: str, frame_rate: float | None = None) ->
             cues.append(Cue(event.start / 1000, event.end / 1000, body))
     cues.sort(key=lambda c: (c.start_time, c.end_time))
     return cues
-
-
-# ---------------------------------------------------------------------------------------------
-# Embedded tracks
 
 
 def embedded_tracks(path: Path, probe_info) -> list[Track]:
@@ -207,8 +196,6 @@ def embedded_tracks(path: Path, probe_info) -> list[Track]:
 
 def _read_text_streams(path: Path, origin: float, tracks: dict[int, Track]) -> None:
     """One demux pass over the file, decoding only the wanted subtitle streams."""
-    import av
-
     with av.open(str(path), metadata_errors="ignore") as container:
         streams = [container.streams[i] for i in tracks]
         for packet in container.demux(streams):

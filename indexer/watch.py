@@ -12,8 +12,10 @@ import threading
 import time
 from pathlib import Path
 
-from indexer.db import connect
+import watchfiles
+
 from indexer.scan import VIDEO_EXTENSIONS, scan
+from indexer.store import LibraryStore
 from indexer.subtitle_sources import IMAGE_EXTENSIONS, TEXT_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -49,18 +51,12 @@ class Watcher:
         self._wake.clear()
 
     def _libraries(self) -> list[str]:
-        db = connect(self.data.database)
-        try:
-            return [r["path"] for r in db.query("SELECT path FROM libraries ORDER BY path")]
-        finally:
-            db.close()
+        with LibraryStore.open(self.data.database) as store:
+            return store.library_paths()
 
     def _rescan(self) -> None:
-        db = connect(self.data.database)
-        try:
-            report = scan(db, settle_seconds=self.settle_seconds)
-        finally:
-            db.close()
+        with LibraryStore.open(self.data.database) as store:
+            report = scan(store, settle_seconds=self.settle_seconds)
         self.scans += 1
         self._last_full = time.monotonic()
         self._retry_at = time.monotonic() + self.settle_seconds if report.busy else None
@@ -69,16 +65,14 @@ class Watcher:
         self._wake.set()
 
     def _loop(self) -> None:
-        from watchfiles import watch
-
         while not self.stopped.is_set():
             paths = [p for p in self._libraries() if Path(p).is_dir()]
             if not paths:
                 self.stopped.wait(self.poll_seconds)
                 self._maybe_rescan()
                 continue
-            for changes in watch(*paths, stop_event=self.stopped, yield_on_timeout=True,
-                                 rust_timeout=int(self.poll_seconds * 1000), raise_interrupt=False):
+            for changes in watchfiles.watch(*paths, stop_event=self.stopped, yield_on_timeout=True,
+                                            rust_timeout=int(self.poll_seconds * 1000), raise_interrupt=False):
                 if any(Path(p).suffix.lower() in WATCHED_EXTENSIONS for _, p in changes):
                     self._rescan()
                 else:

@@ -12,8 +12,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
+import ctranslate2
 import numpy as np
+from faster_whisper import WhisperModel
 
+from llamavid.errors import UserError
+from llamavid.hub import catalog
+from llamavid.hub.installed import missing_speech_files
+from llamavid.hub.installed import resolve_model as resolve_folder
 from llamavid.prompt.subtitles import Cue
 
 SAMPLE_RATE = 16000
@@ -35,11 +42,6 @@ def resolve_model(name: str | Path, data_dir: Path) -> Path:
     Indexing never downloads: a model that is not installed is an error saying what to pull, so a
     library scan cannot start a multi-gigabyte transfer the user did not ask for.
     """
-    from llamavid.hub import catalog
-    from llamavid.errors import UserError
-    from llamavid.hub.installed import missing_speech_files
-    from llamavid.hub.installed import resolve_model as resolve_folder
-
     text = str(name)
     if catalog.get(f"whisper-{text}") is not None:
         text = f"whisper-{text}"
@@ -61,11 +63,6 @@ _CHOICES = ("pass --whisper-model with an installed speech model (`llamavid mode
 
 def load_model(name: str | Path, data_dir: Path):
     """A WhisperModel on CUDA (float16) when ctranslate2 sees a GPU, else CPU (int8)."""
-    import ctranslate2
-    from faster_whisper import WhisperModel
-
-    from llamavid.errors import UserError
-
     folder = resolve_model(name, data_dir)
     cuda = ctranslate2.get_cuda_device_count() > 0
     try:
@@ -85,8 +82,6 @@ def _audio_stream(container):
 def audio_windows(path: str | Path, origin: float, window_seconds: float,
                   start_window: int = 0) -> Iterator[tuple[int, np.ndarray]]:
     """(window index, float32 mono 16 kHz samples) from window ``start_window`` on."""
-    import av
-
     window = int(window_seconds * SAMPLE_RATE)
     start = start_window * window_seconds
     with av.open(str(path), metadata_errors="ignore") as container:
@@ -120,8 +115,6 @@ def audio_windows(path: str | Path, origin: float, window_seconds: float,
 
 def _frames(container, stream):
     """Decoded audio frames; damaged packets are skipped."""
-    import av
-
     for packet in container.demux(stream):
         try:
             yield from stream.decode(packet)

@@ -1,3 +1,3 @@
-from llamavid.cli.main import main
+from llamavid.cli import main
 
 raise SystemExit(main())

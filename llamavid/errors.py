@@ -3,7 +3,7 @@
 Library code raises :class:`UserError` (or one of its kinds below) for problems caused by
 input or setup: a bad path, a missing optional package, a busy port, a video that cannot be
 read, a prompt longer than the context. The message itself says what went wrong *and* what
-to do about it. The command line (``llamavid.cli.main``) prints it as one line
+to do about it. The command line (``llamavid.cli``) prints it as one line
 ``llamavid: error: <message>`` without a traceback; an HTTP API maps the kinds to status
 codes, a window to a dialog. Bugs stay ordinary exceptions so their tracebacks are kept.
 """

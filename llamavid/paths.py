@@ -43,7 +43,7 @@ ENV_VAR = "LLAMAVID_DATA_DIR"
 
 def default_data_dir() -> Path:
     """The platform's per-user data folder for llamavid (no env var, no option)."""
-    import platformdirs  # small, but only needed when no folder was given
+    import platformdirs  # not at the top: `llamavid --help` imports no third-party package (tests/test_cli.py)
 
     return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
 

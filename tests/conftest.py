@@ -1,13 +1,24 @@
 """Fixtures shared by the whole suite. Kept small and generic; put topic-specific
-fixtures in a conftest.py inside the topic's folder (tests/app/, tests/llamavid/...)."""
+fixtures in a conftest.py inside the topic's folder (tests/app/, tests/llamavid/...).
+
+Test tiers are pytest markers (declared in pyproject.toml, --strict-markers):
+
+* ``slow``: takes more than a few seconds (training runs, torchrun jobs, servers, chromium);
+  runs everywhere, CI included; deselect locally with ``-m "not slow"``.
+* ``gpu``: needs a CUDA GPU. Skipped, with the reason, where ``torch.cuda.is_available()`` is
+  false (CI has no GPU); every run ends with one line counting them, e.g.
+  ``gpu tier: 3 tests skipped (no CUDA GPU ...)``.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +28,71 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+
+# ---------------------------------------------------------------- the gpu tier
+# Counts for the summary line; reset at the start of each session.
+_gpu_tier = {"collected": 0, "skipped": 0, "ran": 0, "deselected": 0}
+_gpu_nodeids: set[str] = set()
+
+
+@functools.cache
+def _cuda_device() -> tuple[str | None, str]:
+    """(name of CUDA device 0 or None, why not). Imports torch: called only when a gpu test is collected."""
+    try:
+        import torch
+    except ImportError as exc:
+        return None, f"torch is not importable: {exc}"
+    if not torch.cuda.is_available():
+        return None, "no CUDA GPU: torch.cuda.is_available() is False"
+    return torch.cuda.get_device_name(0), ""
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _gpu_tier.update(collected=0, skipped=0, ran=0, deselected=0)
+    _gpu_nodeids.clear()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without a CUDA GPU, every test marked gpu is skipped, with the reason."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if gpu_items and (why_not := _cuda_device()[1]):
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason=f"gpu tier: {why_not}"))
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    _gpu_tier["deselected"] += sum(item.get_closest_marker("gpu") is not None for item in items)
+
+
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection: count only the gpu tests that will run
+def pytest_collection_finish(session: pytest.Session) -> None:
+    _gpu_nodeids.update(item.nodeid for item in session.items if item.get_closest_marker("gpu") is not None)
+    _gpu_tier["collected"] = len(_gpu_nodeids)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.nodeid in _gpu_nodeids:
+        if report.when == "setup" and report.skipped:
+            _gpu_tier["skipped"] += 1
+        elif report.when == "call":
+            _gpu_tier["ran"] += 1
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # outermost: the line comes after pytest's short test summary
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> Iterator[None]:
+    """One line in every run, CI's included, saying how many gpu tests were skipped and why."""
+    yield
+    n = _gpu_tier["skipped"]
+    if _gpu_tier["collected"] == 0:
+        line = f"gpu tier: {n} tests skipped (no collected test is marked gpu)"
+    elif device := _cuda_device()[0]:
+        line = f"gpu tier: {n} tests skipped; {_gpu_tier['ran']} ran on the CUDA GPU ({device})"
+    else:
+        line = f"gpu tier: {n} tests skipped ({_cuda_device()[1]})"
+    if _gpu_tier["deselected"]:
+        line += f"; {_gpu_tier['deselected']} more deselected (-m/-k)"
+    terminalreporter.write_line(line, bold=True)
 
 
 @pytest.fixture(scope="session")

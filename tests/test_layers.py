@@ -123,7 +123,7 @@ def test_the_check_catches_an_upward_and_a_sideways_import(tmp_path, monkeypatch
 
 
 def test_layer_of_known_modules() -> None:
-    assert layer_of("llamavid.cli.main") == ("cli", 8)
+    assert layer_of("llamavid.cli") == ("cli", 8)
     assert layer_of("llamavid.model.qformer") == ("model", 2)
     assert layer_of("indexer.library") == ("indexer", 5)
     with pytest.raises(LookupError, match="belongs to no layer"):

@@ -26,16 +26,23 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 
+from llamavid.files import EVA_FILE, PROJECTOR_FILE, TOKENIZER_FILES, VOCAB_FILE, find_part
 from llamavid.model.loading import save_released
-
-from train.config import PROJECTOR_FILE, matches
+from train.config import PROJECTOR_PARTS, TrainArgs, matches
 from train.distributed import Runtime, barrier
+from train.lora import merged_state_dict
 
 STATE_FILE = "trainer_state.json"
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "generation_config.json")
+RUN_FILE = "run.json"  # the run's settings, in OUTPUT next to its checkpoints
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -81,17 +88,12 @@ def _quiet(rt: Runtime):
 def _options():
     """Trained weights only (frozen ones come from the starting files again); ``strict=False``
     because the frozen ones are then absent - every trained one is still required by ``dcp.load``."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
     return StateDictOptions(ignore_frozen_params=True, strict=False)
 
 
 def save_state(output: Path, step: int, wrapped: nn.Module, optimizer, scheduler, info: dict[str, Any],
                rt: Runtime, keep: int) -> Path:
     """Write ``checkpoint-<step>`` (all ranks take part) and drop older ones beyond ``keep``."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
     final = Path(output) / f"checkpoint-{step}"
     tmp = Path(output) / f".checkpoint-{step}.partial"
     if rt.is_main and tmp.exists():
@@ -117,9 +119,6 @@ def save_state(output: Path, step: int, wrapped: nn.Module, optimizer, scheduler
 def load_state(folder: Path, wrapped: nn.Module, optimizer, scheduler, rt: Runtime,
                optimizer_too: bool = True) -> dict[str, Any]:
     """Restore what :func:`save_state` wrote; returns its info (``step`` etc.)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
     model_state, optim_state = get_state_dict(wrapped, optimizer, options=_options())
     state = {"model": model_state, "optim": optim_state} if optimizer_too else {"model": model_state}
     with _quiet(rt):
@@ -148,11 +147,7 @@ class _StateView:
 def full_state(wrapped: nn.Module, model: nn.Module, lora: bool) -> dict[str, torch.Tensor]:
     """The whole model's weights under released names (FSDP shards gathered; LoRA merged)."""
     if lora:
-        from train.lora import merged_state_dict
-
         return merged_state_dict(model)
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     state = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return {k[len("model."):] if k.startswith("model.") else k: v for k, v in state.items()}
 
@@ -164,10 +159,17 @@ def save_model(output: Path, state: dict[str, torch.Tensor], config, stage: int,
     save_released(_StateView(state, config), output, dtype=torch.bfloat16)
     if stage == 1:
         projector = {k: v.detach().to("cpu", torch.bfloat16) for k, v in state.items()
-                     if matches(k, PROJECTOR_FILE) and v.is_floating_point()}  # parameters only, as the reference
-        torch.save(projector, output / "mm_projector.bin")
+                     if matches(k, PROJECTOR_PARTS) and v.is_floating_point()}  # parameters only, as the reference
+        torch.save(projector, output / PROJECTOR_FILE)
     copy_support_files(output, sources)
     return output
+
+
+def model_sources(args: TrainArgs, vocab: Path) -> dict[str, Path | None]:
+    """Where the files besides the weights come from: the LLaMA tokenizer's folder, the Q-Former
+    vocabulary the run used, and EVA (``--vision``, else the ``--init`` folder's)."""
+    return {"tokenizer": Path(args.init or args.llm), "vocab": vocab,
+            "eva": find_part(EVA_FILE, args.init, args.vision)}
 
 
 def copy_support_files(output: Path, sources: dict[str, Path | None]) -> None:
@@ -179,9 +181,9 @@ def copy_support_files(output: Path, sources: dict[str, Path | None]) -> None:
             shutil.copyfile(src, output / name)
     vocab = sources.get("vocab")
     if vocab is not None and Path(vocab).is_file():
-        shutil.copyfile(vocab, output / "bert_vocab.txt")
+        shutil.copyfile(vocab, output / VOCAB_FILE)
     eva = sources.get("eva")
-    target = output / "eva_vit_g.pth"
+    target = output / EVA_FILE
     if eva is not None and Path(eva).is_file() and not target.exists():
         try:
             os.link(eva, target)

@@ -29,7 +29,7 @@ QFORMER = ("model.vlm_att_encoder.", "model.vlm_att_query", "model.vlm_att_ln.")
 ATT_PROJECTORS = ("model.vlm_att_projector.", "model.vlm_att_key_projector.", "model.vlm_att_val_projector.")
 MM_PROJECTOR = ("model.mm_projector.",)
 # What the reference's stage-1 ``mm_projector.bin`` holds: every name with mm_projector or vlm_att.
-PROJECTOR_FILE = MM_PROJECTOR + ATT_PROJECTORS + QFORMER
+PROJECTOR_PARTS = MM_PROJECTOR + ATT_PROJECTORS + QFORMER
 
 
 @dataclass(frozen=True)
@@ -95,28 +95,16 @@ def matches(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name.startswith(p) or name == p.rstrip(".") for p in prefixes)
 
 
-def rope_factor_for(max_length: int, max_positions: int, current: float = 1.0) -> float | None:
+def rope_factor_for(max_length: int, context_length: int, factor: float = 1.0) -> float | None:
     """Linear RoPE factor for ``max_length`` tokens, None when the model already reaches that far.
 
-    The reference sets ``ceil(L / (max_positions x current))`` (16 for 65536 on a 4096 LLaMA); for a
-    model that already has a factor this multiplies it instead of replacing it.
+    ``context_length`` and ``factor`` are the model's (:attr:`LlamaVidConfig.context_length`,
+    :attr:`LlamaVidConfig.rope_factor`). The reference sets ``ceil(L / context_length)`` (16 for
+    65536 on a 4096 LLaMA); a model that already has a factor gets it multiplied, not replaced.
     """
-    reach = max_positions * current
-    if max_length <= reach:
+    if max_length <= context_length:
         return None
-    return float(current * math.ceil(max_length / reach))
-
-
-def tokens_per_frame(compress_type: str | None, image_size: int, patch: int = 14) -> int:
-    """Visual rows per image or frame: 1 context token + the content tokens."""
-    patches = (image_size // patch) ** 2
-    if compress_type in (None, "None"):
-        return 1 + patches
-    if str(compress_type).startswith("grid:"):
-        side = int(math.isqrt(patches))
-        g = int(str(compress_type).split(":", 1)[1])
-        return 1 + (side // (side // g)) ** 2
-    return 2  # mean / mean_concat
+    return float(factor * math.ceil(max_length / context_length))
 
 
 @dataclass

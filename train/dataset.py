@@ -15,12 +15,12 @@ import torch
 from torch.utils.data import Dataset
 
 from llamavid.errors import UserError
+from llamavid.model.modeling import IMAGE_TOKEN
 from llamavid.model.qformer import tokenize_prompts
-
-from train import text as T
 from train.config import IGNORE_INDEX
-from train.media import film_inputs, image_pixels, load_film, video_pixels
-from train.records import DataError, conversation_turns, media_ref, modality_length, where
+from train.records import DataError, MediaRef, conversation_turns, media_ref, modality_length, where
+from train.text import TextSample, chat_sample, image_turns, movie_turns, plain_guided, text_only_turns
+from train.visual_inputs import film_inputs, image_pixels, load_film, video_pixels
 
 
 @dataclass
@@ -87,8 +87,8 @@ class LlavaDataset(Dataset):
                                 "--skip-bad-samples to train without such records)") from None
             return self.skipped(index, str(exc))
 
-    def text(self, epoch: int, index: int) -> tuple[T.TextSample, Any, str]:
-        """Ids, labels and prompts of a record, plus its media reference and kind (no pixels read)."""
+    def text(self, epoch: int, index: int) -> tuple[TextSample, MediaRef, Any]:
+        """Ids, labels and prompts of a record, its media reference and a film's features (no pixels read)."""
         record, opts = self.records[index], self.options
         turns = conversation_turns(index, record)
         media = media_ref(index, record, opts.image_folder, opts.video_folder)
@@ -96,20 +96,20 @@ class LlavaDataset(Dataset):
         if opts.template == "plain_guided":
             if media.kind not in ("image", "video"):
                 raise DataError(f"{name}: stage 1 trains on images and clips only, this record has {media.kind}")
-            return T.plain_guided(turns, self.tokenizer, name), media, None
+            return plain_guided(turns, self.tokenizer, name), media, None
         film = None
         if media.kind == "features":
             feats, inputs = load_film(media.path, record, opts.video_fps, opts.trust_pickle)
-            turns, prompts = T.movie_turns(turns, film_inputs(inputs, len(feats), opts.video_token, name), name)
+            turns, prompts = movie_turns(turns, film_inputs(inputs, len(feats), opts.video_token, name), name)
             film = feats
         elif media.kind == "text":
-            turns, prompts = T.text_only_turns(turns, name)
+            turns, prompts = text_only_turns(turns, name)
         else:
             rng = random.Random(f"{opts.seed}:{epoch}:{index}")
-            turns, prompts = T.image_turns(turns, rng)
+            turns, prompts = image_turns(turns, rng)
             if not prompts:
-                raise DataError(f"{name}: has an {media.kind} but no <image> placeholder in a human turn")
-        return T.chat_sample(turns, prompts, self.tokenizer, opts.template, name), media, film
+                raise DataError(f"{name}: has an {media.kind} but no {IMAGE_TOKEN} placeholder in a human turn")
+        return chat_sample(turns, prompts, self.tokenizer, opts.template, name), media, film
 
     def sample(self, epoch: int, index: int) -> Sample:
         record, opts = self.records[index], self.options
@@ -117,8 +117,8 @@ class LlavaDataset(Dataset):
         name = where(index, record)
         expected = len(film) * opts.video_token if film is not None else len(text.prompts)
         if text.placeholders != expected:
-            raise DataError(f"{name}: {text.placeholders} <image> placeholders in the text but {expected} visual "
-                            "slots; check for literal <image> in the text")
+            raise DataError(f"{name}: {text.placeholders} {IMAGE_TOKEN} placeholders in the text but {expected} "
+                            f"visual slots; check for literal {IMAGE_TOKEN} in the text")
         out = Sample(index, str(record.get("id", index)), media.kind, torch.tensor(text.input_ids),
                      torch.tensor(text.labels), masking=text.masking)
         if media.kind == "text":

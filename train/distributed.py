@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.nn.parallel import DistributedDataParallel
 
 from llamavid.errors import UserError
 
@@ -87,14 +89,6 @@ def any_rank(flag: bool, rt: Runtime) -> bool:
     return bool(all_reduce_sum(torch.tensor([float(flag)]), rt).item() > 0)
 
 
-def broadcast_object(value, rt: Runtime):
-    if not rt.distributed:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def wrap(step: nn.Module, rt: Runtime, fsdp: str | None, bf16: bool) -> nn.Module:
     """DDP or FSDP2 around the training step; the step itself when there is one process."""
     if fsdp:
@@ -103,8 +97,6 @@ def wrap(step: nn.Module, rt: Runtime, fsdp: str | None, bf16: bool) -> nn.Modul
         return shard(step, rt, reshard=fsdp == "full_shard", bf16=bf16)
     if not rt.distributed:
         return step
-    from torch.nn.parallel import DistributedDataParallel
-
     ids = [rt.device.index] if rt.device.type == "cuda" else None
     return DistributedDataParallel(step, device_ids=ids, gradient_as_bucket_view=True)
 
@@ -115,8 +107,6 @@ def shard(step: nn.Module, rt: Runtime, reshard: bool, bf16: bool) -> nn.Module:
     The root is gathered once per micro-batch, so the vision side may run any number of times in a
     step (ranks see different images) without unbalanced collectives.
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
     if not rt.distributed:
         raise UserError("--fsdp needs several processes: start the run with torchrun --nproc-per-node N")
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
@@ -137,8 +127,3 @@ def gradient_sync(wrapped: nn.Module, enabled: bool) -> Iterator[None]:
     if hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP2
         wrapped.set_requires_gradient_sync(enabled)
     yield
-
-
-def unwrap(wrapped: nn.Module) -> nn.Module:
-    """The TrainStep inside DDP (FSDP2 wraps in place)."""
-    return getattr(wrapped, "module", wrapped)

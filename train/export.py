@@ -12,22 +12,20 @@ from pathlib import Path
 import torch
 
 from llamavid.errors import UserError
-
-from train import checkpoint as ckpt
+from train.checkpoint import RUN_FILE, STATE_FILE, full_state, load_state, model_sources, save_model
 from train.config import TrainArgs
 from train.distributed import Runtime
+from train.lora import is_lora
+from train.step import TrainStep
+from train.trainer import prepare_args, setup_model, tokenizers
 
 
 def export(checkpoint: Path, output: Path) -> Path:
-    from train.lora import is_lora
-    from train.step import TrainStep
-    from train.trainer import prepare_args, setup_model, tokenizers
-
     checkpoint, output = Path(checkpoint), Path(output)
-    run_file = checkpoint.parent / "run.json"
-    if not (checkpoint / ckpt.STATE_FILE).is_file() or not run_file.is_file():
-        raise UserError(f"{checkpoint}: not a complete checkpoint of a run (needs {ckpt.STATE_FILE} here and "
-                        "run.json next to it)")
+    run_file = checkpoint.parent / RUN_FILE
+    if not (checkpoint / STATE_FILE).is_file() or not run_file.is_file():
+        raise UserError(f"{checkpoint}: not a complete checkpoint of a run (needs {STATE_FILE} here and "
+                        f"{RUN_FILE} next to it)")
     args = TrainArgs.from_json(json.loads(run_file.read_text()))
     args.device, args.gradient_checkpointing, args.fsdp = "cpu", False, None
     args = prepare_args(args, 1)
@@ -35,8 +33,7 @@ def export(checkpoint: Path, output: Path) -> Path:
     model = setup_model(args, rt, bf16=False)
     step = TrainStep(model, args.max_length)
     optimizer = torch.optim.AdamW([p for p in step.parameters() if p.requires_grad])
-    ckpt.load_state(checkpoint, step, optimizer, None, rt, optimizer_too=False)
+    load_state(checkpoint, step, optimizer, None, rt, optimizer_too=False)
     _, _, vocab = tokenizers(args)
-    sources = {"tokenizer": Path(args.init or args.llm), "vocab": vocab,
-               "eva": args.vision or (Path(args.init) / "eva_vit_g.pth" if args.init else None)}
-    return ckpt.save_model(output, ckpt.full_state(step, model, is_lora(model)), model.config, args.stage, sources)
+    return save_model(output, full_state(step, model, is_lora(model)), model.config, args.stage,
+                      model_sources(args, vocab))

@@ -19,17 +19,14 @@ from typing import Any
 import torch
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
+from llamavid.errors import CheckpointError, UserError
+from llamavid.files import CONFIG, EVA_FILE, PROJECTOR_FILE
 from llamavid.model.config import LlamaVidConfig
-from llamavid.errors import UserError
-from llamavid.errors import CheckpointError
+from llamavid.model.eva import EvaConfig, load_eva_file
 from llamavid.model.loading import build_state, fill_buffers, load_llamavid, read_checkpoint
 from llamavid.model.modeling import LlamaVidForCausalLM
 from llamavid.model.visual_tokens import build_projector
-from llamavid.model.eva import EvaConfig, load_eva_file
-
-from train.config import PROJECTOR_FILE, TrainArgs, matches, rope_factor_for
-
-FRESH = ("mm_projector", "vlm_att_projector", "vlm_att_key_projector", "vlm_att_val_projector")
+from train.config import PROJECTOR_PARTS, VISION, TrainArgs, matches, rope_factor_for
 
 
 def read_torch_file(path: Path, trust_pickle: bool) -> dict[str, Any]:
@@ -63,9 +60,9 @@ def instructblip_state(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor
 def projector_state(path: Path) -> dict[str, torch.Tensor]:
     """A stage-1 ``mm_projector.bin``: ``model.mm_projector.*`` and ``model.vlm_att_*``."""
     state = read_torch_file(path, False)
-    bad = [k for k in state if not matches(k, PROJECTOR_FILE)]
+    bad = [k for k in state if not matches(k, PROJECTOR_PARTS)]
     if bad or not state:
-        raise UserError(f"{path}: not a stage-1 mm_projector.bin (unexpected keys such as {bad[:3]})")
+        raise UserError(f"{path}: not a stage-1 {PROJECTOR_FILE} (unexpected keys such as {bad[:3]})")
     return dict(state)
 
 
@@ -94,11 +91,11 @@ def fresh_projectors(config: LlamaVidConfig, seed: int) -> dict[str, torch.Tenso
 
 def llm_config(folder: Path) -> dict[str, Any]:
     try:
-        values = json.loads((folder / "config.json").read_text())
+        values = json.loads((folder / CONFIG).read_text())
     except (OSError, ValueError) as exc:
-        raise UserError(f"{folder}: no readable config.json ({exc}); --llm takes a Hugging Face LLaMA folder") from None
+        raise UserError(f"{folder}: no readable {CONFIG} ({exc}); --llm takes a Hugging Face LLaMA folder") from None
     if "hidden_size" not in values:
-        raise UserError(f"{folder}/config.json: not a LLaMA config (no hidden_size)")
+        raise UserError(f"{folder / CONFIG}: not a LLaMA config (no hidden_size)")
     return values
 
 
@@ -106,7 +103,7 @@ def from_components(args: TrainArgs) -> LlamaVidForCausalLM:
     """Stage 1 (``--qformer``) or reference-style stage 2 (``--projector``) from separate files."""
     if not (args.llm and args.vision and (args.qformer or args.projector)):
         raise UserError("give --init FOLDER (a previous stage's output), or --llm, --vision and --qformer "
-                        "(stage 1) / --projector (stage 2 from a stage-1 mm_projector.bin)")
+                        f"(stage 1) / --projector (stage 2 from a stage-1 {PROJECTOR_FILE})")
     eva = load_eva_file(args.vision)
     eva_cfg = EvaConfig.from_state_dict(eva, args.image_size)
     parts = projector_state(args.projector) if args.projector else instructblip_state(args.qformer, args.trust_pickle)
@@ -116,8 +113,8 @@ def from_components(args: TrainArgs) -> LlamaVidForCausalLM:
         vision_mlp_hidden=eva_cfg.mlp_hidden, bert_type=args.bert_type, compress_type=args.compress_type,
         num_query=int(parts["model.vlm_att_query"].shape[1]), max_token=args.max_length,
         image_aspect_ratio=args.preset.image_aspect_ratio, mm_projector_type="mlp2x_gelu",
-        qformer=qformer_sizes(parts, overrides), mm_vision_tower="eva_vit_g.pth", use_cache=False)
-    ckpt = {k: v for k, v in read_checkpoint(Path(args.llm)).items() if not k.startswith("model.vision_tower.")}
+        qformer=qformer_sizes(parts, overrides), mm_vision_tower=EVA_FILE, use_cache=False)
+    ckpt = {k: v for k, v in read_checkpoint(Path(args.llm)).items() if not k.startswith(VISION)}
     ckpt.update(parts)
     if not args.projector:
         ckpt.update(fresh_projectors(config, args.seed))
@@ -150,19 +147,18 @@ def from_checkpoint(args: TrainArgs) -> LlamaVidForCausalLM:
 def apply_rope_scaling(model: LlamaVidForCausalLM, max_length: int) -> float | None:
     """Linear RoPE scaling when ``max_length`` exceeds what the model reaches (stage 3: x16 for 64K)."""
     config = model.config
-    rope = dict(config.rope_parameters or {"rope_type": "default", "rope_theta": 10000.0})
-    current = float(rope.get("factor", 1.0)) if rope.get("rope_type") == "linear" else 1.0
-    factor = rope_factor_for(max_length, config.max_position_embeddings, current)
+    factor = rope_factor_for(max_length, config.context_length, config.rope_factor)
     if factor is None:
         return None
-    config.rope_parameters = {"rope_type": "linear", "factor": factor, "rope_theta": rope.get("rope_theta", 10000.0)}
+    theta = (config.rope_parameters or {}).get("rope_theta", 10000.0)
+    config.rope_parameters = {"rope_type": "linear", "factor": factor, "rope_theta": theta}
     model.model.rotary_emb = LlamaRotaryEmbedding(config=config)
     return factor
 
 
 def checkpoint_shape(folder: Path) -> dict[str, Any] | None:
     """compress_type and image size of a previous stage's output (None for a plain LLaMA config)."""
-    values = json.loads((Path(folder) / "config.json").read_text())
+    values = json.loads((Path(folder) / CONFIG).read_text())
     if "mm_hidden_size" not in values:
         return None
     config = LlamaVidConfig.from_released(values)

@@ -19,6 +19,7 @@ from torch import nn
 
 from llamavid.errors import UserError, require
 from llamavid.model.modeling import eva_config
+from llamavid.model.quantize_llm import quantize_llm
 
 LLM_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -43,8 +44,6 @@ def add_lora(model: nn.Module, r: int, alpha: int, dropout: float, bits: int = 1
         raise UserError("the model has no decoder-layer linears to put LoRA adapters on")
     if bits == 4:
         require("bitsandbytes", purpose="QLoRA (--bits 4)")
-        from llamavid.model.quantize_llm import quantize_llm
-
         quantize_llm(model, 4, compute_dtype=compute_dtype, device=device)
     config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", target_modules=targets)
     peft.inject_adapter_in_model(config, model)
@@ -59,6 +58,7 @@ def dense_weight(layer: nn.Module) -> torch.Tensor:
     """A linear layer's weight as float32, dequantizing a bitsandbytes 4-bit weight."""
     weight = layer.weight
     if type(weight).__name__ == "Params4bit":
+        # lazy: bitsandbytes is optional (QLoRA only) and already loaded when a weight is Params4bit
         import bitsandbytes.functional as bnbf
 
         return bnbf.dequantize_4bit(weight.data, weight.quant_state).float()
@@ -67,6 +67,8 @@ def dense_weight(layer: nn.Module) -> torch.Tensor:
 
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state dict with every adapter merged into its base weight, under plain names."""
+    # lazy: importing peft takes seconds (it loads bitsandbytes); only LoRA runs reach this, and
+    # :func:`add_lora` has loaded it by then
     from peft.tuners.lora import LoraLayer
 
     state: dict[str, torch.Tensor] = {}

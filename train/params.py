@@ -35,10 +35,6 @@ def unused_qformer_params(model: nn.Module) -> set[str]:
     return {n for n, _ in model.named_parameters() if n.startswith((last + "intermediate.", last + "output."))}
 
 
-def trainable_names(model: nn.Module) -> list[str]:
-    return [n for n, p in model.named_parameters() if p.requires_grad]
-
-
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups as transformers' Trainer makes them: no decay for biases and norms."""
     decay, no_decay = [], []

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from llamavid.errors import require
 
 
@@ -30,10 +32,8 @@ class Progress:
         # a fresh run starts a new log; a resumed one continues it
         self.log_file = open(Path(output) / "train_log.jsonl", "a" if start else "w", encoding="utf-8")
         if sys.stderr.isatty():
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True)
-        if tensorboard:
+        if tensorboard:  # an optional dependency, imported only when asked for
             board = require("torch.utils.tensorboard", "tensorboard", "--tensorboard")
             self.writer = board.SummaryWriter(str(Path(output) / "tensorboard"))
 

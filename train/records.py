@@ -6,7 +6,7 @@ A data file is a JSON list (LLaVA) or JSON lines of records::
      "conversations": [{"from": "human", "value": "<image>\\nWhat is ..."}, {"from": "gpt", "value": "..."}]}
 
 ``video`` ending in ``.npy``, ``.npz`` or ``.pkl`` names precomputed long-video EVA features
-(see :mod:`train.media`); a ``.npy`` record may carry ``subtitles`` and ``frame_times``.
+(see :mod:`train.visual_inputs`); a ``.npy`` record may carry ``subtitles`` and ``frame_times``.
 Every problem is a :class:`DataError` that names the file, the record and what to fix: the
 reference swallowed such errors and trained on a random other sample instead.
 """

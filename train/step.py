@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llamavid.model.modeling import IMAGE_TOKEN_INDEX, LlamaVidForCausalLM, split_slots
-
-from train.config import IGNORE_INDEX, PROJECTOR_FILE, matches
+from train.config import IGNORE_INDEX, PROJECTOR_PARTS, matches
 from train.dataset import Sample
 
 
@@ -63,7 +62,7 @@ class TrainStep(nn.Module):
         self.model = model
         self.max_length = max_length
         self.eva_batch = eva_batch
-        self.visual_trainable = any(p.requires_grad for n, p in model.named_parameters() if matches(n, PROJECTOR_FILE))
+        self.visual_trainable = any(p.requires_grad for n, p in model.named_parameters() if matches(n, PROJECTOR_PARTS))
 
     @property
     def device(self) -> torch.device:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -23,13 +24,24 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from llamavid.errors import UserError
-
-from train import checkpoint as ckpt
+from llamavid.files import CONFIG, VOCAB_FILE
+from llamavid.model.qformer import load_qformer_tokenizer
+from llamavid.runtime.api import load_llm_tokenizer
+from train.checkpoint import RUN_FILE, STATE_FILE, full_state, latest, load_state, model_sources, save_model, save_state
 from train.config import LLM, TrainArgs, trainable_prefixes
+from train.dataset import DataOptions, LlavaDataset, collate
 from train.distributed import Runtime, all_reduce_sum, any_rank, barrier, gradient_sync, init_runtime, shutdown, wrap
+from train.init import build_model, checkpoint_shape
+from train.lora import add_lora, estimate_gib, is_lora
+from train.params import cast_frozen, count, param_groups, set_trainable
+from train.progress import Progress
+from train.records import read_records
 from train.sampler import epoch_order, micro_batches_per_epoch, rank_batches
+from train.step import TrainStep
+from train.validate import CheckOptions, validate
 
 # Settings that may change when a run is resumed; anything else must match the first start.
 RESUMABLE_CHANGES = {"output", "num_workers", "log_every", "tensorboard", "resume", "device", "validate",
@@ -89,14 +101,12 @@ class Plan:
 # ------------------------------------------------------------------------------------ set-up
 def prepare_args(args: TrainArgs, world_size: int) -> TrainArgs:
     """Fill presets, take the model's shape from ``--init``, check options that cannot work together."""
-    from train.init import checkpoint_shape
-
     args = dataclasses.replace(args)  # the caller's object stays as given
-    if args.init is not None and not (Path(args.init) / "config.json").is_file():
-        raise UserError(f"--init {args.init}: not a checkpoint folder (no config.json)")
+    if args.init is not None and not (Path(args.init) / CONFIG).is_file():
+        raise UserError(f"--init {args.init}: not a checkpoint folder (no {CONFIG})")
     # the token layout and image size continue those of the previous stage
     previous = args.init or (Path(args.projector).parent if args.projector else None)
-    shape = checkpoint_shape(previous) if previous and (Path(previous) / "config.json").is_file() else None
+    shape = checkpoint_shape(previous) if previous and (Path(previous) / CONFIG).is_file() else None
     if shape is not None:
         args.compress_type, args.image_size = shape["compress_type"], shape["image_size"]
     args = args.resolved()
@@ -120,7 +130,7 @@ def prepare_args(args: TrainArgs, world_size: int) -> TrainArgs:
 
 def check_resume(args: TrainArgs, output: Path) -> Path | None:
     """The checkpoint to continue from (or None), refusing settings that differ from the first start."""
-    found = ckpt.latest(output)
+    found = latest(output)
     if args.resume == "never":
         if found:
             raise UserError(f"{output} already holds a run ({found.name}); continue it with --resume auto "
@@ -128,9 +138,9 @@ def check_resume(args: TrainArgs, output: Path) -> Path | None:
         return None
     if args.resume not in ("auto", "never"):
         found = Path(args.resume)
-        if not (found / ckpt.STATE_FILE).is_file():
-            raise UserError(f"--resume {found}: not a complete checkpoint folder (no {ckpt.STATE_FILE})")
-    run_file = output / "run.json"
+        if not (found / STATE_FILE).is_file():
+            raise UserError(f"--resume {found}: not a complete checkpoint folder (no {STATE_FILE})")
+    run_file = output / RUN_FILE
     if found and run_file.is_file():
         before = json.loads(run_file.read_text())
         now = args.to_json()
@@ -142,14 +152,11 @@ def check_resume(args: TrainArgs, output: Path) -> Path | None:
 
 
 def tokenizers(args: TrainArgs) -> tuple[Any, Any, Path]:
-    from llamavid.runtime.api import load_llm_tokenizer
-    from llamavid.model.qformer import load_qformer_tokenizer
-
     source = Path(args.init or args.llm)
     tok = load_llm_tokenizer(source)
     if tok is None:
         raise UserError(f"{source}: no LLaMA tokenizer (tokenizer.model / tokenizer.json) in this folder")
-    vocab = Path(args.qformer_vocab) if args.qformer_vocab else source / "bert_vocab.txt"
+    vocab = Path(args.qformer_vocab) if args.qformer_vocab else source / VOCAB_FILE
     if not vocab.is_file():
         raise UserError(f"no Q-Former vocabulary at {vocab}: pass --qformer-vocab (bert-base-uncased vocab.txt)")
     return tok, load_qformer_tokenizer(vocab), vocab
@@ -159,8 +166,6 @@ def attention_implementation(choice: str, device: torch.device) -> str:
     """flash-attn 2 when installed and on a GPU, otherwise PyTorch's SDPA."""
     if choice != "auto":
         return choice
-    import importlib.util
-
     return "flash_attention_2" if device.type == "cuda" and importlib.util.find_spec("flash_attn") else "sdpa"
 
 
@@ -174,10 +179,6 @@ def enable_checkpointing(model: nn.Module) -> None:
 
 def setup_model(args: TrainArgs, rt: Runtime, bf16: bool) -> nn.Module:
     """Starting weights, frozen / trainable parts, LoRA, precision and checkpointing, on the device."""
-    from train.init import build_model
-    from train.lora import add_lora
-    from train.params import cast_frozen, set_trainable
-
     model = build_model(args)
     try:
         model.set_attn_implementation(attention_implementation(args.attn, rt.device))
@@ -204,11 +205,7 @@ def setup_model(args: TrainArgs, rt: Runtime, bf16: bool) -> nn.Module:
     return model
 
 
-def data(args: TrainArgs, tokenizer, qformer_tokenizer, say) -> Any:
-    from train.dataset import DataOptions, LlavaDataset
-    from train.records import read_records
-    from train.validate import CheckOptions, validate
-
+def data(args: TrainArgs, tokenizer, qformer_tokenizer, say) -> LlavaDataset:
     if args.validate:
         report = validate(args.data, CheckOptions(args.stage, args.image_folder, args.video_folder,
                                                   compress_type=args.compress_type, image_size=args.image_size,
@@ -243,8 +240,6 @@ def cosine_with_warmup(optimizer, warmup: int, total: int) -> torch.optim.lr_sch
 
 
 def optimizer_and_schedule(wrapped: nn.Module, args: TrainArgs, total: int):
-    from train.params import param_groups
-
     groups = param_groups(wrapped, args.weight_decay)
     if not groups:
         raise UserError("nothing to train: every parameter is frozen")
@@ -288,8 +283,6 @@ def run(args: TrainArgs) -> TrainResult:
 
 
 def _run(args: TrainArgs, rt: Runtime) -> TrainResult:
-    from train.progress import Progress
-
     args = prepare_args(args, rt.world_size)
     output = Path(args.output)
     resume_from = check_resume(args, output)
@@ -302,15 +295,15 @@ def _run(args: TrainArgs, rt: Runtime) -> TrainResult:
     if rt.is_main:
         output.mkdir(parents=True, exist_ok=True)
         if resume_from is None:
-            (output / "run.json").write_text(json.dumps(args.to_json(), indent=2))
+            (output / RUN_FILE).write_text(json.dumps(args.to_json(), indent=2))
     barrier(rt)
-    wrapped = wrap(_train_step(model, args), rt, args.fsdp, bf16)
+    wrapped = wrap(TrainStep(model, args.max_length), rt, args.fsdp, bf16)
     plan = Plan(dataset.modality_lengths, args.batch_size, rt.world_size, rt.rank, args.grad_accum, args.seed,
                 args.group_by_modality, args.epochs, args.max_steps)
     optimizer, scheduler = optimizer_and_schedule(wrapped, args, plan.total_steps)
     start = 0
     if resume_from is not None:
-        info = ckpt.load_state(resume_from, wrapped, optimizer, scheduler, rt)
+        info = load_state(resume_from, wrapped, optimizer, scheduler, rt)
         if info.get("world_size", rt.world_size) != rt.world_size:
             raise UserError(f"{resume_from} was written by {info['world_size']} processes; resume with the same number")
         start = int(info["step"])
@@ -329,12 +322,6 @@ def _run(args: TrainArgs, rt: Runtime) -> TrainResult:
     return result
 
 
-def _train_step(model: nn.Module, args: TrainArgs) -> nn.Module:
-    from train.step import TrainStep
-
-    return TrainStep(model, args.max_length)
-
-
 def _autocast(device: torch.device, bf16: bool, fsdp: str | None):
     if bf16 and not fsdp:
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -342,10 +329,6 @@ def _autocast(device: torch.device, bf16: bool, fsdp: str | None):
 
 
 def _loader(dataset, plan: Plan, start: int, args: TrainArgs):
-    from torch.utils.data import DataLoader
-
-    from train.dataset import collate
-
     return iter(DataLoader(dataset, batch_sampler=list(plan.micro_batches(start)), collate_fn=collate,
                            num_workers=args.num_workers, generator=torch.Generator().manual_seed(args.seed),
                            prefetch_factor=2 if args.num_workers else None))
@@ -401,31 +384,25 @@ def _report_skipped(batch, progress) -> None:
 def _save(args, rt, wrapped, optimizer, scheduler, step: int, plan: Plan) -> None:
     info = {"world_size": rt.world_size, "total_steps": plan.total_steps, "stage": args.stage,
             "finished": step >= plan.total_steps}
-    ckpt.save_state(Path(args.output), step, wrapped, optimizer, scheduler, info, rt, args.save_total_limit)
+    save_state(Path(args.output), step, wrapped, optimizer, scheduler, info, rt, args.save_total_limit)
 
 
 def _finish(args, rt, wrapped, model, optimizer, scheduler, result: TrainResult, vocab: Path) -> None:
     """At the end: a last resumable checkpoint and the model in the released layout."""
-    from train.lora import is_lora
-
     if result.stopped_early:
         return
     plan_total = result.total_steps
     if not (Path(args.output) / f"checkpoint-{result.step}").is_dir():
         info = {"world_size": rt.world_size, "total_steps": plan_total, "stage": args.stage, "finished": True}
-        ckpt.save_state(Path(args.output), result.step, wrapped, optimizer, scheduler, info, rt, args.save_total_limit)
-    state = ckpt.full_state(wrapped, model, is_lora(model))
+        save_state(Path(args.output), result.step, wrapped, optimizer, scheduler, info, rt, args.save_total_limit)
+    state = full_state(wrapped, model, is_lora(model))
     if rt.is_main:
-        sources = {"tokenizer": Path(args.init or args.llm), "vocab": vocab,
-                   "eva": args.vision or (Path(args.init) / "eva_vit_g.pth" if args.init else None)}
-        ckpt.save_model(Path(args.output), state, model.config, args.stage, sources)
+        save_model(Path(args.output), state, model.config, args.stage, model_sources(args, vocab))
     barrier(rt)
 
 
 def _memory_note(args: TrainArgs, model: nn.Module, rt: Runtime) -> str:
     """The rough per-GPU memory this run needs, next to what the GPU has (before the first step fails)."""
-    from train.lora import estimate_gib
-
     estimate = estimate_gib(model.config, lora_r=args.lora_r, bits=args.bits, train_llm=args.preset.train_llm,
                             train_multimodal=args.lora_train_multimodal or not args.lora_r,
                             seq_len=args.max_length, batch=args.batch_size)
@@ -437,8 +414,6 @@ def _memory_note(args: TrainArgs, model: nn.Module, rt: Runtime) -> str:
 
 
 def _banner(args: TrainArgs, rt: Runtime, model: nn.Module, plan: Plan, resume_from, bf16: bool) -> str:
-    from train.params import count
-
     trainable, total = count(model)
     where = f"resuming from {resume_from.name}" if resume_from else "starting"
     return (f"stage {args.stage} ({args.preset.template}), {where}: {plan.total_steps} steps of "

@@ -22,11 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from train.config import STAGES, tokens_per_frame
-from llamavid.errors import BadMedia
+from llamavid.errors import BadMedia, UserError
+from llamavid.files import CONFIG
+from llamavid.media.load import load_image
 from llamavid.media.probe import probe
 from llamavid.model.modeling import IMAGE_TOKEN
+from llamavid.runtime.api import load_llm_tokenizer
+from llamavid.model.features import tokens_per_frame
+from train.config import STAGES
+from train.dataset import DataOptions, LlavaDataset
+from train.init import checkpoint_shape
 from train.records import DataError, MediaRef, conversation_turns, media_ref, read_records, where
+from train.visual_inputs import load_film
 
 
 @dataclass
@@ -84,6 +91,17 @@ class Report:
         return {"path": str(self.path), "records": self.records, "ok": self.ok, "errors": self.errors,
                 "warnings": self.warnings, "kinds": dict(self.kinds), "longest": self.longest,
                 "lengths_checked": self.lengths_checked}
+
+
+def use_model(options: CheckOptions, folder: Path) -> None:
+    """Count tokens with ``folder``'s tokenizer (``--model``); a LLaMA-VID folder also sets the compress
+    type and image size, so visual rows are counted as that model makes them."""
+    options.tokenizer = load_llm_tokenizer(folder)
+    if options.tokenizer is None:
+        raise UserError(f"--model {folder}: no tokenizer.model / tokenizer.json in that folder")
+    shape = checkpoint_shape(folder) if (Path(folder) / CONFIG).is_file() else None
+    if shape is not None:
+        options.compress_type, options.image_size = shape["compress_type"], shape["image_size"]
 
 
 def validate(path: str | Path, options: CheckOptions) -> Report:
@@ -159,12 +177,8 @@ def check_placeholders(name: str, turns: list[tuple[str, str]], media: MediaRef,
 
 def check_file(name: str, media: MediaRef, options: CheckOptions) -> None:
     """Open the file (``--deep``): an unreadable image or video fails here, not hours into a run."""
-    from llamavid.errors import UserError
-
     try:
         if media.kind == "image":
-            from llamavid.media.load import load_image
-
             load_image(media.path)
         elif media.kind == "video":
             video_frames(media.path, options)
@@ -197,15 +211,11 @@ def feature_shape(path: Path, trust_pickle: bool) -> tuple[int, ...]:
             return tuple(shape)
     if not trust_pickle:
         raise DataError(f"{path}: .pkl needs --trust-pickle to be opened")
-    from train.media import load_film
-
     feats, _ = load_film(path, {}, 1.0, True)
     return tuple(feats.shape)
 
 
-def _text_dataset(records: list, options: CheckOptions, image_folder: Path, video_folder: Path):
-    from train.dataset import DataOptions, LlavaDataset
-
+def _text_dataset(records: list, options: CheckOptions, image_folder: Path, video_folder: Path) -> LlavaDataset:
     data = DataOptions(image_folder, video_folder, STAGES[options.stage].template, options.image_size,
                        video_fps=options.video_fps, video_token=options.video_token, trust_pickle=options.trust_pickle)
     return LlavaDataset(records, options.tokenizer, None, data)

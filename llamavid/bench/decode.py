@@ -1,8 +1,8 @@
 """Benchmark of 1-frame-per-second sampling strategies: seconds per hour of film and peak memory.
 
-    python -m indexer.bench --rounds 3           # 1080p H.264, 10 s GOPs (cpu-anchors section 3)
-    python -m indexer.bench --gop 2              # the same with a keyframe every 2 s (streaming encodes)
-    python -m indexer.bench --seconds 10 --width 640 --height 360 --repeat 2   # a quick run
+    python -m llamavid.bench.decode --rounds 3   # 1080p H.264, 10 s GOPs (cpu-anchors section 3)
+    python -m llamavid.bench.decode --gop 2      # the same with a keyframe every 2 s (streaming encodes)
+    python -m llamavid.bench.decode --seconds 10 --width 640 --height 360 --repeat 2   # a quick run
 
 The clip is made like the cpu-anchors files (moving sinus gradients, a panned noise texture and
 per-frame grain; libx264 veryfast, crf 23, a keyframe every ``--gop`` seconds without scene cuts,
@@ -29,9 +29,20 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
+import av
+import av.filter
 
-from llamavid.media.decode import EPS, DecodeStats, decode_pool, decode_segment, plan_segments, video_spec
+from llamavid.media.decode import (
+    EPS,
+    DecodeStats,
+    decode_pool,
+    decode_segment,
+    plan_segments,
+    prepare_frame,
+    video_spec,
+)
+from llamavid.media.probe import probe
+from llamavid.media.synthetic import X264, film, repeat_clip, write_video
 
 STRATEGIES = {
     "every-frame": "decode every frame (PyAV defaults), keep the first at/after each second",
@@ -67,56 +78,14 @@ def make_clip(path: Path, seconds: float, width: int = 1920, height: int = 1080,
               kbps: int = 8000, gop_seconds: float = 10) -> Path:
     """Synthetic film-like H.264, a keyframe every ``gop_seconds`` (10: cpu-anchors section 3)."""
     keyint = max(1, round(gop_seconds * fps))
-    import av
-
-    out = av.open(str(path), "w")
-    stream = out.add_stream("libx264", rate=fps)
-    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-    x264 = f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes=2:vbv-maxrate={kbps}:vbv-bufsize={2 * kbps}"
-    stream.options = {"preset": "veryfast", "crf": "23", "x264-params": x264}
-    rng = np.random.default_rng(0)
-    texture = np.kron(rng.integers(0, 255, (height // 4, width // 2), dtype=np.uint8), np.ones((4, 4), np.uint8))
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    for i in range(int(seconds * fps)):
-        t = i / fps
-        base = 127 + 60 * np.sin(xx / 97 + t) + 40 * np.cos(yy / 53 - 1.3 * t)
-        shift = int(t * 40) % width
-        luma = base + 0.25 * texture[:, shift:shift + width] + rng.integers(-10, 10, (height, width))
-        y = np.clip(luma, 0, 255).astype(np.uint8)
-        frame = av.VideoFrame.from_ndarray(np.stack([y, np.roll(y, 7, 1), 255 - y], -1), format="rgb24")
-        frame.pts = i
-        out.mux(stream.encode(frame))
-    out.mux(stream.encode())
-    out.close()
-    return path
-
-
-def repeat_clip(src: Path, dst: Path, copies: int) -> Path:
-    """``copies`` times the clip back to back, by copying packets with shifted timestamps."""
-    import av
-
-    with av.open(str(src)) as source, av.open(str(dst), "w") as out:
-        stream = source.streams.video[0]
-        target = out.add_stream_from_template(stream)
-        span = int(round(source.duration / 1e6 / stream.time_base))
-        for copy in range(copies):
-            source.seek(0)
-            for packet in source.demux(stream):
-                if packet.dts is None and packet.pts is None:
-                    continue
-                packet.pts = None if packet.pts is None else packet.pts + copy * span
-                packet.dts = None if packet.dts is None else packet.dts + copy * span
-                packet.stream = target
-                out.mux(packet)
-    return dst
+    x264 = X264(preset="veryfast", crf=23, keyint=keyint, fixed_keyint=True, bframes=2, maxrate_kbps=kbps)
+    return write_video(path, film(width, height, fps), fps=fps, seconds=seconds, x264=x264)
 
 
 # -- strategies (each runs inside its own process, see _measure) ----------------------------------
 
 
 def _sequential(path: str, skip: str | None = None) -> int:
-    import av
-
     with av.open(path) as container:
         stream = container.streams.video[0]
         if skip:
@@ -130,9 +99,6 @@ def _sequential(path: str, skip: str | None = None) -> int:
 
 
 def _fps_filter(path: str) -> int:
-    import av
-    import av.filter
-
     with av.open(path) as container:
         stream = container.streams.video[0]
         graph = av.filter.Graph()
@@ -159,8 +125,6 @@ def _with_end(frames):
 
 
 def _seek(path: str, seconds: int) -> int:
-    import av
-
     with av.open(path) as container:
         stream = container.streams.video[0]
         for k in range(seconds):
@@ -193,17 +157,12 @@ def _segment_count(spec, fps: float, start: int, stop: int | None) -> tuple[int,
 
 
 def _warm() -> None:
-    """Start-up work of a worker process (imports), kept out of the timing: paid once per run."""
-    import av  # noqa: F401
-
+    """Start-up work of a worker process (importing this module), kept out of the timing: paid once per run."""
     time.sleep(0.2)  # so that every worker of the pool gets one of these
 
 
 def _one_pass(path: str, prepare: bool) -> int:
     """Frames kept by the indexer's one-pass decoder (optionally preprocessed as for EVA)."""
-    from llamavid.media.decode import prepare_frame
-    from llamavid.media.probe import probe
-
     spec = video_spec(path, probe(path))
     kept = 0
     for _, image in decode_segment(spec, 1.0, 0, None, DecodeStats()):
@@ -215,8 +174,6 @@ def _one_pass(path: str, prepare: bool) -> int:
 
 def _workers(path: str, pool, segment_seconds: float = 30.0) -> tuple[int, float, float]:
     """(frames kept, largest worker peak RSS in MB, worker CPU seconds) with parallel segments."""
-    from llamavid.media.probe import probe
-
     spec = video_spec(path, probe(path))
     segments = list(plan_segments(spec, 1.0, 0, segment_seconds))
     results = [f.result() for f in [pool.submit(_segment_count, spec, 1.0, a, b) for a, b in segments]]
@@ -230,16 +187,13 @@ def _ffmpeg(path: str) -> int:
 
 
 def run_one(strategy: str, path: str, workers: int, seek_seconds: int) -> dict:
-    """Time one strategy in this process; returns what Result needs."""
-    import av  # noqa: F401 - imports are not part of the timing
-
+    """Time one strategy in this process (its imports, done at module load, are not part of the timing);
+    returns what Result needs."""
     pool = None
     if strategy == "llamavid-workers":
         pool = decode_pool(workers)
         for future in [pool.submit(_warm) for _ in range(workers)]:
             future.result()
-    elif strategy == "llamavid+preprocess":
-        import llamavid.media.preprocess  # noqa: F401
     start, cpu = time.perf_counter(), time.process_time()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     sampled = {
@@ -333,7 +287,7 @@ def _row(r: Result) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m indexer.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m llamavid.bench.decode", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30, help="unique content to encode")
     parser.add_argument("--repeat", type=int, default=4, help="copies of it in the measured clip")

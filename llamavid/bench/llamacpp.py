@@ -22,13 +22,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import gguf
+import numpy as np
+import torch
+
+from llamavid.model.tiny import write_llama_tokenizer
+from llamavid.runtime.backend import TransformersBackend
+from llamavid.runtime.generate import SamplingOptions
+from llamavid.runtime.gguf_export import quantize_gguf, write_gguf
+from llamavid.runtime.llamacpp import LlamaCppBackend
+
 PREFIXES = ("tokens", "embeddings")
 
 
 def write_ggufs(model: Any, folder: Path, types: tuple[str, ...], say: Callable[[str], None]) -> dict[str, Path]:
     """GGUF files of ``model``'s LLM: f16 from the state dict, the others quantized from it."""
-    from llamavid.runtime.gguf_export import quantize_gguf, write_gguf
-    from llamavid.model.tiny import write_llama_tokenizer
 
     write_llama_tokenizer(folder)  # a real SentencePiece file; rows past its vocabulary are padding
     state = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
@@ -43,7 +51,6 @@ def write_ggufs(model: Any, folder: Path, types: tuple[str, ...], say: Callable[
 
 def _timed(backend: Any, ids: list[int], slots: list, new_tokens: int) -> tuple[list[int], float, float]:
     """(tokens, prefill seconds incl. the first token, seconds for the other tokens) of one answer."""
-    from llamavid.runtime.generate import SamplingOptions
 
     opts = SamplingOptions(max_new_tokens=new_tokens, temperature=0, stop_ids=())
     start = time.perf_counter()
@@ -57,9 +64,6 @@ def _timed(backend: Any, ids: list[int], slots: list, new_tokens: int) -> tuple[
 def gguf_token_rows(path: Path, ids: list[int]) -> Any:
     """The GGUF file's own embedding rows for ``ids``, dequantized: exactly what llama.cpp looks
     up for those tokens, so a token prefix and an embedding prefix are the same input."""
-    import gguf
-    import numpy as np
-
     reader = gguf.GGUFReader(str(path))
     table = next(t for t in reader.tensors if t.name == "token_embd.weight")
     return np.asarray(gguf.dequantize(np.asarray(table.data)[ids], table.tensor_type), dtype=np.float32)
@@ -67,7 +71,6 @@ def gguf_token_rows(path: Path, ids: list[int]) -> Any:
 
 def _inputs(model: Any, ids: Any, prefix: str, gguf_file: Path | None) -> tuple[list[int], list]:
     """The prompt as ids, or as one embedding slot holding the rows the backend would look up."""
-    import torch
 
     if prefix == "tokens":
         return ids[0].tolist(), []
@@ -82,8 +85,6 @@ def _inputs(model: Any, ids: Any, prefix: str, gguf_file: Path | None) -> tuple[
 def backends(model: Any, ggufs: dict[str, Path], context: int,
              threads: int | None) -> dict[str, tuple[Callable, Path | None]]:
     """Backend name -> (a factory, its GGUF file); llama.cpp contexts hold GBs: one lives at a time."""
-    from llamavid.runtime.chat import TransformersBackend
-    from llamavid.runtime.llamacpp import LlamaCppBackend
 
     made: dict[str, tuple[Callable, Path | None]] = {"transformers": (lambda: TransformersBackend(model), None)}
     for kind, path in ggufs.items():
@@ -94,7 +95,6 @@ def backends(model: Any, ggufs: dict[str, Path], context: int,
 def bench_llamacpp(plan: Any, rec: Any, model: Any, types: tuple[str, ...] = ("f16", "q8_0", "q4_K_M"),
                    say: Callable[[str], None] = print) -> None:
     """Prefill and decode tokens/s of each backend after a token and after an embedding prefix."""
-    import torch
 
     gen = torch.Generator().manual_seed(plan.seed + 11)
     vocab = model.config.vocab_size

@@ -6,8 +6,10 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from llamavid.bench.model import DEFAULT_STAGES, DTYPE_NAMES, FULL, LLM_SIZES, SMOKE, STAGES, BenchPlan
+from llamavid.bench.plan import DEFAULT_STAGES, DTYPE_NAMES, FULL, LLM_SIZES, SMOKE, STAGES, BenchPlan
 from llamavid.errors import UserError, require
+from llamavid.hub.installed import resolve_model, search_dirs
+from llamavid.paths import resolve_data_dir
 
 HELP = "measure EVA, Q-Former and LLM speed on this machine (one JSON line per measurement)"
 
@@ -69,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
 def make_plan(args: argparse.Namespace) -> BenchPlan:
     """Turn command-line options into a plan; every problem becomes a UserError saying what to change."""
-    from llamavid.bench.model import bench_dtype, resolve_model
-    from llamavid.runtime.device import pick_device  # torch
+    from llamavid.bench.harness import bench_dtype  # torch: only when a benchmark runs
+    from llamavid.runtime.device import pick_device
 
     unknown = [s for s in args.only if s not in STAGES]
     if unknown:
@@ -96,7 +98,8 @@ def make_plan(args: argparse.Namespace) -> BenchPlan:
     llm_size = args.llm_size
     if llm_size == "auto":
         llm_size = "tiny" if smoke else "7b" if device.type == "cuda" else "1b"
-    model_folder, search = resolve_model(args.model, getattr(args, "data_dir", None)) if args.model else (None, [])
+    data_dir = getattr(args, "data_dir", None) or resolve_data_dir(None)
+    model_folder, search = (resolve_model(args.model, data_dir), search_dirs(data_dir)) if args.model else (None, [])
     return BenchPlan(
         stages=tuple(s for s in STAGES if s in args.only),
         device=device,

@@ -7,7 +7,8 @@ Examples:
   llamavid index watch                 index, then follow the folders for changes
   llamavid index pause / resume        stop and continue the queue (from another terminal too)
 
-Imports are light at module level (no torch): the heavy parts load inside ``run``.
+The indexer's own modules are imported inside the commands: ``llamavid --help`` imports this
+module, and they load sqlite-utils (which imports pandas), PyAV or torch.
 """
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ import signal
 import sys
 from pathlib import Path
 
-HELP = "index movie folders: frames, EVA features and subtitles into the library (add, run, status...)"
+from indexer.errors import IndexingError
+from llamavid.errors import UserError
+from llamavid.paths import DataDir
 
-ACTIONS = ("add", "scan", "run", "status", "watch", "pause", "resume", "cancel", "retry", "rm", "search")
+HELP = "index movie folders: frames, EVA features and subtitles into the library (add, run, status...)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,10 +87,6 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from indexer.errors import IndexingError
-    from llamavid.errors import UserError
-    from llamavid.paths import DataDir
-
     data = DataDir(Path(args.data_dir)).create()
     try:
         return COMMANDS[args.index_command](args, data)
@@ -95,16 +94,16 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
 
 
-def _db(data):
-    from indexer.db import connect
+def _open(data: DataDir):
+    """The data folder's LibraryStore (use it in a ``with`` block)."""
+    from indexer.store import LibraryStore
 
-    return connect(data.database)
+    return LibraryStore.open(data.database)
 
 
 def options_from(args: argparse.Namespace):
     from indexer.pipeline import IndexOptions
     from indexer.whisper import SpeechOptions
-    from llamavid.errors import UserError
 
     if args.fps <= 0:
         raise UserError(f"--fps must be positive, got {args.fps}")
@@ -117,31 +116,29 @@ def options_from(args: argparse.Namespace):
                                               beam_size=args.whisper_beam))
 
 
-# -- actions -------------------------------------------------------------------------------------
-
-
-def cmd_add(args, data) -> int:
+def cmd_add(args, data: DataDir) -> int:
     from indexer.scan import add_library, scan
 
-    db = _db(data)
-    ids = [add_library(db, p)["id"] for p in args.paths]
-    if not args.no_scan:
-        print(f"scanned: {scan(db, ids).summary()}")
+    with _open(data) as store:
+        ids = [add_library(store, p)["id"] for p in args.paths]
+        if not args.no_scan:
+            print(f"scanned: {scan(store, ids).summary()}")
     return 0
 
 
-def cmd_scan(args, data) -> int:
+def cmd_scan(args, data: DataDir) -> int:
     from indexer.scan import scan
 
-    report = scan(_db(data))
+    with _open(data) as store:
+        report = scan(store)
     print(f"scanned: {report.summary()}")
     for line in report.errors:
         print(f"  {line}", file=sys.stderr)
     return 0
 
 
-def cmd_run(args, data, wait=None, stop=None) -> int:
-    from indexer.features import find_vision_weights
+def cmd_run(args, data: DataDir, wait=None, stop=None) -> int:
+    from indexer.encoder import find_vision_weights
     from indexer.progress import Progress
     from indexer.runner import run_queue
 
@@ -158,20 +155,18 @@ def cmd_run(args, data, wait=None, stop=None) -> int:
     return 0
 
 
-def _has_work(data) -> bool:
-    db = _db(data)
-    try:
-        return db.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()[0] > 0
-    finally:
-        db.close()
+def _has_work(data: DataDir) -> bool:
+    with _open(data) as store:
+        counts = store.queue_counts()
+    return counts.get("queued", 0) + counts.get("running", 0) > 0
 
 
 def _sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
     raise KeyboardInterrupt
 
 
-def cmd_watch(args, data) -> int:
-    from indexer.features import find_vision_weights
+def cmd_watch(args, data: DataDir) -> int:
+    from indexer.encoder import find_vision_weights
     from indexer.watch import Watcher
 
     find_vision_weights(data, args.vision)  # new films can arrive at any time
@@ -185,17 +180,17 @@ def cmd_watch(args, data) -> int:
         watcher.stop()
 
 
-def cmd_status(args, data) -> int:
-    from indexer import library
+def cmd_status(args, data: DataDir) -> int:
+    from indexer.library import list_movies
     from indexer.status import print_table
 
-    db = _db(data)
-    found = [_find(db, ref) for ref in args.movies] if args.movies else library.list_movies(db)
-    if args.json:
-        for movie in found:
-            print(json.dumps(status_object(movie), ensure_ascii=False))
-        return 0
-    print_table(db, found, data.features)
+    with _open(data) as store:
+        found = [_find(store, ref) for ref in args.movies] if args.movies else list_movies(store)
+        if args.json:
+            for movie in found:
+                print(json.dumps(status_object(movie), ensure_ascii=False))
+            return 0
+        print_table(store, found, data.features)
     return 0
 
 
@@ -212,73 +207,66 @@ def status_object(movie) -> dict:
     }
 
 
-def _find(db, ref: str):
+def _find(store, ref: str):
     from indexer.library import find_movie
-    from llamavid.errors import UserError
 
     try:
-        return find_movie(db, ref)
+        return find_movie(store, ref)
     except KeyError as exc:
         raise UserError(exc.args[0]) from None
 
 
 def _control(action: str):
-    def command(args, data) -> int:
-        from indexer import jobs
-
-        db = _db(data)
-        if not args.movies and action in ("pause", "resume"):
-            jobs.pause_queue(db, action == "pause")
-            print("queue paused (the current chunk finishes)" if action == "pause" else "queue resumed")
-            if action == "pause":
-                return 0
-        if not args.movies and action == "retry":  # failed jobs, and finished ones whose speech stage failed
-            ids = [r["movie_id"] for r in db.query(
-                "SELECT movie_id FROM jobs WHERE state = 'failed' OR (state = 'done' AND movie_id IN"
-                " (SELECT id FROM movies WHERE speech_state LIKE 'error%'))")]
-        elif not args.movies and action == "resume":
-            ids = [r["movie_id"] for r in db.query("SELECT movie_id FROM jobs WHERE state = 'paused'")]
-        elif not args.movies:
-            from llamavid.errors import UserError
-
-            raise UserError(f"`llamavid index {action}` needs the movies to {action} (ids or paths)")
-        else:
-            ids = [_find(db, ref).id for ref in args.movies]
-        for outcome, n in jobs.request(db, ids, action).items():
-            print(f"{n} {outcome}")
+    def command(args, data: DataDir) -> int:
+        with _open(data) as store:
+            if not args.movies and action in ("pause", "resume"):
+                store.pause_queue(action == "pause")
+                print("queue paused (the current chunk finishes)" if action == "pause" else "queue resumed")
+                if action == "pause":
+                    return 0
+            if not args.movies and action == "retry":  # failed jobs, and finished ones whose speech stage failed
+                ids = store.failed_movie_ids()
+            elif not args.movies and action == "resume":
+                ids = store.paused_movie_ids()
+            elif not args.movies:
+                raise UserError(f"`llamavid index {action}` needs the movies to {action} (ids or paths)")
+            else:
+                ids = [_find(store, ref).id for ref in args.movies]
+            for outcome, n in store.control_jobs(ids, action).items():
+                print(f"{n} {outcome}")
         return 0
     return command
 
 
-def cmd_rm(args, data) -> int:
+def cmd_rm(args, data: DataDir) -> int:
     from indexer import movies
-    from llamavid.errors import UserError
 
-    db = _db(data)
-    for ref in args.paths:
-        folder = str(Path(ref).expanduser().absolute())
-        library = db.execute("SELECT id FROM libraries WHERE path IN (?, ?)",
-                             [folder, os.path.realpath(ref)]).fetchone()
-        if library:
-            ids = [r[0] for r in db.execute("SELECT id FROM movies WHERE library_id = ?", [library[0]])]
-            for movie_id in ids:
-                movies.delete(db, movie_id)
-            db.execute("DELETE FROM libraries WHERE id = ?", [library[0]])
-            print(f"removed library {folder} ({len(ids)} movies, caches deleted)")
-            continue
-        try:
-            movie = _find(db, ref)
-        except UserError:
-            raise UserError(f"{ref}: neither a library folder nor a movie of the library") from None
-        movies.delete(db, movie.id)
-        print(f"removed {movie.rel_path} (cache deleted; a scan adds it back while the file exists)")
+    with _open(data) as store:
+        for ref in args.paths:
+            folder = str(Path(ref).expanduser().absolute())
+            library_id = store.find_library([folder, os.path.realpath(ref)])
+            if library_id is not None:
+                ids = [row["id"] for row in store.library_movies(library_id)]
+                for movie_id in ids:
+                    movies.delete(store, movie_id)
+                store.remove_library(library_id)
+                print(f"removed library {folder} ({len(ids)} movies, caches deleted)")
+                continue
+            try:
+                movie = _find(store, ref)
+            except UserError:
+                raise UserError(f"{ref}: neither a library folder nor a movie of the library") from None
+            movies.delete(store, movie.id)
+            print(f"removed {movie.rel_path} (cache deleted; a scan adds it back while the file exists)")
     return 0
 
 
-def cmd_search(args, data) -> int:
+def cmd_search(args, data: DataDir) -> int:
     from indexer.library import search_subtitles
 
-    for hit in search_subtitles(_db(data), args.query, limit=args.limit):
+    with _open(data) as store:
+        hits = search_subtitles(store, args.query, limit=args.limit)
+    for hit in hits:
         print(f"{_clock(hit.start_time)}  {Path(hit.path).name}  {hit.snippet.replace(chr(10), ' / ')}")
     return 0
 

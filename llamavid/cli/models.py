@@ -1,8 +1,8 @@
 """`llamavid models`: list, pull, verify, rm, path and add model checkpoints.
 
-The work is done by :mod:`llamavid.models` (layout, registry, verify), :mod:`llamavid.download`
-(resumable, verified transfers) and :mod:`llamavid.catalog` (what exists); this module only
-parses options and prints. Imports stay light: no torch / huggingface-hub until a command needs them.
+The work is done by :mod:`llamavid.hub.installed` (layout, registry), :mod:`llamavid.hub.pull` and
+:mod:`llamavid.hub.download` (resumable, verified transfers), :mod:`llamavid.hub.verify` and
+:mod:`llamavid.hub.catalog` (what exists); this module only parses options and prints. Imports stay light: no torch / huggingface-hub until a command needs them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from llamavid.hub import catalog
-from llamavid.hub import installed as M
+from llamavid.hub import installed, pull, verify
 from llamavid.errors import UserError
 from llamavid.paths import DataDir
 from llamavid.storage import human_size
@@ -122,7 +122,7 @@ def _approx(n: int | None) -> str:
 def _shared_state(dd: DataDir) -> list[dict]:
     out = []
     for part in catalog.SHARED_PARTS.values():
-        path = M.shared_dir(dd) / part.filename
+        path = installed.shared_dir(dd) / part.filename
         out.append({"file": part.filename, "path": str(path), "present": path.is_file(),
                     "size_bytes": path.stat().st_size if path.is_file() else None, "source": part.source})
     return out
@@ -131,15 +131,15 @@ def _shared_state(dd: DataDir) -> list[dict]:
 def _list(args: argparse.Namespace, dd: DataDir) -> int:
     as_json = getattr(args, "json", False)
     if getattr(args, "available", False):
-        installed = {m.name for m in M.list_models(dd, sizes=False)}
+        have = {m.name for m in installed.list_models(dd, sizes=False)}
         entries = catalog.entries()
         if as_json:
-            print(json.dumps({"models": [{**e.to_dict(), "installed": e.name in installed} for e in entries],
+            print(json.dumps({"models": [{**e.to_dict(), "installed": e.name in have} for e in entries],
                               "shared_parts": [{"file": p.filename, "source": p.source, "approx_size": p.approx_size,
                                                 "sha256": p.sha256, "description": p.description}
                                                for p in catalog.SHARED_PARTS.values()]}, indent=2))
             return 0
-        rows = [(e.name, e.kind, _approx(e.approx_size), "yes" if e.name in installed else "", e.purpose)
+        rows = [(e.name, e.kind, _approx(e.approx_size), "yes" if e.name in have else "", e.purpose)
                 for e in entries]
         print(_table(rows, ("NAME", "KIND", "SIZE", "INSTALLED", "FOR")))
         print("\nKinds:\n" + "\n".join(f"  {k:<11} {v}" for k, v in catalog.KINDS.items()))
@@ -147,7 +147,7 @@ def _list(args: argparse.Namespace, dd: DataDir) -> int:
         print(f"Shared parts, fetched once with the first model that needs them: {parts}")
         print("Sizes are approximate; `pull` checks the exact sizes and free disk space before downloading.")
         return 0
-    found = M.list_models(dd)
+    found = installed.list_models(dd)
     if as_json:
         print(json.dumps({"data_dir": str(dd.root), "models_dir": str(dd.models),
                           "models": [m.to_dict() for m in found], "shared": _shared_state(dd)}, indent=2))
@@ -163,7 +163,7 @@ def _list(args: argparse.Namespace, dd: DataDir) -> int:
     print(_table(rows, ("NAME", "KIND", "SIZE", "STATUS", "PATH")))
     shared = _shared_state(dd)
     have = [f"{s['file']} ({human_size(s['size_bytes'])})" for s in shared if s["present"]]
-    print(f"\nShared parts in {M.shared_dir(dd)}: {', '.join(have) if have else 'none yet'}")
+    print(f"\nShared parts in {installed.shared_dir(dd)}: {', '.join(have) if have else 'none yet'}")
     return 0
 
 
@@ -183,11 +183,11 @@ def _pull(args: argparse.Namespace, dd: DataDir) -> int:
         if entry.name in seen:
             continue
         seen.add(entry.name)
-        plan = M.plan_pull(entry, dd, force=args.force)
+        plan = pull.plan_pull(entry, dd, force=args.force)
         todo = len(plan.remotes) + len(plan.shared_remotes)
         print(f"{entry.name}: {entry.repo_id} at commit {plan.commit[:8]}: {todo} file(s) to fetch "
               f"({human_size(plan.needed_bytes)}), {len(plan.present)} already complete")
-        M.pull(plan, retries=args.retries)
+        pull.pull(plan, retries=args.retries)
         print(f"{entry.name}: ready in {plan.folder}; check it with `llamavid models verify {entry.name}`")
         if entry.base_model and not (dd.models / entry.base_model / "config.json").is_file():
             print(f"note: {entry.name} is a stage-1 projector ({catalog.KINDS['pretrain']}); get its LLM with "
@@ -196,9 +196,9 @@ def _pull(args: argparse.Namespace, dd: DataDir) -> int:
 
 
 def _verify(args: argparse.Namespace, dd: DataDir) -> int:
-    folder = M.resolve_model(args.name, dd)
+    folder = installed.resolve_model(args.name, dd)
     name = folder.name if folder.parent == dd.models else None
-    findings = M.verify_model(folder, dd, name=name, hashes=args.hash, deep=args.deep)
+    findings = verify.verify_model(folder, dd, name=name, hashes=args.hash, deep=args.deep)
     errors = [f for f in findings if f.level == "error"]
     if args.json:
         print(json.dumps({"model": args.name, "path": str(folder), "ok": not errors,
@@ -224,40 +224,40 @@ def _confirm(question: str) -> bool:
 
 def _rm(args: argparse.Namespace, dd: DataDir) -> int:
     folder = dd.models / args.name
-    registered = args.name in M.read_registry(dd)
+    registered = args.name in installed.read_registry(dd)
     if not registered and folder.is_dir() and not folder.is_symlink() and not args.yes:
-        size = human_size(M.folder_size(folder))
+        size = human_size(installed.folder_size(folder))
         if not _confirm(f"Delete {folder} ({size})?"):
             print("nothing deleted")
             return 1
-    what, path = M.remove_model(dd, args.name)
+    what, path = installed.remove_model(dd, args.name)
     if what == "unregistered":
         print(f"unregistered {args.name}; the folder {path} was not touched")
     elif what == "unlinked":
         print(f"removed the link {folder}; its target {path} was not touched")
     else:
         print(f"deleted {path}")
-    if not any(True for _ in M.list_models(dd, sizes=False)) and M.shared_dir(dd).is_dir():
-        print(f"the shared parts remain in {M.shared_dir(dd)} (delete that folder to reclaim the space)")
+    if not any(True for _ in installed.list_models(dd, sizes=False)) and installed.shared_dir(dd).is_dir():
+        print(f"the shared parts remain in {installed.shared_dir(dd)} (delete that folder to reclaim the space)")
     return 0
 
 
 def _path(args: argparse.Namespace, dd: DataDir) -> int:
     if args.shared:
-        print(M.shared_dir(dd))
+        print(installed.shared_dir(dd))
         return 0
     if not args.name:
         raise UserError("give a model name (or --shared); `llamavid models list` shows the installed ones")
-    print(M.resolve_model(args.name, dd))
+    print(installed.resolve_model(args.name, dd))
     return 0
 
 
 def _add(args: argparse.Namespace, dd: DataDir) -> int:
-    path = M.add_model(dd, args.name, args.folder, force=args.force)
-    kind = M.infer_kind(path)
+    path = installed.add_model(dd, args.name, args.folder, force=args.force)
+    kind = installed.infer_kind(path)
     print(f"registered {args.name} -> {path} ({kind}); use it with --model {args.name}")
-    if kind not in ("base-llm", "unknown") and M.find_shared(M.VOCAB_FILE, path, dd) is None:
-        print(f"note: no {M.VOCAB_FILE} in that folder or in {M.shared_dir(dd)}; the model cannot load without "
+    if kind not in ("base-llm", "unknown") and installed.find_shared(installed.VOCAB_FILE, path, dd) is None:
+        print(f"note: no {installed.VOCAB_FILE} in that folder or in {installed.shared_dir(dd)}; the model cannot load without "
               f"it: pulling any catalogue model fetches it, or copy bert-base-uncased's vocab.txt there")
     return 0
 
@@ -267,12 +267,12 @@ def _convert_gguf(args: argparse.Namespace, dd: DataDir) -> int:
 
     from llamavid.runtime.gguf_export import convert
 
-    source = M.resolve_model(args.name, dd)
+    source = installed.resolve_model(args.name, dd)
     default = f"{Path(args.name).name if '/' in args.name else args.name}-gguf"
     out = Path(args.output) if args.output and "/" in args.output else dd.models / (args.output or default)
     types = tuple(t.strip() for t in args.types.split(",") if t.strip())
     try:
-        files = convert(source, out, types, search_dirs=M.search_dirs(dd),
+        files = convert(source, out, types, search_dirs=installed.search_dirs(dd),
                         progress=lambda name: print(f"  {name}", file=sys.stderr) if args.verbose else None)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise UserError(str(exc)) from None

@@ -4,9 +4,10 @@
     llamavid train run --stage 1 --data cap.json --llm vicuna-7b --vision eva_vit_g.pth \\
         --qformer instruct_blip_vicuna7b_trimmed.pth --qformer-vocab bert_vocab.txt --output OUT/stage1
     llamavid train run --stage 2 --data chat.json --init OUT/stage1 --output OUT/stage2
-    torchrun --nproc-per-node 8 -m train run --stage 2 ... --fsdp full_shard
+    torchrun --nproc-per-node 8 -m llamavid train run --stage 2 ... --fsdp full_shard
 
-Imports nothing heavy until a command runs, so ``llamavid --help`` stays fast.
+Imports nothing heavy until a command runs, so ``llamavid --help`` stays fast: :mod:`train.config`
+is plain Python, the rest of ``train`` (torch, transformers) is imported inside the functions.
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import json
 from pathlib import Path
 
 from llamavid.errors import UserError
-
-from train.config import STAGES, TrainArgs
+from llamavid.files import EVA_FILE, PROJECTOR_FILE, VOCAB_FILE
+from train.config import STAGES, TrainArgs, default_max_length, trainable_prefixes
 
 HELP = "train LLaMA-VID (stages 1-3), validate training data, export checkpoints"
 
@@ -76,10 +77,10 @@ def add_run(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("starting weights (--init, or the component files)")
     g.add_argument("--init", type=Path, help="a previous stage's output folder (stage 2 from 1, stage 3 from 2)")
     g.add_argument("--llm", type=Path, help="Vicuna-style Hugging Face LLaMA folder (stage 1)")
-    g.add_argument("--vision", type=Path, help="eva_vit_g.pth")
+    g.add_argument("--vision", type=Path, help=EVA_FILE)
     g.add_argument("--qformer", type=Path, help="InstructBLIP Q-Former, e.g. instruct_blip_vicuna7b_trimmed.pth")
-    g.add_argument("--projector", type=Path, help="a stage-1 mm_projector.bin (stage 2 with --llm and --vision)")
-    g.add_argument("--qformer-vocab", type=Path, help="bert-base-uncased vocab.txt (default: --init's bert_vocab.txt)")
+    g.add_argument("--projector", type=Path, help=f"a stage-1 {PROJECTOR_FILE} (stage 2 with --llm and --vision)")
+    g.add_argument("--qformer-vocab", type=Path, help=f"bert-base-uncased vocab.txt (default: --init's {VOCAB_FILE})")
     g.add_argument("--qformer-config", type=Path, help="JSON of Q-Former sizes, for non-BERT-base files")
     g.add_argument("--trust-pickle", action="store_true", help="allow pickled files (LAVIS .pth with objects, .pkl)")
     g.add_argument("--image-size", type=int, choices=(224, 336), default=224, help="stage 1 from components")
@@ -145,11 +146,11 @@ def run(args: argparse.Namespace) -> int:
     if action == "validate":
         return run_validate(args)
     if action == "export":
-        from train.export import export
+        from train.export import export  # torch: lazy, see the module docstring
 
         print(export(args.checkpoint, args.output))
         return 0
-    from train.records import DataError
+    from train.records import DataError  # torch: lazy, see the module docstring
     from train.trainer import run as train
 
     try:
@@ -174,8 +175,6 @@ def _last_line(message: str) -> str:
 
 
 def show_stages() -> int:
-    from train.config import trainable_prefixes
-
     for p in STAGES.values():
         parts = ", ".join(x.strip(".").replace("model.", "") for x in trainable_prefixes(p.train_llm, p.bert_type))
         print(f"stage {p.stage}: {p.summary}\n  template {p.template}, lr {p.learning_rate:g}, max length "
@@ -185,8 +184,7 @@ def show_stages() -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from train.config import default_max_length
-    from train.validate import CheckOptions, validate
+    from train.validate import CheckOptions, use_model, validate  # torch: lazy, see the module docstring
 
     options = CheckOptions(args.stage, args.image_folder, args.video_folder, compress_type=args.compress_type,
                            image_size=args.image_size, video_fps=args.video_fps, video_token=args.video_token,
@@ -195,7 +193,7 @@ def run_validate(args: argparse.Namespace) -> int:
     if options.compress_type in ("none", "None"):
         options.compress_type = None
     if args.model is not None:
-        model_shape(args.model, options)
+        use_model(options, args.model)
     options.max_length = args.max_length or default_max_length(args.stage, options.compress_type)
     report = validate(args.data, options)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.text(args.limit))
@@ -203,17 +201,3 @@ def run_validate(args: argparse.Namespace) -> int:
         print("(to check lengths too, give --model FOLDER: a checkpoint or LLaMA folder with the tokenizer)")
     return 0 if report.ok else 1
 
-
-def model_shape(folder: Path, options) -> None:
-    """The tokenizer (and, for LLaMA-VID folders, compress type and image size) of ``--model``."""
-    from llamavid.runtime.api import load_llm_tokenizer
-
-    options.tokenizer = load_llm_tokenizer(folder)
-    if options.tokenizer is None:
-        raise UserError(f"--model {folder}: no tokenizer.model / tokenizer.json in that folder")
-    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
-    if "mm_hidden_size" in config:
-        from llamavid.model.config import LlamaVidConfig
-
-        shape = LlamaVidConfig.from_released(config)
-        options.compress_type, options.image_size = shape.compress_type, shape.image_size

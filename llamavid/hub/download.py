@@ -14,6 +14,9 @@ shard interrupted at 9 GB starts again from zero on the next run. Users of LLaMA
   ``<file>.part`` + HTTP ``Range`` to resume, retries with back-off while data keeps arriving,
   a fresh URL before every attempt (signed CDN links expire), fsync, size / sha256 / git-blob
   check, then an atomic rename. A file that fails its check is deleted, never renamed.
+
+huggingface-hub, filelock and tqdm are imported where they are used: ``llamavid --help`` imports
+this module (through ``llamavid models``) and must import no third-party package (tests/test_cli.py).
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import av
+
 from llamavid.errors import BadMedia
 
 TEXT_SUBTITLE_CODECS = frozenset({
@@ -100,8 +102,6 @@ def main_video_stream(container):
 
 def probe(path: str | Path) -> ProbeInfo:
     """Read the container header and the first frame; raise BadMedia with a clear reason."""
-    import av
-
     path = Path(path)
     size = path.stat().st_size
     if size == 0:
@@ -139,8 +139,6 @@ def probe(path: str | Path) -> ProbeInfo:
 
 def _first_frame(container, stream):
     """Decode one frame, turning decoder failures into a BadMedia that names the codec."""
-    import av
-
     codec = stream.codec_context.codec.canonical_name
     try:
         for frame in container.decode(stream):

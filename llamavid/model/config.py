@@ -13,7 +13,7 @@ from typing import Any
 
 from transformers import LlamaConfig
 
-from llamavid.model.eva import EvaConfig
+from llamavid.model.features import tokens_per_frame
 
 COMPRESS_TYPES = "None, 'mean', 'mean_concat' or 'grid:<g>' (g > 1)"
 PROJECTOR_TYPES = "'linear', 'identity' or 'mlp<N>x_gelu'"
@@ -107,18 +107,9 @@ class LlamaVidConfig(LlamaConfig):
         return int(self.max_position_embeddings * self.rope_factor)
 
     @property
-    def content_tokens(self) -> int:
-        """Content tokens per frame: every patch, a g x g grid, or one mean (``compress_type``)."""
-        if self.compress_type is None:
-            return EvaConfig(image_size=self.image_size).num_patches
-        if "grid" in self.compress_type:
-            return int(self.compress_type.split(":")[1]) ** 2
-        return 1
-
-    @property
     def tokens_per_frame(self) -> int:
         """LLM rows per frame or image: one context token plus the content tokens."""
-        return 1 + self.content_tokens
+        return tokens_per_frame(self.compress_type, self.image_size)
 
     @classmethod
     def from_released(cls, values: dict[str, Any], **overrides: Any) -> LlamaVidConfig:

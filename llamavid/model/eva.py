@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llamavid.model.features import PATCH_SIZE
+
 EVA_HEAD_DIM = 88  # 1408 / 16 heads: every EVA width here is a multiple of it
 EVA_LAYER_NORM_EPS = 1e-6
 
@@ -25,7 +27,7 @@ class EvaConfig:
     """Sizes of an EVA ViT; the released file is width 1408, 39 used blocks, MLP 6144, patch 14."""
 
     image_size: int = 224
-    patch_size: int = 14
+    patch_size: int = PATCH_SIZE
     width: int = 1408
     depth: int = 39
     mlp_hidden: int = 6144

@@ -1,8 +1,11 @@
-"""EVA feature arrays as stored and fed: the rules every reader of cached features shares (no torch,
-so the library and its readers stay light)."""
+"""EVA feature arrays and the visual tokens made from them: the counting rules every part shares
+(no torch, so the library's readers and the training-data validator stay light)."""
 from __future__ import annotations
 
+import math
 from typing import Any
+
+PATCH_SIZE = 14  # pixels per side of an EVA-ViT-g patch, in every released checkpoint
 
 
 def has_cls(rows: int) -> bool:
@@ -18,3 +21,27 @@ def drop_cls(features: Any) -> Any:
     sliced, not copied.
     """
     return features[:, 1:] if has_cls(features.shape[1]) else features
+
+
+def patch_count(image_size: int, patch_size: int = PATCH_SIZE) -> int:
+    """Patch rows of one frame: 256 at 224 px, 576 at 336 px."""
+    return (image_size // patch_size) ** 2
+
+
+def content_tokens(compress_type: str | None, patches: int) -> int:
+    """Content tokens per frame, as :func:`llamavid.model.visual_tokens.pool_content` makes them:
+    every patch (None), a grid averaged with kernel ``side // g`` (``grid:g``: ``side // (side // g)``
+    per side, g itself only when it divides the side), or one mean (``mean``, ``mean_concat``)."""
+    if compress_type in (None, "None"):
+        return patches
+    if str(compress_type).startswith("grid"):
+        side = math.isqrt(patches)
+        return (side // (side // int(str(compress_type).split(":", 1)[1]))) ** 2
+    if "mean" in str(compress_type):
+        return 1
+    raise ValueError(f"unknown compress_type {compress_type!r}")
+
+
+def tokens_per_frame(compress_type: str | None, image_size: int) -> int:
+    """LLM rows per image or frame: one context token plus the content tokens."""
+    return 1 + content_tokens(compress_type, patch_count(image_size))

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
+from torch import nn
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from llamavid.errors import CheckpointError
@@ -35,7 +37,6 @@ def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: checkpoint shard is missing; download the checkpoint again")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # truncated zip, bad pickle, wrong format: all mean "replace the file"
@@ -100,8 +101,6 @@ LLM_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.
 
 def drop_llm(model: LlamaVidForCausalLM) -> None:
     """Remove the LLM's modules when another engine (llama.cpp) runs the LLM: no memory for them."""
-    from torch import nn
-
     model.model.layers = nn.ModuleList()
     model.model.embed_tokens = nn.Identity()
     model.model.norm = nn.Identity()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import LlamaForCausalLM, LlamaModel
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM, LlamaModel
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
 from llamavid.model.config import LlamaVidConfig
@@ -163,8 +163,6 @@ def split_slots(tokens: torch.Tensor, placeholders: int) -> list[torch.Tensor]:
 
 def _register() -> None:
     """Let transformers' Auto classes build the model from a config with our own model_type."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     try:
         AutoConfig.register(LlamaVidConfig.model_type, LlamaVidConfig)
         AutoModelForCausalLM.register(LlamaVidConfig, LlamaVidForCausalLM)

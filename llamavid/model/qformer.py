@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertConfig
+from transformers import BertConfig, BertTokenizer
 from transformers.models.bert.modeling_bert import BertIntermediate, BertOutput, BertSelfOutput
 
 # bert-base-uncased as LLaMA-VID builds it: vocab 30522 + "[DEC]".
@@ -209,8 +209,6 @@ def load_qformer_tokenizer(vocab_file: str | Path, max_length: int = 256):
     LLaMA-VID appends ``[DEC]`` as BOS (so the embedding table has one row more than the
     vocabulary) and truncates from the left so the end of a long question survives.
     """
-    from transformers import BertTokenizer
-
     vocab_file = Path(vocab_file)
     if not vocab_file.is_file():
         raise FileNotFoundError(f"{vocab_file}: Q-Former vocabulary not found (a bert-base-uncased vocab.txt)")

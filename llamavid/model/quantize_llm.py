@@ -14,7 +14,7 @@ BITS = (4, 8)
 
 
 def _quantized(linear: nn.Linear, bits: int, compute_dtype: torch.dtype, device: torch.device) -> nn.Module:
-    import bitsandbytes as bnb
+    import bitsandbytes as bnb  # 8 s to import: only when 4/8-bit is asked for (see quantize_llm)
 
     bias = linear.bias is not None
     if bits == 4:
@@ -37,7 +37,7 @@ def quantize_llm(model, bits: int, compute_dtype: torch.dtype = torch.float16,
     """
     if bits not in BITS:
         raise ValueError(f"bits must be 4 or 8, got {bits}")
-    try:
+    try:  # bitsandbytes takes ~8 s to import and is needed only here, so not at the top
         import bitsandbytes  # noqa: F401
     except ImportError as exc:
         raise RuntimeError("--load-4bit/--load-8bit need bitsandbytes: pip install bitsandbytes") from exc

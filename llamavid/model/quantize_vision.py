@@ -26,6 +26,10 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+from torch.ao.nn.quantized import dynamic as nnqd
+from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+from llamavid.model.eva import EvaVisionTower, EvaViT
 
 __all__ = ["MODES", "QFORMER_PARTS", "quantize_vision", "quantized_linears"]
 
@@ -51,8 +55,6 @@ def _container(model: nn.Module) -> nn.Module:
 
 def _vision_root(model: nn.Module) -> nn.Module | None:
     """EVA inside a full model, a LlamaVidModel, an ``EvaVisionTower`` or a bare ``EvaViT``."""
-    from llamavid.model.eva import EvaVisionTower, EvaViT
-
     if isinstance(model, (EvaVisionTower, EvaViT)):
         return model
     return getattr(_container(model), "vision_tower", None)
@@ -79,9 +81,6 @@ def _fuse_eva_biases(eva: nn.Module) -> None:
 
 def _quantize_dynamic_int8(root: nn.Module, names: list[str] | None) -> None:
     """Swap every nn.Linear under ``root`` (or under its children ``names``) for a dynamic int8 Linear."""
-    from torch.ao.nn.quantized import dynamic as nnqd
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
     spec: dict = ({name: per_channel_dynamic_qconfig for name in names} if names is not None
                   else {nn.Linear: per_channel_dynamic_qconfig})
     with warnings.catch_warnings():
@@ -129,8 +128,6 @@ def quantize_vision(model: nn.Module, mode: str = "int8", *, vision: bool = True
 
 def quantized_linears(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """(name, module) of every dynamic int8 Linear in ``model``: for tests and ``doctor``-style reports."""
-    from torch.ao.nn.quantized import dynamic as nnqd
-
     for name, module in model.named_modules():
         if isinstance(module, nnqd.Linear):
             yield name, module

@@ -7,9 +7,11 @@ spare block, the Q-Former vocabulary and a SentencePiece LLaMA tokenizer).
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+import sentencepiece as spm
 import torch
 
 from llamavid.model.config import LlamaVidConfig
@@ -37,10 +39,6 @@ def bert_vocab() -> list[str]:
 
 def write_llama_tokenizer(folder: Path, vocab_size: int = 320) -> None:
     """A SentencePiece BPE model with LLaMA's special ids (unk 0, bos 1, eos 2) and byte fallback."""
-    import io
-
-    import sentencepiece as spm
-
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(CORPUS.splitlines() * 4), model_writer=buf, vocab_size=vocab_size,

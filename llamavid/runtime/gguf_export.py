@@ -13,12 +13,16 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import gguf
 import numpy as np
+import sentencepiece as spm
 import torch
+from safetensors.torch import save_file
 
 from llamavid.files import CONFIG, QFORMER_CONFIG, TOKENIZER_FILES, VISION_FILE, VOCAB_FILE, gguf_name
 from llamavid.model.config import LlamaVidConfig
 from llamavid.model.loading import LLM_PREFIXES, load_llamavid, read_checkpoint
+from llamavid.runtime.llamacpp import llama_cpp_lib, quiet_logs
 
 QUANT_TYPES = ("f32", "f16", "q8_0", "q4_K_M")
 COPIED = (CONFIG, QFORMER_CONFIG, VOCAB_FILE, *TOKENIZER_FILES)
@@ -33,7 +37,8 @@ TOP_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weigh
              "lm_head.weight": "output.weight"}
 
 
-def gguf_name(key: str) -> str:
+def tensor_name(key: str) -> str:
+    """The GGUF name of an LLM tensor (``model.layers.3.mlp.up_proj.weight`` -> ``blk.3.ffn_up.weight``)."""
     if key in TOP_NAMES:
         return TOP_NAMES[key]
     parts = key.split(".")  # model.layers.{i}.<rest>
@@ -54,14 +59,11 @@ def llm_tensors(state: dict[str, torch.Tensor], config, dtype: np.dtype) -> Iter
             w = permute_qk(w, config.num_attention_heads)
         elif key.endswith("k_proj.weight"):
             w = permute_qk(w, kv_heads)
-        yield gguf_name(key), w.numpy().astype(np.float32 if w.ndim == 1 else dtype)
+        yield tensor_name(key), w.numpy().astype(np.float32 if w.ndim == 1 else dtype)
 
 
 def add_tokenizer(writer, folder: Path, vocab_size: int) -> None:
     """The SentencePiece vocabulary, so llama.cpp can load the file and print tokens."""
-    import gguf
-    import sentencepiece as spm
-
     sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
     tokens, scores, types = [], [], []
     for i in range(vocab_size):
@@ -88,8 +90,6 @@ def add_tokenizer(writer, folder: Path, vocab_size: int) -> None:
 
 
 def add_hparams(writer, config, name: str, file_type: int) -> None:
-    import gguf
-
     rope, factor = config.rope_parameters or {}, config.rope_factor
     head_dim = config.hidden_size // config.num_attention_heads
     writer.add_name(name)
@@ -111,8 +111,6 @@ def add_hparams(writer, config, name: str, file_type: int) -> None:
 def write_gguf(state: dict[str, torch.Tensor], config, tokenizer_folder: Path, out: Path, ftype: str,
                progress: Callable[[str], None] | None = None) -> Path:
     """Stream the LLM into ``out`` (f32 or f16): tensor infos first, then one tensor at a time."""
-    import gguf
-
     dtype = np.float32 if ftype == "f32" else np.float16
     file_type = gguf.LlamaFileType.ALL_F32 if ftype == "f32" else gguf.LlamaFileType.MOSTLY_F16
     tmp = out.with_suffix(out.suffix + ".part")
@@ -135,11 +133,8 @@ def write_gguf(state: dict[str, torch.Tensor], config, tokenizer_folder: Path, o
 
 def quantize_gguf(source: Path, out: Path, ftype: str, threads: int = 0) -> Path:
     """q8_0 / q4_K_M with llama.cpp's quantizer (the same code ``llama-quantize`` runs)."""
-    import llama_cpp
-
-    from llamavid.runtime.llamacpp import _quiet
-
-    _quiet()
+    llama_cpp = llama_cpp_lib()
+    quiet_logs()
     kinds = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_K_M": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = kinds[ftype]
@@ -153,8 +148,6 @@ def quantize_gguf(source: Path, out: Path, ftype: str, threads: int = 0) -> Path
 
 def write_vision(folder: Path, out: Path, eva_file: Path | None, search_dirs) -> Path:
     """Everything but the LLM, in fp16, under the checkpoint's names (EVA fitted to the image size)."""
-    from safetensors.torch import save_file
-
     model, _ = load_llamavid(folder, eva_file=eva_file, search_dirs=search_dirs, llm=False)
     tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()
                if not k.startswith(LLM_PREFIXES) and v.is_floating_point() and not v.is_meta}

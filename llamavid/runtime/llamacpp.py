@@ -8,6 +8,7 @@ project's own (``generate.decode_loop``), so both backends choose tokens the sam
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,21 +18,21 @@ import torch
 
 from llamavid.files import gguf_files, gguf_name
 from llamavid.runtime.generate import SamplingOptions, Session, Step, decode_loop, make_generator
-from llamavid.runtime.memory import Estimate, available_memory
+from llamavid.runtime.memory import Estimate, activation_bytes, available_memory
 
 KV_TYPES = ("f16", "q8_0", "q4_0", "f32")
 BYTES_PER_VALUE = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # ggml block sizes
 
 
-def _quiet() -> None:
+def quiet_logs() -> None:
     """llama.cpp logs every tensor it loads to stderr; keep errors only unless LLAMAVID_LLAMA_LOG is set."""
-    import logging
-
     if not os.environ.get("LLAMAVID_LLAMA_LOG"):
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
 
 
-def _lib():
+def llama_cpp_lib():
+    """The llama-cpp-python module, imported on first use: it is a native build, and a broken one
+    must not take the transformers backend (which imports this module) down with it."""
     import llama_cpp
 
     return llama_cpp
@@ -44,13 +45,13 @@ class LlamaCppBackend:
 
     def __init__(self, gguf: str | Path, n_ctx: int | None = None, kv_type: str = "f16",
                  n_gpu_layers: int | None = None, threads: int | None = None, n_batch: int = 512):
-        lib = _lib()
+        lib = llama_cpp_lib()
         if kv_type not in KV_TYPES:
             raise ValueError(f"KV cache type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
         self.path = Path(gguf)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: GGUF file not found (llamavid models convert-gguf writes it)")
-        _quiet()
+        quiet_logs()
         lib.llama_backend_init()
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = (999 if lib.llama_supports_gpu_offload() else 0) if n_gpu_layers is None else n_gpu_layers
@@ -65,7 +66,7 @@ class LlamaCppBackend:
         self.owner: Session | None = None
 
     def _context(self, n_ctx: int):
-        lib = _lib()
+        lib = llama_cpp_lib()
         ggml = {"f32": lib.GGML_TYPE_F32, "f16": lib.GGML_TYPE_F16, "q8_0": lib.GGML_TYPE_Q8_0,
                 "q4_0": lib.GGML_TYPE_Q4_0}[self.kv_type]
         params = lib.llama_context_default_params()
@@ -87,7 +88,7 @@ class LlamaCppBackend:
         return ctx
 
     def close(self) -> None:
-        lib = _lib()
+        lib = llama_cpp_lib()
         if getattr(self, "ctx", None):
             lib.llama_free(self.ctx)
             self.ctx = None
@@ -103,17 +104,15 @@ class LlamaCppBackend:
 
     # ------------------------------------------------------------------------------- interface
     def context_length(self) -> int:
-        return int(_lib().llama_n_ctx(self.ctx))
+        return int(llama_cpp_lib().llama_n_ctx(self.ctx))
 
     def new_state(self) -> Session:
-        lib = _lib()
+        lib = llama_cpp_lib()
         lib.llama_memory_clear(lib.llama_get_memory(self.ctx), True)
         self.owner = Session(cache=None)
         return self.owner
 
     def preflight(self, state: Session, new_tokens: int) -> Estimate:
-        from llamavid.runtime.memory import activation_bytes
-
         cfg = _GgufShape(self)
         tokens = state.length + new_tokens
         kv = int(2 * cfg.num_hidden_layers * cfg.kv_width * tokens * BYTES_PER_VALUE[self.kv_type])
@@ -161,11 +160,11 @@ class LlamaCppBackend:
             part = piece[start:start + self.n_batch]
             self._batch(state.length, part, last=start + len(part) == count)
             state.length += len(part)
-        ptr = _lib().llama_get_logits_ith(self.ctx, -1)
+        ptr = llama_cpp_lib().llama_get_logits_ith(self.ctx, -1)
         return torch.from_numpy(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy())
 
     def _batch(self, pos0: int, part, last: bool) -> None:
-        lib = _lib()
+        lib = llama_cpp_lib()
         n = len(part)
         if n + pos0 > self.context_length():
             raise ValueError(f"the conversation needs more than the {self.context_length()}-token context")
@@ -195,7 +194,7 @@ class _GgufShape:
     """The few sizes the memory estimate needs, read from the loaded GGUF model."""
 
     def __init__(self, backend: LlamaCppBackend):
-        lib = _lib()
+        lib = llama_cpp_lib()
         m = backend.model
         self.num_hidden_layers = lib.llama_model_n_layer(m)
         self.num_attention_heads = lib.llama_model_n_head(m)

@@ -1,14 +1,21 @@
 """Fixtures for the app shell tests: a headless chromium driven by Playwright, and a
-helper that waits for a local web server."""
+helper that waits for a local web server.
+
+Missing system programs (Debian's chromium, Xvfb; ./run.sh test installs both): a developer's
+run skips the tests that need them, with the reason (pytest's -ra lists it); in CI (the CI
+environment variable is set, .ci/run sets CI=true) those tests fail instead, so no tier
+disappears silently."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -24,6 +31,25 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def missing_system_program(what: str) -> NoReturn:
+    """Skip the test (a developer's machine) or fail it (CI) because ``what`` is not installed."""
+    message = f"{what} is absent: install it (./run.sh test does it)"
+    if _in_ci():
+        pytest.fail(f"{message}; CI=true, so this is a failure, not a skip", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _xvfb_present(request: pytest.FixtureRequest) -> None:
+    """Runs before the ``xvfb_display`` fixture of test_desktop.py, which only skips when Xvfb is missing."""
+    if "xvfb_display" in request.fixturenames and not shutil.which("Xvfb"):
+        missing_system_program("Xvfb (Debian package xvfb)")
 
 
 def _wait_http(url: str, timeout: float = 120.0, is_alive: Callable[[], bool] = lambda: True) -> int:
@@ -54,7 +80,7 @@ def wait_http() -> Callable[..., int]:
 def browser() -> Iterator[Any]:
     """Debian's chromium, headless, through Playwright (Playwright never downloads a browser here)."""
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (./run.sh test does it)")
+        missing_system_program(f"{CHROMIUM} (Debian package chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -53,6 +53,7 @@ def web_ui(data_dir: Path) -> Iterator[str]:
         demo.close()
 
 
+@pytest.mark.slow
 def test_web_ui_in_chromium(browser: Any, web_ui: str, data_dir: Path, make_model, tmp_path: Path) -> None:
     assert web_ui.startswith("http://127.0.0.1:")
     page = browser.new_page(viewport={"width": 1100, "height": 900})
@@ -107,6 +108,7 @@ def _no_display_env(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("display", "reason"),
     [(None, "no display found"), (":97", "the desktop toolkit (Qt) cannot start")],
@@ -142,6 +144,7 @@ def test_app_falls_back_to_web_ui(
     assert f"running at http://127.0.0.1:{free_port}/" in output, output
 
 
+@pytest.mark.slow
 def test_web_command_serves_until_stopped(
     llamavid_cmd: list[str],
     data_dir: Path,

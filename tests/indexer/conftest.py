@@ -2,9 +2,6 @@
 and helpers that run the CLI in this process or as a real subprocess."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 

@@ -19,7 +19,7 @@ class Cli:
         self.capsys = capsys
 
     def __call__(self, *args: str) -> tuple[int, str, str]:
-        from llamavid.cli.main import main
+        from llamavid.cli import main
 
         self.capsys.readouterr()
         code = main(["--data-dir", str(self.data_dir), "index", *map(str, args)])
@@ -33,8 +33,9 @@ class Cli:
 
     def spawn(self, *args: str, **popen) -> subprocess.Popen:
         env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-        return subprocess.Popen([sys.executable, "-m", "llamavid", "--data-dir", str(self.data_dir), "index", *map(str, args)],
-                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+        command = [sys.executable, "-m", "llamavid", "--data-dir", str(self.data_dir), "index", *map(str, args)]
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                **popen)
 
     def db(self):
         from indexer.db import connect

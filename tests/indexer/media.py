@@ -1,4 +1,5 @@
-"""Real test videos written with PyAV: H.264 + AAC + text subtitles in MKV / MP4, and broken files.
+"""Real test videos: H.264 + AAC + text subtitles in MKV / MP4 (written by ``llamavid.media.synthetic``),
+and broken files.
 
 Frames carry their own time: the whole picture has brightness ``(10 * second) % 250`` plus a
 moving bar, so a test can tell which second a sampled frame came from.
@@ -10,18 +11,10 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import numpy as np
 
-SUB_CODECS = {".mkv": "subrip", ".mp4": "mov_text"}
+from llamavid.media.synthetic import X264, clock, clock_frame, write_audio, write_video
 
-
-def frame_image(i: int, fps: float, width: int, height: int) -> np.ndarray:
-    second = int(i / fps)
-    img = np.full((height, width, 3), (10 * second) % 250, np.uint8)
-    x = int(i * 3) % width
-    img[:, x:x + 4] = 255
-    img[: height // 4, : width // 4] = (255, 0, 0)   # red top-left corner: shows rotation
-    return img
+frame_image = clock_frame  # frame i of make_video: frame_image(i, fps, width, height)
 
 
 def make_video(path: Path, seconds: float = 4.0, fps: int = 25, size: tuple[int, int] = (96, 64),
@@ -29,80 +22,10 @@ def make_video(path: Path, seconds: float = 4.0, fps: int = 25, size: tuple[int,
                sub_language: str | None = "eng", audio: bool = False, gop: int | None = None,
                frame_times: list[float] | None = None) -> Path:
     """Write a video. ``frame_times`` (seconds) makes a variable-frame-rate file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     width, height = size
-    out = av.open(str(path), "w")
-    video = out.add_stream("libx264", rate=fps)
-    video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-    video.options = {"preset": "ultrafast", "x264-params": f"keyint={gop or 2 * fps}:bframes=2"}
-    if frame_times is not None:
-        video.codec_context.time_base = Fraction(1, 1000)
-    sound = out.add_stream("aac", rate=16000) if audio else None
-    subs = None
-    if subtitles:
-        codec = sub_codec or SUB_CODECS[path.suffix]
-        if codec == "ass":  # needs its script header as extradata, which only an encoder stream takes
-            subs = out.add_stream("ass")
-            subs.codec_context.extradata = ASS_HEADER.encode()
-        else:
-            subs = out.add_mux_stream(codec)
-        subs.time_base = Fraction(1, 1000)
-        if sub_language:
-            subs.metadata["language"] = sub_language
-        for start, end, text in subtitles:
-            packet = av.Packet(_sub_payload(codec, text))
-            packet.stream = subs
-            packet.pts = packet.dts = int(start * 1000)
-            packet.duration = int((end - start) * 1000)
-            out.mux(packet)
-    times = frame_times if frame_times is not None else [i / fps for i in range(int(seconds * fps))]
-    for i, t in enumerate(times):
-        frame = av.VideoFrame.from_ndarray(frame_image(int(t * fps), fps, width, height), format="rgb24")
-        frame.pts = int(round(t * 1000)) if frame_times is not None else i
-        out.mux(video.encode(frame))
-    out.mux(video.encode())
-    if sound is not None:
-        _write_tone(out, sound, times[-1] + 1 / fps)
-    out.close()
-    return path
-
-
-ASS_HEADER = """[Script Info]
-ScriptType: v4.00+
-
-[V4+ Styles]
-Format: Name, Fontname, Fontsize, PrimaryColour, SecondaryColour, OutlineColour, BackColour, Bold, Italic, \
-Underline, StrikeOut, ScaleX, ScaleY, Spacing, Angle, BorderStyle, Outline, Shadow, Alignment, MarginL, MarginR, \
-MarginV, Encoding
-Style: Default,Arial,20,&H00FFFFFF,&H000000FF,&H00000000,&H00000000,0,0,0,0,100,100,0,0,1,1,0,2,10,10,10,1
-
-[Events]
-Format: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text
-"""
-
-
-def _sub_payload(codec: str, text: str) -> bytes:
-    if codec == "mov_text":  # 16-bit big-endian length, then UTF-8 text
-        data = text.encode()
-        return struct.pack(">H", len(data)) + data
-    if codec in ("ass", "ssa"):  # Matroska ASS block: ReadOrder,Layer,Style,Name,MarginL,R,V,Effect,Text
-        return f"0,0,Default,,0,0,0,,{text}".encode()
-    return text.encode()
-
-
-def _write_tone(out, stream, seconds: float) -> None:
-    rate = 16000
-    t = np.arange(int(seconds * rate)) / rate
-    samples = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
-    size = stream.codec_context.frame_size or 1024
-    for k in range(0, samples.shape[1], size):
-        chunk = samples[:, k:k + size]
-        if chunk.shape[1] < size:
-            chunk = np.pad(chunk, ((0, 0), (0, size - chunk.shape[1])))
-        frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
-        frame.sample_rate, frame.pts = rate, k
-        out.mux(stream.encode(frame))
-    out.mux(stream.encode())
+    return write_video(path, clock(width, height, fps), fps=fps, seconds=seconds, frame_times=frame_times,
+                       size=size, x264=X264(preset="ultrafast", keyint=gop or 2 * fps, bframes=2), audio=audio,
+                       subtitles=subtitles, sub_codec=sub_codec, sub_language=sub_language)
 
 
 def rotate_mp4(path: Path, degrees_cw: int = 90) -> Path:
@@ -133,10 +56,7 @@ def make_undecodable(path: Path) -> Path:
 
 
 def make_audio_only(path: Path, seconds: float = 2.0) -> Path:
-    out = av.open(str(path), "w")
-    _write_tone(out, out.add_stream("aac", rate=16000), seconds)
-    out.close()
-    return path
+    return write_audio(path, seconds)
 
 
 def truncate(path: Path, fraction: float = 0.5) -> Path:

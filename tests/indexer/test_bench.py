@@ -1,6 +1,8 @@
 """The decoding benchmark runs end to end on a tiny clip and reports consistent numbers."""
 from __future__ import annotations
 
+import pytest
+
 from llamavid.bench.decode import benchmark, make_clip, repeat_clip
 from llamavid.media.probe import probe
 
@@ -11,6 +13,7 @@ def test_repeat_clip_makes_a_longer_valid_file(tmp_path):
     assert probe(longer).duration == 6.0 and probe(clip).duration == 2.0
 
 
+@pytest.mark.slow
 def test_benchmark_smoke(tmp_path):
     lines = []
     report = benchmark(seconds=2, repeat=2, width=160, height=96, workers=2, seek_seconds=2, long_factor=2,

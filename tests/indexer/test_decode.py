@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from media import make_audio_only, make_undecodable, make_video, rotate_mp4, truncate
 
-from llamavid.media.decode import DecodeStats, SampleStream, decode_segment, video_spec
 from llamavid.errors import BadMedia
+from llamavid.media.decode import DecodeStats, SampleStream, decode_segment, video_spec
 from llamavid.media.probe import probe
 
 

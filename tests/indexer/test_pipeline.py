@@ -7,10 +7,10 @@ import shutil
 
 import numpy as np
 import pytest
-
-import indexer
 from indexer_cli_helper import TINY_WIDTH
 from media import make_audio_only, make_undecodable, make_video, rotate_mp4, truncate, write_srt
+
+import indexer
 
 CUES = [(0.5, 1.5, "The hero enters"), (2.0, 3.0, "Nobody expected the llama")]
 
@@ -98,8 +98,8 @@ def test_features_match_a_direct_encoding(cli, movies, tiny_eva):
     import torch
 
     from llamavid.media.decode import DecodeStats, decode_segment, video_spec
-    from llamavid.media.probe import probe
     from llamavid.media.preprocess import preprocess_images
+    from llamavid.media.probe import probe
     from llamavid.model.eva import EvaVisionTower
 
     path = make_video(movies / "A.mp4", seconds=3, size=(128, 72))
@@ -198,6 +198,7 @@ def test_status_json_is_one_object_per_line(cli, movies, tiny_eva):
     assert cli.status()["A.mkv"]["state"] == "missing"
 
 
+@pytest.mark.slow
 def test_llamavid_index_console_script(llamavid_cmd, movies, tmp_path):
     """The command is registered in `llamavid` (subprocess, the installed console script)."""
     import subprocess
@@ -213,6 +214,7 @@ def test_llamavid_index_console_script(llamavid_cmd, movies, tmp_path):
     assert bad.returncode == 1 and bad.stderr.startswith("llamavid: error:") and "not a folder" in bad.stderr
 
 
+@pytest.mark.slow
 def test_a_film_of_several_hours(cli, movies, tiny_eva):
     """3 hours (at 1 frame/s, tiny pictures, so the file is quick to make): probe, preallocation,
     times and the sampling all hold at that length; sampled every 50 s to keep the test short."""

@@ -7,10 +7,10 @@ import signal
 
 import numpy as np
 import pytest
-
-import indexer
 from helpers import wait_for
 from media import make_video
+
+import indexer
 
 RUN = ("run", "--speech", "never", "--quiet", "--batch-size", "2")
 
@@ -30,6 +30,7 @@ def _features(cli):
     return np.array(indexer.open_features(movie)), indexer.frame_times(db, movie), movie
 
 
+@pytest.mark.slow
 def test_kill_9_mid_film_resumes_to_identical_features(cli, movies, tiny_eva, tmp_path, capsys):
     from indexer_cli_helper import Cli
 

@@ -22,6 +22,7 @@ def test_audio_windows_resume_at_a_window(tmp_path):
     assert abs(np.sqrt((full[1] ** 2).mean()) - 0.2 / np.sqrt(2)) < 0.02
 
 
+@pytest.mark.slow
 def test_speech_where_no_text_subtitles_exist(cli, movies, tiny_eva, tiny_whisper):
     make_video(movies / "Talk.mp4", seconds=4, audio=True)                       # no subtitles: ASR
     make_video(movies / "Subbed.mkv", seconds=3, audio=True, subtitles=[(0.5, 1.5, "Hi")])  # has text
@@ -99,9 +100,10 @@ def test_a_speech_model_that_is_not_installed_is_never_downloaded(cli, movies, t
 def test_speech_models_in_the_model_manager(tiny_whisper, tmp_path, capsys):
     import shutil
 
+    from llamavid.cli import main
     from llamavid.hub import catalog
-    from llamavid.cli.main import main
-    from llamavid.hub.installed import list_models, verify_model
+    from llamavid.hub.installed import list_models
+    from llamavid.hub.verify import verify_model
 
     assert catalog.get("whisper-small").repo_id == "Systran/faster-whisper-small"
     assert catalog.get("whisper-small").kind == "speech"

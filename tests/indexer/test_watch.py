@@ -5,9 +5,10 @@ import os
 import shutil
 
 from helpers import wait_for
+from media import make_video
+
 from indexer.watch import Watcher
 from llamavid.paths import DataDir
-from media import make_video
 
 
 def _paths(cli) -> set[str]:

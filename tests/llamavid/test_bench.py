@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llamavid.cli import main as cli
-from llamavid.bench.model import reference_attention_in, resolve_model
+from llamavid import cli
+from llamavid.bench.vision import reference_attention_in
 from llamavid.errors import UserError
 from llamavid.model.quantize_vision import quantize_vision, quantized_linears
 from llamavid.model.tiny import random_model, tiny_config
@@ -25,6 +25,7 @@ def cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
 
 
+@pytest.mark.slow
 def test_smoke_llamacpp_stage_compares_both_backends_and_both_prefixes(llamavid_cmd: list[str]) -> None:
     proc = subprocess.run([*llamavid_cmd, "bench", "--smoke", "--only", "llamacpp"], capture_output=True, text=True,
                           timeout=300)
@@ -43,6 +44,7 @@ def test_smoke_llamacpp_stage_compares_both_backends_and_both_prefixes(llamavid_
     assert not any(r["bench"] in ("eva", "qformer", "llm") for r in records)  # only the stage asked for
 
 
+@pytest.mark.slow
 def test_smoke_bench_through_the_cli(llamavid_cmd: list[str]) -> None:
     proc = subprocess.run([*llamavid_cmd, "bench", "--smoke"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -72,9 +74,10 @@ def test_bad_stage_is_a_one_line_user_error(capsys: pytest.CaptureFixture[str]) 
     assert err.startswith("llamavid: error: --only: unknown stage(s) nope") and err.count("\n") == 1
 
 
-def test_unknown_model_name_says_what_to_do(tmp_path) -> None:
-    with pytest.raises(UserError, match="no-such-model"):
-        resolve_model("no-such-model", tmp_path)
+def test_unknown_model_name_says_what_to_do(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--data-dir", str(tmp_path), "bench", "--model", "no-such-model", "--smoke"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("llamavid: error: unknown model 'no-such-model'") and "models list" in err
 
 
 def test_fused_qkv_bias_equals_default_attention() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from llamavid.runtime.chat import Chat, TransformersBackend, Visual
+from llamavid.media.synthetic import Tone, grey_ramp, write_audio, write_video
+from llamavid.runtime.backend import TransformersBackend
+from llamavid.runtime.chat import Chat
 from llamavid.runtime.generate import SamplingOptions
+from llamavid.runtime.inputs import Visual
 from llamavid.runtime.memory import estimate, frame_stride, kv_cache_bytes
 
 GREEDY = SamplingOptions(max_new_tokens=4, temperature=0)
@@ -36,30 +38,13 @@ def image_file(tmp_path_factory) -> Path:
 
 
 def write_clip(path: Path, seconds: int = 3, audio_only: bool = False) -> Path:
-    import av
-
-    with av.open(str(path), "w") as out:
-        if audio_only:
-            stream = out.add_stream("aac", rate=16000)
-            for i in range(seconds * 16):
-                frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-                frame.sample_rate, frame.pts = 16000, i * 1024
-                for packet in stream.encode(frame):
-                    out.mux(packet)
-        else:
-            stream = out.add_stream("libx264", rate=10)
-            stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
-            for i in range(seconds * 10):
-                img = np.full((64, 96, 3), (i * 8) % 255, np.uint8)
-                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-                frame.pts, frame.time_base = i, Fraction(1, 10)
-                for packet in stream.encode(frame):
-                    out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
+    """A 96x64 clip at 10 fps getting brighter every frame (libx264 defaults), or silent audio only."""
+    if audio_only:
+        return write_audio(path, seconds, Tone(amplitude=0))
+    return write_video(path, grey_ramp(96, 64), fps=10, seconds=seconds)
 
 
+@pytest.mark.slow
 def test_one_shot_cli_answer_equals_the_api(tiny, tiny_checkpoint, image_file):
     result = cli("--model", str(tiny_checkpoint), "--image", str(image_file), "-p", "What is this?",
                  "--temperature", "0", "--max-new-tokens", "4")
@@ -70,6 +55,7 @@ def test_one_shot_cli_answer_equals_the_api(tiny, tiny_checkpoint, image_file):
     assert result.stdout.rstrip("\n") == expected
 
 
+@pytest.mark.slow
 def test_repl_answers_each_question_then_exits(tiny_checkpoint, image_file):
     result = cli("--model", str(tiny_checkpoint), "--image", str(image_file), "--temperature", "0",
                  "--max-new-tokens", "3", stdin="first question\nsecond question\n")
@@ -77,6 +63,7 @@ def test_repl_answers_each_question_then_exits(tiny_checkpoint, image_file):
     assert result.stdout.count("ASSISTANT: ") == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--image", "/no/such.png"], "no such file"),
     (["--load-4bit", "--load-8bit"], "choose one of"),
@@ -89,6 +76,7 @@ def test_bad_arguments_give_one_line_errors(tiny_checkpoint, args, message):
     assert result.stderr.strip().startswith("llamavid: error:")
 
 
+@pytest.mark.slow
 def test_unknown_model_lists_what_is_installed(tmp_path, tiny_checkpoint):
     import shutil
 
@@ -97,6 +85,7 @@ def test_unknown_model_lists_what_is_installed(tmp_path, tiny_checkpoint):
     assert result.returncode != 0 and "tiny-vid" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_unreadable_image_and_video_without_picture(tiny_checkpoint, tmp_path):
     fake = tmp_path / "notes.png"
     fake.write_text("not an image")

@@ -142,6 +142,7 @@ def test_long_video_rope_scaling_is_written(tmp_path):
     assert max((x.scores - y.scores).abs().max().item() for x, y in zip(sa, sb)) < 1e-4
 
 
+@pytest.mark.slow
 def test_cli_convert_verify_and_chat(checkpoint, tmp_path):
     import os
     import subprocess

@@ -26,8 +26,10 @@ from pathlib import Path
 import pytest
 
 from llamavid.hub import catalog, download
-from llamavid.cli import main as cli
-from llamavid.hub import installed as M
+from llamavid import cli
+from llamavid.files import MANIFEST
+from llamavid.hub import verify
+from llamavid.hub.installed import add_model, list_models, resolve_model, search_dirs
 from llamavid.errors import UserError
 from llamavid.paths import DataDir
 
@@ -386,10 +388,10 @@ def test_pull_from_a_hub_endpoint_installs_a_loadable_model(hub: Fake, tiny_chec
     # the token goes to the hub, never to the CDN host
     assert all(s.auth for s in hub.seen if "/resolve/" in s.path)
     assert not any(s.auth for s in hub.seen if s.path.startswith("/cdn/"))
-    manifest = json.loads((folder / M.MANIFEST).read_text())
+    manifest = json.loads((folder / MANIFEST).read_text())
     assert manifest["complete"] and manifest["commit"] == hub.repos[f"YanweiLi/{VIDEO_MODEL}"]["commit"]
     assert manifest["files"][first_shard]["sha256"] == hashlib.sha256(files[first_shard]).hexdigest()
-    shared = json.loads((dd.models / "shared" / M.MANIFEST).read_text())["files"]
+    shared = json.loads((dd.models / "shared" / MANIFEST).read_text())["files"]
     assert shared["eva_vit_g.pth"]["sha256"] == hashlib.sha256(hub.files["/lavis/eva_vit_g.pth"]).hexdigest()
     assert shared["eva_vit_g.pth"]["sha256_source"].startswith("computed")
 
@@ -403,7 +405,7 @@ def test_pull_from_a_hub_endpoint_installs_a_loadable_model(hub: Fake, tiny_chec
     # what every --model command does: resolve, then load with the shared folder as search dir
     from llamavid.runtime.api import LlamaVid
 
-    lv = LlamaVid.load(M.resolve_model(VIDEO_MODEL, dd), device="cpu", search_dirs=M.search_dirs(dd))
+    lv = LlamaVid.load(resolve_model(VIDEO_MODEL, dd), device="cpu", search_dirs=search_dirs(dd))
     assert lv.report.eva_file == dd.models / "shared" / "eva_vit_g.pth"
     assert lv.report.vocab_file == dd.models / "shared" / "bert_vocab.txt"
 
@@ -455,8 +457,8 @@ def test_pull_refuses_a_hub_file_whose_hash_does_not_match(hub: Fake, tiny_check
     assert not (folder / bad).exists() and not download.part_path(folder / bad).exists()
     assert not (folder / "config.json").exists(), "config.json comes last: no half model looks installed"
     with pytest.raises(UserError, match="incomplete.*models pull"):
-        M.resolve_model(VIDEO_MODEL, data)
-    assert [m.status for m in M.list_models(data)] == ["incomplete"]
+        resolve_model(VIDEO_MODEL, data)
+    assert [m.status for m in list_models(data)] == ["incomplete"]
 
 
 def test_pull_refuses_when_the_disk_is_too_small(hub: Fake, tiny_checkpoint: Path, tmp_path: Path,
@@ -509,7 +511,7 @@ def test_pull_of_a_projector_with_its_base_llm(hub: Fake, tiny_checkpoint: Path,
     assert _cli("--data-dir", data, "models", "verify", "vicuna-7b-v1.5") == 0
     assert _cli("--data-dir", data, "models", "verify", "llama-vid-7b-pretrain-224") == 0
     assert "vicuna-7b-v1.5 installed" in capsys.readouterr().out
-    kinds = {m.name: (m.kind, m.status) for m in M.list_models(data)}
+    kinds = {m.name: (m.kind, m.status) for m in list_models(data)}
     assert kinds == {"llama-vid-7b-pretrain-224": ("pretrain", "complete"), "vicuna-7b-v1.5": ("base-llm", "complete")}
     (base / "model.safetensors").write_bytes(weights[:-3])
     assert _cli("--data-dir", data, "models", "verify", "vicuna-7b-v1.5") == 1
@@ -556,13 +558,13 @@ def test_add_list_path_rm_of_a_registered_folder(tiny_checkpoint: Path, tmp_path
     assert re.search(r"mine\s+video\s+[\d.]+ MB\s+complete\s+.*\(registered\)", out), out
     assert _cli("--data-dir", data, "models", "path", "mine") == 0
     assert capsys.readouterr().out.strip() == str(tiny_checkpoint)
-    assert M.resolve_model("mine", data) == tiny_checkpoint
+    assert resolve_model("mine", data) == tiny_checkpoint
     assert _cli("--data-dir", data, "models", "add", "mine", tiny_checkpoint) == 1
     assert "already registered" in capsys.readouterr().err
     assert _cli("--data-dir", data, "models", "rm", "mine") == 0  # no confirmation: nothing is deleted
     assert "was not touched" in capsys.readouterr().out
     assert (tiny_checkpoint / "config.json").is_file()
-    assert M.list_models(data) == []
+    assert list_models(data) == []
 
 
 def test_add_refuses_what_is_not_a_checkpoint(tmp_path: Path, capsys) -> None:
@@ -588,7 +590,7 @@ def test_rm_of_a_symlinked_model_keeps_its_target(tiny_checkpoint: Path, tmp_pat
     data = tmp_path / "data"
     (data / "models").mkdir(parents=True)
     (data / "models" / "linked").symlink_to(tiny_checkpoint)
-    assert [m.name for m in M.list_models(data)] == ["linked"]
+    assert [m.name for m in list_models(data)] == ["linked"]
     assert _cli("--data-dir", data, "models", "rm", "linked") == 0
     assert not (data / "models" / "linked").exists() and (tiny_checkpoint / "config.json").is_file()
 
@@ -608,27 +610,27 @@ def test_resolve_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     installed = data / "models" / "inst"
     shutil.copytree(tiny_checkpoint, installed)
-    assert M.resolve_model("inst", data) == installed
-    assert M.resolve_model(str(tiny_checkpoint), data) == tiny_checkpoint
-    assert M.resolve_model(tiny_checkpoint, data) == tiny_checkpoint
-    assert M.search_dirs(data) == [data / "models" / "shared"]
+    assert resolve_model("inst", data) == installed
+    assert resolve_model(str(tiny_checkpoint), data) == tiny_checkpoint
+    assert resolve_model(tiny_checkpoint, data) == tiny_checkpoint
+    assert search_dirs(data) == [data / "models" / "shared"]
     with pytest.raises(UserError) as err:
-        M.resolve_model("nope", data)
+        resolve_model("nope", data)
     assert "installed: inst" in str(err.value) and "llamavid models list --available" in str(err.value)
     with pytest.raises(UserError, match="not installed.*models pull llama-vid-7b-full-224-long-video"):
-        M.resolve_model("llama-vid-7b-full-224-long-video", data)
+        resolve_model("llama-vid-7b-full-224-long-video", data)
     with pytest.raises(UserError, match="no such folder"):
-        M.resolve_model(str(tmp_path / "gone"), data)
+        resolve_model(str(tmp_path / "gone"), data)
     (tmp_path / "plain").mkdir()
     with pytest.raises(UserError, match="not a checkpoint"):
-        M.resolve_model(str(tmp_path / "plain"), data)
+        resolve_model(str(tmp_path / "plain"), data)
     moved = tmp_path / "moved"
     shutil.copytree(tiny_checkpoint, moved)
-    M.add_model(data, "ext", moved)
+    add_model(data, "ext", moved)
     shutil.rmtree(moved)
     with pytest.raises(UserError, match="that folder is gone.*models rm ext"):
-        M.resolve_model("ext", data)
-    assert [(m.name, m.status) for m in M.list_models(data)] == [("ext", "missing"), ("inst", "complete")]
+        resolve_model("ext", data)
+    assert [(m.name, m.status) for m in list_models(data)] == [("ext", "missing"), ("inst", "complete")]
 
 
 # ----------------------------------------------------------------------------- verify
@@ -670,7 +672,7 @@ def test_verify_catches_a_truncated_shard(installed, capsys) -> None:
 def test_verify_uses_the_pull_manifest_sizes(installed, capsys) -> None:
     data, folder = installed
     shard = _shard(folder)
-    (folder / M.MANIFEST).write_text(json.dumps({"files": {shard.name: {"size": shard.stat().st_size + 10},
+    (folder / MANIFEST).write_text(json.dumps({"files": {shard.name: {"size": shard.stat().st_size + 10},
                                                            "tokenizer.model": {"size": 1}}}))
     assert _cli("--data-dir", data, "models", "verify", "tiny") == 1
     out = capsys.readouterr().out
@@ -694,13 +696,13 @@ def test_verify_hash_finds_a_same_size_corrupt_file(installed, capsys) -> None:
     data, folder = installed
     shard = _shard(folder)
     good = shard.read_bytes()
-    (folder / M.MANIFEST).write_text(json.dumps({"files": {shard.name: {
+    (folder / MANIFEST).write_text(json.dumps({"files": {shard.name: {
         "size": len(good), "sha256": hashlib.sha256(good).hexdigest()}}}))
     shard.write_bytes(good[:100] + bytes([good[100] ^ 1]) + good[101:])  # inside the zip header area
     assert _cli("--data-dir", data, "models", "verify", "tiny") == 0, "sizes alone cannot see it"
     assert _cli("--data-dir", data, "models", "verify", "tiny", "--hash") == 1
     assert f"{shard.name}: sha256 mismatch" in capsys.readouterr().out
-    assert M.verify_model(tmp := folder / "nope", data) == [M.Finding("error", str(tmp), "folder does not exist")]
+    assert verify.verify_model(tmp := folder / "nope", data) == [verify.Finding("error", str(tmp), "folder does not exist")]
 
 
 def test_verify_reports_missing_shared_parts_and_shards(installed, capsys) -> None:
@@ -713,4 +715,4 @@ def test_verify_reports_missing_shared_parts_and_shards(installed, capsys) -> No
     assert re.search(r"ERROR\s+pytorch_model-00001-of-\d+\.bin: missing", out)
     assert re.search(r"ERROR\s+bert_vocab.txt: not found", out)
     assert re.search(r"WARNING\s+eva_vit_g.pth: .*bf16 copy inside the shards", out)
-    assert [m.status for m in M.list_models(data)] == ["incomplete"]
+    assert [m.status for m in list_models(data)] == ["incomplete"]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from .test_chat import write_clip
 
@@ -19,10 +20,10 @@ def llamavid(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_indexed_movie_chat_matches_the_api(tiny, tiny_checkpoint, tmp_path):
-    from indexer.library import find_movie, open_library
-
-    from llamavid.runtime.chat import Chat, film_visual
+    from indexer.library import film_visual, find_movie, open_library
+    from llamavid.runtime.chat import Chat
     from llamavid.runtime.generate import SamplingOptions
 
     films, data = tmp_path / "films", tmp_path / "data"

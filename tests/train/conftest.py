@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from llamavid.runtime.api import load_llm_tokenizer
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 import train_helpers as helpers  # noqa: E402
@@ -37,6 +39,4 @@ def dataset(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tokenizer(components):
-    from llamavid.runtime.api import load_llm_tokenizer
-
     return load_llm_tokenizer(components["llm"])

@@ -15,6 +15,9 @@ import pytest
 import torch
 
 from llamavid.model.loading import load_llamavid
+from llamavid.model.tiny import write_tiny_checkpoint
+from llamavid.runtime.api import LlamaVid
+from llamavid.runtime.generate import SamplingOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -22,8 +25,6 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tiny_init(tmp_path_factory) -> Path:
-    from llamavid.model.tiny import write_tiny_checkpoint
-
     return write_tiny_checkpoint(tmp_path_factory.mktemp("init") / "stage1")
 
 
@@ -46,10 +47,6 @@ def test_ddp_two_processes_train_and_save_a_model_that_chats(tiny_init, dataset,
     proc = torchrun(*common(tiny_init, dataset["stage2"], out), "--max-steps", "3")
     assert proc.stdout.count("done: 3 steps") == 1, proc.stdout  # rank 0 reports, rank 1 is quiet
     assert "1 x 2 processes x 2 accumulation" in proc.stdout
-
-    from llamavid.runtime.api import LlamaVid
-    from llamavid.runtime.generate import SamplingOptions
-
     lv = LlamaVid.load(out, device="cpu", dtype="fp32")
     assert lv.ask("Where is the ship going?", SamplingOptions(max_new_tokens=4, temperature=0)).strip()
 

@@ -5,7 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from llamavid.model.config import LlamaVidConfig
 from llamavid.model.loading import load_llamavid
+from llamavid.model.tiny import write_tiny_checkpoint
+from llamavid.runtime.api import LlamaVid
+from llamavid.runtime.generate import SamplingOptions
 from train.config import TrainArgs
 from train.lora import estimate_gib, merged_state_dict
 from train.trainer import run
@@ -16,8 +20,6 @@ LORA = dict(stage=2, max_steps=12, batch_size=2, grad_accum=1, learning_rate=5e-
 
 @pytest.fixture(scope="module")
 def tiny_init(tmp_path_factory):
-    from llamavid.model.tiny import write_tiny_checkpoint
-
     return write_tiny_checkpoint(tmp_path_factory.mktemp("init") / "stage1")
 
 
@@ -46,10 +48,6 @@ def test_lora_trains_only_adapters_and_saves_a_merged_model(tiny_init, dataset, 
     for name, tensor in saved.state_dict().items():
         if tensor.is_floating_point() and not name.startswith("model.vision_tower."):
             assert torch.equal(tensor, merged[name].to(torch.bfloat16).float()), name
-
-    from llamavid.runtime.api import LlamaVid
-    from llamavid.runtime.generate import SamplingOptions
-
     lv = LlamaVid.load(result.output, device="cpu", dtype="fp32")
     assert lv.ask("Where is the ship going?", SamplingOptions(max_new_tokens=4, temperature=0)).strip()
 
@@ -78,8 +76,6 @@ def test_qlora_trains_on_nf4_weights_and_saves_dequantized_merged_weights(tiny_i
 
 
 def test_memory_estimate_puts_7b_stage2_qlora_under_24_gib():
-    from llamavid.model.config import LlamaVidConfig
-
     seven_b = LlamaVidConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                              num_key_value_heads=32, vocab_size=32000, vision_depth=39, compress_type="mean")
     qlora = estimate_gib(seven_b, lora_r=64, bits=4, seq_len=2048)

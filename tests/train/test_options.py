@@ -9,7 +9,9 @@ import torch
 from train_helpers import gpt, human
 
 from llamavid.errors import UserError
+from llamavid.model.tiny import write_tiny_checkpoint
 from train.config import TrainArgs
+from train.init import build_model
 from train.trainer import prepare_args, run
 
 QUICK = dict(stage=2, max_steps=2, batch_size=2, grad_accum=1, num_workers=0, save_steps=100)
@@ -17,8 +19,6 @@ QUICK = dict(stage=2, max_steps=2, batch_size=2, grad_accum=1, num_workers=0, sa
 
 @pytest.fixture(scope="module")
 def tiny_init(tmp_path_factory) -> Path:
-    from llamavid.model.tiny import write_tiny_checkpoint
-
     return write_tiny_checkpoint(tmp_path_factory.mktemp("init") / "stage1")
 
 
@@ -53,8 +53,6 @@ def test_tensorboard_scalars_and_json_log(tiny_init, dataset, tmp_path):
 
 
 def test_stage1_at_336_px_interpolates_eva_positions(components, dataset, tmp_path):
-    from train.init import build_model
-
     args = prepare_args(TrainArgs(stage=1, data=dataset["stage1"], output=tmp_path, image_size=336, compress_type=None,
                                   **{k: components[k] for k in ("llm", "vision", "qformer", "qformer_vocab",
                                                                 "qformer_config")}), 1)

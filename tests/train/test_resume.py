@@ -18,7 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from llamavid import cli
+from llamavid.errors import UserError
+from llamavid.model.loading import load_llamavid
+from llamavid.model.tiny import write_tiny_checkpoint
 from train.config import TrainArgs
+from train.progress import Progress
 from train.trainer import run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,8 +33,6 @@ COMMON = dict(stage=2, max_steps=10, batch_size=2, grad_accum=2, save_steps=3, l
 @pytest.fixture(scope="module")
 def tiny_init(tmp_path_factory) -> Path:
     """A previous stage's output in the released layout (random tiny weights)."""
-    from llamavid.model.tiny import write_tiny_checkpoint
-
     return write_tiny_checkpoint(tmp_path_factory.mktemp("init") / "stage1")
 
 
@@ -54,6 +57,7 @@ def logged_step(output: Path) -> int:
     return json.loads(lines[-1])["step"] if lines else 0
 
 
+@pytest.mark.slow
 def test_sigkilled_run_resumes_to_the_same_weights(tiny_init, dataset, straight, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "llamavid", "train", "run", "--stage", "2", "--data", str(dataset["stage2"]),
@@ -77,9 +81,7 @@ def test_sigkilled_run_resumes_to_the_same_weights(tiny_init, dataset, straight,
 
 
 def test_sigterm_saves_and_stops_then_resumes(tiny_init, dataset, straight, tmp_path, monkeypatch):
-    from train import progress
-
-    original = progress.Progress.step
+    original = Progress.step
 
     def terminate_at_4(self, step, values):
         original(self, step, values)
@@ -89,7 +91,7 @@ def test_sigterm_saves_and_stops_then_resumes(tiny_init, dataset, straight, tmp_
     out = tmp_path / "run"
     args = dict(data=dataset["stage2"], output=out, init=tiny_init, num_workers=0, **COMMON)
     with monkeypatch.context() as patch:
-        patch.setattr(progress.Progress, "step", terminate_at_4)
+        patch.setattr(Progress, "step", terminate_at_4)
         stopped = run(TrainArgs(**args))
     assert stopped.stopped_early and stopped.step == 4
     assert (out / "checkpoint-4").is_dir() and not (out / "config.json").exists()
@@ -99,17 +101,12 @@ def test_sigterm_saves_and_stops_then_resumes(tiny_init, dataset, straight, tmp_
 
 
 def test_resume_refuses_changed_settings(tiny_init, dataset, straight):
-    from llamavid.errors import UserError
-
     changed = {**COMMON, "learning_rate": 1e-3}
     with pytest.raises(UserError, match="learning_rate"):
         run(TrainArgs(data=dataset["stage2"], output=straight.output, init=tiny_init, **changed))
 
 
 def test_export_turns_a_checkpoint_into_the_runs_model(straight, tmp_path):
-    from llamavid.cli import main as cli
-    from llamavid.model.loading import load_llamavid
-
     assert cli.main(["train", "export", str(straight.output / "checkpoint-10"), "--output", str(tmp_path / "x")]) == 0
     exported, final = load_llamavid(tmp_path / "x")[0].state_dict(), load_llamavid(straight.output)[0].state_dict()
     assert exported.keys() == final.keys()

@@ -11,8 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from llamavid.model.features import drop_cls
 from llamavid.model.loading import load_llamavid
+from llamavid.runtime.api import LlamaVid
+from llamavid.runtime.generate import SamplingOptions
 from train.config import TrainArgs, matches, trainable_prefixes
 from train.init import build_model
 from train.params import unused_qformer_params
@@ -121,17 +125,12 @@ def test_stage3_trains_llm_and_mm_projector_with_long_rope(stage3):
 
 
 def test_final_model_chats_through_the_users_loader(stage3, dataset):
-    from llamavid.runtime.api import LlamaVid
-    from llamavid.runtime.generate import SamplingOptions
-
     lv = LlamaVid.load(stage3[2].output, device="cpu", dtype="fp32")
     assert lv.config.rope_parameters["rope_type"] == "linear"
     greedy = SamplingOptions(max_new_tokens=6, temperature=0)
-    from PIL import Image
-
     folder = dataset["stage1"].parent
     image = np.asarray(Image.open(folder / "red.png"))
-    film = np.load(folder / "film1.npy")[:, 1:]  # without CLS, as films are fed (see llamavid.engine)
+    film = drop_cls(np.load(folder / "film1.npy"))  # films are fed without their CLS row
     for answer in (lv.ask("What color is it?", greedy, images=[image]), lv.ask("Where is the ship going?", greedy),
                    lv.ask("Where are they going?", greedy, features=film)):
         assert isinstance(answer, str) and answer.strip()

@@ -5,13 +5,33 @@ import random
 
 import pytest
 import torch
+from transformers.loss.loss_utils import ForCausalLMLoss
 
 from llamavid.model.modeling import IMAGE_TOKEN_INDEX
-from train import text as T
-from train.config import ATT_PROJECTORS, LLM, MM_PROJECTOR, QFORMER, default_max_length, rope_factor_for, tokens_per_frame, trainable_prefixes
+from llamavid.prompt.builders import tokenizer_image_token
+from llamavid.model.features import tokens_per_frame
+from train.config import (
+    ATT_PROJECTORS,
+    LLM,
+    MM_PROJECTOR,
+    QFORMER,
+    default_max_length,
+    rope_factor_for,
+    trainable_prefixes,
+)
 from train.records import DataError, conversation_turns
 from train.sampler import epoch_order, modality_grouped, rank_batches
 from train.step import expand_labels, masked_lm_loss, pad_batch
+from train.text import (
+    chat_sample,
+    image_turns,
+    movie_turns,
+    offset_labels,
+    plain_guided,
+    reference_labels,
+    render,
+    text_only_turns,
+)
 
 
 def learned(ids: list[int], labels: list[int]) -> list[list[int]]:
@@ -28,7 +48,7 @@ def learned(ids: list[int], labels: list[int]) -> list[list[int]]:
 
 
 def test_stage1_learns_the_caption_only(tokenizer):
-    sample = T.plain_guided([("human", "Describe the image.\n<image>"), ("gpt", "a red scene.")], tokenizer, "r")
+    sample = plain_guided([("human", "Describe the image.\n<image>"), ("gpt", "a red scene.")], tokenizer, "r")
     assert sample.input_ids[:2] == [tokenizer.bos_token_id, IMAGE_TOKEN_INDEX]
     assert sample.labels[:2] == [-100, -100] and sample.labels[2:] == sample.input_ids[2:]
     assert tokenizer.decode(sample.input_ids[2:]) == "a red scene.\n"
@@ -36,12 +56,12 @@ def test_stage1_learns_the_caption_only(tokenizer):
 
 
 def test_single_round_chat_matches_the_reference_rule(tokenizer):
-    turns, prompts = T.image_turns([("human", "What color is it?\n<image>"), ("gpt", "It is blue.")], random.Random(0))
+    turns, prompts = image_turns([("human", "What color is it?\n<image>"), ("gpt", "It is blue.")], random.Random(0))
     assert turns[0][1] == "<image>\nWhat color is it?" and prompts == ["What color is it?"]
-    sample = T.chat_sample(turns, prompts, tokenizer, "imgsp_v1", "r")
+    sample = chat_sample(turns, prompts, tokenizer, "imgsp_v1", "r")
     assert sample.masking == "reference"
-    text = T.render(turns, "imgsp_v1")
-    offsets = T.offset_labels(text, sample.input_ids, ["It is blue."], tokenizer, "imgsp_v1", "r")
+    text = render(turns, "imgsp_v1")
+    offsets = offset_labels(text, sample.input_ids, ["It is blue."], tokenizer, "imgsp_v1", "r")
     assert offsets == sample.labels  # the two rules agree where the reference's counting works
     [answer] = learned(sample.input_ids, sample.labels)
     assert tokenizer.decode(answer).strip() == "It is blue.</s>"
@@ -50,10 +70,10 @@ def test_single_round_chat_matches_the_reference_rule(tokenizer):
 def test_multi_round_chat_learns_every_answer_with_its_eos(tokenizer):
     turns = [("human", "<image>\nWhat color is it?"), ("gpt", "It is red."), ("human", "Is it dark?"), ("gpt", "No."),
              ("human", "Why?"), ("gpt", "It is bright.")]
-    turns, prompts = T.image_turns(turns, random.Random(3))
+    turns, prompts = image_turns(turns, random.Random(3))
     assert [t.count("<image>") for r, t in turns if r == "human"] == [1, 1, 1]
     assert prompts == ["What color is it?", "Is it dark?", "Why?"]
-    sample = T.chat_sample(turns, prompts, tokenizer, "imgsp_v1", "r")
+    sample = chat_sample(turns, prompts, tokenizer, "imgsp_v1", "r")
     runs = [tokenizer.decode(r).strip() for r in learned(sample.input_ids, sample.labels)]
     assert runs == ["It is red.</s>", "No.</s>", "It is bright.</s>"]
     assert sample.placeholders == 3
@@ -63,11 +83,9 @@ def test_the_reference_rule_miscount_is_detected_not_silently_dropped(tokenizer)
     """With this tokenizer a round alone gets a leading '▁' that it lacks after </s>: the reference
     would have ignored the whole sample; the offsets rule keeps it."""
     turns = [("human", "Hi"), ("gpt", "Hello."), ("human", "Where?"), ("gpt", "Here.")]
-    text = T.render(turns, "imgsp_v1")
-    from llamavid.prompt.builders import tokenizer_image_token
-
-    assert T.reference_labels(text, tokenizer_image_token(text, tokenizer), tokenizer, "imgsp_v1") is None
-    sample = T.chat_sample(turns, [], tokenizer, "imgsp_v1", "r")
+    text = render(turns, "imgsp_v1")
+    assert reference_labels(text, tokenizer_image_token(text, tokenizer), tokenizer, "imgsp_v1") is None
+    sample = chat_sample(turns, [], tokenizer, "imgsp_v1", "r")
     assert sample.masking == "offsets"
     runs = [tokenizer.decode(r).strip() for r in learned(sample.input_ids, sample.labels)]
     assert runs == ["Hello.</s>", "Here.</s>"]
@@ -75,14 +93,14 @@ def test_the_reference_rule_miscount_is_detected_not_silently_dropped(tokenizer)
 
 def test_film_turn_takes_the_whole_film_and_later_turns_get_no_placeholder(tokenizer):
     inputs = "<image><image>a line<image><image>"
-    turns, prompts = T.movie_turns([("human", "<image>\nWhere are they?"), ("gpt", "At sea."), ("human", "Why?"),
+    turns, prompts = movie_turns([("human", "<image>\nWhere are they?"), ("gpt", "At sea."), ("human", "Why?"),
                                     ("gpt", "Fishing.")], inputs, "r")
     assert prompts == ["Where are they?"]
     assert turns[0][1] == inputs + "\nWhere are they?" and turns[2][1] == "Why?"
-    sample = T.chat_sample(turns, prompts, tokenizer, "imgsp_v1", "r")
+    sample = chat_sample(turns, prompts, tokenizer, "imgsp_v1", "r")
     assert sample.placeholders == 4
     with pytest.raises(DataError, match="exactly one <image>"):
-        T.movie_turns([("human", "<image> <image>"), ("gpt", "x")], inputs, "record 3")
+        movie_turns([("human", "<image> <image>"), ("gpt", "x")], inputs, "record 3")
 
 
 def test_records_with_broken_conversations_name_the_problem():
@@ -92,7 +110,7 @@ def test_records_with_broken_conversations_name_the_problem():
     with pytest.raises(DataError, match="answer 1 contains <image>"):
         conversation_turns(0, {"conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "<image>"}]})
     with pytest.raises(DataError, match="has <image> but no 'image' or 'video'"):
-        T.text_only_turns([("human", "<image> hi"), ("gpt", "x")], "record 0")
+        text_only_turns([("human", "<image> hi"), ("gpt", "x")], "record 0")
     # a leading gpt turn is dropped, as the reference does
     assert conversation_turns(0, {"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "b"},
                                                     {"from": "gpt", "value": "c"}]}) == [("human", "b"), ("gpt", "c")]
@@ -105,7 +123,7 @@ def test_stage_presets_follow_the_reference():
     assert (default_max_length(1, "mean"), default_max_length(2, None), default_max_length(2, "mean"),
             default_max_length(3, "mean")) == (2048, 4096, 2048, 65536)
     assert rope_factor_for(65536, 4096) == 16.0 and rope_factor_for(4096, 4096) is None
-    assert rope_factor_for(8192, 4096) == 2.0 and rope_factor_for(65536, 4096, 2.0) == 16.0
+    assert rope_factor_for(8192, 4096) == 2.0 and rope_factor_for(65536, 8192, 2.0) == 16.0  # 4096 positions x 2
     assert (tokens_per_frame(None, 224), tokens_per_frame(None, 336), tokens_per_frame("mean", 224),
             tokens_per_frame("grid:4", 224), tokens_per_frame("grid:2", 224)) == (257, 577, 2, 17, 5)
 
@@ -135,8 +153,6 @@ def test_spliced_labels_and_padding():
 
 
 def test_loss_on_supervised_rows_equals_transformers_loss():
-    from transformers.loss.loss_utils import ForCausalLMLoss
-
     torch.manual_seed(0)
     head = torch.nn.Linear(8, 11, bias=False)
     hidden = torch.randn(2, 6, 8)

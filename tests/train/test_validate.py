@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from train_helpers import gpt, human
 
-from llamavid.cli import main as cli
-from train.validate import CheckOptions, validate
+from llamavid import cli
+from llamavid.model.tiny import write_tiny_checkpoint
+from train.validate import CheckOptions, use_model, validate
 
 
 def write(path: Path, records) -> Path:
@@ -96,3 +97,13 @@ def test_validate_command_exit_status_and_json(folder, dataset, capsys):
     no_tokenizer = dataset["stage1"].parent
     assert cli.main(["train", "validate", str(dataset["stage2"]), "--model", str(no_tokenizer)]) == 1
     assert "no tokenizer.model" in capsys.readouterr().err
+
+
+def test_model_folder_gives_the_tokenizer_and_a_checkpoints_token_layout(components, tmp_path):
+    checkpoint = write_tiny_checkpoint(tmp_path / "image-model", compress_type=None, shards=1, with_eva=False)
+    options = CheckOptions(2)  # compress_type "mean" until a model says otherwise
+    use_model(options, checkpoint)
+    assert options.tokenizer is not None and options.compress_type is None and options.image_size == 224
+    plain = CheckOptions(2)
+    use_model(plain, components["llm"])  # a LLaMA folder: its tokenizer, the given layout
+    assert plain.tokenizer is not None and plain.compress_type == "mean"

@@ -9,15 +9,15 @@ questions for stage 3.
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from llamavid.model.tiny import bert_vocab, random_model, tiny_config, write_llama_tokenizer
+from llamavid.media.synthetic import moving_bar, write_video
 from llamavid.model.eva import write_tiny_eva
+from llamavid.model.tiny import bert_vocab, random_model, tiny_config, write_llama_tokenizer
 
 QFORMER_HEADS = {"num_attention_heads": 4}
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "white": (240, 240, 240)}
@@ -62,22 +62,8 @@ def write_image(path: Path, color: str, size: tuple[int, int] = (64, 48)) -> Pat
 
 
 def write_clip(path: Path, color: str, seconds: int = 3, fps: int = 5) -> Path:
-    import av
-
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(seconds * fps):
-            img = np.zeros((48, 64, 3), np.uint8)
-            img[:] = COLORS[color]
-            img[:, (i * 4) % 64: (i * 4) % 64 + 8] = 0  # a bar moving right
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
+    """A 64x48 clip of one colour with a black bar moving right (libx264 defaults)."""
+    return write_video(path, moving_bar(64, 48, COLORS[color]), fps=fps, seconds=seconds)
 
 
 def write_film(folder: Path, name: str, frames: int, width: int, seed: int, npz: bool = False) -> Path:

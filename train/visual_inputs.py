@@ -1,4 +1,4 @@
-"""The pixels, frames and film features behind a record.
+"""The visual inputs behind a training record: image pixels, clip frames and film features.
 
 Long-video features come in three forms, all (T, 257 or 256, C) EVA features, fp16:
 
@@ -19,9 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from llamavid.model.modeling import IMAGE_TOKEN
+from llamavid.media.load import load_image, load_video
+from llamavid.media.preprocess import preprocess_images
 from llamavid.model.features import drop_cls, has_cls
+from llamavid.model.modeling import IMAGE_TOKEN
 from llamavid.prompt.subtitles import interleave_subtitles
 from train.records import DataError
 
@@ -107,32 +110,13 @@ def film_inputs(inputs: str, frames: int, video_token: int, where: str) -> str:
     return inputs.replace("...", "").replace(IMAGE_TOKEN, IMAGE_TOKEN * video_token)
 
 
-def feature_frames(path: Path) -> int:
-    """Frame count of a feature file without reading its data (validator)."""
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return int(np.load(path, mmap_mode="r").shape[0])
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            return int(data["feats"].shape[0])
-    raise DataError(f"{path}: frame count of .pkl files is only known after loading; use --trust-pickle")
-
-
 def image_pixels(path: Path, size: int, aspect: str):
     """(1, 3, S, S) pixels; ``pad`` pads to a square with the mean colour first (stages 2, 3)."""
-    from llamavid.media.load import load_image
-    from llamavid.media.preprocess import preprocess_images
-
     return preprocess_images([load_image(path)], size, mode="pad" if aspect == "pad" else "crop")
 
 
 def video_pixels(path: Path, size: int, fps: float, max_frames: int | None):
     """(T, 3, S, S) frames at ``fps`` (resize + centre crop, never padded, as the reference)."""
-    import torch
-
-    from llamavid.media.load import load_video
-    from llamavid.media.preprocess import preprocess_images
-
     frames, _ = load_video(path, fps=fps, max_frames=max_frames,
                            transform=lambda f: preprocess_images([f], size, mode="crop")[0])
     return torch.stack(frames)

@@ -1,0 +1,422 @@
+"""Every query and write of the library database, as the methods of one object.
+
+The scanner, the pipeline, the job runner and its controls, the watcher, the status table, the read
+API (library.py) and ``llamavid index`` all go through :class:`LibraryStore`; the schema, the
+migrations and the connection settings stay in db.py. A write method that changes several rows
+runs as one transaction (``atomic``: BEGIN IMMEDIATE, a savepoint when the caller already holds
+one), so what must change together does: a chunk's frame times with its frame count and the job's
+progress, a new movie with its job, a changed film's reset.
+
+The job state machine (``control_jobs``): ``queued`` -> ``running`` -> ``done`` | ``failed``;
+``paused`` and ``cancelled`` are set by the user. A running job cannot be stopped from another
+process, so it gets a ``request`` that the pipeline checks between chunks (jobs.check_control).
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import sqlite_utils
+
+from indexer.db import atomic, connect
+
+if TYPE_CHECKING:  # the type only: subtitle_sources imports PyAV, and torch through llamavid.prompt
+    from indexer.subtitle_sources import Track
+
+#: What the pipeline stores per movie, and the value of each column before it has run.
+STAGE_COLUMNS = {
+    "probed": 0, "duration": None, "width": None, "height": None, "video_codec": None,
+    "frame_rate": None, "rotation": 0, "variable_frame_rate": 0, "has_audio": 0, "probe": None,
+    "subtitles_done": 0, "speech_state": None, "speech_windows_done": 0, "speech_language": None,
+    "fps": None, "vision_id": None, "feature_path": None, "feature_shape": None,
+    "frames_capacity": None, "chunk_frames": None, "frames_done": 0, "features_complete": 0,
+    "cache_bytes": 0, "warning": None,
+}
+
+#: A movie as the read API shows it: its row, its library folder, its job and its number of cues.
+_MOVIE_VIEW = """
+SELECT movies.*, libraries.path AS library, jobs.state AS job_state, jobs.error AS job_error,
+       jobs.stage AS job_stage, jobs.done AS job_done, jobs.total AS job_total, jobs.rate AS job_rate,
+       (SELECT COUNT(*) FROM cues WHERE cues.movie_id = movies.id) AS cue_count
+FROM movies JOIN libraries ON libraries.id = movies.library_id
+LEFT JOIN jobs ON jobs.movie_id = movies.id
+"""
+
+
+class LibraryStore:
+    """The library database of one data folder (a sqlite-utils ``Database`` from ``db.connect``)."""
+
+    def __init__(self, db: sqlite_utils.Database):
+        self.db = db
+
+    @classmethod
+    def open(cls, path: str | Path) -> LibraryStore:
+        """Connect to (and create or upgrade) the database file."""
+        return cls(connect(path))
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> LibraryStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+    def queue_paused(self) -> bool:
+        """The whole queue was paused (``llamavid index pause``)."""
+        row = self.db.execute("SELECT value FROM settings WHERE key = 'paused'").fetchone()
+        return bool(row) and row[0] == "1"
+
+    def pause_queue(self, paused: bool) -> None:
+        with atomic(self.db):
+            if paused:
+                self.db.execute("INSERT INTO settings (key, value) VALUES ('paused', '1') "
+                                "ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+            else:
+                self.db.execute("DELETE FROM settings WHERE key = 'paused'")
+
+
+    def libraries(self) -> list[dict]:
+        return list(self.db.query("SELECT * FROM libraries ORDER BY id"))
+
+    def library_paths(self) -> list[str]:
+        return [r["path"] for r in self.db.query("SELECT path FROM libraries ORDER BY path")]
+
+    def library(self, path: str) -> dict | None:
+        return next(self.db.query("SELECT * FROM libraries WHERE path = ?", [path]), None)
+
+    def find_library(self, paths: list[str]) -> int | None:
+        """The id of the library registered under one of these spellings of a folder."""
+        row = self.db.execute(f"SELECT id FROM libraries WHERE path IN ({', '.join('?' * len(paths))})",
+                              paths).fetchone()
+        return row[0] if row else None
+
+    def add_library(self, path: str) -> dict:
+        with atomic(self.db):
+            self.db.execute("INSERT INTO libraries (path, added_at) VALUES (?, ?)", [path, time.time()])
+        return self.library(path)
+
+    def library_scanned(self, library_id: int) -> None:
+        with atomic(self.db):
+            self.db.execute("UPDATE libraries SET scanned_at = ? WHERE id = ?", [time.time(), library_id])
+
+    def remove_library(self, library_id: int) -> None:
+        """Forget the folder (and, by cascade, any movie row of it still left)."""
+        self.db.execute("DELETE FROM libraries WHERE id = ?", [library_id])
+
+
+    def movie(self, movie_id: int) -> dict:
+        row = next(self.db.query("SELECT * FROM movies WHERE id = ?", [movie_id]), None)
+        if row is None:
+            raise KeyError(movie_id)
+        return row
+
+    def library_movies(self, library_id: int) -> list[dict]:
+        return list(self.db.query("SELECT * FROM movies WHERE library_id = ?", [library_id]))
+
+    def movies_with_fingerprint(self, fingerprint: str) -> list[dict]:
+        """Movies with this content, missing ones first (the likely origin of a move)."""
+        return list(self.db.query("SELECT * FROM movies WHERE fingerprint = ? ORDER BY missing DESC, id",
+                                  [fingerprint]))
+
+    def add_movie(self, values: dict, reason: str) -> int:
+        """Insert a new movie and queue its job, together; returns its id."""
+        t = time.time()
+        with atomic(self.db):
+            movie_id = self.db["movies"].insert(dict(values, added_at=t, changed_at=t)).last_pk
+            self.enqueue(movie_id, reason)
+        return movie_id
+
+    def update_movie(self, movie_id: int, values: dict) -> None:
+        with atomic(self.db):
+            self.db["movies"].update(movie_id, values)
+
+    def set_missing(self, movie_id: int, missing: bool) -> None:
+        with atomic(self.db):
+            self.db.execute("UPDATE movies SET missing = ? WHERE id = ?", [int(missing), movie_id])
+
+    def mark_missing(self, movie_ids: list[int], exists: Callable[[str], bool] = os.path.exists) -> list[str]:
+        """Flag as missing, in one transaction, those of these movies whose file no longer exists;
+        returns their paths. Each path is read again here: a move found earlier in the same scan
+        may have changed it."""
+        marked = []
+        with atomic(self.db):
+            for movie_id in movie_ids:
+                current = self.db.execute("SELECT path FROM movies WHERE id = ?", [movie_id]).fetchone()
+                if current and not exists(current[0]):
+                    self.db.execute("UPDATE movies SET missing = 1 WHERE id = ?", [movie_id])
+                    marked.append(current[0])
+        return marked
+
+    def reset_movie(self, movie_id: int, identity: dict) -> None:
+        """The content changed: drop everything derived from it and record the new identity."""
+        with atomic(self.db):
+            self.db.execute("DELETE FROM frames WHERE movie_id = ?", [movie_id])
+            self.db.execute("DELETE FROM subtitle_tracks WHERE movie_id = ?", [movie_id])
+            self.db["movies"].update(movie_id, dict(STAGE_COLUMNS, **identity, changed_at=time.time()))
+
+    def reread_subtitles(self, movie_id: int, reason: str, redo_speech: bool) -> None:
+        """Sidecar files changed: queue the subtitle stage again (and the speech stage if asked)."""
+        with atomic(self.db):
+            self.db.execute("UPDATE movies SET subtitles_done = 0 WHERE id = ?", [movie_id])
+            if redo_speech:
+                self.db.execute("UPDATE movies SET speech_state = NULL WHERE id = ?", [movie_id])
+            self.enqueue(movie_id, reason, keep_error=True)
+
+    def delete_movie(self, movie_id: int) -> None:
+        with atomic(self.db):
+            self.db.execute("DELETE FROM movies WHERE id = ?", [movie_id])
+
+
+    def replace_subtitle_tracks(self, movie_id: int, tracks: list[Track], sidecar_sig: str) -> None:
+        """Store the embedded and sidecar tracks read now in place of the earlier ones (speech
+        recognition's track is kept) and mark the subtitle stage done."""
+        with atomic(self.db):
+            self.db.execute("DELETE FROM subtitle_tracks WHERE movie_id = ? AND source != 'asr'", [movie_id])
+            for track in tracks:
+                self._add_track(movie_id, track)
+            self.db["movies"].update(movie_id, {"subtitles_done": 1, "sidecar_sig": sidecar_sig})
+
+    def has_text_subtitles(self, movie_id: int) -> bool:
+        """The movie has cues from an embedded or sidecar track."""
+        row = self.db.execute("SELECT COUNT(*) FROM subtitle_tracks WHERE movie_id = ? AND source != 'asr'"
+                              " AND cue_count > 0", [movie_id]).fetchone()
+        return bool(row[0])
+
+    def asr_track(self, movie_id: int, new: Track) -> int:
+        """The id of the movie's speech-recognition track; ``new`` is stored if it has none yet (a
+        resumed run keeps adding to the track of the first)."""
+        row = self.db.execute("SELECT id FROM subtitle_tracks WHERE movie_id = ? AND source = 'asr'",
+                              [movie_id]).fetchone()
+        if row:
+            return row[0]
+        with atomic(self.db):
+            return self._add_track(movie_id, new)
+
+    def add_speech_window(self, job_id: int, movie_id: int, track_id: int, track: Track, window: int,
+                          total: int) -> None:
+        """One transcribed window: its cues, the track's language and count, the movie's resume
+        point and the job's progress, together."""
+        with atomic(self.db):
+            self._add_cues(movie_id, track_id, track)
+            self.db.execute("UPDATE subtitle_tracks SET language = ?, cue_count = cue_count + ? WHERE id = ?",
+                            [track.language, len(track.cues), track_id])
+            self.db["movies"].update(movie_id, {"speech_windows_done": window + 1,
+                                                "speech_language": track.language})
+            self.job_progress(job_id, "speech", window + 1, total)
+
+    def _add_track(self, movie_id: int, track: Track) -> int:
+        track_id = self.db["subtitle_tracks"].insert({
+            "movie_id": movie_id, "source": track.source, "ref": track.ref, "codec": track.codec,
+            "language": track.language, "forced": int(track.forced), "sdh": int(track.sdh), "kind": track.kind,
+            "status": track.status, "message": track.message, "cue_count": len(track.cues)}).last_pk
+        self._add_cues(movie_id, track_id, track)
+        return track_id
+
+    def _add_cues(self, movie_id: int, track_id: int, track: Track) -> None:
+        self.db.conn.executemany(
+            'INSERT INTO cues (movie_id, track_id, start, "end", text, language, source) VALUES (?, ?, ?, ?, ?, ?, ?)',
+            [(movie_id, track_id, c.start_time, c.end_time, c.text, track.language, track.source)
+             for c in track.cues])
+
+
+    def start_features(self, movie_id: int, values: dict) -> None:
+        """A new feature file: forget the stored frame times and record its settings."""
+        with atomic(self.db):
+            self.db.execute("DELETE FROM frames WHERE movie_id = ?", [movie_id])
+            self.db["movies"].update(movie_id, values)
+
+    def add_frames(self, job_id: int, movie_id: int, start: int, times: list[float], capacity: int,
+                   total: int, rate: float | None) -> None:
+        """One durable chunk: the times of rows ``start...``, the movie's frame count and the job's
+        progress, together (the features themselves must be flushed before)."""
+        end = start + len(times)
+        with atomic(self.db):
+            self.db.conn.executemany("INSERT OR REPLACE INTO frames (movie_id, idx, time) VALUES (?, ?, ?)",
+                                     [(movie_id, start + i, t) for i, t in enumerate(times)])
+            self.db.execute("UPDATE movies SET frames_done = ?, frames_capacity = ? WHERE id = ?",
+                            [end, capacity, movie_id])
+            self.job_progress(job_id, "features", end, total, rate)
+
+    def frame_time(self, movie_id: int, idx: int) -> float | None:
+        row = self.db.execute("SELECT time FROM frames WHERE movie_id = ? AND idx = ?", [movie_id, idx]).fetchone()
+        return row[0] if row else None
+
+    def clear_features(self, movie_id: int) -> None:
+        """Forget the features (frame times and cache columns) so the feature stage starts over."""
+        with atomic(self.db):
+            self.db.execute("DELETE FROM frames WHERE movie_id = ?", [movie_id])
+            self.db.execute("UPDATE movies SET fps = NULL, vision_id = NULL, feature_path = NULL, feature_shape = NULL,"
+                            " frames_capacity = NULL, chunk_frames = NULL, frames_done = 0, features_complete = 0,"
+                            " cache_bytes = 0"
+                            " WHERE id = ?", [movie_id])
+
+
+    def enqueue(self, movie_id: int, reason: str, keep_error: bool = False) -> None:
+        """Queue the movie's pipeline (one job row per movie, reused); running jobs are left alone."""
+        t = time.time()
+        with atomic(self.db):
+            row = self.db.execute("SELECT state FROM jobs WHERE movie_id = ?", [movie_id]).fetchone()
+            if row is None:
+                self.db.execute("INSERT INTO jobs (movie_id, state, reason, created_at, updated_at)"
+                                " VALUES (?, 'queued', ?, ?, ?)", [movie_id, reason, t, t])
+            elif row[0] != "running":
+                self.db.execute("UPDATE jobs SET state = 'queued', reason = ?, attempts = 0, updated_at = ?,"
+                                " finished_at = NULL" + ("" if keep_error else ", error = NULL") +
+                                " WHERE movie_id = ?", [reason, t, movie_id])
+
+    def recover_stale_jobs(self) -> int:
+        """Requeue jobs left ``running`` by a dead process (call only while holding the worker lock)."""
+        with atomic(self.db):
+            cur = self.db.execute("UPDATE jobs SET state = 'queued', pid = NULL, request = NULL,"
+                                  " reason = 'resumed after an interrupted run' WHERE state = 'running'")
+            return cur.rowcount
+
+    def claim_next_job(self) -> dict | None:
+        """Take the oldest queued job of a present movie and mark it running (by this process)."""
+        with atomic(self.db):
+            job = next(self.db.query(
+                "SELECT jobs.* FROM jobs JOIN movies ON movies.id = jobs.movie_id"
+                " WHERE jobs.state = 'queued' AND movies.missing = 0"
+                " ORDER BY jobs.attempts, jobs.id LIMIT 1"), None)  # retries after fresh jobs
+            if job is None:
+                return None
+            t = time.time()
+            self.db.execute("UPDATE jobs SET state = 'running', pid = ?, request = NULL, attempts = attempts + 1,"
+                            " started_at = ?, updated_at = ? WHERE id = ?", [os.getpid(), t, t, job["id"]])
+        return self.job(job["id"])
+
+    def job(self, job_id: int) -> dict:
+        return next(self.db.query("SELECT * FROM jobs WHERE id = ?", [job_id]))
+
+    def job_progress(self, job_id: int, stage: str, done: int, total: int | None,
+                     rate: float | None = None) -> None:
+        self.db.execute("UPDATE jobs SET stage = ?, done = ?, total = ?, rate = COALESCE(?, rate), updated_at = ?"
+                        " WHERE id = ?", [stage, done, total, rate, time.time(), job_id])
+
+    def finish_job(self, job_id: int, state: str, error: str | None = None, keep_error: bool = False) -> None:
+        """End a run of the job; ``error`` is kept on the job until a later success clears it."""
+        t = time.time()
+        with atomic(self.db):
+            if keep_error and error is None:
+                self.db.execute("UPDATE jobs SET state = ?, pid = NULL, request = NULL, updated_at = ?,"
+                                " finished_at = ? WHERE id = ?", [state, t, t, job_id])
+            else:
+                self.db.execute("UPDATE jobs SET state = ?, error = ?, pid = NULL, request = NULL,"
+                                " updated_at = ?, finished_at = ? WHERE id = ?", [state, error, t, t, job_id])
+
+    def job_request(self, job_id: int) -> str | None:
+        """What the user asked of the running job (``pause``, ``cancel`` or None); KeyError if the
+        job is gone (its movie was removed from the index)."""
+        row = self.db.execute("SELECT request FROM jobs WHERE id = ?", [job_id]).fetchone()
+        if row is None:
+            raise KeyError(job_id)
+        return row[0]
+
+    def control_jobs(self, movie_ids: list[int], action: str) -> dict[str, int]:
+        """pause / resume / cancel / retry the jobs of these movies; returns counts per outcome."""
+        counts: dict[str, int] = {}
+        t = time.time()
+        with atomic(self.db):
+            for movie_id in movie_ids:
+                row = self.db.execute("SELECT id, state FROM jobs WHERE movie_id = ?", [movie_id]).fetchone()
+                outcome = self._control(movie_id, row, action, t)
+                counts[outcome] = counts.get(outcome, 0) + 1
+        return counts
+
+    def _control(self, movie_id: int, row, action: str, t: float) -> str:
+        state = row[1] if row else None
+        if action in ("pause", "cancel"):
+            target = "paused" if action == "pause" else "cancelled"
+            if state == "running":
+                self.db.execute("UPDATE jobs SET request = ? WHERE id = ?", [action, row[0]])
+                return f"{target} (after the current chunk)"
+            if state in ("queued", "paused") or (action == "cancel" and state == "failed"):
+                self.db.execute("UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?", [target, t, row[0]])
+                return target
+            return f"not {target} ({state or 'no job'})"
+        # resume / retry: back in the queue, the last error kept until a run succeeds
+        allowed = ("paused", "cancelled") if action == "resume" else ("failed", "cancelled", "paused")
+        if row is None:
+            self.db.execute("INSERT INTO jobs (movie_id, state, reason, created_at, updated_at)"
+                            " VALUES (?, 'queued', ?, ?, ?)", [movie_id, action, t, t])
+            return "queued"
+        if state in allowed or (action == "retry" and state == "done"):  # re-runs unfinished stages only
+            self.db.execute("UPDATE jobs SET state = 'queued', attempts = 0, request = NULL, reason = ?,"
+                            " updated_at = ? WHERE id = ?", [action, t, row[0]])
+            return "queued"
+        if state == "running":
+            self.db.execute("UPDATE jobs SET request = NULL WHERE id = ?", [row[0]])
+            return "running"
+        return f"unchanged ({state})"
+
+    def queue_counts(self) -> dict[str, int]:
+        """Number of jobs in each state."""
+        return {r["state"]: r["n"] for r in self.db.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+
+    def last_rate(self) -> float | None:
+        """The feature rate (frames per second) last measured by any job."""
+        row = self.db.execute("SELECT rate FROM jobs WHERE rate > 0 ORDER BY updated_at DESC LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    def failed_movie_ids(self) -> list[int]:
+        """Movies whose job failed, or finished with a failed speech stage (what ``retry`` retries)."""
+        return [r["movie_id"] for r in self.db.query(
+            "SELECT movie_id FROM jobs WHERE state = 'failed' OR (state = 'done' AND movie_id IN"
+            " (SELECT id FROM movies WHERE speech_state LIKE 'error%'))")]
+
+    def paused_movie_ids(self) -> list[int]:
+        return [r["movie_id"] for r in self.db.query("SELECT movie_id FROM jobs WHERE state = 'paused'")]
+
+
+    def movie_views(self) -> list[dict]:
+        """Every movie with its library, job and cue count, ordered by library and relative path."""
+        return list(self.db.query(_MOVIE_VIEW + " ORDER BY libraries.path, movies.rel_path"))
+
+    def movie_view(self, movie_id: int) -> dict | None:
+        return next(self.db.query(_MOVIE_VIEW + " WHERE movies.id = ?", [movie_id]), None)
+
+    def subtitle_tracks(self, movie_id: int) -> list[dict]:
+        return list(self.db.query("SELECT source, ref, codec, language, forced, sdh, kind, status, message,"
+                                  " cue_count FROM subtitle_tracks WHERE movie_id = ? ORDER BY id", [movie_id]))
+
+    def frame_times(self, movie_id: int) -> list[float]:
+        """Seconds of each stored frame, in row order."""
+        rows = self.db.execute("SELECT time FROM frames WHERE movie_id = ? ORDER BY idx", [movie_id]).fetchall()
+        return [r[0] for r in rows]
+
+    def cues(self, movie_id: int, sources: list[str] | None = None,
+             language: str | None = None) -> list[tuple[float, float, str, str | None, str]]:
+        """(start, end, text, language, source) of the movie's cues in time order."""
+        sql = 'SELECT start, "end", text, language, source FROM cues WHERE movie_id = ?'
+        params: list = [movie_id]
+        if sources:
+            sql += f" AND source IN ({', '.join('?' * len(sources))})"
+            params += list(sources)
+        if language:
+            sql += " AND language = ?"
+            params.append(language)
+        return self.db.execute(sql + ' ORDER BY start, "end", id', params).fetchall()
+
+    def search_cues(self, query: str, movie_id: int | None = None,
+                    limit: int = 50) -> list[tuple[int, str, float, float, str, str, str]]:
+        """(movie id, path, start, end, text, source, snippet) of the best FTS5 matches of the
+        literal ``query``."""
+        sql = ("SELECT cues.movie_id, movies.path, cues.start, cues.\"end\", cues.text, cues.source,"
+               " snippet(cues_fts, 0, '[', ']', '...', 12) AS snip"
+               " FROM cues_fts JOIN cues ON cues.id = cues_fts.rowid JOIN movies ON movies.id = cues.movie_id"
+               " WHERE cues_fts MATCH ?")
+        params: list = [self.db.quote_fts(query)]
+        if movie_id is not None:
+            sql += " AND cues.movie_id = ?"
+            params.append(movie_id)
+        return self.db.execute(sql + " ORDER BY bm25(cues_fts) LIMIT ?", params + [limit]).fetchall()
+
+    def cache_bytes(self) -> int:
+        """Total size of the complete feature caches."""
+        return int(self.db.execute("SELECT COALESCE(SUM(cache_bytes), 0) FROM movies").fetchone()[0])
