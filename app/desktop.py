@@ -1,7 +1,7 @@
 """The PySide6 desktop window of the app shell.
 
 This module imports Qt at the top, so only import it once a window is really
-wanted (``app.launch`` does so inside ``run``). What the window shows comes from
+wanted (``llamavid.cli.app`` does so inside ``run``). What the window shows comes from
 :mod:`app.status`, shared with the web UI.
 """
 
@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from app import status as st
+from assets import asset_path
 from llamavid.paths import DataDir
 
 __all__ = ["MainWindow", "run_desktop"]
@@ -31,8 +32,6 @@ __all__ = ["MainWindow", "run_desktop"]
 
 def _icon() -> QIcon:
     """The window icon; a broken install only loses the icon, not the window."""
-    from assets import asset_path
-
     try:
         return QIcon(str(asset_path("icons", "llamavid.svg")))
     except FileNotFoundError:

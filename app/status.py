@@ -14,6 +14,7 @@ from llamavid.hub import catalog
 from llamavid.hub.catalog import CatalogEntry
 from llamavid.hub.installed import InstalledEntry, list_models
 from llamavid.paths import DataDir
+from llamavid.system import llamavid_version
 
 __all__ = [
     "TITLE",
@@ -37,15 +38,6 @@ GET_MODELS_HEADING = "How to get model weights"
 CHAT_MODELS: list[CatalogEntry] = [e for e in catalog.MODELS if e.kind in ("video", "long-video")]
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("llamavid")
-    except Exception:  # source tree without an install
-        return "dev"
-
-
 @dataclass(frozen=True)
 class AppStatus:
     """A snapshot of the setup, taken when a front end opens or refreshes."""
@@ -64,7 +56,7 @@ class AppStatus:
 def collect_status(data_dir: Path | str) -> AppStatus:
     """Look at the data folder now (cheap: a directory listing and file sizes)."""
     dd = DataDir(Path(data_dir))
-    return AppStatus(data_dir=dd.root, models_dir=dd.models, models=list_models(dd), version=_version())
+    return AppStatus(data_dir=dd.root, models_dir=dd.models, models=list_models(dd), version=llamavid_version())
 
 
 def instructions_markdown(status: AppStatus) -> str:

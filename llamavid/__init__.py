@@ -5,6 +5,7 @@ stays fast; see README.md "Python API".
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 _EXPORTS = {
@@ -16,7 +17,7 @@ _EXPORTS = {
     "LlamaVidConfig": "llamavid.model.config",
     "LlamaVidForCausalLM": "llamavid.model.modeling",
     "load_llamavid": "llamavid.model.loading",
-    "save_released": "llamavid.model.loading",
+    "save_released": "llamavid.model.saving",
     "preprocess_images": "llamavid.media.preprocess",
 }
 __all__ = sorted(_EXPORTS)
@@ -24,7 +25,5 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        import importlib
-
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'llamavid' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""What this machine has: the CPU's name and vector extensions, and its RAM.
+"""What this machine has: the CPU's name and vector extensions, its RAM, and which llamavid.
 
 One reader each, for ``doctor``, the benchmarks and the memory pre-flight alike. No torch:
 ``doctor`` must report even when torch is broken.
@@ -7,6 +7,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+
+def llamavid_version() -> str:
+    """The installed version of this project; a source tree that was never installed says so."""
+    try:
+        return version("llamavid")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def cpu_info() -> dict[str, str]:

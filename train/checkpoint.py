@@ -36,7 +36,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from llamavid.files import EVA_FILE, PROJECTOR_FILE, TOKENIZER_FILES, VOCAB_FILE, find_part
-from llamavid.model.loading import save_released
+from llamavid.model.saving import save_released
 from train.config import PROJECTOR_PARTS, TrainArgs, matches
 from train.distributed import Runtime, barrier
 from train.lora import merged_state_dict

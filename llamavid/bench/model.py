@@ -7,10 +7,10 @@ command and its numbers quoted in notes and issues:
 
 * ``eva``: frames/s of EVA-ViT-g at 224 and 336 px for the reference's eager attention
   (scale q, q @ k^T, softmax, @ v), ours (SDPA) and, on CPU, dynamic int8 Linear layers
-  (:mod:`llamavid.quantize`); each with the cosine of its features to fp32 eager.
+  (:mod:`llamavid.model.quantize_vision`); each with the cosine of its features to fp32 eager.
 * ``qformer``: frames/s of ``LlamaVidForCausalLM.visual_tokens`` (Q-Former + context and content
   tokens, exactly as the model runs it) for one block of frames and a ~20-token question.
-* ``llm``: prefill and decode tokens/s of our streaming loop (:func:`llamavid.generate.stream`)
+* ``llm``: prefill and decode tokens/s of our streaming loop (:func:`llamavid.runtime.generate.stream`)
   and of transformers' ``generate`` on the same weights, dtype and device.
 
 Without ``--model`` the weights are random at full size (EVA-ViT-g, the bert-base Q-Former, a

@@ -38,6 +38,7 @@ from types import ModuleType
 
 from llamavid.errors import UserError
 from llamavid.paths import ENV_VAR, resolve_data_dir
+from llamavid.system import llamavid_version
 
 __all__ = ["SUBCOMMANDS", "build_parser", "load", "main"]
 
@@ -94,15 +95,6 @@ def _global_options(parser: argparse.ArgumentParser, *, in_subcommand: bool) -> 
     )
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("llamavid")
-    except Exception:  # running from a source tree that was never installed
-        return "unknown (not installed)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The full parser. A subcommand whose module fails to import is listed as unavailable
     rather than breaking every other command."""
@@ -115,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"  {PROG} --data-dir /srv/llamavid web --port 8000",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {llamavid_version()}")
     _global_options(parser, in_subcommand=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name in SUBCOMMANDS:

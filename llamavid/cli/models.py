@@ -108,7 +108,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(p)
 
 
-# ----------------------------------------------------------------------------------- output
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]

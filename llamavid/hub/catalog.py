@@ -244,7 +244,7 @@ def select_repo_files(filenames: list[str]) -> list[str]:
 
     Skips what nothing reads (see ``_SKIP``; sub-folders too), keeps only one weight format
     (safetensors wins over ``pytorch_model*.bin`` when a repo has both), and puts ``config.json``
-    last: a folder without it is not yet listed as a model by :func:`llamavid.models.list_models`,
+    last: a folder without it is not yet listed as a model by :func:`llamavid.hub.installed.list_models`,
     so other parts of the program never see a half-downloaded checkpoint.
     """
     keep = [f for f in filenames if not any(fnmatch.fnmatch(f, pat) for pat in _SKIP)]

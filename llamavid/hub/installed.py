@@ -21,17 +21,15 @@ import json
 import os
 import re
 import shutil
-import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from llamavid.hub import catalog, download
-from llamavid.hub.catalog import CatalogEntry
-from llamavid.errors import UserError, require
-from llamavid.files import (CONFIG, EVA_FILE, INDEX_FILES, MANIFEST, PROJECTOR_FILE, SINGLE_FILES, SPEECH_FILES,
-                            VISION_FILE, VOCAB_FILE, find_part, weight_index)
+from llamavid.errors import UserError
+from llamavid.files import (CONFIG, INDEX_FILES, MANIFEST, PROJECTOR_FILE, SINGLE_FILES, SPEECH_FILES,
+                            VOCAB_FILE, find_part, weight_index)
 from llamavid.paths import DataDir
 from llamavid.storage import human_size, write_json_atomic
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from llamavid.errors import UserError
 from llamavid.files import CONFIG, MANIFEST
-from llamavid.hub import catalog, download
+from llamavid.hub import catalog, download, hf
 from llamavid.hub.catalog import CatalogEntry
 from llamavid.hub.installed import (SHARED, data_dir_of, now_iso, read_manifest, read_registry, shared_dir,
                                     shared_manifest)
@@ -44,11 +44,11 @@ class PullPlan:
 def _shared_remote(part: catalog.SharedPart, dd: DataDir) -> download.Remote:
     dest = shared_dir(dd) / part.filename
     if part.repo_id:
-        commit, info = download.hub_file_info(part.repo_id, part.repo_file or part.filename)
+        commit, info = hf.hub_file_info(part.repo_id, part.repo_file or part.filename)
         return download.Remote(dest, f"{part.repo_id}/{part.repo_file}",
-                               download.hub_resolver(part.repo_id, part.repo_file or part.filename, commit),
+                               hf.hub_resolver(part.repo_id, part.repo_file or part.filename, commit),
                                size=info.size, sha256=info.sha256 or part.sha256, git_sha1=info.git_sha1,
-                               cached=download.cached_hub_file(part.repo_id, part.repo_file or part.filename,
+                               cached=hf.cached_hub_file(part.repo_id, part.repo_file or part.filename,
                                                                commit), record_sha256=True)
     url = catalog.shared_part_url(part)
     assert url is not None, part
@@ -63,14 +63,14 @@ def plan_pull(entry: CatalogEntry, data_dir: DataDir | str | os.PathLike[str], *
     if entry.name in read_registry(dd):
         raise UserError(f"{entry.name!r} is registered for a local folder; `llamavid models rm {entry.name}` "
                         f"first if you want to download it instead")
-    listing = download.hub_repo_files(entry.repo_id)
+    listing = hf.hub_repo_files(entry.repo_id)
     by_name = {f.name: f for f in listing.files}
     wanted = catalog.select_repo_files(list(by_name))
     if CONFIG not in wanted:
         raise UserError(f"{entry.repo_id} has no config.json at commit {listing.commit[:8]}; it is not a "
                         f"checkpoint repo (check HF_ENDPOINT)")
     manifest = {"format": 1, "name": entry.name, "repo_id": entry.repo_id, "commit": listing.commit,
-                "endpoint": download.hub_endpoint(), "files": {}, "complete": False}
+                "endpoint": hf.hub_endpoint(), "files": {}, "complete": False}
     plan = PullPlan(entry, folder, listing.commit, manifest)
     before = (read_manifest(folder) or {"files": {}})["files"]
     for name in wanted:
@@ -84,9 +84,9 @@ def plan_pull(entry: CatalogEntry, data_dir: DataDir | str | os.PathLike[str], *
             plan.present.append(name)
             continue
         plan.remotes.append(download.Remote(
-            dest, f"{entry.repo_id}/{name}", download.hub_resolver(entry.repo_id, name, listing.commit),
+            dest, f"{entry.repo_id}/{name}", hf.hub_resolver(entry.repo_id, name, listing.commit),
             size=info.size, sha256=info.sha256, git_sha1=info.git_sha1,
-            cached=download.cached_hub_file(entry.repo_id, name, listing.commit)))
+            cached=hf.cached_hub_file(entry.repo_id, name, listing.commit)))
     recorded = shared_manifest(dd)["files"]
     for part_name in entry.shared:
         dest = shared_dir(dd) / part_name

@@ -100,7 +100,7 @@ def _deep_keys(path: Path, expected: set[str]) -> str | None:
     torch = require("torch", purpose="`llamavid models verify --deep`")
     try:
         if path.suffix == ".safetensors":
-            from safetensors import safe_open
+            from safetensors import safe_open  # third-party: not at `llamavid --help` time (see gguf above)
 
             with safe_open(str(path), framework="pt") as f:
                 keys = set(f.keys())

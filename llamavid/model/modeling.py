@@ -6,7 +6,7 @@ dict loads by name with nothing missing and nothing unexpected:
     LlamaVidForCausalLM
     ├── model (LlamaVidModel = LlamaModel + the parts below)
     │   ├── embed_tokens, layers, norm           stock LLaMA
-    │   ├── vision_tower.vision_tower            EVA-ViT-g (vision.py)
+    │   ├── vision_tower.vision_tower            EVA-ViT-g (eva.py)
     │   ├── vlm_att_encoder.bert                 Q-Former (qformer.py)
     │   ├── vlm_att_query, vlm_att_ln            32 learned queries, LayerNorm on EVA features
     │   ├── vlm_att_projector                    Q-Former width -> 1408
@@ -85,7 +85,6 @@ class LlamaVidForCausalLM(LlamaForCausalLM):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    # ----------------------------------------------------------------------------------- vision
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
         """(B, 3, S, S) pixels -> (B, 1 + N, 1408) EVA features, in batches to bound memory."""
@@ -131,7 +130,6 @@ class LlamaVidForCausalLM(LlamaForCausalLM):
         tokens = tokens.reshape(p_count, frames * tokens.shape[1], tokens.shape[2])
         return VisualTokens(tokens, torch.cat(queries) if keep_parts else None, parts)
 
-    # ---------------------------------------------------------------------------------- splicing
     def embed_inputs(self, input_ids: torch.Tensor | Sequence[int], slots: Sequence[torch.Tensor]) -> torch.Tensor:
         """Text embeddings with slot k's rows in place of the k-th ``<image>`` (-200): (1, L', H)."""
         ids = torch.as_tensor(input_ids, device=self.lm_head.weight.device).reshape(-1)

@@ -39,7 +39,7 @@ def qformer_config(overrides: Mapping[str, Any] | None = None) -> BertConfig:
 
 def can_fold(*projections: nn.Module) -> bool:
     """Whether a key/value projection may be folded into the queries (see
-    :meth:`QFormerAttention._folded` and :func:`llamavid.tokens.context_pool`): only at inference
+    :meth:`QFormerAttention._folded` and :func:`llamavid.model.visual_tokens.context_pool`): only at inference
     (with gradients the key bias would get none, where the reference's optimizer updates it) and
     only for plain float ``nn.Linear`` weights (not int8-quantized or wrapped ones)."""
     return not torch.is_grad_enabled() and all(type(p) is nn.Linear for p in projections)

@@ -15,7 +15,7 @@ import sentencepiece as spm
 import torch
 
 from llamavid.model.config import LlamaVidConfig
-from llamavid.model.loading import save_released
+from llamavid.model.saving import save_released
 from llamavid.model.modeling import LlamaVidForCausalLM
 from llamavid.model.eva import EvaConfig, random_eva_state
 
@@ -81,7 +81,7 @@ def random_model(config: LlamaVidConfig, seed: int = 0, std: float = 0.05) -> Ll
 def write_tiny_checkpoint(folder: str | Path, image_size: int = 224, compress_type: str | None = "mean",
                           rope_factor: float | None = None, seed: int = 0, shards: int = 2,
                           with_eva: bool = True, with_vocab: bool = True, heads: int = 4) -> Path:
-    """A complete tiny checkpoint folder, loadable by :func:`llamavid.loading.load_llamavid`."""
+    """A complete tiny checkpoint folder, loadable by :func:`llamavid.model.loading.load_llamavid`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_llama_tokenizer(folder)

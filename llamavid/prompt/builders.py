@@ -24,9 +24,6 @@ History = Sequence[tuple[str, str]]
 Template = Union[str, Conversation]
 
 
-# ------------------------------------------------------------------------------------------------
-# token ids
-# ------------------------------------------------------------------------------------------------
 def _encode(tokenizer: Any, text: str) -> list[int]:
     """Ids of ``tokenizer(text)``: a list, an object with ``.input_ids`` or a mapping with them."""
     out = tokenizer(text)
@@ -74,9 +71,6 @@ def tokenizer_image_token(prompt: str, tokenizer: Any, image_token_index: int = 
     return ids
 
 
-# ------------------------------------------------------------------------------------------------
-# chat prompts (image / short video)
-# ------------------------------------------------------------------------------------------------
 def strip_placeholders(text: str) -> str:
     """Text with every literal ``<image>`` removed: typed by a user or found in a subtitle, it would
     open a slot with no features behind it."""
@@ -141,9 +135,6 @@ def qformer_prompts_for(question: str, history: History = (), image_in: ImageIn 
     return [user for (user, _), has_image in zip(turns, _image_turns(len(turns), image_in)) if has_image]
 
 
-# ------------------------------------------------------------------------------------------------
-# movie mode: one user turn with every frame (and its subtitles, see llamavid.prompt.subtitles)
-# ------------------------------------------------------------------------------------------------
 def _as_text(per_frame_text: Any) -> str:
     """A str, a 0-d string array (golden npz) or a sequence of per-frame strings."""
     if isinstance(per_frame_text, np.ndarray) and per_frame_text.ndim == 0:

@@ -70,7 +70,6 @@ class LlamaVid:
         self.template = default_template_for(model.config)
         self.backend = backend or TransformersBackend(model)
 
-    # ------------------------------------------------------------------------------------ loading
     @classmethod
     def load(cls, model: str | Path, *, device: str | torch.device | None = "auto", dtype: Any = "auto",
              vision: str | Path | None = None, vocab: str | Path | None = None,
@@ -78,7 +77,7 @@ class LlamaVid:
              attn_implementation: str = "sdpa", bits: int | None = None, backend: str = "transformers",
              gguf_type: str | None = None, kv_type: str = "f16", n_ctx: int | None = None,
              threads: int | None = None, base: str | Path | None = None) -> LlamaVid:
-        """Load a checkpoint folder in the released layout (see :func:`llamavid.loading.load_llamavid`).
+        """Load a checkpoint folder in the released layout (see :func:`llamavid.model.loading.load_llamavid`).
 
         ``bits`` 4 or 8 quantizes the LLM's decoder layers with bitsandbytes; the weights are
         read on the CPU and each layer moves to the device already quantized.
@@ -119,7 +118,6 @@ class LlamaVid:
     def image_size(self) -> int:
         return self.config.image_size
 
-    # ------------------------------------------------------------------------------------- steps
     def preprocess(self, images: Any, mode: str | None = None) -> torch.Tensor:
         """Pixels for EVA. Images are padded to square when the checkpoint was trained so; frames never are."""
         mode = mode or ("pad" if self.config.image_aspect_ratio == "pad" else "crop")
@@ -167,7 +165,6 @@ class LlamaVid:
         if len(text) > len(shown):
             yield text[len(shown):]
 
-    # ------------------------------------------------------------------------------ one question
     def visual(self, *, images: Sequence[Any] | None = None, video: Any = None, features: Any = None,
                frame_times: Sequence[float] | None = None, subtitles: Sequence[Any] = (), fps: float = 1.0,
                max_frames: int | None = 180, answer_tokens: int = 512) -> Visual:

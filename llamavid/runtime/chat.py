@@ -70,7 +70,6 @@ class Chat:
                 f"using every {stride}th frame ({len(times)} frames)")
         return replace(v, features=v.features[::stride], frame_times=times, notes=[*v.notes, note])
 
-    # ----------------------------------------------------------------------------- prompt pieces
     def _visual_slots(self, question: str) -> tuple[str, list[torch.Tensor]]:
         """Text that carries this turn's ``<image>`` placeholders, and the rows for them."""
         v, marker = self.visual, IMAGE_TOKEN + "\n"
@@ -111,7 +110,6 @@ class Chat:
                 ids = [eos] + ids
         return ids, slots
 
-    # --------------------------------------------------------------------------------- one turn
     def ask(self, question: str, options: SamplingOptions | None = None) -> Iterator[str]:
         """Stream the answer; stopping the iteration early keeps the conversation consistent."""
         opts = self.lv.sampling(options)

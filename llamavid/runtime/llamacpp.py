@@ -102,7 +102,6 @@ class LlamaCppBackend:
         except Exception:
             pass
 
-    # ------------------------------------------------------------------------------- interface
     def context_length(self) -> int:
         return int(llama_cpp_lib().llama_n_ctx(self.ctx))
 
@@ -131,7 +130,6 @@ class LlamaCppBackend:
             logits = self._decode(state, piece)
         return decode_loop(logits, lambda t: self._decode(state, [t]), options, state, make_generator(options))
 
-    # ---------------------------------------------------------------------------------- batches
     @staticmethod
     def _pieces(ids: list[int], slots: Sequence[torch.Tensor]) -> list[list[int] | np.ndarray]:
         """Token runs and embedding blocks in prompt order."""

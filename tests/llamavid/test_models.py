@@ -36,7 +36,6 @@ from llamavid.paths import DataDir
 VIDEO_MODEL = "llama-vid-7b-full-224-video-fps-1"
 
 
-# ----------------------------------------------------------------------------- fake server
 @dataclass
 class Seen:
     method: str
@@ -222,7 +221,6 @@ def _cli(*argv: str) -> int:
     return cli.main([str(a) for a in argv])
 
 
-# ----------------------------------------------------------------------------- catalogue
 def test_catalogue_lists_the_released_checkpoints_without_invented_hashes() -> None:
     finetuned = ["llama-vid-7b-full-224", "llama-vid-7b-full-336", "llama-vid-13b-full-336",
                  "llama-vid-7b-full-224-video-fps-1", "llama-vid-13b-full-224-video-fps-1",
@@ -255,7 +253,6 @@ def test_pull_selects_only_the_files_that_are_used_config_last() -> None:
     assert both == ["model.safetensors", "config.json"], "one weight format only"
 
 
-# ----------------------------------------------------------------------------- plain HTTP fetch
 def _remote(fake: Fake, path: str, dest: Path, data: bytes, **kw) -> download.Remote:
     fake.files[path] = data
     url = fake.url + path
@@ -366,7 +363,6 @@ def test_free_space_is_checked_first(fake: Fake, tmp_path: Path, monkeypatch: py
     assert "needs 5.0 MB more" in str(err.value) and "only 1.0 kB is free" in str(err.value)
 
 
-# ----------------------------------------------------------------------------- hub pull
 def test_pull_from_a_hub_endpoint_installs_a_loadable_model(hub: Fake, tiny_checkpoint: Path, tmp_path: Path,
                                                             capsys) -> None:
     files = _serve_checkpoint(hub, tiny_checkpoint)
@@ -548,7 +544,6 @@ def test_pull_through_the_environment_variables(fake: Fake, tiny_checkpoint: Pat
     assert any(s.path.startswith("/api/models/YanweiLi/") for s in fake.seen)
 
 
-# ----------------------------------------------------------------------------- add / list / path / rm
 def test_add_list_path_rm_of_a_registered_folder(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     data = tmp_path / "data"
     assert _cli("--data-dir", data, "models", "add", "mine", tiny_checkpoint) == 0
@@ -633,7 +628,6 @@ def test_resolve_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
     assert [(m.name, m.status) for m in list_models(data)] == [("ext", "missing"), ("inst", "complete")]
 
 
-# ----------------------------------------------------------------------------- verify
 @pytest.fixture
 def installed(tiny_checkpoint: Path, tmp_path: Path) -> tuple[Path, Path]:
     """A tiny model pulled-style: its shared parts in models/shared, not in the folder."""

@@ -60,9 +60,6 @@ class ToyTokenizer:
         return SimpleNamespace(input_ids=recipe.toy_encode(text, self.vocab_size))
 
 
-# ------------------------------------------------------------------------------------------------
-# golden prompts and ids
-# ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("case,name", golden_runs("llm_prompt"), ids=_ids)
 def test_golden_prompt_and_ids(case: Path, name: str):
     run, arrays = load_run(case, name)
@@ -98,9 +95,6 @@ def test_golden_movie_prompt(case: Path, name: str):  # no such case ships local
     assert movie_prompt(per_frame_text, question) == str(arrays[run["llm_prompt"]])
 
 
-# ------------------------------------------------------------------------------------------------
-# chat builders
-# ------------------------------------------------------------------------------------------------
 def test_image_prompt_single_turn():
     assert image_prompt("What is it?") == VICUNA + " USER: <image>\nWhat is it? ASSISTANT:"
     assert video_prompt("What is it?") == image_prompt("What is it?")
@@ -139,9 +133,6 @@ def test_other_templates():
         image_prompt("Q", template="nope")
 
 
-# ------------------------------------------------------------------------------------------------
-# tokenizer_image_token
-# ------------------------------------------------------------------------------------------------
 def test_toy_tokenizer_semantics():
     tok = ToyTokenizer(1000)
     enc = lambda s: recipe.toy_encode(s, 1000, add_bos=False)  # noqa: E731
@@ -232,9 +223,6 @@ def test_sentencepiece_image_at_edges(sp_tokenizer):
     assert tokenizer_image_token("What<image>", tok) == [1] + sp.encode("What") + [IMAGE_TOKEN_INDEX]
 
 
-# ------------------------------------------------------------------------------------------------
-# movie mode
-# ------------------------------------------------------------------------------------------------
 FRAME_TIMES = [0.5, 1.5, 2.5, 3.5]
 SUBTITLES = [
     {"start_time": 0.0, "end_time": 0.4, "text": "Intro."},          # ends before the first frame
