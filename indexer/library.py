@@ -24,6 +24,7 @@ import numpy as np
 import sqlite_utils
 
 from indexer.db import connect
+from indexer.features import PARTIAL_SUFFIX
 from indexer.store import LibraryStore
 from llamavid.model.features import drop_cls
 from llamavid.paths import DataDir, resolve_data_dir
@@ -123,7 +124,7 @@ def _disk_bytes(row: dict) -> int:
     if row["features_complete"] or not row["feature_path"]:
         return row["cache_bytes"]
     try:
-        return os.stat(row["feature_path"] + ".partial").st_size
+        return os.stat(row["feature_path"] + PARTIAL_SUFFIX).st_size
     except OSError:
         return 0
 

@@ -10,6 +10,7 @@ from typing import Any
 
 _EXPORTS = {
     "LlamaVid": "llamavid.runtime.api",
+    "load_model": "llamavid.runtime.load",
     "Prepared": "llamavid.runtime.api",
     "Chat": "llamavid.runtime.chat",
     "Visual": "llamavid.runtime.inputs",

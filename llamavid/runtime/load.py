@@ -15,6 +15,7 @@ from llamavid.errors import NotEnoughMemory, UserError
 from llamavid.files import gguf_files, is_stage1
 from llamavid.hub import catalog
 from llamavid.hub.installed import resolve_model, search_dirs
+from llamavid.paths import resolve_data_dir
 from llamavid.prompt.templates import get_template
 from llamavid.runtime.api import LlamaVid
 
@@ -38,7 +39,7 @@ def pick_backend(folder: Path, backend: str = "auto") -> str:
     return backend
 
 
-def load_model(model: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, device: str = "auto",
+def load_model(model: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None, *, device: str = "auto",
                dtype: str = "auto", bits: int | None = None, backend: str = "auto", base: str | None = None,
                vision: str | os.PathLike[str] | None = None, template: str | None = None,
                load_vision: bool = True, gguf_type: str | None = None, kv_type: str = "f16",
@@ -47,7 +48,8 @@ def load_model(model: str | os.PathLike[str], data_dir: str | os.PathLike[str], 
 
     Args:
         model: what ``--model`` says; resolved with :func:`llamavid.hub.installed.resolve_model`.
-        data_dir: the data folder (installed models, the shared ``eva_vit_g.pth`` and vocabulary).
+        data_dir: the data folder (installed models, the shared ``eva_vit_g.pth`` and vocabulary);
+            None: ``$LLAMAVID_DATA_DIR``, else the platform's default, as the command line chooses.
         bits: 4 or 8 quantizes the LLM with bitsandbytes (transformers backend).
         backend: ``auto`` (see :func:`pick_backend`), ``transformers`` or ``llama.cpp``.
         base: base LLM (name or folder) of a stage-1 projector; default: the catalogue's.
@@ -63,6 +65,7 @@ def load_model(model: str | os.PathLike[str], data_dir: str | os.PathLike[str], 
             get_template(template)
         except ValueError as exc:
             raise UserError(str(exc)) from None
+    data_dir = resolve_data_dir(data_dir)
     folder = resolve_model(model, data_dir)
     base_folder = resolve_model(base or base_model_of(os.fspath(model)), data_dir) if is_stage1(folder) else None
     try:

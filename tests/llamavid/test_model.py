@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from llamavid.runtime.generate import SamplingOptions, apply_repetition_penalty, sample, stream
+from llamavid.model.config import LlamaVidConfig
+from llamavid.model.features import patch_count, tokens_per_frame
 from llamavid.model.loading import load_llamavid
 from llamavid.model.modeling import split_slots
 from llamavid.model.modeling import IMAGE_TOKEN_INDEX
@@ -24,6 +26,16 @@ def test_content_tokens_per_compress_type(compress, count):
     assert pooled.shape == (3, count, 8)
     if compress == "grid:2":  # top-left 8x8 block of the 16x16 grid, row-major
         assert torch.allclose(pooled[:, 0], patches.reshape(3, 16, 16, 8)[:, :8, :8].mean((1, 2)), atol=1e-6)
+
+
+@pytest.mark.parametrize("compress,size", [(None, 224), (None, 336), ("mean", 224), ("mean_concat", 336),
+                                           ("grid:4", 224), ("grid:6", 224), ("grid:5", 336)])
+def test_tokens_per_frame_counts_what_pool_content_makes(compress, size):
+    """The one counting rule (context planning, training-data checks) against the pooling itself;
+    grid:6 at 224 px and grid:5 at 336 px do not divide the patch grid, so they pool to 8x8 and 6x6."""
+    patches = torch.randn(1, patch_count(size), 4)
+    assert tokens_per_frame(compress, size) == 1 + pool_content(patches, compress).shape[1]
+    assert LlamaVidConfig(image_size=size, compress_type=compress).tokens_per_frame == tokens_per_frame(compress, size)
 
 
 def test_image_tokens_drop_cls_but_qformer_sees_it(tiny):
