@@ -26,7 +26,7 @@ import sqlite_utils
 from indexer.db import connect
 from indexer.features import PARTIAL_SUFFIX
 from indexer.store import LibraryStore
-from llamavid.model.features import drop_cls
+from llamavid.model.layout import drop_cls
 from llamavid.paths import DataDir, resolve_data_dir
 from llamavid.prompt.subtitles import Cue
 from llamavid.runtime.inputs import Visual

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from llamavid.errors import UserError
-from llamavid.model.modeling import IMAGE_TOKEN
+from llamavid.model.layout import IMAGE_TOKEN
 from llamavid.model.qformer import tokenize_prompts
 from train.config import IGNORE_INDEX
 from train.records import DataError, MediaRef, conversation_turns, media_ref, modality_length, where

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llamavid.model.modeling import IMAGE_TOKEN
+from llamavid.model.layout import IMAGE_TOKEN
 
 FEATURE_SUFFIXES = (".npy", ".npz", ".pkl")
 ROLES = ("human", "gpt")

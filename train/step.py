@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llamavid.model.modeling import IMAGE_TOKEN_INDEX, LlamaVidForCausalLM, split_slots
+from llamavid.model.layout import IMAGE_TOKEN_INDEX
+from llamavid.model.modeling import LlamaVidForCausalLM, split_slots
 from train.config import IGNORE_INDEX, PROJECTOR_PARTS, matches
 from train.dataset import Sample
 

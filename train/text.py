@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llamavid.model.modeling import IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llamavid.model.layout import IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from llamavid.prompt.builders import tokenizer_image_token
 from llamavid.prompt.templates import get_template
 from train.config import IGNORE_INDEX

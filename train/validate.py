@@ -26,9 +26,8 @@ from llamavid.errors import BadMedia, UserError
 from llamavid.files import CONFIG
 from llamavid.media.load import load_image
 from llamavid.media.probe import probe
-from llamavid.model.modeling import IMAGE_TOKEN
+from llamavid.model.layout import IMAGE_TOKEN, tokens_per_frame
 from llamavid.runtime.api import load_llm_tokenizer
-from llamavid.model.features import tokens_per_frame
 from train.config import STAGES
 from train.dataset import DataOptions, LlavaDataset
 from train.init import checkpoint_shape

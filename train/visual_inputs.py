@@ -23,8 +23,7 @@ import torch
 
 from llamavid.media.load import load_image, load_video
 from llamavid.media.preprocess import preprocess_images
-from llamavid.model.features import drop_cls, has_cls
-from llamavid.model.modeling import IMAGE_TOKEN
+from llamavid.model.layout import IMAGE_TOKEN, drop_cls, has_cls
 from llamavid.prompt.subtitles import interleave_subtitles
 from train.records import DataError
 

@@ -237,7 +237,7 @@ def _median(runs: list[Result]) -> Result:
     walls = ", ".join(f"{r.wall_seconds:.2f}" for r in runs)
     note = "; ".join(n for n in (first.note, f"median of {len(runs)} runs: {walls} s" if len(runs) > 1 else "") if n)
     return Result(first.strategy, first.clip_seconds, round(wall, 2), first.sampled,
-                  round(wall * 3600 / first.clip_seconds, 1),
+                  round(statistics.median(r.seconds_per_hour for r in runs), 1),  # not from the rounded wall
                   round(statistics.median(r.cpu_seconds_per_hour for r in runs), 1),
                   max(r.peak_rss_mb for r in runs), max(r.worker_peak_rss_mb for r in runs), note)
 

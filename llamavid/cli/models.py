@@ -2,7 +2,8 @@
 
 The work is done by :mod:`llamavid.hub.installed` (layout, registry), :mod:`llamavid.hub.pull` and
 :mod:`llamavid.hub.download` (resumable, verified transfers), :mod:`llamavid.hub.verify` and
-:mod:`llamavid.hub.catalog` (what exists); this module only parses options and prints. Imports stay light: no torch / huggingface-hub until a command needs them.
+:mod:`llamavid.hub.catalog` (what exists); this module only parses options and prints.
+Imports stay light: no torch / huggingface-hub until a command needs them.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from llamavid.hub import catalog
-from llamavid.hub import installed, pull, verify
 from llamavid.errors import UserError
+from llamavid.hub import catalog, installed, pull, verify
 from llamavid.paths import DataDir
 from llamavid.storage import human_size
 
@@ -256,7 +256,8 @@ def _add(args: argparse.Namespace, dd: DataDir) -> int:
     kind = installed.infer_kind(path)
     print(f"registered {args.name} -> {path} ({kind}); use it with --model {args.name}")
     if kind not in ("base-llm", "unknown") and installed.find_shared(installed.VOCAB_FILE, path, dd) is None:
-        print(f"note: no {installed.VOCAB_FILE} in that folder or in {installed.shared_dir(dd)}; the model cannot load without "
+        print(f"note: no {installed.VOCAB_FILE} in that folder or in {installed.shared_dir(dd)}; "
+              "the model cannot load without "
               f"it: pulling any catalogue model fetches it, or copy bert-base-uncased's vocab.txt there")
     return 0
 

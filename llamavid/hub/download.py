@@ -5,8 +5,8 @@ process-unique temporary file and *deletes it on failure* (huggingface_hub PR #4
 shard interrupted at 9 GB starts again from zero on the next run. Users of LLaMA-VID download
 16-28 GB on home connections; resuming across runs matters more than anything else here. So:
 
-* huggingface-hub (through :mod:`llamavid.hub.hf`) still does everything hub-specific: the file list with sizes and hashes
-  (``HfApi.model_info(files_metadata=True)``), URLs and redirects (``hf_hub_url``,
+* huggingface-hub (through :mod:`llamavid.hub.hf`) still does everything hub-specific: the file
+  list with sizes and hashes (``HfApi.model_info(files_metadata=True)``), URLs and redirects (``hf_hub_url``,
   ``get_hf_file_metadata``, which honour ``HF_ENDPOINT``), the token (``HF_TOKEN`` /
   ``HF_HOME``), offline mode (``HF_HUB_OFFLINE``) and reuse of files already in the hub cache
   (``try_to_load_from_cache``, ``HF_HUB_CACHE``);
@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from llamavid.errors import UserError
 from llamavid import storage
+from llamavid.errors import UserError
 from llamavid.storage import human_size
 
 __all__ = [

@@ -26,10 +26,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from llamavid.hub import catalog, download
 from llamavid.errors import UserError
-from llamavid.files import (CONFIG, INDEX_FILES, MANIFEST, PROJECTOR_FILE, SINGLE_FILES, SPEECH_FILES,
-                            VOCAB_FILE, find_part, weight_index)
+from llamavid.files import (
+    CONFIG,
+    INDEX_FILES,
+    MANIFEST,
+    PROJECTOR_FILE,
+    SINGLE_FILES,
+    SPEECH_FILES,
+    VOCAB_FILE,
+    find_part,
+    weight_index,
+)
+from llamavid.hub import catalog, download
 from llamavid.paths import DataDir
 from llamavid.storage import human_size, write_json_atomic
 

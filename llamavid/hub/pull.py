@@ -11,10 +11,18 @@ from llamavid.errors import UserError
 from llamavid.files import CONFIG, MANIFEST
 from llamavid.hub import catalog, download, hf
 from llamavid.hub.catalog import CatalogEntry
-from llamavid.hub.installed import (SHARED, data_dir_of, now_iso, read_manifest, read_registry, shared_dir,
-                                    shared_manifest)
+from llamavid.hub.installed import (
+    SHARED,
+    data_dir_of,
+    now_iso,
+    read_manifest,
+    read_registry,
+    shared_dir,
+    shared_manifest,
+)
 from llamavid.paths import DataDir
 from llamavid.storage import human_size, write_json_atomic
+
 
 @dataclass
 class PullPlan:

@@ -13,12 +13,29 @@ from pathlib import Path
 from typing import Any
 
 from llamavid.errors import UserError, require
-from llamavid.files import CONFIG, EVA_FILE, INDEX_FILES, SINGLE_FILES, SPEECH_FILES, VISION_FILE, VOCAB_FILE, weight_index
+from llamavid.files import (
+    CONFIG,
+    EVA_FILE,
+    INDEX_FILES,
+    SINGLE_FILES,
+    SPEECH_FILES,
+    VISION_FILE,
+    VOCAB_FILE,
+    weight_index,
+)
 from llamavid.hub import catalog, download
-from llamavid.hub.installed import (config_of, data_dir_of, find_shared, infer_kind, read_manifest, shared_dir,
-                                    shared_manifest)
+from llamavid.hub.installed import (
+    config_of,
+    data_dir_of,
+    find_shared,
+    infer_kind,
+    read_manifest,
+    shared_dir,
+    shared_manifest,
+)
 from llamavid.paths import DataDir
 from llamavid.storage import human_size
+
 
 @dataclass(frozen=True)
 class Finding:

@@ -17,6 +17,7 @@ from llamavid.errors import BadMedia
 from llamavid.media.decode import DecodeStats, decode_segment, video_spec
 from llamavid.media.probe import probe
 
+
 def load_image(path: str | Path) -> np.ndarray:
     """RGB uint8 HxWx3; a missing, unreadable or non-image file is a BadMedia naming it."""
     path = Path(path)

@@ -13,7 +13,6 @@ results are written straight into one preallocated batch tensor.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Union
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 PAD_COLOR: tuple[int, int, int] = tuple(int(m * 255) for m in CLIP_MEAN)  # type: ignore[assignment]
 MODES = ("crop", "pad")
 
-ImageLike = Union[np.ndarray, Image.Image]
+ImageLike = np.ndarray | Image.Image
 
 _BICUBIC = getattr(Image, "Resampling", Image).BICUBIC
 

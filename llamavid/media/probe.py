@@ -88,7 +88,7 @@ def _is_vfr(container, stream, packets: int = 300) -> bool:
             stamps.append(packet.pts)
         if len(stamps) >= packets:
             break
-    steps = [b - a for a, b in zip(sorted(stamps), sorted(stamps)[1:]) if b > a]
+    steps = [b - a for a, b in zip(sorted(stamps), sorted(stamps)[1:], strict=False) if b > a]
     return bool(steps) and max(steps) > 1.5 * min(steps)
 
 

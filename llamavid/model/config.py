@@ -13,7 +13,7 @@ from typing import Any
 
 from transformers import LlamaConfig
 
-from llamavid.model.features import tokens_per_frame
+from llamavid.model.layout import tokens_per_frame
 
 COMPRESS_TYPES = "None, 'mean', 'mean_concat' or 'grid:<g>' (g > 1)"
 PROJECTOR_TYPES = "'linear', 'identity' or 'mlp<N>x_gelu'"

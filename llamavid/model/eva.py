@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llamavid.model.features import PATCH_SIZE
+from llamavid.model.layout import PATCH_SIZE
 
 EVA_HEAD_DIM = 88  # 1408 / 16 heads: every EVA width here is a multiple of it
 EVA_LAYER_NORM_EPS = 1e-6

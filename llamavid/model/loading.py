@@ -20,11 +20,20 @@ from torch import nn
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from llamavid.errors import CheckpointError
-from llamavid.files import (CONFIG, EVA_FILE, INDEX_FILES, PROJECTOR_FILE, QFORMER_CONFIG, SINGLE_FILES, VOCAB_FILE,
-                            find_part, weight_index)
+from llamavid.files import (
+    CONFIG,
+    EVA_FILE,
+    INDEX_FILES,
+    PROJECTOR_FILE,
+    QFORMER_CONFIG,
+    SINGLE_FILES,
+    VOCAB_FILE,
+    find_part,
+    weight_index,
+)
 from llamavid.model.config import LlamaVidConfig
-from llamavid.model.modeling import LlamaVidForCausalLM
 from llamavid.model.eva import EvaConfig, load_eva_file, prepare_eva_state
+from llamavid.model.modeling import LlamaVidForCausalLM
 
 VISION_PREFIX = "model.vision_tower.vision_tower."
 # Buffers some transformers versions saved; they are recomputed, never read.

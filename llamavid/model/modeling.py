@@ -26,15 +26,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM, Lla
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
 from llamavid.model.config import LlamaVidConfig
-from llamavid.model.qformer import QFormer, qformer_config
-from llamavid.model.features import drop_cls
-from llamavid.model.visual_tokens import TokenParts, build_projector, generate_tokens
 from llamavid.model.eva import EvaConfig, EvaVisionTower
-
-#: The placeholder of a visual slot: ``<image>`` in prompt text, -200 among token ids. The k-th
-#: placeholder takes the k-th slot's rows (:meth:`LlamaVidForCausalLM.embed_inputs`).
-IMAGE_TOKEN = "<image>"
-IMAGE_TOKEN_INDEX = -200
+from llamavid.model.layout import IMAGE_TOKEN_INDEX, drop_cls
+from llamavid.model.qformer import QFormer, qformer_config
+from llamavid.model.visual_tokens import TokenParts, build_projector, generate_tokens
 
 
 @dataclass
@@ -93,7 +88,8 @@ class LlamaVidForCausalLM(LlamaForCausalLM):
             raise RuntimeError("this model was loaded without its vision tower; load it with vision enabled")
         return torch.cat([tower(chunk) for chunk in pixels.split(batch_size)], dim=0)
 
-    def _token_block(self, feats: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, TokenParts]:
+    def _token_block(self, feats: torch.Tensor, ids: torch.Tensor,
+                     mask: torch.Tensor) -> tuple[torch.Tensor, TokenParts]:
         """One block of rows: Q-Former on (feature, prompt) pairs, then the two kinds of tokens."""
         m, cfg = self.model, self.config
         bert_in = m.vlm_att_ln(feats) if m.vlm_att_ln is not None else feats
@@ -138,7 +134,7 @@ class LlamaVidForCausalLM(LlamaForCausalLM):
             raise ValueError(f"the prompt has {len(where)} <image> placeholders but {len(slots)} visual inputs")
         text = self.model.embed_tokens(ids.clamp(min=0))
         pieces, prev = [], 0
-        for pos, slot in zip(where, slots):
+        for pos, slot in zip(where, slots, strict=True):
             pieces += [text[prev:pos], slot.reshape(-1, text.shape[-1]).to(text.dtype)]
             prev = pos + 1
         pieces.append(text[prev:])

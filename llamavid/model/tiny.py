@@ -15,9 +15,9 @@ import sentencepiece as spm
 import torch
 
 from llamavid.model.config import LlamaVidConfig
-from llamavid.model.saving import save_released
-from llamavid.model.modeling import LlamaVidForCausalLM
 from llamavid.model.eva import EvaConfig, random_eva_state
+from llamavid.model.modeling import LlamaVidForCausalLM
+from llamavid.model.saving import save_released
 
 CORPUS = """A chat between a curious user and an artificial intelligence assistant.
 The assistant gives helpful, detailed, and polite answers to the user's questions.

@@ -8,12 +8,12 @@ the reference's web UI does, because it would otherwise open a slot with no feat
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, Union
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
-from llamavid.model.modeling import IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llamavid.model.layout import IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from llamavid.prompt.templates import DEFAULT_TEMPLATE, Conversation, get_template
 
 MOVIE_INTRO = "Below is a movie. Memorize the content and answer my question after watching this movie."
@@ -21,7 +21,7 @@ MOVIE_OUTRO = "Now the movie end."
 
 ImageIn = Literal["every", "latest", "first", "none"]
 History = Sequence[tuple[str, str]]
-Template = Union[str, Conversation]
+Template = str | Conversation
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
@@ -117,7 +117,7 @@ def image_prompt(question: str, template: Template = DEFAULT_TEMPLATE, history: 
     """
     turns = _turns(question, history)
     conv = _conversation(template)
-    for (user, answer), has_image in zip(turns, _image_turns(len(turns), image_in)):
+    for (user, answer), has_image in zip(turns, _image_turns(len(turns), image_in), strict=True):
         conv.append_user(IMAGE_TOKEN + "\n" + user if has_image else user)
         conv.append_assistant(answer)
     return conv.get_prompt()
@@ -132,7 +132,8 @@ def video_prompt(question: str, template: Template = DEFAULT_TEMPLATE, history: 
 def qformer_prompts_for(question: str, history: History = (), image_in: ImageIn = "every") -> list[str]:
     """Q-Former prompt per ``<image>`` slot of ``image_prompt(question, history=..., image_in=...)``."""
     turns = _turns(question, history)
-    return [user for (user, _), has_image in zip(turns, _image_turns(len(turns), image_in)) if has_image]
+    return [user for (user, _), has_image in zip(turns, _image_turns(len(turns), image_in), strict=True)
+            if has_image]
 
 
 def _as_text(per_frame_text: Any) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from llamavid.model.modeling import IMAGE_TOKEN
+from llamavid.model.layout import IMAGE_TOKEN
 from llamavid.prompt.builders import strip_placeholders
 
 
@@ -81,7 +81,7 @@ def assign_subtitles(frame_times: Iterable[float], subtitles: Any, *,
     subs = _subtitle_list(subtitles)
     per_frame: list[list[str]] = [[] for _ in range(len(times))]
     frames = assign_subtitle_frames(times, subs, reference_quirk=reference_quirk)
-    for frame, sub in zip(frames, subs):
+    for frame, sub in zip(frames, subs, strict=True):
         per_frame[frame].append(strip_placeholders(_subtitle_fields(sub)[1]))
     return per_frame
 

@@ -12,9 +12,9 @@ import json
 import os
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Union
+from typing import Any
 
-Message = Union[str, tuple, None]
+Message = str | tuple | None
 
 _VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                   "The assistant gives helpful, detailed, and polite answers to the user's questions.")

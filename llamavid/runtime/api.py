@@ -13,7 +13,6 @@ a chat keeps visual tokens): ``preprocess`` -> ``encode`` -> ``visual_tokens`` -
 from __future__ import annotations
 
 import warnings
-
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +26,11 @@ from llamavid.errors import CheckpointError
 from llamavid.files import TOKENIZER_FILES
 from llamavid.media.load import load_video
 from llamavid.media.preprocess import preprocess_frame, preprocess_images
+from llamavid.model.layout import drop_cls
 from llamavid.model.loading import LoadReport, load_llamavid, place
 from llamavid.model.modeling import LlamaVidForCausalLM, VisualTokens
 from llamavid.model.qformer import load_qformer_tokenizer, tokenize_prompts
 from llamavid.model.quantize_llm import quantize_llm
-from llamavid.model.features import drop_cls
 from llamavid.prompt.builders import tokenizer_image_token
 from llamavid.prompt.templates import default_template_for
 from llamavid.runtime.backend import TransformersBackend
@@ -133,7 +132,8 @@ class LlamaVid:
 
     def tokenize(self, text: str) -> list[int]:
         if self.tokenizer is None:
-            raise CheckpointError(f"{self.report.folder}: no LLaMA tokenizer (tokenizer.model) in the checkpoint folder")
+            raise CheckpointError(f"{self.report.folder}: no LLaMA tokenizer (tokenizer.model) in the "
+                                  "checkpoint folder")
         return tokenizer_image_token(text, self.tokenizer)
 
     def sampling(self, options: SamplingOptions | None = None) -> SamplingOptions:

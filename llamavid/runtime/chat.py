@@ -6,13 +6,12 @@ tokens already in the cache, so a film's thousands of visual tokens are read onc
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
 import torch
 
 from llamavid.errors import ContextOverflow, NotEnoughMemory
-from llamavid.model.modeling import IMAGE_TOKEN
+from llamavid.model.layout import IMAGE_TOKEN
 from llamavid.prompt.builders import image_prompt, movie_prompt
 from llamavid.prompt.subtitles import interleave_subtitles
 from llamavid.prompt.templates import get_template

@@ -54,10 +54,12 @@ class LlamaCppBackend:
         quiet_logs()
         lib.llama_backend_init()
         mparams = lib.llama_model_default_params()
-        mparams.n_gpu_layers = (999 if lib.llama_supports_gpu_offload() else 0) if n_gpu_layers is None else n_gpu_layers
+        offload = 999 if lib.llama_supports_gpu_offload() else 0
+        mparams.n_gpu_layers = offload if n_gpu_layers is None else n_gpu_layers
         self.model = lib.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self.model:
-            raise ValueError(f"{self.path}: llama.cpp could not load this GGUF file (corrupt or from a newer llama.cpp)")
+            raise ValueError(f"{self.path}: llama.cpp could not load this GGUF file "
+                             "(corrupt or from a newer llama.cpp)")
         self.n_embd = lib.llama_model_n_embd(self.model)
         self.n_vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(self.model))
         self.kv_type, self.n_batch = kv_type, n_batch

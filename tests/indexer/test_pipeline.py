@@ -10,7 +10,7 @@ import pytest
 from indexer_cli_helper import TINY_WIDTH
 from media import make_audio_only, make_undecodable, make_video, rotate_mp4, truncate, write_srt
 
-import indexer
+from indexer import library as lib
 
 CUES = [(0.5, 1.5, "The hero enters"), (2.0, 3.0, "Nobody expected the llama")]
 
@@ -73,21 +73,21 @@ def test_read_api(cli, movies, tiny_eva):
     write_srt(movies / "Good.en.srt", "Where is the llama?", "Behind you")
     cli("add", movies)
     cli("run", "--vision", tiny_eva, "--speech", "never", "--quiet")
-    db = indexer.open_library(cli.data_dir)
-    (movie,) = indexer.list_movies(db)
-    feats = indexer.open_features(movie)
+    db = lib.open_library(cli.data_dir)
+    (movie,) = lib.list_movies(db)
+    feats = lib.open_features(movie)
     assert isinstance(feats, np.memmap) and feats.dtype == np.float16 and feats.shape == (4, 257, TINY_WIDTH)
     assert not feats.flags.writeable and np.isfinite(feats).all() and feats.astype(np.float32).std() > 0
-    assert indexer.frame_times(db, movie).tolist() == [0.0, 1.0, 2.0, 3.0]
-    cues = indexer.subtitles(db, movie)
+    assert lib.frame_times(db, movie).tolist() == [0.0, 1.0, 2.0, 3.0]
+    cues = lib.subtitles(db, movie)
     assert [c.start_time for c in cues] == [0.5, 0.5, 2.0, 2.0]
     assert {c.source for c in cues} == {"embedded", "sidecar"}
-    assert [c.text for c in indexer.subtitles(db, movie, sources=["sidecar"])] == ["Where is the llama?", "Behind you"]
-    hits = indexer.search_subtitles(db, "llama")
+    assert [c.text for c in lib.subtitles(db, movie, sources=["sidecar"])] == ["Where is the llama?", "Behind you"]
+    hits = lib.search_subtitles(db, "llama")
     assert sorted(h.text for h in hits) == ["Nobody expected the llama", "Where is the llama?"]
-    assert indexer.search_subtitles(db, 'llama" OR "x') == []  # queries are literal, never FTS syntax errors
-    assert indexer.get_movie(db, movie.id).rel_path == "Good.mkv"
-    assert indexer.find_movie(db, str(movies / "Good.mkv")).id == movie.id
+    assert lib.search_subtitles(db, 'llama" OR "x') == []  # queries are literal, never FTS syntax errors
+    assert lib.get_movie(db, movie.id).rel_path == "Good.mkv"
+    assert lib.find_movie(db, str(movies / "Good.mkv")).id == movie.id
     code, out, _ = cli("search", "llama")
     assert code == 0 and "0:00:02" in out and "[llama]" in out
 
@@ -110,17 +110,17 @@ def test_features_match_a_direct_encoding(cli, movies, tiny_eva):
     frames = [img for _, img in decode_segment(video_spec(path, probe(path)), 1.0, 0, None, DecodeStats())]
     tower = EvaVisionTower.from_file(tiny_eva)
     expected = tower(preprocess_images(frames[:2])).to(torch.float16).numpy()
-    db = indexer.open_library(cli.data_dir)
-    feats = indexer.open_features(indexer.list_movies(db)[0])
+    db = lib.open_library(cli.data_dir)
+    feats = lib.open_features(lib.list_movies(db)[0])
     np.testing.assert_allclose(feats[:2].astype(np.float32), expected.astype(np.float32), rtol=0, atol=1e-3)
 
 
 def test_incomplete_features_are_not_served(cli, movies, tiny_eva):
     make_video(movies / "A.mkv", seconds=2)
     cli("add", movies)
-    db = indexer.open_library(cli.data_dir)
-    with pytest.raises(indexer.FeaturesNotReady, match="not complete"):
-        indexer.open_features(indexer.list_movies(db)[0])
+    db = lib.open_library(cli.data_dir)
+    with pytest.raises(lib.FeaturesNotReady, match="not complete"):
+        lib.open_features(lib.list_movies(db)[0])
 
 
 def test_rerun_changes_nothing_and_other_weights_reindex(cli, movies, tiny_eva, tmp_path):
@@ -227,6 +227,6 @@ def test_a_film_of_several_hours(cli, movies, tiny_eva):
     status = cli.status()["Epic.mkv"]
     assert status["state"] == "done" and status["duration"] == pytest.approx(hours * 3600, abs=2)
     assert status["frames"] == hours * 72 and status["feature_shape"] == [hours * 72, 257, TINY_WIDTH]
-    db = indexer.open_library(cli.data_dir)
-    times = indexer.frame_times(db, indexer.list_movies(db)[0])
+    db = lib.open_library(cli.data_dir)
+    times = lib.frame_times(db, lib.list_movies(db)[0])
     assert times[-1] == pytest.approx(hours * 3600 - 50) and np.allclose(np.diff(times), 50)

@@ -10,7 +10,7 @@ import pytest
 from helpers import wait_for
 from media import make_video
 
-import indexer
+from indexer import library
 
 RUN = ("run", "--speech", "never", "--quiet", "--batch-size", "2")
 
@@ -25,9 +25,9 @@ def _frames_done(cli) -> int:
 
 
 def _features(cli):
-    db = indexer.open_library(cli.data_dir)
-    (movie,) = indexer.list_movies(db)
-    return np.array(indexer.open_features(movie)), indexer.frame_times(db, movie), movie
+    db = library.open_library(cli.data_dir)
+    (movie,) = library.list_movies(db)
+    return np.array(library.open_features(movie)), library.frame_times(db, movie), movie
 
 
 @pytest.mark.slow
@@ -53,7 +53,7 @@ def test_kill_9_mid_film_resumes_to_identical_features(cli, movies, tiny_eva, tm
     assert [p.name.endswith(".npy.partial") for p in cache.iterdir()] == [True]  # never published
     state = cli.status()["Film.mkv"]
     assert state["state"] == "running" and state["features_complete"] is False
-    with pytest.raises(indexer.FeaturesNotReady):
+    with pytest.raises(library.FeaturesNotReady):
         _features(cli)
 
     code, out, err = cli(*RUN[:-1], "3", "--vision", tiny_eva)  # the movie keeps its chunk size of 2

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from media import make_video
 
-import indexer
+from indexer import library
 from indexer.whisper import SAMPLE_RATE, audio_windows
 
 
@@ -38,9 +38,9 @@ def test_speech_where_no_text_subtitles_exist(cli, movies, tiny_eva, tiny_whispe
     (track,) = talk["subtitle_tracks"]
     assert track["source"] == "asr" and track["language"] == "en" and track["cue_count"] == talk["cues"] > 0
     assert talk["subtitle_sources"] == ["asr"]
-    db = indexer.open_library(cli.data_dir)
-    movie = indexer.find_movie(db, "Talk.mp4")
-    cues = indexer.subtitles(db, movie)
+    db = library.open_library(cli.data_dir)
+    movie = library.find_movie(db, "Talk.mp4")
+    cues = library.subtitles(db, movie)
     assert all(0 <= c.start_time <= c.end_time <= 4.1 and c.source == "asr" and c.language == "en" for c in cues)
     indexed = db.execute("SELECT COUNT(*) FROM cues_fts WHERE rowid IN (SELECT id FROM cues WHERE source = 'asr')")
     assert indexed.fetchone()[0] == len(cues)  # ASR text is in the full-text index too

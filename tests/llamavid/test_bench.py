@@ -10,10 +10,9 @@ import torch.nn.functional as F
 
 from llamavid import cli
 from llamavid.bench.vision import reference_attention_in
-from llamavid.errors import UserError
+from llamavid.model.eva import Attention, EvaConfig, EvaVisionTower, random_eva_state
 from llamavid.model.quantize_vision import quantize_vision, quantized_linears
 from llamavid.model.tiny import random_model, tiny_config
-from llamavid.model.eva import Attention, EvaConfig, EvaVisionTower, random_eva_state
 
 
 def small_tower(depth: int = 2, image_size: int = 224) -> EvaVisionTower:

@@ -15,13 +15,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llamavid.runtime.generate import SamplingOptions, stream
+from llamavid.media.preprocess import preprocess_images
 from llamavid.model.loading import load_llamavid
 from llamavid.model.modeling import split_slots
-from llamavid.media.preprocess import preprocess_images
+from llamavid.model.qformer import load_qformer_tokenizer, tokenize_prompts
 from llamavid.prompt.builders import movie_prompt
 from llamavid.prompt.subtitles import interleave_subtitles
-from llamavid.model.qformer import load_qformer_tokenizer, tokenize_prompts
+from llamavid.runtime.generate import SamplingOptions, stream
 
 from .golden import run_input, runs, text, write_checkpoint
 
@@ -63,7 +63,8 @@ class Expected:
             return
         want = self.tensors[name]
         got = actual.detach().cpu()
-        assert tuple(got.shape) == tuple(want.shape), f"{self.prefix}{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+        assert tuple(got.shape) == tuple(want.shape), \
+            f"{self.prefix}{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
         if want.is_floating_point():
             tol = self.tolerance.get(name, self.tolerance.get("default_abs", 1e-4))
             diff = (got.float() - want.float()).abs().max().item()

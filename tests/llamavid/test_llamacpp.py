@@ -79,11 +79,12 @@ def test_files_and_metadata(converted, checkpoint):
 @pytest.mark.parametrize("kind", ["image", "video", "movie"])
 def test_same_greedy_tokens_and_logits_as_transformers(engines, kind):
     ref, cpp = engines
-    a, b = ref.prepare("What is happening here?", **inputs(kind)), cpp.prepare("What is happening here?", **inputs(kind))
+    question = "What is happening here?"
+    a, b = ref.prepare(question, **inputs(kind)), cpp.prepare(question, **inputs(kind))
     assert a.input_ids == b.input_ids and a.input_ids.count(-200) >= 1
     steps_a, steps_b = list(ref.generate(a, GREEDY)), list(cpp.generate(b, GREEDY))
     assert [s.token for s in steps_a] == [s.token for s in steps_b]
-    diff = max((x.scores - y.scores).abs().max().item() for x, y in zip(steps_a, steps_b))
+    diff = max((x.scores - y.scores).abs().max().item() for x, y in zip(steps_a, steps_b, strict=True))
     assert diff < 1e-4
 
 
@@ -108,7 +109,8 @@ def test_quantized_files_and_caches_run(converted, engines, gguf_type, kv_type):
     cosine = torch.nn.functional.cosine_similarity(first, first_ref, dim=0).item()
     assert cosine > (0.999 if gguf_type == "f16" else 0.9)
     plan = lv.backend.preflight(lv.backend.new_state(), 7200)
-    assert plan.kv_cache == pytest.approx(2 * 2 * 64 * 7200 * {"f16": 2, "q8_0": 34 / 32, "q4_0": 18 / 32}[kv_type], rel=0.01)
+    per_value = {"f16": 2, "q8_0": 34 / 32, "q4_0": 18 / 32}[kv_type]
+    assert plan.kv_cache == pytest.approx(2 * 2 * 64 * 7200 * per_value, rel=0.01)
 
 
 def test_bad_gguf_and_missing_files_are_named(converted, tmp_path):
@@ -139,7 +141,7 @@ def test_long_video_rope_scaling_is_written(tmp_path):
     cpp = LlamaVid.load(tmp_path / "out", device="cpu", backend="llama.cpp", kv_type="f32", n_ctx=2048)
     a, b = ref.prepare("Who?", **inputs("movie")), cpp.prepare("Who?", **inputs("movie"))
     sa, sb = list(ref.generate(a, GREEDY)), list(cpp.generate(b, GREEDY))
-    assert max((x.scores - y.scores).abs().max().item() for x, y in zip(sa, sb)) < 1e-4
+    assert max((x.scores - y.scores).abs().max().item() for x, y in zip(sa, sb, strict=True)) < 1e-4
 
 
 @pytest.mark.slow

@@ -8,10 +8,10 @@ import shutil
 import pytest
 import torch
 
-from llamavid.runtime.api import LlamaVid
-from llamavid.model.config import LlamaVidConfig
 from llamavid.errors import CheckpointError
+from llamavid.model.config import LlamaVidConfig
 from llamavid.model.loading import load_llamavid, read_checkpoint
+from llamavid.runtime.api import LlamaVid
 
 LONG_VIDEO_CONFIG = {  # fields of the released long-video config.json, sizes shrunk
     "_name_or_path": "./work_dirs/llava-v1.5-7b-full-224-video-att-after-eva",
@@ -36,7 +36,8 @@ def test_released_long_video_config_is_read_as_published():
 
 
 def test_processor_path_sets_image_size():
-    assert LlamaVidConfig.from_released({**LONG_VIDEO_CONFIG, "image_processor": "./llamavid/processor/clip-patch14-336"}).image_size == 336
+    processor = "./llamavid/processor/clip-patch14-336"
+    assert LlamaVidConfig.from_released({**LONG_VIDEO_CONFIG, "image_processor": processor}).image_size == 336
 
 
 @pytest.mark.parametrize("bad", ["grid:1", "grid:x", "pool"])
@@ -183,7 +184,8 @@ def test_stage1_projector_checkpoint_loads_on_its_base_llm(tiny_checkpoint, tmp_
     base, pretrain = tmp_path / "vicuna", tmp_path / "llama-vid-tiny-pretrain"
     base.mkdir()
     pretrain.mkdir()
-    llm = {k: v for k, v in full.items() if k.startswith(("model.embed_tokens", "model.layers", "model.norm", "lm_head"))}
+    llm_parts = ("model.embed_tokens", "model.layers", "model.norm", "lm_head")
+    llm = {k: v for k, v in full.items() if k.startswith(llm_parts)}
     torch.save(llm, base / "pytorch_model.bin")
     for name in ("tokenizer.model", "tokenizer_config.json"):
         shutil.copy(tiny_checkpoint / name, base / name)

@@ -5,21 +5,21 @@ import numpy as np
 import pytest
 import torch
 
-from llamavid.runtime.generate import SamplingOptions, apply_repetition_penalty, sample, stream
 from llamavid.model.config import LlamaVidConfig
-from llamavid.model.features import patch_count, tokens_per_frame
+from llamavid.model.layout import IMAGE_TOKEN_INDEX, patch_count, tokens_per_frame
 from llamavid.model.loading import load_llamavid
 from llamavid.model.modeling import split_slots
-from llamavid.model.modeling import IMAGE_TOKEN_INDEX
 from llamavid.model.qformer import tokenize_prompts
 from llamavid.model.visual_tokens import pool_content
+from llamavid.runtime.generate import SamplingOptions, apply_repetition_penalty, sample, stream
 
 
 def visual(lv, feats, prompts, **kw):
     return lv.visual_tokens(feats, prompts, **kw)
 
 
-@pytest.mark.parametrize("compress,count", [(None, 256), ("grid:4", 16), ("grid:2", 4), ("mean", 1), ("mean_concat", 1)])
+@pytest.mark.parametrize("compress,count",
+                         [(None, 256), ("grid:4", 16), ("grid:2", 4), ("mean", 1), ("mean_concat", 1)])
 def test_content_tokens_per_compress_type(compress, count):
     patches = torch.randn(3, 256, 8)
     pooled = pool_content(patches, compress)
@@ -111,7 +111,8 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(tiny):
     first = [s.token for s in stream(tiny.model, emb, opts)]
     assert first == [s.token for s in stream(tiny.model, emb, opts)]
     greedy = [s.token for s in stream(tiny.model, emb, SamplingOptions(max_new_tokens=8, temperature=0, stop_ids=()))]
-    top1 = [s.token for s in stream(tiny.model, emb, SamplingOptions(max_new_tokens=8, temperature=1.0, top_k=1, seed=3, stop_ids=()))]
+    top1_opts = SamplingOptions(max_new_tokens=8, temperature=1.0, top_k=1, seed=3, stop_ids=())
+    top1 = [s.token for s in stream(tiny.model, emb, top1_opts)]
     assert top1 == greedy
 
 

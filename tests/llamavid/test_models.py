@@ -25,12 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from llamavid.hub import catalog, download
 from llamavid import cli
-from llamavid.files import MANIFEST
-from llamavid.hub import verify
-from llamavid.hub.installed import add_model, list_models, resolve_model, search_dirs
 from llamavid.errors import UserError
+from llamavid.files import MANIFEST
+from llamavid.hub import catalog, download, verify
+from llamavid.hub.installed import add_model, list_models, resolve_model, search_dirs
 from llamavid.paths import DataDir
 
 VIDEO_MODEL = "llama-vid-7b-full-224-video-fps-1"
@@ -696,7 +695,8 @@ def test_verify_hash_finds_a_same_size_corrupt_file(installed, capsys) -> None:
     assert _cli("--data-dir", data, "models", "verify", "tiny") == 0, "sizes alone cannot see it"
     assert _cli("--data-dir", data, "models", "verify", "tiny", "--hash") == 1
     assert f"{shard.name}: sha256 mismatch" in capsys.readouterr().out
-    assert verify.verify_model(tmp := folder / "nope", data) == [verify.Finding("error", str(tmp), "folder does not exist")]
+    missing = folder / "nope"
+    assert verify.verify_model(missing, data) == [verify.Finding("error", str(missing), "folder does not exist")]
 
 
 def test_verify_reports_missing_shared_parts_and_shards(installed, capsys) -> None:

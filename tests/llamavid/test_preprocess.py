@@ -10,7 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from llamavid.media.preprocess import CLIP_MEAN, CLIP_STD, PAD_COLOR, expand_to_square, preprocess_frame, preprocess_images, resize_shortest_side
+from llamavid.media.preprocess import (
+    CLIP_MEAN,
+    CLIP_STD,
+    PAD_COLOR,
+    expand_to_square,
+    preprocess_frame,
+    preprocess_images,
+    resize_shortest_side,
+)
 
 from .golden import case_dirs as golden_case_dirs
 

@@ -9,8 +9,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from llamavid.model.modeling import IMAGE_TOKEN, IMAGE_TOKEN_INDEX
-from llamavid.prompt.builders import image_prompt, movie_prompt, qformer_prompts_for, tokenizer_image_token, video_prompt
+from llamavid.model.layout import IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llamavid.prompt.builders import (
+    image_prompt,
+    movie_prompt,
+    qformer_prompts_for,
+    tokenizer_image_token,
+    video_prompt,
+)
 from llamavid.prompt.subtitles import assign_subtitle_frames, assign_subtitles, interleave_subtitles
 
 from .golden import BUNDLED as GOLDEN_ROOT
@@ -67,7 +73,7 @@ def test_golden_prompt_and_ids(case: Path, name: str):
     if run["mode"] in ("image", "video"):  # chat prompts; movie text is checked further down
         questions = json.loads(str(arrays[run["qformer_prompts"]]))[0]
         answers = re.findall(r" ASSISTANT: (.*?)</s>", prompt)  # earlier turns' answers, as stored
-        history = list(zip(questions[:-1], answers))
+        history = list(zip(questions[:-1], answers, strict=True))
         build = video_prompt if run["mode"] == "video" else image_prompt
         assert build(questions[-1], history=history) == prompt
         assert qformer_prompts_for(questions[-1], history) == questions

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from llamavid.model.features import drop_cls
+from llamavid.model.layout import drop_cls
 from llamavid.model.loading import load_llamavid
 from llamavid.runtime.api import LlamaVid
 from llamavid.runtime.generate import SamplingOptions

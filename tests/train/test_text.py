@@ -7,9 +7,8 @@ import pytest
 import torch
 from transformers.loss.loss_utils import ForCausalLMLoss
 
-from llamavid.model.modeling import IMAGE_TOKEN_INDEX
+from llamavid.model.layout import IMAGE_TOKEN_INDEX, tokens_per_frame
 from llamavid.prompt.builders import tokenizer_image_token
-from llamavid.model.features import tokens_per_frame
 from train.config import (
     ATT_PROJECTORS,
     LLM,

@@ -1,10 +1,17 @@
-"""EVA feature arrays and the visual tokens made from them: the counting rules every part shares
-(no torch, so the library's readers and the training-data validator stay light)."""
+"""How visual rows are laid out, as rules every part shares: EVA features (a CLS row, then a square of
+patches), the visual tokens made from them per frame, and the ``<image>`` placeholder they fill.
+
+No torch, so prompt building, the library's readers and the training-data validator stay light.
+"""
 from __future__ import annotations
 
 import math
 from typing import Any
 
+#: The placeholder of a visual slot: ``<image>`` in prompt text, -200 among token ids. The k-th
+#: placeholder takes the k-th slot's rows (:meth:`llamavid.model.modeling.LlamaVidForCausalLM.embed_inputs`).
+IMAGE_TOKEN = "<image>"
+IMAGE_TOKEN_INDEX = -200
 PATCH_SIZE = 14  # pixels per side of an EVA-ViT-g patch, in every released checkpoint
 
 
