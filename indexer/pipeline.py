@@ -23,7 +23,7 @@ from indexer.errors import FileChanged
 from indexer.features import FeatureWriter
 from indexer.store import LibraryStore
 from indexer.subtitle_sources import Track, embedded_tracks, read_sidecar, sidecar_files, sidecar_signature
-from indexer.whisper import SpeechOptions, audio_windows, load_model, transcribe_window
+from indexer.whisper import SpeechOptions, audio_windows, load_speech_model, transcribe_window
 from llamavid.errors import BadMedia, UserError
 from llamavid.media.decode import SampleStream, next_target, video_spec
 from llamavid.media.probe import ProbeInfo, StreamInfo, probe
@@ -146,7 +146,7 @@ class Pipeline:
     def _whisper_model(self):
         if self._whisper is None and self._whisper_error is None:
             try:
-                self._whisper = load_model(self.options.whisper.model, self.data.root)
+                self._whisper = load_speech_model(self.options.whisper.model, self.data.root)
             except UserError as exc:
                 self._whisper_error = str(exc)
         return self._whisper

@@ -23,7 +23,7 @@ import sqlite_utils
 
 from indexer.db import atomic, connect
 
-if TYPE_CHECKING:  # the type only: subtitle_sources imports PyAV, and torch through llamavid.prompt
+if TYPE_CHECKING:  # the type only: subtitle_sources imports PyAV, which the store never needs
     from indexer.subtitle_sources import Track
 
 #: What the pipeline stores per movie, and the value of each column before it has run.

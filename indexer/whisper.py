@@ -19,8 +19,7 @@ from faster_whisper import WhisperModel
 
 from llamavid.errors import UserError
 from llamavid.hub import catalog
-from llamavid.hub.installed import missing_speech_files
-from llamavid.hub.installed import resolve_model as resolve_folder
+from llamavid.hub.installed import missing_speech_files, resolve_model
 from llamavid.prompt.subtitles import Cue
 
 SAMPLE_RATE = 16000
@@ -35,7 +34,7 @@ class SpeechOptions:
     beam_size: int = 5
 
 
-def resolve_model(name: str | Path, data_dir: Path) -> Path:
+def speech_model_folder(name: str | Path, data_dir: Path) -> Path:
     """The folder of a faster-whisper model: an installed name (``small`` means the catalogue's
     ``whisper-small``), a name registered with ``llamavid models add``, or a folder path.
 
@@ -46,7 +45,7 @@ def resolve_model(name: str | Path, data_dir: Path) -> Path:
     if catalog.get(f"whisper-{text}") is not None:
         text = f"whisper-{text}"
     try:
-        folder = resolve_folder(text, data_dir)
+        folder = resolve_model(text, data_dir)
     except UserError as exc:
         raise UserError(f"speech model {str(name)!r}: {exc}; {_CHOICES}") from exc
     missing = missing_speech_files(folder)
@@ -61,9 +60,9 @@ _CHOICES = ("pass --whisper-model with an installed speech model (`llamavid mode
             "or --speech never")
 
 
-def load_model(name: str | Path, data_dir: Path):
+def load_speech_model(name: str | Path, data_dir: Path):
     """A WhisperModel on CUDA (float16) when ctranslate2 sees a GPU, else CPU (int8)."""
-    folder = resolve_model(name, data_dir)
+    folder = speech_model_folder(name, data_dir)
     cuda = ctranslate2.get_cuda_device_count() > 0
     try:
         return WhisperModel(str(folder), device="cuda" if cuda else "cpu",

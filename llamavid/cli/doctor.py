@@ -18,9 +18,11 @@ import shutil
 import sqlite3
 import sys
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from llamavid.hub.installed import list_models
 from llamavid.paths import DataDir
 from llamavid.storage import existing_ancestor, human_size
 from llamavid.system import cpu_flags, ram
@@ -76,8 +78,6 @@ _PACKAGES: list[tuple[str, str, str, str]] = [
 
 
 def _dist_version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(dist)
     except PackageNotFoundError:
@@ -213,8 +213,6 @@ def check_disk(root: Path) -> Check:
 
 
 def check_models(dd: DataDir) -> Check:
-    from llamavid.hub.installed import list_models
-
     models = list_models(dd)
     data = {"models": [m.to_dict() for m in models]}
     if not models:

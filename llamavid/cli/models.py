@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from llamavid.errors import UserError
 from llamavid.hub import catalog, installed, pull, verify
@@ -263,9 +264,7 @@ def _add(args: argparse.Namespace, dd: DataDir) -> int:
 
 
 def _convert_gguf(args: argparse.Namespace, dd: DataDir) -> int:
-    from pathlib import Path
-
-    from llamavid.runtime.gguf_export import convert
+    from llamavid.runtime.gguf_export import convert  # torch: only for this action
 
     source = installed.resolve_model(args.name, dd)
     default = f"{Path(args.name).name if '/' in args.name else args.name}-gguf"

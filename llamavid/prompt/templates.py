@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from llamavid.model.layout import IMAGE_TOKEN
+
 Message = str | tuple | None
 
 _VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
@@ -65,8 +67,8 @@ class Conversation:
         messages = [(role, msg) for role, msg in self.messages]
         if messages and isinstance(messages[0][1], tuple):
             role, msg = messages[0]
-            text = msg[0].replace("<image>", "").strip()
-            messages[0] = (role, "<image>\n" + text)
+            text = msg[0].replace(IMAGE_TOKEN, "").strip()
+            messages[0] = (role, IMAGE_TOKEN + "\n" + text)
         return messages
 
     def get_prompt(self) -> str:

@@ -416,7 +416,7 @@ def test_pull_from_a_hub_endpoint_installs_a_loadable_model(hub: Fake, tiny_chec
 
 
 def test_pull_of_a_speech_model_for_the_indexer(hub: Fake, tmp_path: Path, capsys) -> None:
-    from indexer.whisper import resolve_model as speech_model
+    from indexer.whisper import speech_model_folder
 
     files = {"config.json": b'{"alignment_heads": [[1, 0]], "lang_ids": [], "suppress_ids": []}',
              "model.bin": bytes(range(256)) * 40, "tokenizer.json": b'{"model": {}}',
@@ -424,7 +424,7 @@ def test_pull_of_a_speech_model_for_the_indexer(hub: Fake, tmp_path: Path, capsy
     hub.add_repo("Systran/faster-whisper-tiny", {**files, ".gitattributes": b"*.bin filter=lfs\n"}, {"model.bin"})
     data = tmp_path / "data"
     with pytest.raises(UserError, match="models pull whisper-tiny"):
-        speech_model("tiny", data)
+        speech_model_folder("tiny", data)
     assert _cli("--data-dir", data, "models", "pull", "whisper-tiny") == 0
     folder = DataDir(data).models / "whisper-tiny"
     assert {n: (folder / n).read_bytes() for n in files} == files
@@ -434,7 +434,7 @@ def test_pull_of_a_speech_model_for_the_indexer(hub: Fake, tmp_path: Path, capsy
     listed = json.loads(capsys.readouterr().out)["models"]
     assert [(m["name"], m["kind"], m["status"]) for m in listed] == [("whisper-tiny", "speech", "complete")]
     assert _cli("--data-dir", data, "models", "verify", "whisper-tiny", "--hash") == 0
-    assert speech_model("tiny", data) == speech_model("whisper-tiny", data) == folder
+    assert speech_model_folder("tiny", data) == speech_model_folder("whisper-tiny", data) == folder
     (folder / "model.bin").write_bytes(b"cut")
     assert _cli("--data-dir", data, "models", "verify", "whisper-tiny") == 1
 
