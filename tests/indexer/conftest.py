@@ -5,11 +5,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import ctranslate2
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # media.py, tiny_whisper.py
 
 from indexer_cli_helper import REPO, TINY_WIDTH  # noqa: E402,F401
+
+
+@pytest.fixture(autouse=True)
+def _repeatable_speech_sampling() -> None:
+    """Whisper falls back to sampling at higher temperatures when a greedy transcript fails its
+    checks, as the tiny random model's often do; CTranslate2 seeds that sampling at random, which
+    made a transcript now and then come out empty. A fixed seed makes every run the same."""
+    ctranslate2.set_random_seed(0)
 
 
 @pytest.fixture(scope="session")
