@@ -125,8 +125,12 @@ class DatabaseError(Exception):
     """The database cannot be used as it is (newer schema, not a library database)."""
 
 
-def connect(path: str | Path, migrate: bool = True) -> sqlite_utils.Database:
-    """Open (and create or upgrade) the library database in WAL mode."""
+Migrations = list[Callable[[sqlite_utils.Database], None]]
+
+
+def connect(path: str | Path, migrate: bool = True, migrations: Migrations | None = None) -> sqlite_utils.Database:
+    """Open (and create or upgrade) a database in WAL mode: the library's, or with ``migrations``
+    another one of the project's (the app's conversations), kept the same way."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
@@ -137,7 +141,7 @@ def connect(path: str | Path, migrate: bool = True) -> sqlite_utils.Database:
         db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable on commit except power loss
     if migrate:
-        apply_migrations(db)
+        apply_migrations(db, migrations)
     return db
 
 
@@ -145,19 +149,20 @@ def schema_version(db: sqlite_utils.Database) -> int:
     return int(db.execute("PRAGMA user_version").fetchone()[0])
 
 
-def apply_migrations(db: sqlite_utils.Database) -> int:
-    """Bring the schema to SCHEMA_VERSION; returns the number of migrations applied."""
-    applied = 0
+def apply_migrations(db: sqlite_utils.Database, migrations: Migrations | None = None) -> int:
+    """Bring the schema to ``len(migrations)`` (default: the library's); returns how many ran."""
+    migrations = MIGRATIONS if migrations is None else migrations
+    applied, latest = 0, len(migrations)
     while True:
         with atomic(db):
             version = schema_version(db)
-            if version > SCHEMA_VERSION:
+            if version > latest:
                 raise DatabaseError(
                     f"{db_path(db)} has schema version {version}, newer than this llamavid "
-                    f"understands ({SCHEMA_VERSION}); upgrade llamavid or use another --data-dir")
-            if version == SCHEMA_VERSION:
+                    f"understands ({latest}); upgrade llamavid or use another --data-dir")
+            if version == latest:
                 return applied
-            MIGRATIONS[version](db)
+            migrations[version](db)
             db.execute(f"PRAGMA user_version = {version + 1}")
             applied += 1
 

@@ -32,7 +32,8 @@ from llamavid.prompt.subtitles import Cue
 from llamavid.runtime.inputs import Visual
 
 __all__ = ["Movie", "Cue", "SearchHit", "FeaturesNotReady", "open_library", "list_movies", "get_movie",
-           "find_movie", "open_features", "frame_times", "subtitles", "search_subtitles", "film_visual",
+           "find_movie", "open_features", "frame_times", "subtitles", "search_subtitles", "film_visual", "choose_track",
+           "matching_cues",
            "cache_bytes"]
 
 
@@ -49,6 +50,7 @@ class SearchHit:
     text: str
     snippet: str
     source: str
+    rank: float = 0.0  # FTS5 bm25: lower is a better match
 
 
 @dataclass
@@ -174,22 +176,55 @@ def frame_times(db: LibraryDb, movie: Movie) -> np.ndarray:
 
 
 def subtitles(db: LibraryDb, movie: Movie, sources: list[str] | None = None,
-              language: str | None = None) -> list[Cue]:
-    """Cues of the movie in time order, optionally only some sources or one language."""
-    return [Cue(*row) for row in _store(db).cues(movie.id, sources, language)]
+              language: str | None = None, track_id: int | None = None) -> list[Cue]:
+    """Cues of the movie in time order, optionally only some sources, one language or one track."""
+    return [Cue(*row) for row in _store(db).cues(movie.id, sources, language, track_id)]
+
+
+def same_language(code: str | None, wanted: str | None) -> bool:
+    """Whether a track's language tag names the wanted language: tags come as written in files
+    ("en", "eng", "English", "en-US"), so the first two letters are compared, case-folded."""
+    return bool(code and wanted) and code.strip().lower()[:2] == wanted.strip().lower()[:2]
+
+
+def choose_track(movie: Movie, language: str | None = None, track_id: int | None = None) -> dict | None:
+    """The subtitle track a film prompt uses: ``track_id`` when given, else the best text track:
+    in ``language`` (the user's) before others, full dialogue before forced-only tracks, plain
+    before hearing-impaired, files' own subtitles before speech recognition. None: no usable track."""
+    usable = [t for t in movie.subtitle_tracks if t["status"] == "ok" and t["cue_count"]]
+    if track_id is not None:
+        chosen = next((t for t in usable if t["id"] == track_id), None)
+        if chosen is None:
+            listed = ", ".join(f"{t['id']} ({t['language'] or '?'}, {t['source']})" for t in usable)
+            raise KeyError(f"{movie.rel_path} has no subtitle track {track_id} with text; "
+                           f"its tracks: {listed or 'none'}")
+        return chosen
+    order = {"sidecar": 0, "embedded": 0, "asr": 1}
+    return min(usable, default=None, key=lambda t: (not same_language(t["language"], language), bool(t["forced"]),
+                                                    bool(t["sdh"]), order.get(t["source"], 2), t["id"]))
 
 
 def search_subtitles(db: LibraryDb, query: str, movie_id: int | None = None,
                      limit: int = 50) -> list[SearchHit]:
     """Full-text search over every cue (FTS5, best matches first); the query is taken literally."""
     rows = _store(db).search_cues(query, movie_id, limit)
-    return [SearchHit(r[0], r[1], r[2], r[3], r[4], r[6], r[5]) for r in rows]
+    return [SearchHit(r[0], r[1], r[2], r[3], r[4], r[6], r[5], r[7]) for r in rows]
 
 
-def film_visual(db: LibraryDb, movie: Movie) -> Visual:
+def matching_cues(db: LibraryDb, movie: Movie, text: str, track_id: int | None = None,
+                  limit: int = 20) -> list[SearchHit]:
+    """The movie's cues sharing any word with ``text``, best FTS5 (bm25) matches first."""
+    rows = _store(db).search_cues(text, movie.id, limit, track_id=track_id, any_word=True)
+    return [SearchHit(r[0], r[1], r[2], r[3], r[4], r[6], r[5], r[7]) for r in rows]
+
+
+def film_visual(db: LibraryDb, movie: Movie, language: str | None = None, track_id: int | None = None) -> Visual:
     """A library film as a chat input: its features (memory-mapped, CLS dropped as the long-video
-    model reads them), frame times and subtitles."""
-    return Visual("film", drop_cls(open_features(movie)), frame_times(db, movie).tolist(), subtitles(db, movie))
+    model reads them), frame times and the cues of one subtitle track (:func:`choose_track`): two
+    tracks of the same dialogue would only double the prompt."""
+    track = choose_track(movie, language, track_id)
+    cues = subtitles(db, movie, track_id=track["id"]) if track else []
+    return Visual("film", drop_cls(open_features(movie)), frame_times(db, movie).tolist(), cues)
 
 
 def cache_bytes(db: LibraryDb) -> int:

@@ -382,7 +382,7 @@ class LibraryStore:
         return next(self.db.query(_MOVIE_VIEW + " WHERE movies.id = ?", [movie_id]), None)
 
     def subtitle_tracks(self, movie_id: int) -> list[dict]:
-        return list(self.db.query("SELECT source, ref, codec, language, forced, sdh, kind, status, message,"
+        return list(self.db.query("SELECT id, source, ref, codec, language, forced, sdh, kind, status, message,"
                                   " cue_count FROM subtitle_tracks WHERE movie_id = ? ORDER BY id", [movie_id]))
 
     def frame_times(self, movie_id: int) -> list[float]:
@@ -390,11 +390,14 @@ class LibraryStore:
         rows = self.db.execute("SELECT time FROM frames WHERE movie_id = ? ORDER BY idx", [movie_id]).fetchall()
         return [r[0] for r in rows]
 
-    def cues(self, movie_id: int, sources: list[str] | None = None,
-             language: str | None = None) -> list[tuple[float, float, str, str | None, str]]:
+    def cues(self, movie_id: int, sources: list[str] | None = None, language: str | None = None,
+             track_id: int | None = None) -> list[tuple[float, float, str, str | None, str]]:
         """(start, end, text, language, source) of the movie's cues in time order."""
         sql = 'SELECT start, "end", text, language, source FROM cues WHERE movie_id = ?'
         params: list = [movie_id]
+        if track_id is not None:
+            sql += " AND track_id = ?"
+            params.append(track_id)
         if sources:
             sql += f" AND source IN ({', '.join('?' * len(sources))})"
             params += list(sources)
@@ -403,19 +406,28 @@ class LibraryStore:
             params.append(language)
         return self.db.execute(sql + ' ORDER BY start, "end", id', params).fetchall()
 
-    def search_cues(self, query: str, movie_id: int | None = None,
-                    limit: int = 50) -> list[tuple[int, str, float, float, str, str, str]]:
-        """(movie id, path, start, end, text, source, snippet) of the best FTS5 matches of the
-        literal ``query``."""
+    def search_cues(self, query: str, movie_id: int | None = None, limit: int = 50,
+                    track_id: int | None = None,
+                    any_word: bool = False) -> list[tuple[int, str, float, float, str, str, str, float]]:
+        """(movie id, path, start, end, text, source, snippet, bm25) of the best FTS5 matches.
+
+        The query is taken literally (a phrase); ``any_word``: any of its words, ranked by bm25
+        (lower is better), so a cue sharing more and rarer words ranks first."""
         sql = ("SELECT cues.movie_id, movies.path, cues.start, cues.\"end\", cues.text, cues.source,"
-               " snippet(cues_fts, 0, '[', ']', '...', 12) AS snip"
+               " snippet(cues_fts, 0, '[', ']', '...', 12) AS snip, bm25(cues_fts) AS rank"
                " FROM cues_fts JOIN cues ON cues.id = cues_fts.rowid JOIN movies ON movies.id = cues.movie_id"
                " WHERE cues_fts MATCH ?")
-        params: list = [self.db.quote_fts(query)]
+        match = " OR ".join(self.db.quote_fts(w) for w in query.split()) if any_word else self.db.quote_fts(query)
+        if not match.strip():
+            return []
+        params: list = [match]
         if movie_id is not None:
             sql += " AND cues.movie_id = ?"
             params.append(movie_id)
-        return self.db.execute(sql + " ORDER BY bm25(cues_fts) LIMIT ?", params + [limit]).fetchall()
+        if track_id is not None:
+            sql += " AND cues.track_id = ?"
+            params.append(track_id)
+        return self.db.execute(sql + " ORDER BY rank LIMIT ?", params + [limit]).fetchall()
 
     def cache_bytes(self) -> int:
         """Total size of the complete feature caches."""

@@ -17,7 +17,7 @@ dict loads by name with nothing missing and nothing unexpected:
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -41,6 +41,7 @@ class VisualTokens:
     """
 
     tokens: torch.Tensor
+    relevance: torch.Tensor  # (P, T): how much prompt p's queries attend to frame t (frame_relevance)
     query_output: torch.Tensor | None = None  # (P*T, Q, 768), prompt-major
     parts: list[TokenParts] = field(default_factory=list)
 
@@ -102,29 +103,37 @@ class LlamaVidForCausalLM(LlamaForCausalLM):
         return query_out, parts
 
     def visual_tokens(self, features: torch.Tensor, qformer_ids: torch.Tensor, qformer_mask: torch.Tensor,
-                      block_size: int = 64, keep_parts: bool = False) -> VisualTokens:
+                      block_size: int = 64, keep_parts: bool = False,
+                      on_block: Callable[[int, int], None] | None = None) -> VisualTokens:
         """Tokens of one visual input for each of its P prompts.
 
         ``features`` is (T, rows, C) - an image is T=1; a memory-mapped film works too, since rows
         are read ``block_size`` (prompt, frame) pairs at a time, which bounds memory for a 2-hour film.
+        ``on_block(done, total)`` is called after each block with the (prompt, frame) pairs done;
+        an exception it raises (a cancelled request) stops the pass there.
         """
         p_count, frames = qformer_ids.shape[0], features.shape[0]
+        total = p_count * frames
         dev, dtype = self.model.vlm_att_query.device, self.model.vlm_att_query.dtype
-        outs, queries, parts = [], [], []
-        for start in range(0, p_count * frames, block_size):
-            rows = torch.arange(start, min(start + block_size, p_count * frames))
+        outs, relevance, queries, parts = [], [], [], []
+        for start in range(0, total, block_size):
+            rows = torch.arange(start, min(start + block_size, total))
             frame_idx = rows % frames
             picked = features[frame_idx] if torch.is_tensor(features) else features[frame_idx.numpy()]
             feats = torch.as_tensor(picked).to(dev, dtype)
             ids, mask = qformer_ids[rows // frames].to(dev), qformer_mask[rows // frames].to(dev)
             query_out, part = self._token_block(feats, ids, mask)
             outs.append(part.tokens)
+            relevance.append(part.relevance.float().cpu())
             if keep_parts:
                 queries.append(query_out)
                 parts.append(part)
+            if on_block is not None:
+                on_block(int(rows[-1]) + 1, total)
         tokens = torch.cat(outs, dim=0)  # (P*T, 1+n, H), prompt-major
         tokens = tokens.reshape(p_count, frames * tokens.shape[1], tokens.shape[2])
-        return VisualTokens(tokens, torch.cat(queries) if keep_parts else None, parts)
+        return VisualTokens(tokens, torch.cat(relevance).reshape(p_count, frames),
+                            torch.cat(queries) if keep_parts else None, parts)
 
     def embed_inputs(self, input_ids: torch.Tensor | Sequence[int], slots: Sequence[torch.Tensor]) -> torch.Tensor:
         """Text embeddings with slot k's rows in place of the k-th ``<image>`` (-200): (1, L', H)."""

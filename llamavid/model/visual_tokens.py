@@ -25,6 +25,7 @@ class TokenParts:
     content_pooled: torch.Tensor  # (R, n, C)
     context_tokens: torch.Tensor  # (R, 1, H)
     content_tokens: torch.Tensor  # (R, n, H)
+    relevance: torch.Tensor  # (R,) see frame_relevance
 
     @property
     def tokens(self) -> torch.Tensor:
@@ -46,11 +47,10 @@ def pool_content(patches: torch.Tensor, compress_type: str | None) -> torch.Tens
     raise ValueError(f"unknown compress_type {compress_type!r}")
 
 
-def context_pool(text_q: torch.Tensor, patches: torch.Tensor, key_projector: nn.Module) -> torch.Tensor:
-    """Mean over queries of softmax(q k^T / sqrt(C)) @ patches: (R, Q, C), (R, N, C) -> (R, 1, C).
+def context_scores(text_q: torch.Tensor, patches: torch.Tensor, key_projector: nn.Module) -> torch.Tensor:
+    """q k^T / sqrt(C) of every query against every patch: (R, Q, C), (R, N, C) -> (R, Q, N).
 
-    The values are the raw patch features and the scale is applied after the product, as the
-    reference does; both matter for parity.
+    The scale is applied after the product, as the reference does; it matters for parity.
     """
     if can_fold(key_projector):
         # q (X W^T + b)^T = (q W) X^T + a constant per query row, which softmax ignores: the
@@ -59,17 +59,38 @@ def context_pool(text_q: torch.Tensor, patches: torch.Tensor, key_projector: nn.
         scores = torch.matmul(torch.matmul(text_q, key_projector.weight), patches.transpose(-1, -2))
     else:
         scores = torch.matmul(text_q, key_projector(patches).transpose(-1, -2))
-    scores = scores / math.sqrt(patches.shape[-1])
-    weights = scores.softmax(dim=-1)
-    return torch.matmul(weights, patches).mean(dim=1, keepdim=True)
+    return scores / math.sqrt(patches.shape[-1])
+
+
+def pool_by_scores(scores: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """Mean over queries of softmax(scores) @ patches: the values are the raw patch features. (R, 1, C)"""
+    return torch.matmul(scores.softmax(dim=-1), patches).mean(dim=1, keepdim=True)
+
+
+def context_pool(text_q: torch.Tensor, patches: torch.Tensor, key_projector: nn.Module) -> torch.Tensor:
+    """The context token before its projection: (R, Q, C), (R, N, C) -> (R, 1, C)."""
+    return pool_by_scores(context_scores(text_q, patches, key_projector), patches)
+
+
+def frame_relevance(scores: torch.Tensor) -> torch.Tensor:
+    """How strongly the question's queries attend to a frame at all: (R, Q, N) -> (R,).
+
+    Softmax makes every frame's weights sum to one, so the pooled token cannot say which frames
+    matter; the scores before it can. logsumexp over patches is a smooth maximum (a frame with one
+    strongly matching region ranks high), averaged over the queries. Under the folded path every
+    score of a query is shifted by the same key-bias constant for all frames, which leaves the
+    ranking of frames unchanged. It costs one reduction over scores the context token needs anyway.
+    """
+    return scores.logsumexp(dim=-1).mean(dim=-1)
 
 
 def generate_tokens(text_q: torch.Tensor, patches: torch.Tensor, key_projector: nn.Module,
                     val_projector: nn.Module, mm_projector: nn.Module,
                     compress_type: str | None) -> TokenParts:
-    ctx = context_pool(text_q, patches, key_projector)
+    scores = context_scores(text_q, patches, key_projector)
+    ctx = pool_by_scores(scores, patches)
     content = pool_content(patches, compress_type)
-    return TokenParts(ctx, content, val_projector(ctx), mm_projector(content))
+    return TokenParts(ctx, content, val_projector(ctx), mm_projector(content), frame_relevance(scores))
 
 
 def build_projector(kind: str, in_width: int, out_width: int) -> nn.Module:

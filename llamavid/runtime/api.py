@@ -13,7 +13,7 @@ a chat keeps visual tokens): ``preprocess`` -> ``encode`` -> ``visual_tokens`` -
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from llamavid.prompt.builders import tokenizer_image_token
 from llamavid.prompt.templates import default_template_for
 from llamavid.runtime.backend import TransformersBackend
 from llamavid.runtime.chat import Chat, plan_video_stride
+from llamavid.runtime.control import Rates
 from llamavid.runtime.device import pick_device, pick_dtype
 from llamavid.runtime.generate import SamplingOptions, Step
 from llamavid.runtime.inputs import Visual
@@ -68,6 +69,7 @@ class LlamaVid:
         self.report = report
         self.template = default_template_for(model.config)
         self.backend = backend or TransformersBackend(model)
+        self.rates = Rates()  # Q-Former frames/s and prefill tokens/s measured here, for estimates
 
     @classmethod
     def load(cls, model: str | Path, *, device: str | torch.device | None = "auto", dtype: Any = "auto",
@@ -125,10 +127,12 @@ class LlamaVid:
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_images(pixels.to(self.device))
 
-    def visual_tokens(self, features: Any, prompts: Sequence[str], keep_parts: bool = False) -> VisualTokens:
+    def visual_tokens(self, features: Any, prompts: Sequence[str], keep_parts: bool = False,
+                      on_block: Callable[[int, int], None] | None = None) -> VisualTokens:
+        """Q-Former tokens for each prompt; ``on_block(done, total)`` follows every block of frames."""
         ids, mask = tokenize_prompts(self.qformer_tokenizer, list(prompts))
         with torch.inference_mode():
-            return self.model.visual_tokens(features, ids, mask, keep_parts=keep_parts)
+            return self.model.visual_tokens(features, ids, mask, keep_parts=keep_parts, on_block=on_block)
 
     def tokenize(self, text: str) -> list[int]:
         if self.tokenizer is None:

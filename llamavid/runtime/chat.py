@@ -1,24 +1,38 @@
 """The chat engine: one resident model, conversations that extend their KV cache turn by turn.
 
 The first turn renders the whole template; each later turn appends only its own text after the
-tokens already in the cache, so a film's thousands of visual tokens are read once.
+tokens already in the cache, so a film's thousands of visual tokens are read once, conditioned on
+the first question (the long-video model was trained on multi-turn data the same way: later turns
+see the film through the cache, not through new visual tokens).
+
+A turn runs in three phases (``visual``: the Q-Former over the frames, ``prefill``: reading the
+prompt, ``answer``), each reporting progress and checking for a cancel through a
+:class:`~llamavid.runtime.control.Control`. Before any of them a pre-flight counts the turn's
+tokens from its text and the known rows per placeholder and checks the context, the memory and,
+when a time budget is given, the expected time; a refusal says what would fit. A turn is kept
+only once its prompt has been read; a turn that fails or is cancelled is cut out of the KV cache,
+so the next question gets the answer it would have got had the failed turn never been asked.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from llamavid.errors import ContextOverflow, NotEnoughMemory
+from llamavid.errors import ContextOverflow, NotEnoughMemory, UserError
 from llamavid.model.layout import IMAGE_TOKEN
 from llamavid.prompt.builders import image_prompt, movie_prompt
 from llamavid.prompt.subtitles import interleave_subtitles
 from llamavid.prompt.templates import get_template
 from llamavid.runtime.backend import Backend
+from llamavid.runtime.control import Control
 from llamavid.runtime.generate import SamplingOptions, Step
 from llamavid.runtime.inputs import Visual
 from llamavid.runtime.memory import frame_stride
+
+FILM_ROWS_PER_FRAME = 2  # the long-video prompt: <image><image> per frame, a context and a content row
 
 
 @dataclass
@@ -26,7 +40,22 @@ class Turn:
     question: str
     answer: str = ""
     tokens: int = 0
-    stopped: bool = False  # cut short by the caller (Ctrl-C, Stop button)
+    stopped: bool = False  # cut short by the caller (Ctrl-C, closing the stream)
+    answer_ids: list[int] = field(default_factory=list)  # what the model chose, to rebuild the cache exactly
+
+
+@dataclass
+class TurnPlan:
+    """A turn before anything heavy runs: its ids (-200 at each placeholder) and the rows each
+    placeholder will take, so the pre-flight can count tokens without the Q-Former."""
+
+    ids: list[int]
+    slot_rows: list[int]
+    follow_up: bool
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids) - len(self.slot_rows) + sum(self.slot_rows)
 
 
 class Chat:
@@ -36,105 +65,205 @@ class Chat:
     ``USER: <image>\\n{question} ASSISTANT:`` after the tokens already in the cache. As in
     training (``imgsp_v1``), every image/video turn gets its own ``<image>`` whose tokens are
     conditioned on that turn's question; a film's thousands of tokens are read once, with the
-    first question.
+    first question. ``relevance`` holds, per frame, how strongly the question that made the
+    cached visual tokens attended to it (:func:`llamavid.model.visual_tokens.frame_relevance`).
     """
 
-    def __init__(self, lv, visual: Visual, backend: Backend | None = None):
+    def __init__(self, lv, visual: Visual, backend: Backend | None = None, time_budget: float | None = None,
+                 stride: int | None = None):
+        """``stride`` reads a film with every k-th frame as an earlier session did (a kept
+        conversation must see the film it was asked about); None plans it (:meth:`plan_stride`)."""
         self.lv = lv
-        self.visual = visual
         self.backend = backend or lv.backend
         self.state = self.backend.new_state()
         self.turns: list[Turn] = []
         self.last_token: int | None = None
-        if visual.kind == "film":
-            self.visual = self._fit_film(visual)
+        self.relevance: torch.Tensor | None = None
+        self.stride = 1
+        self.visual = self._fit_film(visual, time_budget, stride) if visual.kind == "film" else visual
         self.notes: list[str] = list(self.visual.notes)
 
-    def _fit_film(self, v: Visual, reserve: int = 256) -> Visual:
-        """Keep every k-th frame when a film's 2 tokens per frame would overflow the context.
-
-        The text is measured by tokenizing the movie prompt once; ``reserve`` leaves room for the
-        question and the start of the answer. Subtitles all stay: they attach to the nearest kept
-        frame, so no dialogue is lost. The caller's ``Visual`` is left as it is (others may share it).
-        """
-        limit, frames = self.backend.context_length(), len(v.features)
+    # -- planning ---------------------------------------------------------------------------------
+    def _film_text_tokens(self, v: Visual, reserve: int) -> int:
+        """Tokens of a film prompt besides its frames (the template, the subtitles), plus ``reserve``."""
         per_frame = interleave_subtitles(v.frame_times, v.subtitles)
         ids = self.lv.tokenize(movie_prompt(per_frame, "", template=self.lv.template))
-        text_tokens = len(ids) - 2 * frames + reserve
-        if text_tokens + 2 * frames <= limit:
+        return len(ids) - FILM_ROWS_PER_FRAME * len(v.features) + reserve
+
+    def _fit_film(self, v: Visual, time_budget: float | None, stride: int | None, reserve: int = 256) -> Visual:
+        """Keep every k-th frame when the film would not fit the context, the memory or the time
+        budget; ``reserve`` leaves room for the question and the start of the answer (each turn's
+        pre-flight then fits the answer to what is left). Subtitles all stay: they attach to the
+        nearest kept frame. The caller's ``Visual`` is left as it is (others may share it)."""
+        if stride is None:
+            text = self._film_text_tokens(v, reserve)
+            stride, limit = self.plan_stride(len(v.features), FILM_ROWS_PER_FRAME, text, 0, time_budget)
+        else:
+            limit = "this conversation was read with"
+        self.stride = stride
+        if stride == 1:
             return v
-        stride = frame_stride(frames, 2, text_tokens, limit)
         times = v.frame_times[::stride]
-        note = (f"the film has more frames than the {limit}-token context holds; "
-                f"using every {stride}th frame ({len(times)} frames)")
+        note = f"the film has more frames than {limit}; using every {stride}th frame ({len(times)} frames)"
         return replace(v, features=v.features[::stride], frame_times=times, notes=[*v.notes, note])
 
-    def _visual_slots(self, question: str) -> tuple[str, list[torch.Tensor]]:
-        """Text that carries this turn's ``<image>`` placeholders, and the rows for them."""
-        v, marker = self.visual, IMAGE_TOKEN + "\n"
-        if v.kind == "none" or (v.kind == "film" and self.turns):
-            return "", []
+    def plan_stride(self, frames: int, rows_per_frame: int, text_tokens: int, answer_tokens: int,
+                    time_budget: float | None = None) -> tuple[int, str]:
+        """The smallest frame stride whose turn fits the context, the memory and (when the machine's
+        rates are known) the time budget, and which of them set it, in words. Refuses (a
+        ContextOverflow) only when not even one frame fits beside the text."""
+        limit = self.backend.context_length()
+        stride = frame_stride(frames, rows_per_frame, text_tokens + answer_tokens, limit)
+        why = f"the {limit}-token context holds"
+        while stride < frames:
+            kept = math.ceil(frames / stride)
+            tokens = text_tokens + rows_per_frame * kept
+            estimate = self.backend.preflight(self.state, tokens, answer_tokens)
+            seconds = self.expected_seconds(kept, tokens)
+            if not estimate.fits:
+                why = f"the free memory holds ({estimate.available / 2**30:.1f} GiB)"
+            elif time_budget is not None and seconds is not None and seconds > time_budget:
+                why = f"can be read in {time_budget:.0f} s"
+            else:
+                break
+            stride += 1
+        return stride, why
+
+    def expected_seconds(self, frames: int, tokens: int) -> float | None:
+        """Q-Former and prefill time at the rates measured on this machine (None before any)."""
+        visual = self.lv.rates.seconds("visual", frames) if frames else 0.0
+        prefill = self.lv.rates.seconds("prefill", tokens)
+        return None if visual is None or prefill is None else visual + prefill
+
+    def plan(self, question: str) -> TurnPlan:
+        """This turn's ids and placeholder rows, before any Q-Former work."""
+        v, tpf = self.visual, self.lv.config.tokens_per_frame
         if v.kind == "film":
-            per_frame = interleave_subtitles(v.frame_times, v.subtitles)
-            text = movie_prompt(per_frame, question, template=self.lv.template)
-            tokens = self.lv.visual_tokens(v.features, [question]).tokens
-            return text, list(tokens[0].split(1))
-        if v.kind == "video":
-            return marker, [self.lv.visual_tokens(v.features, [question]).tokens[0]]
-        slots = [self.lv.visual_tokens(v.features[i:i + 1], [question]).tokens[0] for i in range(len(v.features))]
-        return marker * len(slots), slots
-
-    def turn_text(self, question: str) -> tuple[str, list[torch.Tensor], bool]:
-        """This turn's prompt text, its visual rows, and whether it continues earlier turns."""
-        prefix, slots = self._visual_slots(question)
-        marker = IMAGE_TOKEN + "\n"
-        if not self.turns:
-            if self.visual.kind == "film":
-                return prefix, slots, False
-            if not prefix:
-                return image_prompt(question, self.lv.template, image_in="none"), slots, False
-            text = image_prompt(question, self.lv.template, image_in="latest")
-            return text.replace(marker, prefix, 1), slots, False
-        conv = get_template(self.lv.template)
-        return f"{conv.roles[0]}: {prefix}{question}{conv.sep}{conv.roles[1]}:", slots, True
-
-    def _turn_ids(self, question: str) -> tuple[list[int], list[torch.Tensor]]:
-        text, slots, follow_up = self.turn_text(question)
+            rows = [] if self.turns else [1] * (FILM_ROWS_PER_FRAME * len(v.features))
+        elif v.kind == "video":
+            rows = [tpf * len(v.features)]
+        elif v.kind == "image":
+            rows = [tpf] * len(v.features)
+        else:
+            rows = []
+        text = self._text(question, len(rows) if v.kind != "film" else None)
         ids = self.lv.tokenize(text)
+        follow_up = bool(self.turns)
         if follow_up:
             bos = getattr(self.lv.tokenizer, "bos_token_id", None)
             ids = ids[1:] if ids[:1] == [bos] else ids
             eos = self.lv.tokenizer.eos_token_id
             if self.last_token != eos:  # the last answer was cut: close it as the template would
                 ids = [eos] + ids
-        return ids, slots
+        return TurnPlan(ids, rows, follow_up)
 
-    def ask(self, question: str, options: SamplingOptions | None = None) -> Iterator[str]:
-        """Stream the answer; stopping the iteration early keeps the conversation consistent."""
-        opts = self.lv.sampling(options)
-        ids, slots = self._turn_ids(question)
-        new_tokens = len(ids) - len(slots) + sum(s.shape[0] for s in slots)
-        limit = self.backend.context_length()
-        used = getattr(self.state, "length", 0)
-        if used + new_tokens + 1 > limit:
-            raise ContextOverflow(f"this turn needs {new_tokens} tokens but only {limit - used} of the "
-                                  f"model's {limit}-token context are left; start a new chat or use fewer frames",
-                                  needed=used + new_tokens + 1, limit=limit)
-        plan = self.backend.preflight(self.state, new_tokens + opts.max_new_tokens)
-        if not plan.fits:
-            raise NotEnoughMemory(f"not enough memory: {plan.describe()}; "
+    def _text(self, question: str, placeholders: int | None) -> str:
+        """The turn's prompt text; ``placeholders`` None: a film's first turn (the movie prompt)."""
+        v, marker = self.visual, IMAGE_TOKEN + "\n"
+        if v.kind == "film" and not self.turns:
+            return movie_prompt(interleave_subtitles(v.frame_times, v.subtitles), question, template=self.lv.template)
+        prefix = marker * (placeholders or 0)
+        if self.turns:
+            conv = get_template(self.lv.template)
+            return f"{conv.roles[0]}: {prefix}{question}{conv.sep}{conv.roles[1]}:"
+        if not prefix:
+            return image_prompt(question, self.lv.template, image_in="none")
+        return image_prompt(question, self.lv.template, image_in="latest").replace(marker, prefix, 1)
+
+    def preflight(self, plan: TurnPlan, opts: SamplingOptions, time_budget: float | None = None) -> SamplingOptions:
+        """Refuse before any heavy work a turn that cannot fit; returns the options with the answer
+        budget cut to the context left (an answer stops at the context's end, never overflows)."""
+        limit, used, new = self.backend.context_length(), self.state.length, plan.tokens
+        if used + new + 1 > limit:
+            raise ContextOverflow(f"this turn needs {new} tokens but only {limit - used} of the model's "
+                                  f"{limit}-token context are left; start a new chat or use fewer frames",
+                                  needed=used + new + 1, limit=limit)
+        answer = min(opts.max_new_tokens, limit - used - new)
+        estimate = self.backend.preflight(self.state, new, answer)
+        if not estimate.fits:
+            raise NotEnoughMemory(f"not enough memory: {estimate.describe()}; "
                                   "use fewer frames, --load-4bit or a smaller model")
+        frames = len(self.visual.features) if plan.slot_rows and self.visual.features is not None else 0
+        seconds = self.expected_seconds(frames, new)
+        if time_budget is not None and seconds is not None and seconds > time_budget:
+            raise UserError(f"this question would take about {seconds:.0f} s on this machine, over the "
+                            f"{time_budget:.0f} s allowed; {self._what_fits(frames, time_budget)}")
+        return replace(opts, max_new_tokens=answer)
+
+    def _what_fits(self, frames: int, budget: float) -> str:
+        for stride in (2, 3, 4, 6, 8, 12, 16):
+            kept = math.ceil(frames / stride)
+            seconds = self.expected_seconds(kept, FILM_ROWS_PER_FRAME * kept)
+            if seconds is not None and seconds <= budget:
+                return f"every {stride}th frame: about {seconds:.0f} s"
+        return "ask about a shorter clip or allow more time"
+
+    # -- running ------------------------------------------------------------------------------------
+    def _slots(self, question: str, control: Control | None) -> list[torch.Tensor]:
+        """Visual rows for this turn's placeholders: the Q-Former pass, with progress and cancel."""
+        v = self.visual
+        if v.kind == "none" or (v.kind == "film" and self.turns):
+            return []
+        features = [v.features[i:i + 1] for i in range(len(v.features))] if v.kind == "image" else [v.features]
+        tracker = control.phase("visual", len(v.features), "frames") if control else None
+        done, out = 0, []
+        for part in features:
+            hook = (lambda n, total, before=done: tracker.update(before + n)) if tracker else None
+            tokens = self.lv.visual_tokens(part, [question], on_block=hook)
+            self.relevance = tokens.relevance[0] if v.kind != "image" else None
+            out += list(tokens.tokens[0].split(1)) if v.kind == "film" else [tokens.tokens[0]]
+            done += len(part)
+        if tracker:
+            tracker.finish()
+        return out
+
+    def turn_text(self, question: str) -> tuple[str, list[torch.Tensor], bool]:
+        """This turn's prompt text, its visual rows, and whether it continues earlier turns."""
+        plan = self.plan(question)
+        return self._text(question, len(plan.slot_rows) if self.visual.kind != "film" else None), \
+            self._slots(question, None), plan.follow_up
+
+    def turn_ids(self, question: str) -> tuple[list[int], list[torch.Tensor]]:
+        """This turn's ids and visual rows (runs the Q-Former): what ``ask`` sends to the backend."""
+        return self.plan(question).ids, self._slots(question, None)
+
+    def ask(self, question: str, options: SamplingOptions | None = None, control: Control | None = None,
+            time_budget: float | None = None) -> Iterator[str]:
+        """Stream the answer. The pre-flight, the Q-Former pass and the prompt's prefill run before
+        this returns; ``control`` may cancel any of them, or the answer, from another thread
+        (:class:`~llamavid.errors.Cancelled`: the turn is cut out as if never asked). Closing the
+        returned iterator early keeps the answer so far, marked ``stopped``."""
+        plan = self.plan(question)
+        opts = self.preflight(plan, self.lv.sampling(options), time_budget)
+        snap = self.backend.snapshot(self.state)
+        last_token, relevance = self.last_token, self.relevance
+        try:
+            slots = self._slots(question, control)
+            tracker = control.phase("prefill", plan.tokens + len(self.state.pending), "tokens") if control else None
+            steps = self.backend.generate(self.state, plan.ids, slots, opts,
+                                          on_prefill=(lambda n, total: tracker.update(n)) if tracker else None)
+            if tracker:
+                tracker.finish()
+        except BaseException:
+            self.backend.rollback(self.state, snap)
+            self.relevance = relevance
+            raise
         turn = Turn(question)
         self.turns.append(turn)
-        steps = self.backend.generate(self.state, ids, slots, opts)
-        return self._decode(turn, steps)
+        return self._answer(turn, steps, opts, control, snap, last_token)
 
-    def _decode(self, turn: Turn, steps: Iterator[Step]) -> Iterator[str]:
+    def _answer(self, turn: Turn, steps: Iterator[Step], opts: SamplingOptions, control: Control | None,
+                snap, last_token: int | None) -> Iterator[str]:
+        tracker = control.phase("answer", opts.max_new_tokens, "tokens") if control else None
+
         def tracked() -> Iterator[Step]:
             for step in steps:
                 self.last_token = step.token
                 turn.tokens += 1
+                turn.answer_ids.append(step.token)
                 yield step
+                if tracker:
+                    tracker.update(turn.tokens)
 
         try:
             for piece in self.lv.decode(tracked()):
@@ -143,6 +272,32 @@ class Chat:
         except GeneratorExit:
             turn.stopped = True
             raise
+        except BaseException:  # a cancel or an error mid-answer: the turn never happened
+            self.backend.rollback(self.state, snap)
+            self.turns.remove(turn)
+            self.last_token = last_token
+            raise
+
+    def restore(self, turns: Sequence[Turn], control: Control | None = None) -> None:
+        """Rebuild a kept conversation (after a restart): each turn's prompt is read and its answer
+        fed token by token, as when it was generated, so the cache is the one it had then and the
+        next answer is the one an uninterrupted chat would give."""
+        if self.turns:
+            raise ValueError("restore() rebuilds a new chat; this one already has turns")
+        for kept in turns:
+            if not kept.answer_ids:
+                raise ValueError(f"turn {kept.question!r} has no answer token ids to rebuild from")
+            plan = self.plan(kept.question)
+            slots = self._slots(kept.question, control)
+            tracker = control.phase("prefill", plan.tokens + len(self.state.pending), "tokens") if control else None
+            self.backend.feed(self.state, plan.ids, slots,
+                              on_prefill=(lambda n, total, t=tracker: t.update(n)) if tracker else None)
+            for token in kept.answer_ids[:-1]:
+                self.backend.feed(self.state, [token])
+            self.state.seen_ids.append(kept.answer_ids[-1])
+            self.state.pending = [kept.answer_ids[-1]]
+            self.last_token = kept.answer_ids[-1]
+            self.turns.append(replace(kept, answer_ids=list(kept.answer_ids)))
 
 
 def plan_video_stride(lv, frames: int, question_tokens: int = 64, max_new_tokens: int = 512) -> int:

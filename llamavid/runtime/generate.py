@@ -87,12 +87,15 @@ def sample(scores: torch.Tensor, opts: SamplingOptions, generator: torch.Generat
 
 @torch.inference_mode()
 def forward_step(model, session: Session, embeds: torch.Tensor, chunk: int = PREFILL_CHUNK,
-                 step: Callable | None = None) -> torch.Tensor:
+                 step: Callable | None = None, on_chunk: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Run (1, L, H) embeddings through the model after what the session holds; last logits.
 
     Long prompts (a film is thousands of rows) go in chunks, which bounds the attention
     scores and MLP activations to ``chunk`` rows at a time; the result is the same.
+    ``on_chunk(done, total)`` follows each chunk; an exception it raises (a cancel) stops there,
+    with the session's length counting only the chunks that ran.
     """
+    total, done = embeds.shape[1], 0
     for part in embeds.split(chunk, dim=1):
         positions = torch.arange(session.length, session.length + part.shape[1], device=part.device)
         run = step if step is not None and part.shape[1] == 1 else model
@@ -100,6 +103,9 @@ def forward_step(model, session: Session, embeds: torch.Tensor, chunk: int = PRE
                   position_ids=positions.unsqueeze(0), logits_to_keep=1)
         session.cache = out.cache
         session.length += part.shape[1]
+        done += part.shape[1]
+        if on_chunk is not None:
+            on_chunk(done, total)
     return out.logits[0, -1].float()
 
 
@@ -128,23 +134,32 @@ def make_generator(opts: SamplingOptions, device: torch.device | str = "cpu") ->
 
 
 def stream(model, prompt_embeds: torch.Tensor, opts: SamplingOptions, session: Session | None = None,
-           prompt_ids: Sequence[int] = (), step: Callable | None = None) -> Iterator[Step]:
+           prompt_ids: Sequence[int] = (), step: Callable | None = None,
+           on_prefill: Callable[[int, int], None] | None = None) -> Iterator[Step]:
     """Yield tokens as they are chosen. Stops at a stop id (which is yielded) or the token limit.
 
     ``prompt_embeds`` continues ``session`` (a fresh one if None), so a follow-up question only
-    costs its own tokens. ``step`` replaces the model for one-token steps (a compiled forward).
+    costs its own tokens. The prompt is read before this returns (``on_prefill(done, total)``
+    follows it); the answer is produced as the iterator is pulled. ``step`` replaces the model
+    for one-token steps (a compiled forward).
     """
     session = session if session is not None else Session()
     session.seen_ids.extend(i for i in prompt_ids if i >= 0)
     embed = model.get_input_embeddings()
     device = prompt_embeds.device
-    if session.pending:
-        pending = embed(torch.tensor([session.pending], device=device)).to(prompt_embeds.dtype)
-        prompt_embeds = torch.cat([pending, prompt_embeds], dim=1)
-        session.pending = []
-    logits = forward_step(model, session, prompt_embeds)
+    prompt_embeds = with_pending(embed, session, prompt_embeds)
+    logits = forward_step(model, session, prompt_embeds, on_chunk=on_prefill)
 
     def feed(token: int) -> torch.Tensor:
         return forward_step(model, session, embed(torch.tensor([[token]], device=device)), step=step)
 
     return decode_loop(logits, feed, opts, session, make_generator(opts, device))
+
+
+def with_pending(embed, session: Session, prompt_embeds: torch.Tensor) -> torch.Tensor:
+    """The last answer's final token (chosen, never run) goes in first, as the template continues."""
+    if not session.pending:
+        return prompt_embeds
+    pending = embed(torch.tensor([session.pending], device=prompt_embeds.device)).to(prompt_embeds.dtype)
+    session.pending = []
+    return torch.cat([pending, prompt_embeds], dim=1)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from llamavid.files import gguf_files, gguf_name
+from llamavid.runtime.backend import PrefillHook, Snapshot, restore_session, take_snapshot
 from llamavid.runtime.generate import SamplingOptions, Session, Step, decode_loop, make_generator
 from llamavid.runtime.memory import Estimate, activation_bytes, available_memory
 
@@ -64,8 +65,21 @@ class LlamaCppBackend:
         self.n_vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(self.model))
         self.kv_type, self.n_batch = kv_type, n_batch
         self.threads = threads or max(1, min(8, (os.cpu_count() or 2)))
-        self.ctx = self._context(n_ctx or min(lib.llama_model_n_ctx_train(self.model), 8192))
+        self.ctx = self._context(n_ctx or self.fitting_context())
         self.owner: Session | None = None
+
+    def kv_bytes_per_token(self) -> float:
+        shape = _GgufShape(self)
+        return 2 * shape.num_hidden_layers * shape.kv_width * BYTES_PER_VALUE[self.kv_type]
+
+    def fitting_context(self, floor: int = 2048) -> int:
+        """The context to create when none is asked for: the model's trained length (64K for the
+        long-video model, enough for a subtitled film) as far as its KV cache fits in half of the
+        memory left beside the weights; in steps of 256, never under ``floor``."""
+        trained = llama_cpp_lib().llama_model_n_ctx_train(self.model)
+        budget = 0.5 * max(0, available_memory(torch.device("cpu")) - self.path.stat().st_size)
+        fits = int(budget // self.kv_bytes_per_token()) // 256 * 256
+        return max(min(trained, floor), min(trained, fits))
 
     def _context(self, n_ctx: int):
         lib = llama_cpp_lib()
@@ -113,24 +127,51 @@ class LlamaCppBackend:
         self.owner = Session(cache=None)
         return self.owner
 
-    def preflight(self, state: Session, new_tokens: int) -> Estimate:
-        cfg = _GgufShape(self)
-        tokens = state.length + new_tokens
-        kv = int(2 * cfg.num_hidden_layers * cfg.kv_width * tokens * BYTES_PER_VALUE[self.kv_type])
-        return Estimate(self.path.stat().st_size, kv, activation_bytes(cfg, tokens, 4),
+    def preflight(self, state: Session, new_tokens: int, answer_tokens: int = 0) -> Estimate:
+        """The KV of this turn and its answer budget (the context's buffers are allocated, but the
+        live part is counted once), one batch's activations over the whole conversation."""
+        tokens = new_tokens + answer_tokens
+        kv = int(tokens * self.kv_bytes_per_token())
+        return Estimate(self.path.stat().st_size, kv, activation_bytes(_GgufShape(self), state.length + tokens, 4),
                         available_memory(torch.device("cpu")), tokens, weights_loaded=True)
 
-    def generate(self, state: Session, input_ids: Sequence[int], slots: Sequence[torch.Tensor],
-                 options: SamplingOptions) -> Iterator[Step]:
+    def _check_owner(self, state: Session) -> None:
         if state is not self.owner:
             raise RuntimeError("this llama.cpp context now serves another conversation; start a new chat")
+
+    def _prefill(self, state: Session, input_ids: Sequence[int], slots: Sequence[torch.Tensor],
+                 on_prefill: PrefillHook | None) -> torch.Tensor | None:
+        self._check_owner(state)
         state.seen_ids.extend(i for i in input_ids if i >= 0)
         pieces = self._pieces(list(state.pending) + list(input_ids), slots)
         state.pending = []
-        logits = None
+        total = sum(len(p) for p in pieces)
+        logits, done = None, 0
         for piece in pieces:
-            logits = self._decode(state, piece)
+            report = (lambda n, before=done: on_prefill(before + n, total)) if on_prefill else None
+            logits = self._decode(state, piece, report)
+            done += len(piece)
+        return logits
+
+    def generate(self, state: Session, input_ids: Sequence[int], slots: Sequence[torch.Tensor],
+                 options: SamplingOptions, on_prefill: PrefillHook | None = None) -> Iterator[Step]:
+        logits = self._prefill(state, input_ids, slots, on_prefill)
         return decode_loop(logits, lambda t: self._decode(state, [t]), options, state, make_generator(options))
+
+    def feed(self, state: Session, input_ids: Sequence[int], slots: Sequence[torch.Tensor] = (),
+             on_prefill: PrefillHook | None = None) -> None:
+        self._prefill(state, input_ids, slots, on_prefill)
+
+    def snapshot(self, state: Session) -> Snapshot:
+        return take_snapshot(state)
+
+    def rollback(self, state: Session, snap: Snapshot) -> None:
+        """Remove the positions a failed turn added from sequence 0 (``llama_memory_seq_rm``)."""
+        self._check_owner(state)
+        lib = llama_cpp_lib()
+        if state.length > snap.length:
+            lib.llama_memory_seq_rm(lib.llama_get_memory(self.ctx), 0, snap.length, -1)
+        restore_session(state, snap)
 
     @staticmethod
     def _pieces(ids: list[int], slots: Sequence[torch.Tensor]) -> list[list[int] | np.ndarray]:
@@ -153,13 +194,18 @@ class LlamaCppBackend:
             pieces.append(run)
         return pieces
 
-    def _decode(self, state: Session, piece: list[int] | np.ndarray) -> torch.Tensor:
-        """Feed a token run or embedding block in batches; logits of its last position."""
+    def _decode(self, state: Session, piece: list[int] | np.ndarray,
+                after_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Feed a token run or embedding block in batches; logits of its last position.
+
+        ``after_batch(done)`` follows each batch (a cancel raised there stops between batches)."""
         count = len(piece)
         for start in range(0, count, self.n_batch):
             part = piece[start:start + self.n_batch]
             self._batch(state.length, part, last=start + len(part) == count)
             state.length += len(part)
+            if after_batch is not None:
+                after_batch(start + len(part))
         ptr = llama_cpp_lib().llama_get_logits_ith(self.ctx, -1)
         return torch.from_numpy(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy())
 

@@ -77,9 +77,11 @@ def activation_bytes(config, tokens: int, bytes_per_value: float, chunk: int = P
 
 def estimate(config, weights: int, tokens: int, device: torch.device, bytes_per_value: float,
              kv_bytes_per_value: float | None = None, available: int | None = None,
-             weights_loaded: bool = True) -> Estimate:
+             weights_loaded: bool = True, context_tokens: int | None = None) -> Estimate:
+    """Memory for ``tokens`` more cached tokens; attention activations span ``context_tokens``
+    (the whole conversation the new chunk attends over; default: ``tokens``)."""
     kv = kv_cache_bytes(config, tokens, kv_bytes_per_value or bytes_per_value)
-    act = activation_bytes(config, tokens, bytes_per_value)
+    act = activation_bytes(config, context_tokens or tokens, bytes_per_value)
     free = available_memory(device) if available is None else available
     return Estimate(weights, kv, act, free, tokens, weights_loaded)
 

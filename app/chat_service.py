@@ -1,0 +1,282 @@
+"""The chat service every front end shares (the desktop app, the web UI, the OpenAI-compatible API).
+
+It owns the resident model (loaded once through :func:`llamavid.runtime.load.load_model`), the
+movie library (read through :mod:`indexer.library`) and the kept conversations
+(:mod:`app.conversations`). A question is a request in a first-come queue served by one worker
+thread, since one model answers one question at a time; :meth:`ChatService.ask` returns at once an
+:class:`AskStream` that yields :class:`ChatEvent` objects as they happen (its place in the queue,
+progress of the Q-Former pass and the prefill, the answer's text piece by piece, the moments it
+rests on, then ``done``) and can be cancelled from any thread. Every failure arrives as an
+``error`` event; the worker carries on with the next request.
+
+One conversation is live at a time (a film's KV cache is large, and a llama.cpp context serves one
+sequence); asking in another conversation rebuilds that one from its kept turns first, with
+progress, so it continues exactly where it stopped, after a restart too.
+"""
+from __future__ import annotations
+
+import locale
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.conversations import Conversation, ConversationStore, StoredTurn
+from app.moments import CueHit, Moment, rank_moments
+from indexer import library
+from llamavid.errors import BadMedia, Cancelled, CheckpointError, ContextOverflow, NotEnoughMemory, UserError
+from llamavid.paths import DataDir
+from llamavid.runtime.api import LlamaVid
+from llamavid.runtime.chat import Chat, Turn
+from llamavid.runtime.control import Control, Progress
+from llamavid.runtime.generate import SamplingOptions
+from llamavid.runtime.inputs import Visual
+from llamavid.runtime.load import load_model
+
+log = logging.getLogger(__name__)
+
+#: ``error`` events name the kind of failure, so an HTTP layer can map it to a status code.
+ERROR_KINDS = {ContextOverflow: "context_overflow", NotEnoughMemory: "not_enough_memory", BadMedia: "bad_media",
+               CheckpointError: "model", library.FeaturesNotReady: "not_ready", KeyError: "not_found",
+               Cancelled: "cancelled", UserError: "user_error"}
+
+
+@dataclass(frozen=True)
+class ChatEvent:
+    """One thing that happened to a question: ``type`` is queued, progress, text, moments, done or error."""
+
+    type: str
+    text: str = ""  # text: the new piece of the answer; error: the message
+    progress: Progress | None = None
+    moments: tuple[Moment, ...] = ()
+    position: int = 0  # queued: requests ahead of this one
+    kind: str = ""  # error: see ERROR_KINDS; "internal" for a bug
+    turn_id: int | None = None  # done: the kept turn (None when the turn was not kept)
+    stopped: bool = False  # done: the answer was cut short by the caller
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        if self.type in ("text", "error"):
+            out["text"] = self.text
+        if self.progress is not None:
+            p = self.progress
+            out.update(phase=p.phase, done=p.done, total=p.total, unit=p.unit, eta_seconds=p.eta_seconds,
+                       message=p.describe())
+        if self.type == "moments":
+            out["moments"] = [m.to_dict() for m in self.moments]
+        if self.type == "queued":
+            out["position"] = self.position
+        if self.type == "error":
+            out["kind"] = self.kind
+        if self.type == "done":
+            out.update(turn_id=self.turn_id, stopped=self.stopped)
+        return out
+
+
+class AskStream:
+    """The events of one question, in order; iterate it, or cancel it from any thread."""
+
+    def __init__(self, conversation_id: int, question: str, options: SamplingOptions | None,
+                 time_budget: float | None, rates: Any):
+        self.conversation_id, self.question = conversation_id, question
+        self.options, self.time_budget = options, time_budget
+        self.events: queue.Queue[ChatEvent] = queue.Queue()
+        self.control = Control(on_progress=lambda p: self.put(ChatEvent("progress", progress=p)), rates=rates)
+        self.finished = threading.Event()
+
+    def put(self, event: ChatEvent) -> None:
+        self.events.put(event)
+        if event.type in ("done", "error"):
+            self.finished.set()
+
+    def cancel(self) -> None:
+        """Stop this question wherever it is (waiting, reading the film, answering); the
+        conversation is left as if it had not been asked, and an ``error`` event of kind
+        ``cancelled`` ends the stream."""
+        self.control.cancel()
+
+    def __iter__(self) -> Iterator[ChatEvent]:
+        while True:
+            event = self.events.get()
+            yield event
+            if event.type in ("done", "error"):
+                return
+
+    def text(self) -> str:
+        """Wait for the end and return the whole answer (raises the error of an ``error`` event)."""
+        pieces = []
+        for event in self:
+            if event.type == "text":
+                pieces.append(event.text)
+            elif event.type == "error":
+                raise (Cancelled(event.text) if event.kind == "cancelled" else UserError(event.text))
+        return "".join(pieces)
+
+
+@dataclass
+class _Live:
+    conversation_id: int
+    chat: Chat
+    movie: library.Movie | None = None
+    track_id: int | None = None  # the subtitle track in the film's prompt
+
+
+class ChatService:
+    """Movies, conversations and questions for the front ends (see the module docstring)."""
+
+    def __init__(self, data_dir: str | Path, model: str | None = None, language: str | None = None,
+                 lv: LlamaVid | None = None, **load_options: Any):
+        self.data = DataDir(Path(data_dir)).create()
+        self.model_name, self.load_options = model, load_options
+        self.language = language or _user_language()
+        self.store = ConversationStore(self.data.root / "conversations.db")
+        self._lv = lv
+        self._db = library.open_library(self.data.root)  # WAL: reads while the indexer writes
+        self._live: _Live | None = None
+        self._requests: queue.Queue[AskStream | None] = queue.Queue()
+        self._waiting = 0
+        self._lock = threading.Lock()
+        self._worker = threading.Thread(target=self._serve, name="llamavid-chat", daemon=True)
+        self._worker.start()
+
+    # -- the library and the kept conversations ---------------------------------------------------
+    def movies(self) -> list[library.Movie]:
+        return library.list_movies(self._library())
+
+    def movie(self, ref: str | int) -> library.Movie:
+        db = self._library()
+        return library.get_movie(db, ref) if isinstance(ref, int) else library.find_movie(db, ref)
+
+    def _library(self):
+        return self._db
+
+    def new_conversation(self, movie: str | int | None = None, title: str | None = None,
+                         track_id: int | None = None) -> Conversation:
+        """A conversation about a film of the library (by id or path), or without one."""
+        found = self.movie(movie) if movie is not None else None
+        if found is not None and track_id is not None:
+            library.choose_track(found, track_id=track_id)  # a track the film does not have: KeyError now
+        return self.store.create(self.model_name or "", found.id if found else None, found.path if found else None,
+                                 title, track_id, self.language)
+
+    def conversations(self, movie_id: int | None = None) -> list[Conversation]:
+        return self.store.recent(movie_id)
+
+    def conversation(self, conversation_id: int) -> Conversation:
+        return self.store.get(conversation_id)
+
+    def rename(self, conversation_id: int, title: str) -> None:
+        self.store.rename(conversation_id, title)
+
+    def delete(self, conversation_id: int) -> None:
+        with self._lock:
+            if self._live and self._live.conversation_id == conversation_id:
+                self._live = None
+        self.store.delete(conversation_id)
+
+    def export_markdown(self, conversation_id: int) -> str:
+        return self.store.markdown(conversation_id)
+
+    # -- questions ------------------------------------------------------------------------------
+    def ask(self, conversation_id: int, question: str, options: SamplingOptions | None = None,
+            time_budget: float | None = None) -> AskStream:
+        """Queue a question; the returned stream starts with its place in the queue."""
+        stream = AskStream(conversation_id, question, options, time_budget, self._rates())
+        with self._lock:
+            stream.put(ChatEvent("queued", position=self._waiting))
+            self._waiting += 1
+            self._requests.put(stream)
+        return stream
+
+    def model(self) -> LlamaVid:
+        """The resident model, loaded on first use."""
+        if self._lv is None:
+            if not self.model_name:
+                raise UserError("no model chosen: pick an installed one (`llamavid models list`)")
+            self._lv = load_model(self.model_name, self.data.root, load_vision=False, **self.load_options)
+        return self._lv
+
+    def _rates(self):
+        return self._lv.rates if self._lv is not None else None
+
+    def close(self) -> None:
+        """Finish the request being answered, drop the queue, stop the worker."""
+        self._requests.put(None)
+        self._worker.join(timeout=60)
+        self.store.close()
+
+    def _serve(self) -> None:
+        while (stream := self._requests.get()) is not None:
+            with self._lock:
+                self._waiting -= 1
+            try:
+                self._answer(stream)
+            except BaseException as exc:  # noqa: BLE001 - every failure becomes an event
+                kind = next((k for t, k in ERROR_KINDS.items() if isinstance(exc, t)), "internal")
+                if kind == "internal":
+                    log.exception("question %r failed", stream.question)
+                message = str(exc).strip("'\"") or exc.__class__.__name__
+                stream.put(ChatEvent("error", text=message, kind=kind))
+
+    def _answer(self, stream: AskStream) -> None:
+        stream.control.check()  # cancelled while waiting
+        lv = self.model()
+        stream.control.rates = lv.rates
+        live = self._live_chat(stream)
+        chat = live.chat
+        pieces = chat.ask(stream.question, stream.options, control=stream.control, time_budget=stream.time_budget)
+        for piece in pieces:
+            stream.put(ChatEvent("text", text=piece))
+        turn = chat.turns[-1]
+        try:
+            moments = self._moments(live, turn)
+            turn_id = self.store.add_turn(stream.conversation_id, turn.question, turn.answer, turn.answer_ids,
+                                          turn.stopped, [m.to_dict() for m in moments], chat.stride)
+        except BaseException:
+            self._live = None  # the chat holds a turn the store does not: rebuild from the store next time
+            raise
+        if live.movie is not None:
+            stream.put(ChatEvent("moments", moments=tuple(moments)))
+        stream.put(ChatEvent("done", turn_id=turn_id, stopped=turn.stopped))
+
+    def _live_chat(self, stream: AskStream) -> _Live:
+        """The conversation's chat: the live one, or rebuilt from its kept turns (with progress)."""
+        if self._live and self._live.conversation_id == stream.conversation_id:
+            return self._live
+        self._live = None  # free the other conversation's cache first
+        conv = self.store.get(stream.conversation_id)
+        movie, visual, track_id = None, Visual("none"), None
+        if conv.movie_id is not None:
+            db = self._library()
+            movie = library.get_movie(db, conv.movie_id)
+            track = library.choose_track(movie, conv.language, conv.track_id)
+            track_id = track["id"] if track else None
+            visual = library.film_visual(db, movie, conv.language, track_id)
+        chat = Chat(self.model(), visual, stride=conv.stride)
+        chat.restore([_turn(t) for t in conv.turns], stream.control)
+        self._live = _Live(conv.id, chat, movie, track_id)
+        return self._live
+
+    def _moments(self, live: _Live, turn: Turn) -> list[Moment]:
+        if live.movie is None:
+            return []
+        chat, found = live.chat, {}
+        for text in (turn.question, turn.answer):  # FTS5 finds the candidates; rank_moments scores them
+            for hit in library.matching_cues(self._library(), live.movie, text, live.track_id):
+                found[(hit.start_time, hit.text)] = CueHit(hit.start_time, hit.end_time, hit.text)
+        relevance = chat.relevance.tolist() if chat.relevance is not None else None
+        return rank_moments(chat.visual.frame_times, relevance, list(found.values()), turn.question, turn.answer,
+                            live.movie.duration)
+
+
+def _turn(stored: StoredTurn) -> Turn:
+    return Turn(stored.question, stored.answer, len(stored.answer_ids), stored.stopped, list(stored.answer_ids))
+
+
+def _user_language() -> str | None:
+    """The two-letter language of the user's locale ("en" for en_US.UTF-8), for the subtitle track."""
+    name = locale.getlocale()[0] or ""
+    return name[:2].lower() if len(name) >= 2 and name[:2].isalpha() else None
