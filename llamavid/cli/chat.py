@@ -90,8 +90,19 @@ def visual_input(lv: LlamaVid, args: argparse.Namespace) -> Visual:
 
 
 def answer(chat, question: str, opts) -> None:
-    """Stream one answer; Ctrl-C ends the answer, not the program."""
-    pieces = chat.ask(question, opts)
+    """Stream one answer; Ctrl-C ends the answer, not the program. While a film is read, progress
+    goes to stderr on one line (on a terminal); Ctrl-C then drops the question as if never asked."""
+    from llamavid.runtime.control import Control
+
+    control = Control(on_progress=_show_progress if sys.stderr.isatty() else None, rates=chat.lv.rates)
+    try:
+        pieces = chat.ask(question, opts, control=control)
+    except KeyboardInterrupt:
+        print(" [stopped before the answer; the question was dropped]", file=sys.stderr)
+        return
+    finally:
+        if control.on_progress is not None:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
     try:
         for piece in pieces:
             print(piece, end="", flush=True)
@@ -99,6 +110,11 @@ def answer(chat, question: str, opts) -> None:
         pieces.close()
         print(" [stopped]", end="")
     print()
+
+
+def _show_progress(progress) -> None:
+    if progress.phase != "answer":
+        print("\r\033[K" + progress.describe(), end="", file=sys.stderr, flush=True)
 
 
 def repl(chat, opts) -> None:
