@@ -55,10 +55,11 @@ SUBCOMMANDS: dict[str, str] = {
     "bench": "llamavid.cli.bench",
     "models": "llamavid.cli.models",
     "train": "llamavid.cli.train",
+    "eval": "llamavid.cli.eval",
 }
 
 #: Packages whose own loggers follow -v (third-party loggers only at -vv).
-_OWN_LOGGERS = ("llamavid", "app", "indexer", "train")
+_OWN_LOGGERS = ("llamavid", "app", "indexer", "train", "evaluation")
 
 
 def load(name: str) -> ModuleType:

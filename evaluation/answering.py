@@ -1,0 +1,112 @@
+"""Deterministic answers through the engine: greedy text, or the letter the model scores highest.
+
+Everything goes through :class:`llamavid.runtime.api.LlamaVid`'s public steps (``visual_tokens``,
+``tokenize``, ``prepare``, ``generate``, ``decode``), so any backend the engine runs (transformers,
+llama.cpp) and any quantization is evaluated exactly as it chats.
+
+Items about one image or clip are answered from one Q-Former pass over all their prompts
+(``visual_tokens(features, prompts)`` gives one row set per prompt). The pass always covers the whole
+group, answered items included, so a resumed run computes the same numbers as one that never stopped.
+A film's questions each read the whole film (its context token depends on the question), one
+``prepare`` per question.
+
+Multiple choice is decided from the first step's scores of the option letters, not from free text:
+the highest-scoring letter wins (the earlier letter on a tie); every letter's score is recorded.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+from evaluation.items import Item
+from llamavid.errors import CheckpointError
+from llamavid.prompt.builders import image_prompt
+from llamavid.runtime.api import LlamaVid, Prepared
+from llamavid.runtime.generate import SamplingOptions, Session
+from llamavid.runtime.inputs import Visual
+
+SPACE = "\u2581"  # SentencePiece's word-start mark
+
+
+def letter_token_ids(tokenizer: Any, letter: str) -> list[int]:
+    """Vocabulary ids that spell ``letter`` as a first answer token: ``▁A``, ``A`` and its byte token."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    found = set()
+    for piece in (SPACE + letter, letter, f"<0x{ord(letter):02X}>"):
+        token = tokenizer.convert_tokens_to_ids(piece)
+        if isinstance(token, int) and token >= 0 and token != unk:
+            found.add(token)
+    if not found:
+        raise CheckpointError(f"the LLaMA tokenizer has no token for the option letter {letter!r}; "
+                              "multiple-choice items cannot be scored with this checkpoint")
+    return sorted(found)
+
+
+class Answerer:
+    """Answers groups of items that share one visual input."""
+
+    def __init__(self, lv: LlamaVid, max_new_tokens: int = 128):
+        self.lv = lv
+        self.max_new_tokens = max_new_tokens
+        self._letters: dict[str, list[int]] = {}
+
+    def answer_group(self, visual: Visual, group: Sequence[Item], pending: set[str]) -> Iterator[tuple[Item, dict]]:
+        """(item, record) for each item of ``group`` whose id is in ``pending``, in group order."""
+        if visual.kind == "film":
+            yield from self._film_group(visual, group, pending)
+            return
+        tokens = None
+        if visual.kind in ("image", "video") and any(item.id in pending for item in group):
+            tokens = self.lv.visual_tokens(visual.features, [item.prompt for item in group]).tokens
+        for index, item in enumerate(group):
+            if item.id not in pending:
+                continue
+            slots = [tokens[index]] if tokens is not None else []
+            text = image_prompt(item.prompt, self.lv.template, image_in="latest" if slots else "none")
+            yield item, self.respond(item, Prepared(text, self.lv.tokenize(text), slots, self.lv.model))
+
+    def _film_group(self, visual: Visual, group: Sequence[Item], pending: set[str]) -> Iterator[tuple[Item, dict]]:
+        for item in group:
+            if item.id not in pending:
+                continue
+            subtitles = visual.subtitles if item.subtitles else []
+            prepared = self.lv.prepare(item.prompt, features=visual.features, frame_times=visual.frame_times,
+                                       subtitles=subtitles)
+            yield item, {**self.respond(item, prepared), "frames": len(visual.features)}
+
+    def respond(self, item: Item, prepared: Prepared) -> dict[str, Any]:
+        """The record of one item: ``answer`` (text) or ``choice`` with every letter's score."""
+        if item.answer_prefix:
+            ids = self.lv.tokenize(item.answer_prefix)
+            bos = getattr(self.lv.tokenizer, "bos_token_id", None)
+            ids = ids[1:] if ids[:1] == [bos] else ids
+            prepared = replace(prepared, text=f"{prepared.text} {item.answer_prefix}",
+                               input_ids=prepared.input_ids + ids)
+        if item.letters:
+            return self._choose(item, prepared)
+        options = SamplingOptions(temperature=0, max_new_tokens=self.max_new_tokens)
+        steps = self.lv.generate(prepared, options, state=self._state(prepared, options))
+        return {"answer": "".join(self.lv.decode(steps)).strip()}
+
+    def _choose(self, item: Item, prepared: Prepared) -> dict[str, Any]:
+        options = SamplingOptions(temperature=0, max_new_tokens=1)
+        first = next(iter(self.lv.generate(prepared, options, state=self._state(prepared, options))))
+        scores = {letter: max(float(first.scores[i]) for i in self._letter_ids(letter)) for letter in item.letters}
+        choice = max(item.letters, key=lambda letter: scores[letter])  # max keeps the first of equals
+        return {"choice": choice, "letter_scores": {k: round(v, 6) for k, v in scores.items()}}
+
+    def _letter_ids(self, letter: str) -> list[int]:
+        if letter not in self._letters:
+            self._letters[letter] = letter_token_ids(self.lv.tokenizer, letter)
+        return self._letters[letter]
+
+    def _state(self, prepared: Prepared, options: SamplingOptions) -> Any:
+        """A growing KV cache for a prompt longer than the transformers backend preallocates (a film on
+        a GPU); None (the backend's own fresh state) otherwise."""
+        backend = self.lv.backend
+        limit = getattr(backend, "static_tokens", 0) if getattr(backend, "static_cache", False) else 0
+        if not limit:
+            return None
+        rows = len(prepared.input_ids) - len(prepared.slots) + sum(int(s.shape[0]) for s in prepared.slots)
+        return Session() if rows + options.max_new_tokens + 1 > limit else None
