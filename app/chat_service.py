@@ -10,8 +10,16 @@ rests on, then ``done``) and can be cancelled from any thread. Every failure arr
 ``error`` event; the worker carries on with the next request.
 
 One conversation is live at a time (a film's KV cache is large, and a llama.cpp context serves one
-sequence); asking in another conversation rebuilds that one from its kept turns first, with
-progress, so it continues exactly where it stopped, after a restart too.
+sequence). Its state is saved (``<data>/states/``, see :mod:`llamavid.runtime.state`) when another
+conversation takes its place, when the service closes, and after a turn that read a long prompt;
+asking in it again reads that state back instead of reading the film again. A state that does not
+match (another model, a re-indexed film) or is damaged is dropped and the conversation rebuilt from
+its kept turns, with progress, so it continues exactly where it stopped.
+
+A "fast answers" conversation (``new_conversation(..., fast=True)``) begins from the film's
+prepared state (:mod:`indexer.prepare`): the film was read once with a neutral first question,
+and the user's question is the next turn. Without a prepared state the first question prepares
+the film (and keeps the state for the next conversation).
 """
 from __future__ import annotations
 
@@ -27,6 +35,8 @@ from typing import Any
 from app.conversations import Conversation, ConversationStore, StoredTurn
 from app.moments import CueHit, Moment, rank_moments
 from indexer import library
+from indexer.prepare import film_chat, film_identity, make_prepared, open_prepared, prepared_key
+from indexer.store import LibraryStore
 from llamavid.errors import BadMedia, Cancelled, CheckpointError, ContextOverflow, NotEnoughMemory, UserError
 from llamavid.paths import DataDir
 from llamavid.runtime.api import LlamaVid
@@ -35,6 +45,7 @@ from llamavid.runtime.control import Control, Progress
 from llamavid.runtime.generate import SamplingOptions
 from llamavid.runtime.inputs import Visual
 from llamavid.runtime.load import load_model
+from llamavid.runtime.state import StateError, StateMismatch, load_chat, save_chat, state_key
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +131,13 @@ class AskStream:
 class _Live:
     conversation_id: int
     chat: Chat
+    key: dict
     movie: library.Movie | None = None
     track_id: int | None = None  # the subtitle track in the film's prompt
+    saved_length: int = 0  # tokens in the cache when its state was last written
 
+
+SAVE_AFTER_TOKENS = 2048  # a turn that adds this many tokens (a film's first) is saved at once
 
 class ChatService:
     """Movies, conversations and questions for the front ends (see the module docstring)."""
@@ -154,13 +169,14 @@ class ChatService:
         return self._db
 
     def new_conversation(self, movie: str | int | None = None, title: str | None = None,
-                         track_id: int | None = None) -> Conversation:
-        """A conversation about a film of the library (by id or path), or without one."""
+                         track_id: int | None = None, fast: bool = False) -> Conversation:
+        """A conversation about a film of the library (by id or path), or without one; ``fast``
+        begins from the film's prepared state (see the module docstring)."""
         found = self.movie(movie) if movie is not None else None
         if found is not None and track_id is not None:
             library.choose_track(found, track_id=track_id)  # a track the film does not have: KeyError now
         return self.store.create(self.model_name or "", found.id if found else None, found.path if found else None,
-                                 title, track_id, self.language)
+                                 title, track_id, self.language, fast=fast and found is not None)
 
     def conversations(self, movie_id: int | None = None) -> list[Conversation]:
         return self.store.recent(movie_id)
@@ -176,6 +192,10 @@ class ChatService:
             if self._live and self._live.conversation_id == conversation_id:
                 self._live = None
         self.store.delete(conversation_id)
+        self._state_path(conversation_id).unlink(missing_ok=True)
+
+    def _state_path(self, conversation_id: int) -> Path:
+        return self.data.root / "states" / f"conversation-{conversation_id}.state"
 
     def export_markdown(self, conversation_id: int) -> str:
         return self.store.markdown(conversation_id)
@@ -203,9 +223,11 @@ class ChatService:
         return self._lv.rates if self._lv is not None else None
 
     def close(self) -> None:
-        """Finish the request being answered, drop the queue, stop the worker."""
+        """Finish the request being answered, save the live conversation's state, stop the worker."""
         self._requests.put(None)
-        self._worker.join(timeout=60)
+        self._worker.join(timeout=600)
+        if self._live is not None:
+            self._save(self._live)
         self.store.close()
 
     def _serve(self) -> None:
@@ -238,27 +260,73 @@ class ChatService:
         except BaseException:
             self._live = None  # the chat holds a turn the store does not: rebuild from the store next time
             raise
+        if chat.state.length - live.saved_length >= SAVE_AFTER_TOKENS:
+            self._save(live)
         if live.movie is not None:
             stream.put(ChatEvent("moments", moments=tuple(moments)))
         stream.put(ChatEvent("done", turn_id=turn_id, stopped=turn.stopped))
 
     def _live_chat(self, stream: AskStream) -> _Live:
-        """The conversation's chat: the live one, or rebuilt from its kept turns (with progress)."""
+        """The conversation's chat: the live one, its saved state, or rebuilt from its kept turns."""
         if self._live and self._live.conversation_id == stream.conversation_id:
             return self._live
-        self._live = None  # free the other conversation's cache first
+        if self._live is not None:  # the other conversation's state goes to disk, its cache is freed
+            self._save(self._live)
+            self._live = None
         conv = self.store.get(stream.conversation_id)
-        movie, visual, track_id = None, Visual("none"), None
-        if conv.movie_id is not None:
-            db = self._library()
-            movie = library.get_movie(db, conv.movie_id)
-            track = library.choose_track(movie, conv.language, conv.track_id)
-            track_id = track["id"] if track else None
-            visual = library.film_visual(db, movie, conv.language, track_id)
-        chat = Chat(self.model(), visual, stride=conv.stride)
-        chat.restore([_turn(t) for t in conv.turns], stream.control)
-        self._live = _Live(conv.id, chat, movie, track_id)
-        return self._live
+        live = self._open(conv)
+        if not self._load(live, conv):
+            if conv.fast and not conv.turns:
+                self._start_fast(live, conv, stream.control)
+            else:
+                live.chat.restore([_turn(t) for t in conv.turns], stream.control)
+        self._live = live
+        return live
+
+    def _open(self, conv: Conversation) -> _Live:
+        lv = self.model()
+        if conv.movie_id is None:
+            chat = Chat(lv, Visual("none"))
+            return _Live(conv.id, chat, state_key(chat, film=None))
+        movie = library.get_movie(self._library(), conv.movie_id)
+        chat, track_id = film_chat(lv, LibraryStore(self._library()), movie, conv.language, conv.track_id, conv.stride)
+        return _Live(conv.id, chat, state_key(chat, film=film_identity(movie), track=track_id), movie, track_id)
+
+    def _load(self, live: _Live, conv: Conversation) -> bool:
+        """Read the conversation's saved state if it matches it exactly (key and kept turns)."""
+        path = self._state_path(conv.id)
+        if not path.is_file():
+            return False
+        try:
+            load_chat(live.chat, path, live.key)
+            if [t.answer_ids for t in live.chat.turns] != [t.answer_ids for t in conv.turns]:
+                raise StateMismatch(f"{path}: holds other turns than the conversation kept")
+        except StateError as exc:
+            log.info("rebuilding conversation %s: %s", conv.id, exc)
+            path.unlink(missing_ok=True)
+            live.chat = self._open(conv).chat
+            return False
+        live.saved_length = live.chat.state.length
+        return True
+
+    def _start_fast(self, live: _Live, conv: Conversation, control: Control) -> None:
+        """A fast conversation's hidden first turn: the film's prepared state, or prepared now."""
+        store, movie, chat = LibraryStore(self._library()), live.movie, live.chat
+        key = prepared_key(chat, movie, live.track_id)
+        if not open_prepared(chat, store, self.data, movie, key):
+            make_prepared(chat, store, self.data, movie, key, control)
+        neutral = chat.turns[0]
+        self.store.add_turn(conv.id, neutral.question, neutral.answer, neutral.answer_ids, False, [],
+                            chat.stride, hidden=True)
+
+    def _save(self, live: _Live) -> None:
+        if not live.chat.turns:
+            return
+        try:
+            save_chat(live.chat, self._state_path(live.conversation_id), live.key)
+            live.saved_length = live.chat.state.length
+        except OSError as exc:  # a full disk must not lose the answer; the state is rebuilt next time
+            log.warning("could not save the state of conversation %s: %s", live.conversation_id, exc)
 
     def _moments(self, live: _Live, turn: Turn) -> list[Moment]:
         if live.movie is None:

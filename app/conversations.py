@@ -28,6 +28,7 @@ CREATE TABLE conversations (
     track_id INTEGER,                       -- subtitle track asked for; NULL: the default choice
     language TEXT,                          -- the user's language for that choice
     stride INTEGER,                         -- frames kept (every k-th), fixed by the first turn
+    fast INTEGER NOT NULL DEFAULT 0,        -- begins from the film's prepared state (a hidden first turn)
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -41,6 +42,7 @@ CREATE TABLE turns (
     answer_ids TEXT NOT NULL,               -- JSON list of the answer's token ids
     stopped INTEGER NOT NULL DEFAULT 0,
     moments TEXT NOT NULL DEFAULT '[]',     -- JSON list of {start, end, score, why}
+    hidden INTEGER NOT NULL DEFAULT 0,      -- the neutral first turn of a fast conversation
     created_at REAL NOT NULL,
     UNIQUE (conversation_id, idx)
 );
@@ -63,6 +65,7 @@ class StoredTurn:
     stopped: bool
     moments: list[dict]
     created_at: float
+    hidden: bool = False
 
 
 @dataclass
@@ -75,9 +78,15 @@ class Conversation:
     track_id: int | None
     language: str | None
     stride: int | None
+    fast: bool
     created_at: float
     updated_at: float
     turns: list[StoredTurn] = field(default_factory=list)
+
+    @property
+    def shown_turns(self) -> list[StoredTurn]:
+        """The turns a person asked (without the hidden first turn of a fast conversation)."""
+        return [t for t in self.turns if not t.hidden]
 
 
 class ConversationStore:
@@ -90,14 +99,15 @@ class ConversationStore:
         self.db.conn.close()
 
     def create(self, model: str, movie_id: int | None = None, movie_path: str | None = None,
-               title: str | None = None, track_id: int | None = None, language: str | None = None) -> Conversation:
+               title: str | None = None, track_id: int | None = None, language: str | None = None,
+               fast: bool = False) -> Conversation:
         now = time.time()
         name = title or (Path(movie_path).stem if movie_path else "New chat")
         with atomic(self.db):
             cur = self.db.execute(
-                "INSERT INTO conversations (movie_id, movie_path, title, model, track_id, language, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [movie_id, movie_path, name, model, track_id, language, now, now])
+                "INSERT INTO conversations (movie_id, movie_path, title, model, track_id, language, fast, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [movie_id, movie_path, name, model, track_id, language, int(fast), now, now])
         return self.get(cur.lastrowid)
 
     def get(self, conversation_id: int) -> Conversation:
@@ -106,9 +116,10 @@ class ConversationStore:
             raise KeyError(f"no conversation {conversation_id}")
         cols = [d[0] for d in self.db.execute("SELECT * FROM conversations LIMIT 0").description]
         conv = Conversation(**dict(zip(cols, row, strict=True)))
-        conv.turns = [StoredTurn(r[0], r[1], r[2], json.loads(r[3]), bool(r[4]), json.loads(r[5]), r[6])
+        conv.fast = bool(conv.fast)
+        conv.turns = [StoredTurn(r[0], r[1], r[2], json.loads(r[3]), bool(r[4]), json.loads(r[5]), r[6], bool(r[7]))
                       for r in self.db.execute(
-                          "SELECT id, question, answer, answer_ids, stopped, moments, created_at FROM turns"
+                          "SELECT id, question, answer, answer_ids, stopped, moments, created_at, hidden FROM turns"
                           " WHERE conversation_id = ? ORDER BY idx", [conversation_id])]
         return conv
 
@@ -121,17 +132,17 @@ class ConversationStore:
         return [self.get(i) for i in ids]
 
     def add_turn(self, conversation_id: int, question: str, answer: str, answer_ids: list[int], stopped: bool,
-                 moments: list[dict], stride: int | None = None) -> int:
+                 moments: list[dict], stride: int | None = None, hidden: bool = False) -> int:
         """Append a turn (and fix the film's stride with the first one), in one transaction."""
         now = time.time()
         with atomic(self.db):
             idx = self.db.execute("SELECT COUNT(*) FROM turns WHERE conversation_id = ?",
                                   [conversation_id]).fetchone()[0]
             cur = self.db.execute(
-                "INSERT INTO turns (conversation_id, idx, question, answer, answer_ids, stopped, moments, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO turns (conversation_id, idx, question, answer, answer_ids, stopped, moments, hidden,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [conversation_id, idx, question, answer, json.dumps(answer_ids), int(stopped), json.dumps(moments),
-                 now])
+                 int(hidden), now])
             self.db.execute("UPDATE conversations SET updated_at = ?, stride = COALESCE(stride, ?) WHERE id = ?",
                             [now, stride, conversation_id])
         return cur.lastrowid
@@ -156,7 +167,7 @@ class ConversationStore:
             lines.append(f"Film: `{conv.movie_path}`  ")
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(conv.created_at))
         lines += [f"Model: {conv.model}  ", f"Started: {started}", ""]
-        for turn in conv.turns:
+        for turn in conv.shown_turns:
             lines += [f"**You:** {turn.question}", "", f"**Assistant:** {turn.answer}"
                       + (" *(stopped)*" if turn.stopped else ""), ""]
             if turn.moments:

@@ -117,7 +117,19 @@ def _v1(db: sqlite_utils.Database) -> None:
                           tokenize="unicode61 remove_diacritics 2", replace=True)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+def _v2(db: sqlite_utils.Database) -> None:
+    """Prepared films: who asked for one (a film, its library folder, or everything), and the state kept."""
+    db.executescript("""
+        ALTER TABLE movies ADD COLUMN prepare INTEGER;              -- 1 / 0 asked for this film; NULL: its folder's
+        ALTER TABLE movies ADD COLUMN prepared_key TEXT;            -- the state's key (JSON): model, film, stride...
+        ALTER TABLE movies ADD COLUMN prepared_path TEXT;
+        ALTER TABLE movies ADD COLUMN prepared_bytes INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE movies ADD COLUMN prepared_used_at REAL;        -- for least-recently-used eviction
+        ALTER TABLE libraries ADD COLUMN prepare INTEGER NOT NULL DEFAULT 0;
+    """)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.fingerprint import fingerprint
 from llamavid.errors import UserError
 from llamavid.files import EVA_FILE, find_part
+from llamavid.fingerprint import fingerprint
 from llamavid.hub.installed import installed_folders, search_dirs
 from llamavid.model.eva import EvaVisionTower
 from llamavid.paths import DataDir

@@ -81,6 +81,8 @@ class Movie:
     cue_count: int
     subtitle_sources: list[str]
     subtitle_tracks: list[dict] = field(default_factory=list)
+    fingerprint: str = ""           # of the file's content (see llamavid.fingerprint)
+    prepared_bytes: int = 0         # a prepared state ("fast answers") on disk; 0: none
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -118,7 +120,8 @@ def _movie(store: LibraryStore, row: dict) -> Movie:
         feature_path=row["feature_path"],
         feature_shape=json.loads(row["feature_shape"]) if row["feature_shape"] else None,
         vision_id=row["vision_id"], cache_bytes=_disk_bytes(row), cue_count=row["cue_count"],
-        subtitle_sources=sorted({t["source"] for t in tracks if t["cue_count"]}), subtitle_tracks=tracks)
+        subtitle_sources=sorted({t["source"] for t in tracks if t["cue_count"]}), subtitle_tracks=tracks,
+        fingerprint=row["fingerprint"], prepared_bytes=row["prepared_bytes"] if row["prepared_path"] else 0)
 
 
 def _disk_bytes(row: dict) -> int:

@@ -1,4 +1,5 @@
-"""The per-movie pipeline: probe -> subtitles -> speech -> features, each stage resumable.
+"""The per-movie pipeline: probe -> subtitles -> speech -> features -> prepare (a "fast answers"
+state, only for films that asked for one), each stage resumable.
 
 Every stage records its completion in the movie row, so a job that is interrupted (kill -9,
 pause, full disk) starts again at the first unfinished stage, and the feature stage at the last
@@ -21,16 +22,21 @@ from indexer import jobs, movies
 from indexer.encoder import Encoder, find_vision_weights
 from indexer.errors import FileChanged
 from indexer.features import FeatureWriter
+from indexer.library import get_movie
+from indexer.prepare import film_chat, is_current, make_prepared, prepared_key
 from indexer.store import LibraryStore
 from indexer.subtitle_sources import Track, embedded_tracks, read_sidecar, sidecar_files, sidecar_signature
 from indexer.whisper import SpeechOptions, audio_windows, load_speech_model, transcribe_window
 from llamavid.errors import BadMedia, UserError
 from llamavid.media.decode import SampleStream, next_target, video_spec
 from llamavid.media.probe import ProbeInfo, StreamInfo, probe
+from llamavid.runtime.control import Control
+from llamavid.runtime.load import load_model
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[dict, str, int, "int | None"], None]
 SPEECH_FAILED = "speech recognition failed"
+PREPARE_FAILED = "not prepared for fast answers"
 
 
 @dataclass
@@ -59,6 +65,7 @@ class Pipeline:
         self._encoder: Encoder | None = None
         self._whisper = None
         self._whisper_error: str | None = None
+        self._chat_model: tuple[str, object] | None = None
 
     def encoder(self) -> Encoder:
         if self._encoder is None:
@@ -98,6 +105,7 @@ class Pipeline:
             self.speech_stage(job, movie, info)
         movie = self.store.movie(movie["id"])
         self.feature_stage(job, movie, info)
+        self.prepare_stage(job, self.store.movie(movie["id"]))
 
     def probe_stage(self, job: dict, movie: dict) -> None:
         self.store.job_progress(job["id"], "probe", 0, 1)
@@ -176,6 +184,33 @@ class Pipeline:
             current = self.store.movie(movie["id"])["warning"]
             values["warning"] = "; ".join(w for w in (current, warning) if w)
         self.store.update_movie(movie["id"], values)
+
+    def prepare_stage(self, job: dict, movie: dict) -> None:
+        """A prepared state ("fast answers") for a film that asked for one, with the chosen chat model."""
+        self._drop_warning(movie, PREPARE_FAILED)
+        if not self.store.prepare_wanted(movie["id"]):
+            return
+        model_name = self.store.setting("chat_model")
+        if not model_name:
+            self._note(movie, f"{PREPARE_FAILED}: no chat model chosen; run `llamavid index prepare --model NAME`")
+            return
+        film = get_movie(self.store, movie["id"])
+        chat, track = film_chat(self.chat_model(model_name), self.store, film, self.store.setting("language"))
+        key = prepared_key(chat, film, track)
+        if is_current(self.store, film.id, key):
+            return
+
+        def progress(p) -> None:
+            jobs.check_control(self.store, job["id"])
+            self.store.job_progress(job["id"], "prepare", p.done, p.total)
+
+        make_prepared(chat, self.store, self.data, film, key, Control(on_progress=progress))
+
+    def chat_model(self, name: str):
+        """The LLM that prepares films, loaded once per run (without EVA: features are cached)."""
+        if self._chat_model is None or self._chat_model[0] != name:
+            self._chat_model = (name, load_model(name, self.data.root, load_vision=False))
+        return self._chat_model[1]
 
     def feature_stage(self, job: dict, movie: dict, info: ProbeInfo) -> None:
         encoder = self.encoder()

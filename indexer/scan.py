@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexer import movies
-from indexer.fingerprint import fingerprint
 from indexer.store import LibraryStore
 from indexer.subtitle_sources import sidecar_signature
 from llamavid.errors import UserError
+from llamavid.fingerprint import fingerprint
 
 VIDEO_EXTENSIONS = frozenset({
     ".mkv", ".mp4", ".m4v", ".mov", ".avi", ".wmv", ".webm", ".mpg", ".mpeg", ".ts", ".m2ts",

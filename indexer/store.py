@@ -35,6 +35,7 @@ STAGE_COLUMNS = {
     "frames_capacity": None, "chunk_frames": None, "frames_done": 0, "features_complete": 0,
     "cache_bytes": 0, "warning": None,
 }
+PREPARED_COLUMNS = {"prepared_key": None, "prepared_path": None, "prepared_bytes": 0, "prepared_used_at": None}
 
 #: A movie as the read API shows it: its row, its library folder, its job and its number of cues.
 _MOVIE_VIEW = """
@@ -67,18 +68,21 @@ class LibraryStore:
         self.close()
 
 
+    def setting(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchone()
+        return row[0] if row else default
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        with atomic(self.db):
+            self.db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET"
+                            " value = excluded.value", [key, value])
+
     def queue_paused(self) -> bool:
         """The whole queue was paused (``llamavid index pause``)."""
-        row = self.db.execute("SELECT value FROM settings WHERE key = 'paused'").fetchone()
-        return bool(row) and row[0] == "1"
+        return self.setting("paused") == "1"
 
     def pause_queue(self, paused: bool) -> None:
-        with atomic(self.db):
-            if paused:
-                self.db.execute("INSERT INTO settings (key, value) VALUES ('paused', '1') "
-                                "ON CONFLICT(key) DO UPDATE SET value = excluded.value")
-            else:
-                self.db.execute("DELETE FROM settings WHERE key = 'paused'")
+        self.set_setting("paused", "1" if paused else None)
 
 
     def libraries(self) -> list[dict]:
@@ -373,6 +377,44 @@ class LibraryStore:
     def paused_movie_ids(self) -> list[int]:
         return [r["movie_id"] for r in self.db.query("SELECT movie_id FROM jobs WHERE state = 'paused'")]
 
+
+    def set_prepare(self, movie_ids: list[int], wanted: bool | None) -> None:
+        """Ask for (True), refuse (False) or inherit (None) a prepared state for these films."""
+        with atomic(self.db):
+            for movie_id in movie_ids:
+                self.db.execute("UPDATE movies SET prepare = ? WHERE id = ?",
+                                [None if wanted is None else int(wanted), movie_id])
+
+    def set_library_prepare(self, library_id: int, wanted: bool) -> None:
+        with atomic(self.db):
+            self.db.execute("UPDATE libraries SET prepare = ? WHERE id = ?", [int(wanted), library_id])
+
+    def prepare_wanted(self, movie_id: int) -> bool:
+        """The film's own choice, else its folder's, else the library-wide setting."""
+        row = self.db.execute("SELECT movies.prepare, libraries.prepare FROM movies JOIN libraries"
+                              " ON libraries.id = movies.library_id WHERE movies.id = ?", [movie_id]).fetchone()
+        if row is None:
+            return False
+        if row[0] is not None:
+            return bool(row[0])
+        return bool(row[1]) or self.setting("prepare_all") == "1"
+
+    def record_prepared(self, movie_id: int, key: str, path: str, size: int) -> None:
+        with atomic(self.db):
+            self.db.execute("UPDATE movies SET prepared_key = ?, prepared_path = ?, prepared_bytes = ?,"
+                            " prepared_used_at = ? WHERE id = ?", [key, path, size, time.time(), movie_id])
+
+    def touch_prepared(self, movie_id: int) -> None:
+        with atomic(self.db):
+            self.db.execute("UPDATE movies SET prepared_used_at = ? WHERE id = ?", [time.time(), movie_id])
+
+    def clear_prepared(self, movie_id: int) -> None:
+        self.update_movie(movie_id, dict(PREPARED_COLUMNS))
+
+    def prepared(self) -> list[dict]:
+        """Films with a prepared state, least recently used first."""
+        return list(self.db.query("SELECT id, rel_path, prepared_key, prepared_path, prepared_bytes, prepared_used_at"
+                                  " FROM movies WHERE prepared_path IS NOT NULL ORDER BY prepared_used_at, id"))
 
     def movie_views(self) -> list[dict]:
         """Every movie with its library, job and cue count, ordered by library and relative path."""

@@ -1,4 +1,5 @@
-"""Fast content fingerprints: recognise a film after a rename or move without reading it all.
+"""Fast content fingerprints: recognise a film (or a checkpoint's weights) after a rename or move
+without reading it all.
 
 Hashing a whole film (several GB) would make every scan as slow as copying the library.
 Size plus three 64 KiB samples (start, middle, end) tells files apart in practice: two

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("llamavid", "indexer", "train", "app", "assets")
+PACKAGES = ("llamavid", "indexer", "train", "app", "assets", "evaluation")
 
 #: (layer, rank, module prefixes), most specific prefix first where they nest. A module may import
 #: its own layer and any layer of a lower rank; layers of equal rank may not import each other.
@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, int, tuple[str, ...]]] = [
     ("cli", 8, ("llamavid.cli",)),
     ("bench", 7, ("llamavid.bench",)),
     ("app", 6, ("app",)),
+    ("evaluation", 6, ("evaluation",)),
     ("indexer", 5, ("indexer",)),
     ("train", 5, ("train",)),
     ("runtime", 4, ("llamavid.runtime",)),
@@ -28,6 +29,7 @@ LAYERS: list[tuple[str, int, tuple[str, ...]]] = [
     ("media", 1, ("llamavid.media",)),
     ("hub", 1, ("llamavid.hub",)),
     ("base", 0, ("llamavid.errors", "llamavid.paths", "llamavid.files", "llamavid.system", "llamavid.storage",
+                 "llamavid.fingerprint",
                  "assets")),
 ]
 #: The package front doors: ``llamavid/__init__.py`` names its exports as strings (imported on first

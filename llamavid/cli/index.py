@@ -50,6 +50,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                  "recognition failed)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("movies", nargs="*", metavar="MOVIE", help="id or path")
+    p = sub.add_parser("prepare", help="fast answers: read films ahead with a chat model so a new question "
+                                       "costs seconds (done by `index run`)")
+    p.add_argument("movies", nargs="*", metavar="MOVIE", help="id or path (see also --folder, --all)")
+    p.add_argument("--folder", metavar="PATH", help="every film of this library folder, new ones too")
+    p.add_argument("--all", action="store_true", help="every film of the library, new ones too")
+    p.add_argument("--off", action="store_true", help="stop preparing these films and delete their states")
+    p.add_argument("--model", metavar="NAME", help="the chat model to prepare with (kept for later runs)")
+    p.add_argument("--language", metavar="XX", help="subtitle language to prefer (two letters; kept)")
+    p.add_argument("--cap-gb", type=float, help="disk space for prepared films; the least recently used go first")
     p = sub.add_parser("rm", help="remove a library folder or a movie from the index (files are kept)")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p = sub.add_parser("search", help="full-text search in the subtitles of the library")
@@ -203,7 +212,7 @@ def status_object(movie) -> dict:
         "frames": movie.frames, "cues": movie.cue_count, "subtitle_sources": movie.subtitle_sources,
         "subtitle_tracks": movie.subtitle_tracks, "duration": movie.duration,
         "features_complete": movie.features_complete, "feature_shape": movie.feature_shape,
-        "cache_bytes": movie.cache_bytes,
+        "cache_bytes": movie.cache_bytes, "prepared_bytes": movie.prepared_bytes,
     }
 
 
@@ -261,6 +270,50 @@ def cmd_rm(args, data: DataDir) -> int:
     return 0
 
 
+def cmd_prepare(args, data: DataDir) -> int:
+    """Mark films for preparation (or not) and queue them; `index run` does the work."""
+    wanted = not args.off
+    with _open(data) as store:
+        for key, value in (("chat_model", args.model), ("language", args.language)):
+            if value:
+                store.set_setting(key, value)
+        if args.cap_gb is not None:
+            store.set_setting("prepared_cap_bytes", str(int(args.cap_gb * 1e9)))
+        if args.all:
+            store.set_setting("prepare_all", "1" if wanted else None)
+            ids = [m["id"] for m in store.movie_views()]
+        elif args.folder:
+            given = Path(args.folder).expanduser()
+            library_id = store.find_library([str(given.absolute()), os.path.realpath(given)])
+            if library_id is None:
+                raise UserError(f"{args.folder} is not a library folder (`llamavid index add` it first)")
+            store.set_library_prepare(library_id, wanted)
+            ids = [m["id"] for m in store.library_movies(library_id)]
+        elif args.movies:
+            ids = [_find(store, ref).id for ref in args.movies]
+            store.set_prepare(ids, wanted)
+        else:
+            ids = []
+        if not wanted:
+            for movie_id in ids:
+                _forget_prepared(store, movie_id)
+            print(f"{len(ids)} films will not be prepared")
+            return 0
+        if ids and not store.setting("chat_model"):
+            raise UserError("preparing needs a chat model: add --model NAME (an installed chat model)")
+        for outcome, n in store.control_jobs(ids, "retry").items():
+            print(f"{n} {outcome}")
+        print(f"films are prepared with {store.setting('chat_model')} by `llamavid index run`")
+    return 0
+
+
+def _forget_prepared(store, movie_id: int) -> None:
+    for row in store.prepared():
+        if row["id"] == movie_id:
+            Path(row["prepared_path"]).unlink(missing_ok=True)
+            store.clear_prepared(movie_id)
+
+
 def cmd_search(args, data: DataDir) -> int:
     from indexer.library import search_subtitles
 
@@ -278,4 +331,4 @@ def _clock(seconds: float) -> str:
 
 COMMANDS = {"add": cmd_add, "scan": cmd_scan, "run": cmd_run, "status": cmd_status, "watch": cmd_watch,
             "pause": _control("pause"), "resume": _control("resume"), "cancel": _control("cancel"),
-            "retry": _control("retry"), "rm": cmd_rm, "search": cmd_search}
+            "retry": _control("retry"), "rm": cmd_rm, "search": cmd_search, "prepare": cmd_prepare}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+from safetensors.torch import load, save
 from transformers import DynamicCache, StaticCache
 
 from llamavid.runtime.generate import SamplingOptions, Session, Step, forward_step, stream, with_pending
@@ -54,6 +55,10 @@ class Backend(Protocol):
     def snapshot(self, state: Any) -> Snapshot: ...
 
     def rollback(self, state: Any, snapshot: Snapshot) -> None: ...
+
+    def export_cache(self, state: Any) -> bytes: ...
+
+    def import_cache(self, state: Any, data: bytes, length: int) -> None: ...
 
 
 def take_snapshot(state: Session) -> Snapshot:
@@ -149,6 +154,31 @@ class TransformersBackend:
                     layer.keys[:, :, snap.length:].zero_()
                     layer.values[:, :, snap.length:].zero_()
         restore_session(state, snap)
+
+
+    def export_cache(self, state: Session) -> bytes:
+        """The cache's first ``length`` positions, layer by layer, as safetensors bytes."""
+        if state.cache is None or state.length == 0:
+            return save({})
+        tensors = {}
+        for i, layer in enumerate(state.cache.layers):
+            tensors[f"k.{i}"] = layer.keys[:, :, :state.length].contiguous().cpu()
+            tensors[f"v.{i}"] = layer.values[:, :, :state.length].contiguous().cpu()
+        return save(tensors)
+
+    def import_cache(self, state: Session, data: bytes, length: int) -> None:
+        """Fill a new session's cache from :meth:`export_cache`'s bytes (into a growing cache)."""
+        try:
+            tensors = load(data)
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise ValueError(f"not a saved cache ({exc})") from exc
+        w = self.model.lm_head.weight
+        cache = DynamicCache()
+        for i in range(len(tensors) // 2):
+            cache.update(tensors[f"k.{i}"].to(w.device, w.dtype), tensors[f"v.{i}"].to(w.device, w.dtype), i)
+        if tensors and cache.get_seq_length() != length:
+            raise ValueError(f"the saved cache holds {cache.get_seq_length()} positions, its header says {length}")
+        state.cache, state.static_limit, state.length = cache, 0, length
 
 
 def _to_dynamic(static: StaticCache, length: int) -> DynamicCache:

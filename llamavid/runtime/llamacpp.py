@@ -173,6 +173,24 @@ class LlamaCppBackend:
             lib.llama_memory_seq_rm(lib.llama_get_memory(self.ctx), 0, snap.length, -1)
         restore_session(state, snap)
 
+    def export_cache(self, state: Session) -> bytes:
+        """Sequence 0's KV cache as llama.cpp serializes it (``llama_state_seq_get_data``)."""
+        self._check_owner(state)
+        lib = llama_cpp_lib()
+        size = lib.llama_state_seq_get_size(self.ctx, 0)
+        buffer = (ctypes.c_uint8 * size)()
+        written = lib.llama_state_seq_get_data(self.ctx, buffer, size, 0)
+        return bytes(memoryview(buffer)[:written])
+
+    def import_cache(self, state: Session, data: bytes, length: int) -> None:
+        self._check_owner(state)
+        lib = llama_cpp_lib()
+        lib.llama_memory_seq_rm(lib.llama_get_memory(self.ctx), 0, 0, -1)
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if data and lib.llama_state_seq_set_data(self.ctx, buffer, len(data), 0) == 0:
+            raise ValueError("llama.cpp refused the saved cache (another model, KV type or context size?)")
+        state.length = length
+
     @staticmethod
     def _pieces(ids: list[int], slots: Sequence[torch.Tensor]) -> list[list[int] | np.ndarray]:
         """Token runs and embedding blocks in prompt order."""

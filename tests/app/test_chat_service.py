@@ -240,11 +240,19 @@ def _in_new_process(data_dir: Path, checkpoint: Path, conv: str, question: str) 
 
 
 def test_a_conversation_resumed_in_a_new_process_continues_exactly(data_dir, checkpoint, lv, film):
+    """Across restarts: first from the state saved when the service closed (no film reading), then,
+    with that state gone, rebuilt from the kept turns (the film read again, with progress)."""
     _, visual = film
     uninterrupted = Chat(lv, visual)
-    "".join(uninterrupted.ask("Where is the treasure?", GREEDY))
-    expected = "".join(uninterrupted.ask("Who is speaking?", GREEDY))
-    first = _in_new_process(data_dir, checkpoint, "new", "Where is the treasure?")
-    second = _in_new_process(data_dir, checkpoint, str(first["conv"]), "Who is speaking?")
-    assert second["answer"] == expected
-    assert "visual" in second["phases"] and "prefill" in second["phases"]  # the rebuild showed progress
+    questions = ("Where is the treasure?", "Who is speaking?", "What happens at night?")
+    expected = ["".join(uninterrupted.ask(q, GREEDY)) for q in questions]
+    first = _in_new_process(data_dir, checkpoint, "new", questions[0])
+    assert first["answer"] == expected[0]
+    state = data_dir / "states" / f"conversation-{first['conv']}.state"
+    assert state.is_file()
+    second = _in_new_process(data_dir, checkpoint, str(first["conv"]), questions[1])
+    assert second["answer"] == expected[1] and "visual" not in second["phases"]  # read back, not re-read
+    state.unlink()
+    third = _in_new_process(data_dir, checkpoint, str(first["conv"]), questions[2])
+    assert third["answer"] == expected[2]
+    assert "visual" in third["phases"] and "prefill" in third["phases"]  # the rebuild showed progress

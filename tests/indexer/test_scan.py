@@ -8,9 +8,9 @@ import pytest
 from media import make_video
 
 from indexer import db as dbmod
-from indexer import fingerprint as fpmod
 from indexer import scan as scanmod
 from indexer.store import LibraryStore
+from llamavid import fingerprint as fpmod
 from llamavid.errors import UserError
 
 

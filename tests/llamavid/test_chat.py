@@ -103,7 +103,7 @@ def test_video_chat_samples_one_frame_per_second(tiny, tmp_path):
     frames, times = load_video(clip)
     assert len(frames) == 3 and times == pytest.approx([0.0, 1.0, 2.0], abs=0.11)
     chat = Chat(tiny, Visual("video", tiny.encode(tiny.preprocess(np.stack(frames), mode="crop"))))
-    ids, slots = chat._turn_ids("What happens?")
+    ids, slots = chat.turn_ids("What happens?")
     assert ids.count(-200) == 1 and slots[0].shape == (6, 64)
 
 
@@ -113,9 +113,9 @@ def test_second_turn_extends_the_cache_exactly(tiny, image_file):
     feats = tiny.encode(tiny.preprocess([load_image(image_file)]))
     chat = Chat(tiny, Visual("image", feats))
     first = "".join(chat.ask("What is this?", GREEDY))
-    ids1, slots1 = Chat(tiny, Visual("image", feats))._turn_ids("What is this?")
+    ids1, slots1 = Chat(tiny, Visual("image", feats)).turn_ids("What is this?")
     generated = list(chat.state.seen_ids[len([i for i in ids1 if i >= 0]):])
-    ids2, slots2 = chat._turn_ids("And the colours?")
+    ids2, slots2 = chat.turn_ids("And the colours?")
     out = chat.backend.generate(chat.state, ids2, slots2, SamplingOptions(max_new_tokens=1, temperature=0))
     cached_scores = next(iter(out)).scores
     full_ids = ids1 + generated + ids2  # pending last token is fed first in the cached run
@@ -128,11 +128,16 @@ def test_second_turn_extends_the_cache_exactly(tiny, image_file):
 
 def test_stopping_an_answer_keeps_the_chat_usable(tiny):
     chat = Chat(tiny, Visual("none"))
-    pieces = chat.ask("Tell me a long story.", SamplingOptions(max_new_tokens=50, temperature=1.0, seed=0, top_p=1.0))
-    next(pieces, None)
+    limit = 50
+    pieces = chat.ask("Tell me a long story.", SamplingOptions(max_new_tokens=limit, temperature=1.0, seed=0,
+                                                               top_p=1.0))
+    shown = next(pieces)  # the first piece of text, then the reader stops (Ctrl-C, the Stop button)
     pieces.close()
-    assert chat.turns[0].stopped or chat.turns[0].tokens <= 50
-    ids, _ = chat._turn_ids("Shorter please.")
+    turn = chat.turns[0]
+    assert turn.stopped and turn.answer == shown
+    # generation stopped with the reader: only the tokens that made the first piece were drawn
+    assert 1 <= turn.tokens < limit
+    ids = chat.plan("Shorter please.").ids
     if chat.last_token != tiny.tokenizer.eos_token_id:
         assert ids[0] == tiny.tokenizer.eos_token_id  # the cut answer is closed as the template would
     assert "".join(chat.ask("Shorter please.", GREEDY)) == chat.turns[1].answer
@@ -173,19 +178,62 @@ def test_frame_stride_fits_the_context():
         frame_stride(10, 2, 5000, 2048)
 
 
-def test_4bit_llm_keeps_answers_close(tiny_checkpoint):
+# NF4 code book (bitsandbytes, QLoRA paper): a weight is stored as the nearest of these levels
+# times its 64-weight block's absmax, so it moves by at most half the widest gap (-1 .. -0.6962)
+# times the absmax. Double quantization stores each absmax in 8 bits (blocks of 256, dynamic
+# code: under 1 % relative error), which moves a weight by at most that fraction of the absmax
+# more. A 2 % allowance covers it.
+NF4_LEVELS = (-1.0, -0.6962, -0.5251, -0.3949, -0.2844, -0.1848, -0.0911, 0.0,
+              0.0796, 0.1609, 0.2461, 0.3379, 0.4407, 0.5626, 0.7230, 1.0)
+NF4_MAX_ERROR = max(b - a for a, b in zip(NF4_LEVELS[:-1], NF4_LEVELS[1:], strict=True)) / 2 + 0.02  # 0.172
+
+
+def nf4_error(dequantized: torch.Tensor, original: torch.Tensor) -> float:
+    """Largest |dequantized - original| / absmax over the 64-weight blocks."""
+    err = (dequantized - original).abs().reshape(-1, 64)
+    return float((err / original.abs().reshape(-1, 64).amax(dim=1, keepdim=True)).max())
+
+
+def test_4bit_llm_runs_on_nf4_weights_within_their_rounding(tiny_checkpoint):
+    import copy
+
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnbf
+
     from llamavid.runtime.api import LlamaVid
 
     full = LlamaVid.load(tiny_checkpoint, device="cpu")
     q4 = LlamaVid.load(tiny_checkpoint, device="cpu", bits=4)
-    import bitsandbytes as bnb
-
-    assert isinstance(q4.model.model.layers[0].mlp.up_proj, bnb.nn.Linear4bit)
     assert isinstance(q4.model.model.mm_projector[0], torch.nn.Linear)  # projectors stay 16/32 bit
+    # the float model with the 4-bit model's weights, dequantized: what a correct NF4 path computes
+    dequantized = copy.deepcopy(full.model)
+    originals = dict(full.model.named_parameters())
+    replaced = 0
+    with torch.no_grad():
+        for name, module in q4.model.named_modules():
+            if name.startswith("model.layers.") and isinstance(module, torch.nn.Linear):
+                assert isinstance(module, bnb.nn.Linear4bit), name  # every decoder linear is 4-bit
+                state = module.weight.quant_state
+                assert state.quant_type == "nf4" and state.nested  # NF4 with double quantization
+                w = bnbf.dequantize_4bit(module.weight.data, state).float()
+                assert nf4_error(w, originals[name + ".weight"]) <= NF4_MAX_ERROR, name
+                dequantized.get_submodule(name).weight.copy_(w)
+                replaced += 1
+    assert replaced == 2 * 7
     emb = full.model.embed_inputs([1, 20, 30, 40], [])
     with torch.inference_mode():
-        a, b = full.model(inputs_embeds=emb).logits, q4.model(inputs_embeds=emb).logits
-    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.95
+        got, want, unquantized = q4.model(inputs_embeds=emb).logits, dequantized(inputs_embeds=emb).logits, \
+            full.model(inputs_embeds=emb).logits
+    # the same weights in float32 (bitsandbytes dequantizes, then multiplies): rounding of ~1e-7 only
+    assert (got - want).abs().max() < 1e-5
+    # negative controls: the unquantized model is far outside that tolerance (the comparison sees the
+    # 4-bit rounding), and a row moved by a fifth of the largest weight breaks the NF4 bound
+    assert (got - unquantized).abs().max() > 1e-2
+    w = originals["model.layers.0.mlp.up_proj.weight"]
+    bad = w.clone()
+    bad[3] += 0.2 * w.abs().max()
+    assert nf4_error(bnbf.dequantize_4bit(*bnbf.quantize_4bit(bad, blocksize=64, quant_type="nf4")), w) \
+        > NF4_MAX_ERROR
 
 
 def test_film_longer_than_the_context_keeps_every_kth_frame(tiny):
@@ -200,13 +248,20 @@ def test_film_longer_than_the_context_keeps_every_kth_frame(tiny):
 
 
 def test_static_cache_backend_gives_the_same_answers(tiny):
-    """The CUDA path (static cache; compiled decode on GPUs) computes what the growing cache does."""
-    static = TransformersBackend(tiny.model, static_cache=True, compile_decode=False, static_cache_tokens=400)
-    answers = []
+    """The CUDA path (static cache; compiled decode on GPUs) computes what the growing cache does,
+    and a conversation that outgrows the preallocated size goes on in a growing cache."""
+    from transformers import DynamicCache, StaticCache
+
+    static = TransformersBackend(tiny.model, static_cache=True, compile_decode=False, static_cache_tokens=64,
+                                 static_max_tokens=256)
+    questions = ("Hello?", "Who are you?", "Tell me about " + "the sea and " * 40 + "the harbour.")
+    answers, kinds = [], []
     for backend in (TransformersBackend(tiny.model), static):
         chat = Chat(tiny, Visual("none"), backend=backend)
-        answers.append(["".join(chat.ask(q, GREEDY)) for q in ("Hello?", "Who are you?")])
+        answers.append([])
+        for q in questions:
+            answers[-1].append("".join(chat.ask(q, GREEDY)))
+            kinds.append(type(chat.state.cache))
     assert answers[0] == answers[1]
-    chat = Chat(tiny, Visual("none"), backend=static)
-    with pytest.raises(ValueError, match="preallocated"):
-        "".join(chat.ask("word " * 200, SamplingOptions(max_new_tokens=300, temperature=0)))
+    assert kinds[3:] == [StaticCache, StaticCache, DynamicCache]  # 256 tokens preallocated, then grown
+    assert chat.state.length > 256

@@ -1,0 +1,104 @@
+"""Prepared films on disk: made by the indexer after a film's features (or by the chat service on
+first use), found again by the chat service, kept under a size cap with least-recently-used eviction.
+
+A prepared film is the state of a chat that has read the whole film prompt with the neutral first
+turn (:mod:`llamavid.runtime.prepared`), saved under ``<data>/cache/prepared/``. Its key ties it to
+the model's weights, the film's content and features, the frame stride, the subtitle track and the
+project version; a key that no longer matches (another model chosen, the film re-indexed) makes the
+state useless, and it is rebuilt.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from indexer.library import Movie, choose_track, film_visual
+from indexer.store import LibraryStore
+from llamavid.paths import DataDir
+from llamavid.runtime.chat import Chat
+from llamavid.runtime.control import Control
+from llamavid.runtime.memory import kv_cache_bytes
+from llamavid.runtime.prepared import PREPARED_QUESTION, prepare
+from llamavid.runtime.state import StateError, load_chat, save_chat, state_key
+
+log = logging.getLogger(__name__)
+DEFAULT_CAP_BYTES = 50 * 10**9  # settings key "prepared_cap_bytes" overrides
+
+
+def film_identity(movie: Movie) -> str:
+    """The film as its features were made: its content, the vision weights and the frame count."""
+    return f"{movie.fingerprint}:{movie.vision_id}:{movie.frames}"
+
+
+def film_chat(lv, store: LibraryStore, movie: Movie, language: str | None = None, track_id: int | None = None,
+              stride: int | None = None) -> tuple[Chat, int | None]:
+    """A chat about a library film with the subtitle track chosen as the service chooses it."""
+    track = choose_track(movie, language, track_id)
+    chosen = track["id"] if track else None
+    return Chat(lv, film_visual(store, movie, language, chosen), stride=stride), chosen
+
+
+def prepared_key(chat: Chat, movie: Movie, track_id: int | None) -> dict:
+    return state_key(chat, film=film_identity(movie), track=track_id, start=PREPARED_QUESTION)
+
+
+def prepared_path(data: DataDir, movie: Movie) -> Path:
+    return data.cache / "prepared" / f"movie-{movie.id}.state"
+
+
+def is_current(store: LibraryStore, movie_id: int, key: dict) -> bool:
+    """The film has a prepared state made for exactly this key."""
+    row = next((r for r in store.prepared() if r["id"] == movie_id), None)
+    return bool(row and row["prepared_key"] == json.dumps(key, sort_keys=True) and Path(row["prepared_path"]).is_file())
+
+
+def make_prepared(chat: Chat, store: LibraryStore, data: DataDir, movie: Movie, key: dict,
+                  control: Control | None = None) -> Path:
+    """Read the film with the neutral turn, save the state, record it, keep the cache under its cap."""
+    prepare(chat, control)
+    path = prepared_path(data, movie)
+    size = save_chat(chat, path, key)
+    store.record_prepared(movie.id, json.dumps(key, sort_keys=True), str(path), size)
+    evict(store, keep=movie.id)
+    return path
+
+
+def open_prepared(chat: Chat, store: LibraryStore, data: DataDir, movie: Movie, key: dict) -> bool:
+    """Fill a new chat from the film's prepared state; False (and the state forgotten) if there is
+    none for this key or it is damaged."""
+    path = prepared_path(data, movie)
+    if not path.is_file():
+        return False
+    try:
+        load_chat(chat, path, key)
+    except StateError as exc:
+        log.info("prepared state of %s not used: %s", movie.rel_path, exc)
+        return False
+    store.touch_prepared(movie.id)
+    return True
+
+
+def evict(store: LibraryStore, keep: int | None = None) -> list[str]:
+    """Delete the least recently used prepared states until the total fits the cap; returns their films."""
+    cap = int(store.setting("prepared_cap_bytes") or DEFAULT_CAP_BYTES)
+    rows = store.prepared()
+    total, removed = sum(r["prepared_bytes"] for r in rows), []
+    for row in rows:
+        if total <= cap:
+            break
+        if row["id"] == keep:
+            continue
+        Path(row["prepared_path"]).unlink(missing_ok=True)
+        store.clear_prepared(row["id"])
+        total -= row["prepared_bytes"]
+        removed.append(row["rel_path"])
+    return removed
+
+
+def prepared_size_estimate(lv, frames: int, text_tokens: int = 2000) -> int:
+    """Bytes a prepared film will take: its KV cache (two rows per frame plus the text), before preparing."""
+    tokens = 2 * frames + text_tokens
+    if hasattr(lv.backend, "kv_bytes_per_token"):  # llama.cpp: its KV type
+        return int(lv.backend.kv_bytes_per_token() * tokens)
+    return kv_cache_bytes(lv.config, tokens, lv.model.lm_head.weight.element_size())

@@ -1,0 +1,142 @@
+"""A conversation's state on disk: its KV cache and what the chat knows, saved and read back whole.
+
+On a CPU the LLM reads a film prompt (7,200 visual rows plus the dialogue) for minutes; reading a
+saved cache back takes seconds. A state file is only ever used for the conversation it was made
+for: its header carries a key (format, project version, backend and KV type, a fingerprint of the
+model's weights, and what the caller adds: the film's fingerprint, the frame stride, the subtitle
+track) and a state whose key differs is refused (:class:`StateMismatch`), so the caller rebuilds.
+The payload's length and BLAKE2 digest are checked before anything is loaded, so a truncated or
+damaged file is detected (:class:`StateCorrupt`) instead of answering from garbage. Files are
+written under a temporary name, fsynced and renamed: a crash leaves the old file or none.
+
+Layout: ``MAGIC``, an 8-byte little-endian header length, the JSON header, then the payload: the
+backend's cache bytes (safetensors for transformers, ``llama_state_seq_get_data`` for llama.cpp).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llamavid.files import weight_index
+from llamavid.fingerprint import fingerprint
+from llamavid.runtime.chat import Chat, Turn
+from llamavid.storage import fsync_dir
+from llamavid.system import llamavid_version
+
+MAGIC = b"LLAMAVID-STATE\x00\x01"
+FORMAT = 1
+CHUNK = 1 << 22
+
+
+class StateError(Exception):
+    """A saved state cannot be used; the conversation is rebuilt instead."""
+
+
+class StateMismatch(StateError):
+    """The state was made for another model, film, stride, subtitle track, backend or version."""
+
+
+class StateCorrupt(StateError):
+    """The file is truncated or damaged."""
+
+
+def weights_fingerprint(lv) -> str:
+    """Identifies the weights the LLM runs (the GGUF file for llama.cpp, the shards otherwise)."""
+    cached = getattr(lv, "_weights_fingerprint", None)
+    if cached is not None:
+        return cached
+    files = [Path(lv.backend.path)] if getattr(lv.backend, "path", None) else \
+        [lv.report.folder / name for name in weight_index(lv.report.folder)[2]]
+    digest = hashlib.blake2b(digest_size=16)
+    for path in sorted(files):
+        digest.update(path.name.encode() + b"\0" + fingerprint(path).encode())
+    lv._weights_fingerprint = digest.hexdigest()
+    return lv._weights_fingerprint
+
+
+def state_key(chat: Chat, **parts: Any) -> dict[str, Any]:
+    """What a state must match to be used: the engine's identity plus the caller's ``parts``."""
+    backend = chat.backend
+    return {"format": FORMAT, "version": llamavid_version(), "backend": backend.name,
+            "kv_type": getattr(backend, "kv_type", str(chat.lv.model.dtype)), "model": weights_fingerprint(chat.lv),
+            "stride": chat.stride, **parts}
+
+
+def _chat_fields(chat: Chat) -> dict[str, Any]:
+    s = chat.state
+    return {"turns": [{"question": t.question, "answer": t.answer, "answer_ids": t.answer_ids, "stopped": t.stopped}
+                      for t in chat.turns],
+            "last_token": chat.last_token, "length": s.length, "seen_ids": list(s.seen_ids),
+            "pending": list(s.pending),
+            "relevance": chat.relevance.tolist() if chat.relevance is not None else None}
+
+
+def save_chat(chat: Chat, path: str | Path, key: dict[str, Any]) -> int:
+    """Write the chat's state atomically; returns the file's size in bytes."""
+    path = Path(path)
+    payload = chat.backend.export_cache(chat.state)
+    header = json.dumps({"key": key, "chat": _chat_fields(chat), "payload_bytes": len(payload),
+                         "payload_blake2b": hashlib.blake2b(payload).hexdigest()}).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(MAGIC + len(header).to_bytes(8, "little") + header)
+        view = memoryview(payload)
+        for start in range(0, len(view), CHUNK):
+            fh.write(view[start:start + CHUNK])
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return path.stat().st_size
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The header of a state file (its key and the chat's bookkeeping), without its payload."""
+    with open(path, "rb") as fh:
+        return _header(fh, Path(path))
+
+
+def _header(fh, path: Path) -> dict[str, Any]:
+    if fh.read(len(MAGIC)) != MAGIC:
+        raise StateCorrupt(f"{path}: not a llamavid state file")
+    try:
+        size = int.from_bytes(fh.read(8), "little")
+        return json.loads(fh.read(size))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StateCorrupt(f"{path}: damaged header ({exc})") from exc
+
+
+def load_chat(chat: Chat, path: str | Path, key: dict[str, Any]) -> None:
+    """Put a saved state into a new chat (same visual input, same stride) so it continues exactly."""
+    path = Path(path)
+    if chat.turns:
+        raise ValueError("load_chat() fills a new chat; this one already has turns")
+    with open(path, "rb") as fh:
+        header = _header(fh, path)
+        if header.get("key") != key:
+            saved = header.get("key", {})
+            differs = sorted(k for k in {**key, **saved} if saved.get(k) != key.get(k))
+            raise StateMismatch(f"{path}: made with another {', '.join(differs)}")
+        payload = fh.read()
+    if len(payload) != header["payload_bytes"]:
+        raise StateCorrupt(f"{path}: truncated ({len(payload)} of {header['payload_bytes']} payload bytes)")
+    if hashlib.blake2b(payload).hexdigest() != header["payload_blake2b"]:
+        raise StateCorrupt(f"{path}: the payload does not match its digest")
+    fields = header["chat"]
+    try:
+        chat.backend.import_cache(chat.state, payload, fields["length"])
+    except ValueError as exc:  # the backend could not take the bytes
+        raise StateCorrupt(f"{path}: {exc}") from exc
+    chat.state.seen_ids[:] = fields["seen_ids"]
+    chat.state.pending = list(fields["pending"])
+    chat.last_token = fields["last_token"]
+    chat.turns = [Turn(t["question"], t["answer"], len(t["answer_ids"]), t["stopped"], list(t["answer_ids"]))
+                  for t in fields["turns"]]
+    if fields["relevance"] is not None:
+        chat.relevance = torch.tensor(fields["relevance"])
