@@ -8,7 +8,10 @@ Items about one image or clip are answered from one Q-Former pass over all their
 (``visual_tokens(features, prompts)`` gives one row set per prompt). The pass always covers the whole
 group, answered items included, so a resumed run computes the same numbers as one that never stopped.
 A film's questions each read the whole film (its context token depends on the question), one
-``prepare`` per question.
+``prepare`` per question: the exact mode. In the fast mode (``film_mode="fast"``, the chat's "fast
+answers") the film is read once with the neutral first turn (:mod:`llamavid.runtime.prepared`) and
+each question is asked as the next turn, the cache cut back after it; running a long-video benchmark
+both ways and comparing the runs (``llamavid eval compare``) measures how much the two modes agree.
 
 Multiple choice is decided from the first step's scores of the option letters, not from free text:
 the highest-scoring letter wins (the earlier letter on a tie); every letter's score is recorded.
@@ -23,10 +26,13 @@ from evaluation.items import Item
 from llamavid.errors import CheckpointError
 from llamavid.prompt.builders import image_prompt
 from llamavid.runtime.api import LlamaVid, Prepared
+from llamavid.runtime.chat import Chat
 from llamavid.runtime.generate import SamplingOptions, Session
 from llamavid.runtime.inputs import Visual
+from llamavid.runtime.prepared import prepare
 
 SPACE = "\u2581"  # SentencePiece's word-start mark
+FILM_MODES = ("exact", "fast")
 
 
 def letter_token_ids(tokenizer: Any, letter: str) -> list[int]:
@@ -46,9 +52,12 @@ def letter_token_ids(tokenizer: Any, letter: str) -> list[int]:
 class Answerer:
     """Answers groups of items that share one visual input."""
 
-    def __init__(self, lv: LlamaVid, max_new_tokens: int = 128):
+    def __init__(self, lv: LlamaVid, max_new_tokens: int = 128, film_mode: str = "exact"):
+        if film_mode not in FILM_MODES:
+            raise ValueError(f"film_mode must be one of {', '.join(FILM_MODES)}, got {film_mode!r}")
         self.lv = lv
         self.max_new_tokens = max_new_tokens
+        self.film_mode = film_mode
         self._letters: dict[str, list[int]] = {}
 
     def answer_group(self, visual: Visual, group: Sequence[Item], pending: set[str]) -> Iterator[tuple[Item, dict]]:
@@ -67,6 +76,9 @@ class Answerer:
             yield item, self.respond(item, Prepared(text, self.lv.tokenize(text), slots, self.lv.model))
 
     def _film_group(self, visual: Visual, group: Sequence[Item], pending: set[str]) -> Iterator[tuple[Item, dict]]:
+        if self.film_mode == "fast":
+            yield from self._film_group_fast(visual, group, pending)
+            return
         for item in group:
             if item.id not in pending:
                 continue
@@ -75,7 +87,27 @@ class Answerer:
                                        subtitles=subtitles)
             yield item, {**self.respond(item, prepared), "frames": len(visual.features)}
 
-    def respond(self, item: Item, prepared: Prepared) -> dict[str, Any]:
+    def _film_group_fast(self, visual: Visual, group: Sequence[Item],
+                         pending: set[str]) -> Iterator[tuple[Item, dict]]:
+        chats: dict[bool, Chat] = {}
+        for item in group:
+            if item.id not in pending:
+                continue
+            if item.subtitles not in chats:  # one reading of the film per subtitle mode
+                chats[item.subtitles] = Chat(self.lv, replace(visual, subtitles=visual.subtitles if item.subtitles
+                                                              else []))
+                prepare(chats[item.subtitles])
+            chat = chats[item.subtitles]
+            snapshot = chat.backend.snapshot(chat.state)
+            ids = chat.plan(item.prompt).ids
+            prepared = Prepared(self.lv.tokenizer.decode(ids), ids, [], self.lv.model)
+            try:
+                record = self.respond(item, prepared, state=chat.state)
+            finally:
+                chat.backend.rollback(chat.state, snapshot)
+            yield item, {**record, "frames": len(chat.visual.features), "film_mode": "fast"}
+
+    def respond(self, item: Item, prepared: Prepared, state: Any = None) -> dict[str, Any]:
         """The record of one item: ``answer`` (text) or ``choice`` with every letter's score."""
         if item.answer_prefix:
             ids = self.lv.tokenize(item.answer_prefix)
@@ -84,14 +116,14 @@ class Answerer:
             prepared = replace(prepared, text=f"{prepared.text} {item.answer_prefix}",
                                input_ids=prepared.input_ids + ids)
         if item.letters:
-            return self._choose(item, prepared)
+            return self._choose(item, prepared, state)
         options = SamplingOptions(temperature=0, max_new_tokens=self.max_new_tokens)
-        steps = self.lv.generate(prepared, options, state=self._state(prepared, options))
+        steps = self.lv.generate(prepared, options, state=state or self._state(prepared, options))
         return {"answer": "".join(self.lv.decode(steps)).strip()}
 
-    def _choose(self, item: Item, prepared: Prepared) -> dict[str, Any]:
+    def _choose(self, item: Item, prepared: Prepared, state: Any = None) -> dict[str, Any]:
         options = SamplingOptions(temperature=0, max_new_tokens=1)
-        first = next(iter(self.lv.generate(prepared, options, state=self._state(prepared, options))))
+        first = next(iter(self.lv.generate(prepared, options, state=state or self._state(prepared, options))))
         scores = {letter: max(float(first.scores[i]) for i in self._letter_ids(letter)) for letter in item.letters}
         choice = max(item.letters, key=lambda letter: scores[letter])  # max keeps the first of equals
         return {"choice": choice, "letter_scores": {k: round(v, 6) for k, v in scores.items()}}

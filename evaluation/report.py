@@ -12,6 +12,7 @@ from typing import Any
 
 from evaluation.judge import Judge
 from evaluation.judge_prompts import templates
+from evaluation.records import AnswerLog
 from llamavid.errors import UserError
 from llamavid.storage import write_json_atomic
 
@@ -130,3 +131,15 @@ def compare(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = ("A",
         delta = f"{vb - va:+.2f}" if numeric else ""
         lines.append(f"| {key} | {cell(va)} | {cell(vb)} | {delta} |")
     return "\n".join(lines) + "\n"
+
+
+def agreement(a: str | Path, b: str | Path) -> tuple[int, int]:
+    """(items answered alike, items both runs answered): the chosen letter for multiple choice, the
+    answer text otherwise, from each run folder's ``answers.jsonl``."""
+    runs = [AnswerLog(Path(p) / "answers.jsonl").records if Path(p).is_dir() else {} for p in (a, b)]
+    common = sorted(set(runs[0]) & set(runs[1]))
+
+    def said(record: dict[str, Any]) -> Any:
+        return record.get("choice", record.get("answer"))
+
+    return sum(said(runs[0][k]) == said(runs[1][k]) for k in common), len(common)

@@ -63,6 +63,10 @@ def _run_options(p: argparse.ArgumentParser, kind: str, judged: bool) -> None:
                        help="ask each question with the film's subtitles, without, or both ways")
         p.add_argument("--index", action="store_true",
                        help="add the benchmark's video folder to the movie library and index it first")
+        p.add_argument("--film-mode", choices=("exact", "fast"), default="exact",
+                       help="exact: each question reads the film; fast: the film is read once with a neutral "
+                            "question and each question follows it (the chat's fast answers); run both and "
+                            "`eval compare` them to see how far they agree")
     if judged:
         p.add_argument("--judge-url", required=True, metavar="URL",
                        help="OpenAI-compatible base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
@@ -97,10 +101,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from evaluation.report import compare, load_results
+    from evaluation.report import agreement, compare, load_results
 
     a, b = load_results(args.a), load_results(args.b)
     print(compare(a, b, (Path(args.a).name or "A", Path(args.b).name or "B")), end="")
+    same, total = agreement(args.a, args.b)
+    if total:
+        print(f"\nThe same answer on {same} of {total} items both runs answered ({100 * same / total:.1f} %).")
     return 0
 
 
@@ -195,10 +202,11 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                            quantization=_quantization(args, lv), device=str(lv.device),
                            dtype=str(lv.model.dtype).removeprefix("torch."), fps=getattr(args, "fps", 1.0),
                            max_frames=getattr(args, "max_frames", None), max_new_tokens=args.max_new_tokens,
-                           limit=args.limit)
+                           limit=args.limit, extra={"film_mode": getattr(args, "film_mode", "exact")})
     judge = _judge(args) if bench.judged else None
     try:
-        results = run_benchmark(bench, Answerer(lv, max_new), loader, out, settings, judge, Progress(name))
+        answerer = Answerer(lv, max_new, film_mode=getattr(args, "film_mode", "exact"))
+        results = run_benchmark(bench, answerer, loader, out, settings, judge, Progress(name))
     except KeyboardInterrupt:
         print(f"{name}: interrupted; the answers so far are in {out}; run the same command again to resume",
               file=sys.stderr)

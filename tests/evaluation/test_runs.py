@@ -168,3 +168,32 @@ def test_videomme_films_from_the_indexer_with_and_without_subtitles(tiny_checkpo
     code, _, err = run_eval(capsys, tmp_path / "d2", "videomme", "--data", data, *model_args(tiny_checkpoint),
                             "--out", tmp_path / "run2")
     assert code == 1 and "2 of the benchmark's films cannot be read" in err and "--index" in err
+
+
+def test_fast_film_mode_answers_each_question_as_if_it_were_the_only_follow_up(tiny_checkpoint, tmp_path, capsys):
+    """Fast mode: the film read once with the neutral turn, every question a follow-up whose turn is cut
+    back afterwards; an item answered alone (its line removed, the run resumed) scores exactly as it did
+    after the others, and `eval compare` reports how often the two modes agree."""
+    data = fx.videomme(tmp_path / "Video-MME")
+    common = ("--data", data, *model_args(tiny_checkpoint))
+    code, _, err = run_eval(capsys, tmp_path / "d", "videomme", *common, "--index", "--vision",
+                            tiny_checkpoint / "eva_vit_g.pth", "--out", tmp_path / "exact")
+    assert code == 0, err
+    code, _, err = run_eval(capsys, tmp_path / "d", "videomme", *common, "--film-mode", "fast",
+                            "--out", tmp_path / "fast")
+    assert code == 0, err
+    exact = AnswerLog(tmp_path / "exact" / "answers.jsonl").records
+    fast = AnswerLog(tmp_path / "fast" / "answers.jsonl").records
+    assert sorted(fast) == sorted(exact) and {r["film_mode"] for r in fast.values()} == {"fast"}
+    assert fast["001-2@subs"]["letter_scores"] != exact["001-2@subs"]["letter_scores"]  # other conditioning
+    log = tmp_path / "fast" / "answers.jsonl"
+    lines = [line for line in log.read_text().splitlines() if '"001-2@subs"' not in line]
+    log.write_text("\n".join(lines) + "\n")
+    code, _, err = run_eval(capsys, tmp_path / "d", "videomme", *common, "--film-mode", "fast",
+                            "--out", tmp_path / "fast")
+    assert code == 0, err
+    again = AnswerLog(log).records["001-2@subs"]
+    assert again["letter_scores"] == fast["001-2@subs"]["letter_scores"]
+    code, out, _ = run_eval(capsys, tmp_path / "d", "compare", tmp_path / "exact", tmp_path / "fast")
+    same = sum(exact[k]["choice"] == fast[k]["choice"] for k in exact)
+    assert code == 0 and f"The same answer on {same} of 6 items" in out
