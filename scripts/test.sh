@@ -10,6 +10,8 @@
 #    LLAMAVID_SKIP_RUFF=1 skips it (never in CI).
 # 2. pytest with the given arguments. Every tier runs but `gpu`, which pytest skips where
 #    there is no CUDA GPU and counts in a "gpu tier: N tests skipped (...)" line.
+#    The 25 slowest test phases are listed with their durations (--durations=25; another
+#    --durations=N among the arguments overrides it): a test over 30 s belongs in the `slow` tier.
 #    GUI tests run offscreen (QT_QPA_PLATFORM=offscreen); browser tests drive the Debian
 #    chromium at /usr/bin/chromium through Playwright. Nothing goes to the network.
 #    With CI set (.ci/run sets CI=true), a missing chromium or Xvfb fails its tests
@@ -48,7 +50,7 @@ fi
 
 # ---------------------------------------------------------------- 2. pytest
 (($# == 0)) && set -- tests
-"$VENV/bin/python" -m pytest "$@"
+"$VENV/bin/python" -m pytest --durations=25 "$@"
 rc=$?
 
 case $lint in

@@ -186,8 +186,6 @@ def random_eva(cfg: Any, device: Any, seed: int = 0) -> Any:
     Includes EVA's ``fix_init_weight`` (proj / fc2 scaled by 1/sqrt(2 * layer)), which keeps the
     residual stream of 39 random blocks in the range real features have.
     """
-
-
     with torch.device("meta"):
         tower = EvaVisionTower(cfg)
     tower.to_empty(device=device)
@@ -209,8 +207,6 @@ def random_llamavid(plan: BenchPlan, with_llm: bool = True) -> Any:
 
     ``with_llm=False`` drops the decoder layers: the Q-Former stage only needs the token widths.
     """
-
-
     llm = dict(LLM_SIZES[plan.llm_size])
     if not with_llm:
         llm["num_hidden_layers"] = 0
@@ -229,8 +225,6 @@ def random_llamavid(plan: BenchPlan, with_llm: bool = True) -> Any:
 
 def load_checkpoint(plan: BenchPlan) -> Any:
     """The checkpoint's model in fp32 on the device (variants are cast from it); vision only if EVA is benchmarked."""
-
-
     folder = plan.model_folder
     on_disk = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".bin", ".safetensors", ".pth"))
     if plan.device.type == "cpu":

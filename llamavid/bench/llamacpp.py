@@ -95,7 +95,6 @@ def backends(model: Any, ggufs: dict[str, Path], context: int,
 def bench_llamacpp(plan: Any, rec: Any, model: Any, types: tuple[str, ...] = ("f16", "q8_0", "q4_K_M"),
                    say: Callable[[str], None] = print) -> None:
     """Prefill and decode tokens/s of each backend after a token and after an embedding prefix."""
-
     gen = torch.Generator().manual_seed(plan.seed + 11)
     vocab = model.config.vocab_size
     ids = torch.randint(3, min(vocab, 32000), (1, plan.prompt_tokens), generator=gen)

@@ -86,8 +86,6 @@ def llm_variants(plan: BenchPlan, model: Any, ids: Any) -> dict[str, Callable[[]
 
 def bench_llm(plan: BenchPlan, rec: Recorder, model: Any) -> None:
     """Prefill and decode tokens/s of our loop and of ``generate`` on the same weights, dtype and device."""
-
-
     if model.dtype != plan.dtype:
         place(model, plan.device, plan.dtype)  # keeps RoPE's inverse frequencies in fp32
     gen = torch.Generator().manual_seed(plan.seed + 11)

@@ -5,6 +5,8 @@ Q-Former once per question and frame, then the LLM. This measures the three on w
 is present, side by side with the formulations they replace, so a change can be judged by one
 command and its numbers quoted in notes and issues:
 
+* ``preprocess``: frames/s of the CLIP preprocessing of a 1080p frame (resize, crop or pad,
+  normalise), the per-frame work before EVA (:mod:`llamavid.bench.preprocess`).
 * ``eva``: frames/s of EVA-ViT-g at 224 and 336 px for the reference's eager attention
   (scale q, q @ k^T, softmax, @ v), ours (SDPA) and, on CPU, dynamic int8 Linear layers
   (:mod:`llamavid.model.quantize_vision`); each with the cosine of its features to fp32 eager.
@@ -39,6 +41,7 @@ from llamavid.bench.harness import (
 from llamavid.bench.llamacpp import bench_llamacpp
 from llamavid.bench.llm import bench_llm
 from llamavid.bench.plan import LLM_SIZES, BenchPlan
+from llamavid.bench.preprocess import bench_preprocess
 from llamavid.bench.vision import (
     bench_eva,
     bench_qformer,
@@ -48,7 +51,6 @@ from llamavid.runtime.device import pick_device
 
 def run_bench(plan: BenchPlan, stream: Any = None) -> list[dict]:
     """Run the planned stages, printing JSON lines to ``stream`` (stdout); returns the records."""
-
     if plan.device is None:
         plan.device = pick_device("auto")
     if plan.dtype is None:
@@ -57,6 +59,8 @@ def run_bench(plan: BenchPlan, stream: Any = None) -> list[dict]:
         torch.set_num_threads(plan.threads)
     rec = Recorder(plan, stream)
     rec.emit(environment(plan))
+    if "preprocess" in plan.stages:
+        bench_preprocess(plan, rec)
     model = load_checkpoint(plan) if plan.model_folder else None
     if "eva" in plan.stages:
         if model is not None:

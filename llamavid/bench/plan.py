@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STAGES = ("eva", "qformer", "llm", "llamacpp")
-DEFAULT_STAGES = ("eva", "qformer", "llm")  # llamacpp writes GGUF files of the LLM (GBs at 1b): opt-in
+STAGES = ("preprocess", "eva", "qformer", "llm", "llamacpp")
+# preprocess: a fraction of a second; llamacpp writes GGUF files of the LLM (GBs at 1b): opt-in
+DEFAULT_STAGES = ("preprocess", "eva", "qformer", "llm")
 DTYPE_NAMES = ("auto", "fp32", "fp16", "bf16")
 #: LLaMA sizes for random weights: "1b" is TinyLlama-shaped (docs: cpu-anchors section 4), "7b" Vicuna-7B.
 LLM_SIZES: dict[str, dict[str, int]] = {
@@ -30,7 +31,6 @@ INIT_STD = 0.02  # the reference's trunc_normal_(std=.02); truncation at +-2 nev
 @dataclass
 class BenchPlan:
     """Everything a benchmark run needs, validated; build it with :func:`make_plan` or directly."""
-
     stages: tuple[str, ...] = DEFAULT_STAGES
     device: Any = None  # torch.device; None = pick
     dtype: Any = None  # torch.dtype of the timed variants; None = pick for the device

@@ -135,8 +135,6 @@ def token_twin(model: Any, convert: Callable[[Any], Any]) -> Any:
     ``model.visual_tokens`` then runs the converted parts exactly as the model runs its own, and
     the fp32 original stays available for round-robin timing and accuracy checks.
     """
-
-
     twin = copy.copy(model)
     twin._modules = dict(model._modules)
     inner = copy.copy(model.model)
@@ -194,7 +192,6 @@ def qformer_variants(plan: BenchPlan, model: Any) -> dict[str, Any]:
 
 def bench_qformer(plan: BenchPlan, rec: Recorder, model: Any) -> None:
     """frames/s of ``visual_tokens`` for one block of ``plan.frames`` frames and one question."""
-
     sync = synchronizer(plan.device)
     cfg = model.config
     tokens_per_frame = eva_config_for(plan).num_patches + 1

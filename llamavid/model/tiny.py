@@ -52,10 +52,13 @@ def write_llama_tokenizer(folder: Path, vocab_size: int = 320) -> None:
 
 
 def tiny_config(image_size: int = 224, compress_type: str | None = "mean", vocab_size: int = 320,
-                rope_factor: float | None = None, eva_width: int = 176, heads: int = 4) -> LlamaVidConfig:
+                rope_factor: float | None = None, eva_width: int = 176, heads: int = 4,
+                hidden_size: int = 64, intermediate_size: int = 128) -> LlamaVidConfig:
+    """Tiny sizes. ``hidden_size=256, intermediate_size=512`` makes every LLM weight row a multiple of
+    256, the super-block of llama.cpp's K-quants (Q4_K, Q6_K): narrower rows fall back to other types."""
     rope = {"rope_type": "linear", "factor": rope_factor, "rope_theta": 10000.0} if rope_factor else None
     return LlamaVidConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=heads,
+        hidden_size=hidden_size, intermediate_size=intermediate_size, num_hidden_layers=2, num_attention_heads=heads,
         num_key_value_heads=heads, vocab_size=vocab_size, max_position_embeddings=4096, rms_norm_eps=1e-5,
         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
         rope_parameters=rope, mm_hidden_size=eva_width, image_size=image_size, vision_depth=1,
@@ -80,12 +83,17 @@ def random_model(config: LlamaVidConfig, seed: int = 0, std: float = 0.05) -> Ll
 
 def write_tiny_checkpoint(folder: str | Path, image_size: int = 224, compress_type: str | None = "mean",
                           rope_factor: float | None = None, seed: int = 0, shards: int = 2,
-                          with_eva: bool = True, with_vocab: bool = True, heads: int = 4) -> Path:
-    """A complete tiny checkpoint folder, loadable by :func:`llamavid.model.loading.load_llamavid`."""
+                          with_eva: bool = True, with_vocab: bool = True, heads: int = 4,
+                          hidden_size: int = 64, intermediate_size: int = 128) -> Path:
+    """A complete tiny checkpoint folder, loadable by :func:`llamavid.model.loading.load_llamavid`.
+
+    ``hidden_size`` / ``intermediate_size``: the LLM's widths (see :func:`tiny_config`).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_llama_tokenizer(folder)
-    config = tiny_config(image_size, compress_type, rope_factor=rope_factor, heads=heads)
+    config = tiny_config(image_size, compress_type, rope_factor=rope_factor, heads=heads, hidden_size=hidden_size,
+                         intermediate_size=intermediate_size)
     model = random_model(config, seed)
     eva = random_eva_state(EvaConfig(224, 14, config.mm_hidden_size, 1, 256), seed=seed + 1)
     # the checkpoint's EVA copy equals the .pth (as in released files, up to bf16 rounding)

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import time
 
+import pytest
 from helpers import wait_for
 from media import make_video
 
@@ -73,3 +76,32 @@ def test_watch_command_indexes_and_stops_on_interrupt(cli, movies, tiny_eva, mon
     assert cli.status()["A.mkv"]["state"] == "done"
     code, out, _ = cli("run", "--vision", tiny_eva, "--quiet")  # the worker lock was released
     assert code == 0 and "nothing to do" in out
+
+
+def _state(cli, path: str) -> str | None:
+    return cli.status().get(path, {}).get("state")
+
+
+@pytest.mark.slow
+def test_index_watch_indexes_a_copied_film_and_marks_a_removed_one_missing(cli, movies, tiny_eva, tmp_path):
+    """End to end: ``llamavid index watch`` as its own process, a film copied into the watched folder
+    while it runs, another deleted. A fresh copy is newer than the 10 s settle time, so the watcher
+    leaves it for its retry scan: the test takes about 20 s."""
+    old = make_video(movies / "A.mkv", seconds=1)
+    os.utime(old, (time.time() - 60, time.time() - 60))
+    cli("add", movies, "--no-scan")
+    proc = cli.spawn("watch", "--vision", tiny_eva, "--speech", "never", "--quiet")
+    try:
+        wait_for(lambda: _state(cli, "A.mkv") == "done", timeout=120, interval=0.5)  # the initial scan
+        staged = make_video(tmp_path / "B.mkv", seconds=1)
+        shutil.copy(staged, movies / "B.mkv")  # a copy has a new mtime, as cp and file managers give it
+        wait_for(lambda: _state(cli, "B.mkv") == "done", timeout=120, interval=0.5)
+        (movies / "A.mkv").unlink()
+        wait_for(lambda: _state(cli, "A.mkv") == "missing", timeout=60, interval=0.5)
+        assert proc.poll() is None, proc.communicate()  # still watching
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    b = cli.status()["B.mkv"]
+    assert b["frames"] == 1 and b["features_complete"] and b["feature_shape"][0] == 1  # 1 s at 1 fps

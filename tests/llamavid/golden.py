@@ -24,15 +24,31 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
           "int64": torch.int64}
 
 
+class GoldenDirError(ValueError):
+    """A folder given as golden cases holds none (a typo in ``LLAMAVID_GOLDEN_DIRS``, an unpacked archive)."""
+
+
+def cases_in(root: Path) -> list[Path]:
+    """``root`` itself if it is a case, else the cases directly inside it; an error when there are none."""
+    if (root / "runs.json").is_file():
+        return [root]
+    found = sorted(p.parent for p in root.glob("*/runs.json"))
+    if not found:
+        what = "does not exist" if not root.exists() else "is not a folder" if not root.is_dir() else \
+            "holds no golden case (no runs.json in it or in a folder directly inside it)"
+        raise GoldenDirError(f"golden folder {root} {what}")
+    return found
+
+
 def case_dirs() -> list[Path]:
     """Bundled cases plus every folder in ``LLAMAVID_GOLDEN_DIRS`` (':'-separated).
 
-    A listed folder may be a case itself or a folder of cases.
+    A listed folder may be a case itself or a folder of cases; one that holds no case is an error
+    (:class:`GoldenDirError`), so a mistyped path cannot turn the parity run into a silent no-op.
     """
-    found = sorted(p.parent for p in BUNDLED.glob("*/runs.json"))
+    found = cases_in(BUNDLED)
     for entry in filter(None, os.environ.get("LLAMAVID_GOLDEN_DIRS", "").split(":")):
-        root = Path(entry)
-        found += [root] if (root / "runs.json").is_file() else sorted(p.parent for p in root.glob("*/runs.json"))
+        found += cases_in(Path(entry))
     unique: dict[Path, None] = {}
     for p in found:
         unique.setdefault(p.resolve())
@@ -100,6 +116,42 @@ def write_checkpoint(case: Path, out: Path) -> Path:
             shutil.copy(case / name, out / name)
     shutil.copy(case / "bert_vocab.txt", out / "bert_vocab.txt")
     return out
+
+
+#: Where the tensors of a ``weights`` run live in the loaded model. A stored name is
+#: ``<part>.<tensor>[_<how derived>]``: ``eva.pos_embed_interpolated`` is EVA's position table
+#: after the loader resized it to the run's image size.
+WEIGHT_PARTS = {"eva.": "model.vision_tower.vision_tower.", "vision_tower.": "model.vision_tower.vision_tower.",
+                "qformer.": "model.vlm_att_encoder.", "mm_projector.": "model.mm_projector.",
+                "llm.": "model."}
+DERIVED_SUFFIXES = ("_interpolated", "_resized", "_derived", "_loaded")
+
+
+def weight_keys(name: str) -> list[str]:
+    """State-dict keys a ``weights`` run's stored ``name`` may stand for, most specific first."""
+    base = name
+    for suffix in DERIVED_SUFFIXES:
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    keys = [full + base[len(part):] for part, full in WEIGHT_PARTS.items() if base.startswith(part)]
+    keys += [base, "model." + base, "model.vision_tower.vision_tower." + base]
+    return list(dict.fromkeys(keys))
+
+
+def run_arrays(case: Path, run: dict) -> dict[str, np.ndarray]:
+    """The ``inputs.npz`` entries a run names (``input``, ``input_ids``, ``llm_prompt``,
+    ``qformer_prompts``, ``movie_prompt``), under the names ``runs.json`` gives: a run may use
+    another run's files."""
+    names = [run.get(f) for f in ("input", "input_ids", "llm_prompt", "qformer_prompts")]
+    movie = run.get("movie_prompt") or {}
+    names += list(movie.values()) if isinstance(movie, dict) else []
+    wanted = [n for n in names if isinstance(n, str)]
+    with np.load(case / "inputs.npz", allow_pickle=False) as npz:
+        missing = [n for n in wanted if n not in npz.files]
+        if missing:
+            raise KeyError(f"{case.name}: runs.json names {missing}, which inputs.npz does not hold")
+        return {n: npz[n] for n in wanted}
 
 
 def run_input(case: Path, spec, inputs) -> np.ndarray | torch.Tensor:

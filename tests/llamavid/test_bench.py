@@ -61,10 +61,39 @@ def test_smoke_bench_through_the_cli(llamavid_cmd: list[str]) -> None:
     assert set(qformer) == {"fp32", "fp32-unfolded", "int8"}
     assert all(r["frames_per_s"] > 0 and r["cosine_vs_fp32"] > 0.99 for r in qformer.values())
     assert qformer["fp32-unfolded"]["cosine_vs_fp32"] > 0.99999  # the folded shortcut is the same maths
+    preprocess = {(r["image_size"], r["variant"]) for r in records if r["bench"] == "preprocess"}
+    assert preprocess == {(size, mode) for size in (224, 336) for mode in ("crop", "pad")}  # a default stage
     llm = {(r["variant"], r["phase"]): r for r in records if r["bench"] == "llm"}
     assert set(llm) == {(v, p) for v in ("ours-stream", "hf-generate") for p in ("prefill", "decode")}
     assert all(r["tokens_per_s"] > 0 for r in llm.values())
     assert llm["hf-generate", "decode"]["same_tokens_as_ours"] == 1.0  # greedy, same weights
+
+
+def test_preprocess_stage_times_full_hd_frames_per_size_and_mode(capsys, monkeypatch) -> None:
+    import llamavid.bench.preprocess as stage
+
+    calls = []
+    real = stage.preprocess_frame
+
+    def counted(frame, image_size, mode):
+        calls.append((frame.shape, image_size, mode))
+        return real(frame, image_size, mode)
+
+    monkeypatch.setattr(stage, "preprocess_frame", counted)
+    assert cli.main(["bench", "--smoke", "--only", "preprocess", "--repeats", "2", "--sizes", "224,336"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["bench"] for r in records] == ["env"] + ["preprocess"] * 4  # only the stage asked for
+    got = {(r["image_size"], r["variant"]): r for r in records[1:]}
+    assert set(got) == {(224, "crop"), (224, "pad"), (336, "crop"), (336, "pad")}
+    for r in got.values():
+        assert r["frame"] == "1920x1080" and r["repeats"] == 2
+        assert r["median_s"] >= r["min_s"] > 0
+        # median_s is rounded to 0.1 ms, the other two come from the unrounded median
+        assert abs(r["ms_per_frame"] - 1000 * r["median_s"]) <= 0.05 + 0.005
+        assert r["frames_per_s"] == pytest.approx(1 / r["median_s"], rel=0.5e-4 / r["median_s"] + 1e-6)
+    # what was timed: one warm-up and 2 rounds of the real preprocessing per size and mode, on 1080p frames
+    assert sorted(calls) == sorted([((1080, 1920, 3), size, mode) for size in (224, 336)
+                                    for mode in ("crop", "pad")] * 3)
 
 
 def test_bad_stage_is_a_one_line_user_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -171,14 +170,19 @@ def test_bad_arguments_raise():
         preprocess_frame(img, 8, out=torch.empty(3, 9, 9))
 
 
-def test_matches_transformers_clip_processor():
-    """Cross-check against today's transformers (PIL backend); skipped if it cannot be built."""
+def clip_processor():
+    """Today's transformers CLIPImageProcessor (PIL backend) at 224 px; skips the test if it cannot be built."""
     try:
         from transformers import CLIPImageProcessor
-        proc = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224},
+        return CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224},
                                   resample=3, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
     except Exception as exc:  # pragma: no cover - depends on the installed extras
         pytest.skip(f"CLIPImageProcessor unavailable: {exc}")
+
+
+def test_matches_transformers_clip_processor():
+    """Cross-check against today's transformers (PIL backend); skipped if it cannot be built."""
+    proc = clip_processor()
     rng = np.random.default_rng(3)
     images = [rng.integers(0, 256, s, dtype=np.uint8) for s in [(200, 300, 3), (333, 251, 3), (90, 120, 3)]]
     for image in images:
@@ -186,10 +190,12 @@ def test_matches_transformers_clip_processor():
         assert (preprocess_images([image]) - theirs).abs().max().item() <= 1e-6
 
 
-def test_1080p_frame_is_fast_enough():
+def test_1080p_frame_into_a_preallocated_row_matches_transformers():
+    """The indexer's path (one full-HD frame into a row of a preallocated batch). Its speed is a
+    ``llamavid bench`` figure (stage ``preprocess``), not a test: timings depend on the machine's load."""
     frame = np.random.default_rng(4).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
-    preprocess_frame(frame)  # warm-up
-    start = time.perf_counter()
-    for _ in range(3):
-        preprocess_frame(frame)
-    assert (time.perf_counter() - start) / 3 < 0.5  # generous: ~20-40 ms expected on one core
+    rows = torch.full((2, 3, 224, 224), float("nan"))
+    preprocess_frame(frame, out=rows[1])
+    theirs = torch.as_tensor(np.asarray(clip_processor()(images=frame, return_tensors="np")["pixel_values"]))[0]
+    assert (rows[1] - theirs).abs().max().item() <= 1e-6
+    assert rows[0].isnan().all()  # the other row is untouched

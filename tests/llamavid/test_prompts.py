@@ -21,7 +21,7 @@ from llamavid.prompt.subtitles import assign_subtitle_frames, assign_subtitles, 
 
 from .golden import BUNDLED as GOLDEN_ROOT
 from .golden import case_dirs as golden_case_dirs
-from .golden import recipe_for
+from .golden import recipe_for, run_arrays
 
 VICUNA = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
           "helpful, detailed, and polite answers to the user's questions.")
@@ -30,28 +30,26 @@ VICUNA = ("A chat between a curious user and an artificial intelligence assistan
 recipe = recipe_for(GOLDEN_ROOT / "tiny-224-video")
 
 
-def golden_runs(field: str) -> list[tuple[Path, str]]:
-    out = []
+#: Runs of the case :func:`documented_case` writes: ``image0_again`` reads image0's files, and the
+#: film's files are named after no run at all (runs.json names them; the run's name does not).
+DOCUMENTED = "documented-format"
+DOCUMENTED_RUNS = {"image0_again": "llm_prompt", "film": "movie_prompt"}
+
+
+def golden_runs(field: str):
+    """Every run with ``field`` in the golden cases, plus the documented-format case's runs with it."""
+    out = [pytest.param(DOCUMENTED, name, id=f"{DOCUMENTED}-{name}")
+           for name, has in DOCUMENTED_RUNS.items() if has == field]
     for case in golden_case_dirs():
         runs = json.loads((case / "runs.json").read_text())["runs"]
-        out += [(case, name) for name, run in runs.items() if run.get(field)]
+        out += [pytest.param(case, name, id=f"{case.name}-{name}") for name, run in runs.items() if run.get(field)]
     return out
 
 
-def _ids(v):
-    return v.name if isinstance(v, Path) else v
-
-
 def load_run(case: Path, name: str) -> tuple[dict, dict]:
+    """A run and the inputs.npz entries it names, under the names runs.json gives."""
     run = json.loads((case / "runs.json").read_text())["runs"][name]
-    with np.load(case / "inputs.npz", allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files if k.startswith(name + ".") or k in _movie_names(run)}
-    return run, arrays
-
-
-def _movie_names(run: dict) -> list[str]:
-    spec = run.get("movie_prompt") or {}
-    return list(spec.values()) if isinstance(spec, dict) else []
+    return run, run_arrays(case, run)
 
 
 class ToyTokenizer:
@@ -66,8 +64,42 @@ class ToyTokenizer:
         return SimpleNamespace(input_ids=recipe.toy_encode(text, self.vocab_size))
 
 
-@pytest.mark.parametrize("case,name", golden_runs("llm_prompt"), ids=_ids)
-def test_golden_prompt_and_ids(case: Path, name: str):
+@pytest.fixture(scope="module")
+def documented_case(tmp_path_factory) -> Path:
+    """A case in the documented format (tests/data/golden/README.md) holding a movie run.
+
+    No movie case ships with the project, so its expected texts are the ones this file derives by
+    hand from the reference's rules (``PER_FRAME``, ``MOVIE_PROMPT`` below); its files carry names
+    that differ from the run's, as runs.json allows. ``image0_again`` is the bundled image0 run
+    under another name, reading image0's files.
+    """
+    source = GOLDEN_ROOT / "tiny-224-video"
+    folder = tmp_path_factory.mktemp("golden") / DOCUMENTED
+    folder.mkdir()
+    (folder / "config.json").write_text((source / "config.json").read_text())
+    with np.load(source / "inputs.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays.update({"clip.frame_time": np.asarray(FRAME_TIMES, dtype=np.float64),
+                   "clip.subtitles": np.asarray(json.dumps(SUBTITLES)),
+                   "clip.per_frame_text": np.asarray(PER_FRAME),
+                   "clip.llm_prompt": np.asarray(MOVIE_PROMPT),
+                   "clip.qformer_prompts": np.asarray(json.dumps([["What happens?"]]))})
+    np.savez(folder / "inputs.npz", **arrays)
+    runs = json.loads((source / "runs.json").read_text())["runs"]
+    film = {"mode": "features", "llm_prompt": "clip.llm_prompt", "qformer_prompts": "clip.qformer_prompts",
+            "movie_prompt": {"frame_time": "clip.frame_time", "subtitles": "clip.subtitles",
+                             "per_frame_text": "clip.per_frame_text"}}
+    (folder / "runs.json").write_text(json.dumps({"runs": {"image0_again": runs["image0"], "film": film}}))
+    return folder
+
+
+def case_folder(case, request) -> Path:
+    return request.getfixturevalue("documented_case") if case == DOCUMENTED else case
+
+
+@pytest.mark.parametrize("case,name", golden_runs("llm_prompt"))
+def test_golden_prompt_and_ids(case, name: str, request):
+    case = case_folder(case, request)
     run, arrays = load_run(case, name)
     prompt = str(arrays[run["llm_prompt"]])
     if run["mode"] in ("image", "video"):  # chat prompts; movie text is checked further down
@@ -91,8 +123,9 @@ def test_golden_multiturn_has_two_slots_and_one_eos():
     assert "are 2 people.</s>USER: <image>\n" in prompt
 
 
-@pytest.mark.parametrize("case,name", golden_runs("movie_prompt"), ids=_ids)
-def test_golden_movie_prompt(case: Path, name: str):  # no such case ships locally
+@pytest.mark.parametrize("case,name", golden_runs("movie_prompt"))
+def test_golden_movie_prompt(case, name: str, request):
+    case = case_folder(case, request)
     run, arrays = load_run(case, name)
     names = run["movie_prompt"]
     per_frame_text = str(arrays[names["per_frame_text"]])
@@ -271,10 +304,13 @@ def test_subtitle_edge_cases():
     assert interleave_subtitles([0.0], [{"start_time": 0, "end_time": 1, "text": "a <image>b"}]) == "<image>a b"
 
 
-def test_movie_prompt_layout():
-    expected = (VICUNA + " USER: Below is a movie. Memorize the content and answer my question after "
+MOVIE_PROMPT = (VICUNA + " USER: Below is a movie. Memorize the content and answer my question after "
                 "watching this movie.<image><image>Hello there. How are you?<image><image><image><image>"
                 "Fine.<image><image>Intro. Bye.Now the movie end.\nWhat happens? ASSISTANT:")
+
+
+def test_movie_prompt_layout():
+    expected = MOVIE_PROMPT
     assert movie_prompt(PER_FRAME, "What happens?") == expected
     assert movie_prompt(np.array(PER_FRAME), "What happens?") == expected
     assert movie_prompt(["<image>Hello there. How are you?", "<image>", "<image>Fine.", "<image>Intro. Bye."],
