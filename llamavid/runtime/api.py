@@ -34,12 +34,13 @@ from llamavid.model.quantize_llm import quantize_llm
 from llamavid.prompt.builders import tokenizer_image_token
 from llamavid.prompt.templates import default_template_for
 from llamavid.runtime.backend import TransformersBackend
-from llamavid.runtime.chat import Chat, plan_video_stride
+from llamavid.runtime.chat import Chat, ordinal, plan_video_stride
 from llamavid.runtime.control import Rates
 from llamavid.runtime.device import pick_device, pick_dtype
 from llamavid.runtime.generate import SamplingOptions, Step
 from llamavid.runtime.inputs import Visual
 from llamavid.runtime.llamacpp import LlamaCppBackend, find_gguf
+from llamavid.runtime.vision_engines import VisionEngines, ready_eva, ready_qformer
 
 
 @dataclass
@@ -62,7 +63,7 @@ class LlamaVid:
     """A loaded model with its tokenizers, preprocessing and LLM backend."""
 
     def __init__(self, model: LlamaVidForCausalLM, tokenizer: Any, qformer_tokenizer: Any, report: LoadReport,
-                 backend: Any = None):
+                 backend: Any = None, vision_engines: VisionEngines | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.qformer_tokenizer = qformer_tokenizer
@@ -70,6 +71,7 @@ class LlamaVid:
         self.template = default_template_for(model.config)
         self.backend = backend or TransformersBackend(model)
         self.rates = Rates()  # Q-Former frames/s and prefill tokens/s measured here, for estimates
+        self.vision_engines = vision_engines  # None: EVA and the Q-Former run as loaded (float32 on a CPU)
 
     @classmethod
     def load(cls, model: str | Path, *, device: str | torch.device | None = "auto", dtype: Any = "auto",
@@ -77,7 +79,8 @@ class LlamaVid:
              search_dirs: Iterable[Path] = (), load_vision: bool = True,
              attn_implementation: str = "sdpa", bits: int | None = None, backend: str = "transformers",
              gguf_type: str | None = None, kv_type: str = "f16", n_ctx: int | None = None,
-             threads: int | None = None, base: str | Path | None = None) -> LlamaVid:
+             threads: int | None = None, base: str | Path | None = None,
+             vision_engine: str | VisionEngines | None = None) -> LlamaVid:
         """Load a checkpoint folder in the released layout (see :func:`llamavid.model.loading.load_llamavid`).
 
         ``bits`` 4 or 8 quantizes the LLM's decoder layers with bitsandbytes; the weights are
@@ -86,6 +89,8 @@ class LlamaVid:
         ``backend="llama.cpp"`` takes a folder written by ``llamavid models convert-gguf``: the
         LLM runs from its GGUF file (``gguf_type`` picks f16/q8_0/q4_K_M, ``kv_type`` the cache
         type) and only the vision side is loaded in torch.
+        ``vision_engine`` picks how EVA and the Q-Former run on a CPU (:mod:`llamavid.runtime.vision_engines`):
+        a setting such as ``"auto"`` or ``"int8"``, or a :class:`VisionEngines`; None runs them as loaded.
         """
         if backend not in ("transformers", "llama.cpp"):
             raise ValueError(f"backend must be 'transformers' or 'llama.cpp', got {backend!r}")
@@ -105,7 +110,8 @@ class LlamaVid:
         if cpp:
             engine = LlamaCppBackend(find_gguf(Path(model), gguf_type), n_ctx=n_ctx, kv_type=kv_type, threads=threads)
         tokenizer = load_llm_tokenizer(Path(model)) or (load_llm_tokenizer(Path(base)) if base else None)
-        return cls(net, tokenizer, load_qformer_tokenizer(report.vocab_file), report, engine)
+        engines = VisionEngines(vision_engine) if isinstance(vision_engine, str) else vision_engine
+        return cls(net, tokenizer, load_qformer_tokenizer(report.vocab_file), report, engine, engines)
 
     @property
     def config(self):
@@ -125,12 +131,14 @@ class LlamaVid:
         return preprocess_images(images, self.image_size, mode=mode)
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        ready_eva(self, pixels)
         return self.model.encode_images(pixels.to(self.device))
 
     def visual_tokens(self, features: Any, prompts: Sequence[str], keep_parts: bool = False,
                       on_block: Callable[[int, int], None] | None = None) -> VisualTokens:
         """Q-Former tokens for each prompt; ``on_block(done, total)`` follows every block of frames."""
         ids, mask = tokenize_prompts(self.qformer_tokenizer, list(prompts))
+        ready_qformer(self, features, ids, mask)
         with torch.inference_mode():
             return self.model.visual_tokens(features, ids, mask, keep_parts=keep_parts, on_block=on_block)
 
@@ -204,7 +212,7 @@ class LlamaVid:
         notes = []
         stride = plan_video_stride(self, len(video), max_new_tokens=answer_tokens)
         if stride > 1:
-            notes.append(f"{len(video)} frames do not fit the context; using every {stride}th")
+            notes.append(f"{len(video)} frames do not fit the context; using every {ordinal(stride)}")
             video, times = video[::stride], times[::stride]
         pixels = video if torch.is_tensor(video) else self.preprocess(video, mode="crop")
         return Visual("video", self.encode(pixels), times, notes=notes)

@@ -83,7 +83,6 @@ class Chat:
         self.visual = self._fit_film(visual, time_budget, stride) if visual.kind == "film" else visual
         self.notes: list[str] = list(self.visual.notes)
 
-    # -- planning ---------------------------------------------------------------------------------
     def _film_text_tokens(self, v: Visual, reserve: int) -> int:
         """Tokens of a film prompt besides its frames (the template, the subtitles), plus ``reserve``."""
         per_frame = interleave_subtitles(v.frame_times, v.subtitles)
@@ -104,7 +103,8 @@ class Chat:
         if stride == 1:
             return v
         times = v.frame_times[::stride]
-        note = f"the film has more frames than {limit}; using every {stride}th frame ({len(times)} frames)"
+        note = (f"the film has more frames than {limit}; "
+                f"using every {ordinal(stride)} frame ({len(times)} frames)")
         return replace(v, features=v.features[::stride], frame_times=times, notes=[*v.notes, note])
 
     def plan_stride(self, frames: int, rows_per_frame: int, text_tokens: int, answer_tokens: int,
@@ -187,18 +187,19 @@ class Chat:
         seconds = self.expected_seconds(frames, new)
         if time_budget is not None and seconds is not None and seconds > time_budget:
             raise UserError(f"this question would take about {seconds:.0f} s on this machine, over the "
-                            f"{time_budget:.0f} s allowed; {self._what_fits(frames, time_budget)}")
+                            f"{time_budget:.0f} s allowed; {self._what_fits(plan, frames, time_budget)}")
         return replace(opts, max_new_tokens=answer)
 
-    def _what_fits(self, frames: int, budget: float) -> str:
+    def _what_fits(self, plan: TurnPlan, frames: int, budget: float) -> str:
+        """The first stride whose expected time fits, in words ("every 2nd frame: about 110 s")."""
+        rows_per_frame = sum(plan.slot_rows) // frames if frames else 0
         for stride in (2, 3, 4, 6, 8, 12, 16):
             kept = math.ceil(frames / stride)
-            seconds = self.expected_seconds(kept, FILM_ROWS_PER_FRAME * kept)
+            seconds = self.expected_seconds(kept, plan.tokens - rows_per_frame * (frames - kept))
             if seconds is not None and seconds <= budget:
-                return f"every {stride}th frame: about {seconds:.0f} s"
+                return f"every {ordinal(stride)} frame: about {seconds:.0f} s"
         return "ask about a shorter clip or allow more time"
 
-    # -- running ------------------------------------------------------------------------------------
     def _slots(self, question: str, control: Control | None) -> list[torch.Tensor]:
         """Visual rows for this turn's placeholders: the Q-Former pass, with progress and cancel."""
         v = self.visual
@@ -298,6 +299,12 @@ class Chat:
             self.state.pending = [kept.answer_ids[-1]]
             self.last_token = kept.answer_ids[-1]
             self.turns.append(replace(kept, answer_ids=list(kept.answer_ids)))
+
+
+def ordinal(n: int) -> str:
+    """2nd, 3rd, 4th, 11th, 21st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def plan_video_stride(lv, frames: int, question_tokens: int = 64, max_new_tokens: int = 512) -> int:

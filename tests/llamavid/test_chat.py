@@ -13,7 +13,7 @@ from PIL import Image
 
 from llamavid.media.synthetic import Tone, grey_ramp, write_audio, write_video
 from llamavid.runtime.backend import TransformersBackend
-from llamavid.runtime.chat import Chat
+from llamavid.runtime.chat import Chat, ordinal
 from llamavid.runtime.generate import SamplingOptions
 from llamavid.runtime.inputs import Visual
 from llamavid.runtime.memory import estimate, frame_stride, kv_cache_bytes
@@ -244,7 +244,7 @@ def test_film_longer_than_the_context_keeps_every_kth_frame(tiny):
     stride = int(chat.visual.frame_times[1])
     assert stride > 1 and len(chat.visual.features) == len(range(0, 1000, stride))
     assert 2 * len(chat.visual.features) < 1200 <= 2 * len(range(0, 1000, stride - 1)) + 256
-    assert f"every {stride}th frame" in chat.notes[0]
+    assert f"every {ordinal(stride)} frame" in chat.notes[0]
 
 
 def test_static_cache_backend_gives_the_same_answers(tiny):

@@ -12,6 +12,7 @@ import torch
 from llamavid.errors import CheckpointError, ContextOverflow, NotEnoughMemory, UserError
 from llamavid.files import EVA_FILE, find_part, gguf_name, is_stage1, weight_index
 from llamavid.runtime.chat import Chat, plan_video_stride
+from llamavid.runtime.control import Rates
 from llamavid.runtime.generate import SamplingOptions
 from llamavid.runtime.inputs import Visual
 from llamavid.runtime.load import load_model, pick_backend
@@ -101,7 +102,7 @@ def test_a_long_video_is_strided_to_fit_by_the_library(tiny, monkeypatch) -> Non
     assert stride == 3  # 2 rows per frame: 24 frames fit, 60 / 24 rounds up to 3
     visual = tiny.visual(video=frames, answer_tokens=16)
     assert visual.features.shape[0] == 20 and visual.frame_times == [float(t) for t in range(0, 60, 3)]
-    assert visual.notes == ["60 frames do not fit the context; using every 3th"]
+    assert visual.notes == ["60 frames do not fit the context; using every 3rd"]
     short = tiny.visual(video=frames[:10], answer_tokens=16)
     assert short.features.shape[0] == 10 and short.notes == []
     with pytest.raises(ContextOverflow) as err:  # not even one frame fits beside the text
@@ -115,7 +116,7 @@ def test_fitting_a_film_leaves_the_callers_visual_alone(tiny, monkeypatch) -> No
     film = Visual("film", feats, [float(t) for t in range(600)], [])
     chat = Chat(tiny, film)
     assert chat.visual.features.shape[0] == 200 and chat.notes == [
-        "the film has more frames than the 1024-token context holds; using every 3th frame (200 frames)"]
+        "the film has more frames than the 1024-token context holds; using every 3rd frame (200 frames)"]
     assert film.features is feats and len(film.frame_times) == 600 and film.notes == []
 
 
@@ -142,3 +143,16 @@ def test_every_public_name_resolves() -> None:
 
     assert {"LlamaVid", "load_model", "Chat", "Visual", "SamplingOptions"} <= set(llamavid.__all__)
     assert all(getattr(llamavid, name).__name__ == name for name in llamavid.__all__)
+
+
+def test_a_time_budget_strides_a_film_and_refuses_a_question_that_would_take_too_long(tiny, monkeypatch):
+    """At measured rates of 10 frames/s (Q-Former) and 1000 tokens/s (prefill), 300 frames take 30 s
+    plus the prompt; a 20 s budget keeps every 2nd frame, and a question over a 10 s budget is refused
+    with what would fit (every 2nd: ~15.6 s, 3rd: ~10.5 s, 4th: ~7.9 s), before any Q-Former work."""
+    monkeypatch.setattr(tiny, "rates", Rates({"visual": 10.0, "prefill": 1000.0}))
+    film = Visual("film", torch.randn(300, 256, 176), [float(t) for t in range(300)], [])
+    chat = Chat(tiny, film, time_budget=20.0)
+    assert chat.stride == 2 and "can be read in 20 s" in chat.notes[0] and "every 2nd frame" in chat.notes[0]
+    monkeypatch.setattr(tiny, "visual_tokens", lambda *a, **k: pytest.fail("the Q-Former ran"))
+    with pytest.raises(UserError, match=r"about 31 s on this machine, over the 10 s allowed; every 4th frame: about 8 s"):
+        Chat(tiny, film).ask("What happens?", GREEDY, time_budget=10.0)
