@@ -154,5 +154,6 @@ def test_a_time_budget_strides_a_film_and_refuses_a_question_that_would_take_too
     chat = Chat(tiny, film, time_budget=20.0)
     assert chat.stride == 2 and "can be read in 20 s" in chat.notes[0] and "every 2nd frame" in chat.notes[0]
     monkeypatch.setattr(tiny, "visual_tokens", lambda *a, **k: pytest.fail("the Q-Former ran"))
-    with pytest.raises(UserError, match=r"about 31 s on this machine, over the 10 s allowed; every 4th frame: about 8 s"):
+    refusal = r"about 31 s on this machine, over the 10 s allowed; every 4th frame: about 8 s"
+    with pytest.raises(UserError, match=refusal):
         Chat(tiny, film).ask("What happens?", GREEDY, time_budget=10.0)
