@@ -153,6 +153,7 @@ class ChatService:
         self._live: _Live | None = None
         self._requests: queue.Queue[AskStream | None] = queue.Queue()
         self._waiting = 0
+        self._open_streams: list[AskStream] = []
         self._lock = threading.Lock()
         self._worker = threading.Thread(target=self._serve, name="llamavid-chat", daemon=True)
         self._worker.start()
@@ -206,6 +207,7 @@ class ChatService:
         """Queue a question; the returned stream starts with its place in the queue."""
         stream = AskStream(conversation_id, question, options, time_budget, self._rates())
         with self._lock:
+            self._open_streams = [s for s in self._open_streams if not s.finished.is_set()] + [stream]
             stream.put(ChatEvent("queued", position=self._waiting))
             self._waiting += 1
             self._requests.put(stream)
@@ -223,7 +225,11 @@ class ChatService:
         return self._lv.rates if self._lv is not None else None
 
     def close(self) -> None:
-        """Finish the request being answered, save the live conversation's state, stop the worker."""
+        """Cancel the questions waiting or being answered, save the live conversation's state, stop
+        the worker (a cancelled question leaves its conversation as it was, see :meth:`AskStream.cancel`)."""
+        with self._lock:
+            for stream in self._open_streams:
+                stream.cancel()
         self._requests.put(None)
         self._worker.join(timeout=600)
         if self._live is not None:
@@ -255,6 +261,10 @@ class ChatService:
         turn = chat.turns[-1]
         try:
             moments = self._moments(live, turn)
+        except Exception:  # noqa: BLE001 - moments are a bonus: the answer is kept without them
+            log.exception("moments of %r failed", turn.question)
+            moments = []
+        try:
             turn_id = self.store.add_turn(stream.conversation_id, turn.question, turn.answer, turn.answer_ids,
                                           turn.stopped, [m.to_dict() for m in moments], chat.stride)
         except BaseException:

@@ -14,6 +14,7 @@ process, so it gets a ``request`` that the pipeline checks between chunks (jobs.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,8 @@ from indexer.db import atomic, connect
 
 if TYPE_CHECKING:  # the type only: subtitle_sources imports PyAV, which the store never needs
     from indexer.subtitle_sources import Track
+
+_WORD = re.compile(r"\w+", re.UNICODE)  # what FTS5's unicode61 tokenizer would index as a word
 
 #: What the pipeline stores per movie, and the value of each column before it has run.
 STAGE_COLUMNS = {
@@ -459,8 +462,9 @@ class LibraryStore:
                " snippet(cues_fts, 0, '[', ']', '...', 12) AS snip, bm25(cues_fts) AS rank"
                " FROM cues_fts JOIN cues ON cues.id = cues_fts.rowid JOIN movies ON movies.id = cues.movie_id"
                " WHERE cues_fts MATCH ?")
-        match = " OR ".join(self.db.quote_fts(w) for w in query.split()) if any_word else self.db.quote_fts(query)
-        if not match.strip():
+        words = _WORD.findall(query) if any_word else [" ".join(_WORD.findall(query))]  # no quotes, no NULs
+        match = " OR ".join(self.db.quote_fts(w) for w in words if w)
+        if not match:
             return []
         params: list = [match]
         if movie_id is not None:

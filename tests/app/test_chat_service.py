@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from app.chat_service import ChatService
+from app.conversations import ConversationStore
 from app.moments import CueHit, rank_moments
 from indexer import library
 from llamavid import cli
@@ -220,6 +221,7 @@ def test_a_question_cancelled_while_waiting_never_runs(data_dir, checkpoint, lv)
 _RESUME = """
 import json, sys
 from app.chat_service import ChatService
+from app.conversations import ConversationStore
 from llamavid.runtime.generate import SamplingOptions
 data, model, conv, question = sys.argv[1:5]
 service = ChatService(data, model=model, language="en", device="cpu", dtype="fp32")
@@ -256,3 +258,16 @@ def test_a_conversation_resumed_in_a_new_process_continues_exactly(data_dir, che
     third = _in_new_process(data_dir, checkpoint, str(first["conv"]), questions[2])
     assert third["answer"] == expected[2]
     assert "visual" in third["phases"] and "prefill" in third["phases"]  # the rebuild showed progress
+
+
+def test_closing_the_service_cancels_the_question_being_answered(data_dir, checkpoint, lv):
+    service = ChatService(data_dir, model=str(checkpoint), language="en", lv=lv)
+    conv = service.new_conversation("Harbor.mkv")
+    stream = service.ask(conv.id, "Where is the treasure?", GREEDY)
+    events = iter(stream)
+    while next(events).type != "progress":  # wait until the film is being read
+        pass
+    service.close()
+    rest = list(events)
+    assert rest[-1].type == "error" and rest[-1].kind == "cancelled"
+    assert ConversationStore(data_dir / "conversations.db").get(conv.id).turns == []

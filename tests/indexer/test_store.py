@@ -159,6 +159,8 @@ def test_subtitles_replaced_read_and_searched(store):
     hits = store.search_cues("llama")
     assert sorted(h[4] for h in hits) == ["Hello llama", "spoken llama"] and "[llama]" in hits[0][6]
     assert store.search_cues("old") == [] and store.search_cues('llama" OR "x') == []
+    # any word, from free text with quotes and control characters (a model's answer): never an FTS5 syntax error
+    assert {h[4] for h in store.search_cues('the "llama\x00 said', any_word=True)} == {"Hello llama", "spoken llama"}
     store.delete_movie(movie_id)  # cues and their full-text rows go with the movie
     assert store.search_cues("llama") == [] and store.subtitle_tracks(movie_id) == []
 
