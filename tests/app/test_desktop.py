@@ -1,9 +1,12 @@
-"""The desktop window, offscreen (QT_QPA_PLATFORM=offscreen is set by tests/conftest.py)."""
+"""The desktop window, offscreen (QT_QPA_PLATFORM=offscreen is set by tests/conftest.py) and under a
+private X server: ``llamavid app`` end to end, and the chat and library tests of
+test_desktop_chat.py and test_desktop_library.py run again there."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -14,11 +17,12 @@ import pytest
 
 pytest.importorskip("PySide6.QtWidgets", reason="PySide6 is part of the install; doctor says why it fails")
 
-from PySide6.QtCore import Qt  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent))
+
+from desktop_fixtures import ROOT, open_window, processes_using  # noqa: E402
 from PySide6.QtGui import QImage  # noqa: E402
 
 from app import status as st  # noqa: E402
-from app.desktop import MainWindow  # noqa: E402
 
 
 def _distinct_colours(image: QImage, step: int = 3) -> int:
@@ -26,53 +30,22 @@ def _distinct_colours(image: QImage, step: int = 3) -> int:
     return len(colours)
 
 
-def _open(qtbot, data_dir: Path) -> MainWindow:
-    window = MainWindow(data_dir)
-    qtbot.addWidget(window)
-    window.show()
-    qtbot.waitExposed(window)
-    return window
-
-
-def test_without_models_the_window_explains_how_to_get_them(qtbot, data_dir: Path, tmp_path: Path) -> None:
-    window = _open(qtbot, data_dir)
+def test_a_new_data_folder_opens_the_window_and_the_first_run_settings(qtbot, data_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    window = open_window(qtbot, data_dir, watch_folders=False)
     assert st.TITLE in window.windowTitle()
-    assert str(data_dir) in window.summary.text()
-    assert window.instructions.isVisible()
-    text = window.instructions.text()
-    assert st.GET_MODELS_HEADING in text
-    assert "YanweiLi/llama-vid-7b-full-224-video-fps-1" in text
-    assert str(data_dir / "models") in text
-    assert not window.models_list.isVisible()
-
+    qtbot.waitUntil(lambda: window.snapshot is not None)
+    assert window.library.empty.isVisible() and window.library.films.count() == 0
+    assert window.library.status.text() == "No films in the library yet"
+    assert window.chat.notice.text() == "Choose a film in the library to chat about it."
+    assert not window.chat.ask_button.isEnabled()
+    assert window.player.view.placeholder == "Choose a film in the library"
+    assert str(data_dir) in window.statusBar().currentMessage()
+    qtbot.waitUntil(lambda: window.setup_dialog is not None and window.setup_dialog.isVisible())
     shot = window.grab().toImage()
-    shot.save(str(tmp_path / "desktop-no-models.png"))
-    assert shot.width() > 300 and shot.height() > 200
+    shot.save(str(tmp_path / "desktop-first-run.png"))
+    assert shot.width() > 1000 and shot.height() > 600
     assert _distinct_colours(shot) > 10, "the screenshot is blank"
-    # The instructions label itself must have rendered text, not just a background.
-    assert _distinct_colours(window.instructions.grab().toImage(), step=1) > 5
-
-
-def test_installed_model_is_listed(qtbot, data_dir: Path, make_model) -> None:
-    make_model(data_dir, "llama-vid-7b-full-224-video-fps-1", size=2_000_000)
-    window = _open(qtbot, data_dir)
-    assert window.models_list.isVisible()
-    assert not window.instructions.isVisible()
-    assert window.models_list.count() == 1
-    item = window.models_list.item(0).text()
-    assert "llama-vid-7b-full-224-video-fps-1" in item and "2.0 MB" in item
-    assert "(1)" in window.models_heading.text()
-    assert _distinct_colours(window.grab().toImage()) > 10
-
-
-def test_refresh_picks_up_a_model_added_while_open(qtbot, data_dir: Path, make_model) -> None:
-    window = _open(qtbot, data_dir)
-    assert window.models_list.count() == 0
-    make_model(data_dir, "new-model")
-    qtbot.mouseClick(window.refresh_button, Qt.MouseButton.LeftButton)
-    assert window.models_list.count() == 1
-    assert "new-model" in window.models_list.item(0).text()
-    assert window.instructions.isHidden()
 
 
 _SCREEN_PROBE = """
@@ -110,7 +83,8 @@ def xvfb_display() -> Iterator[str]:
 def test_llamavid_app_opens_the_desktop_window(
     xvfb_display: str, llamavid_cmd: list[str], data_dir: Path, tmp_path: Path
 ) -> None:
-    """End to end: with a display, `llamavid app` shows a window (seen on the X screen), not the web UI."""
+    """End to end: with a display, `llamavid app` shows a window (seen on the X screen), not the web UI,
+    and SIGTERM closes it like its close button: it exits and leaves no process behind."""
     env = {k: v for k, v in os.environ.items() if k not in ("QT_QPA_PLATFORM", "WAYLAND_DISPLAY")}
     env["DISPLAY"] = xvfb_display
     log = tmp_path / "app.log"
@@ -139,8 +113,27 @@ def test_llamavid_app_opens_the_desktop_window(
             assert probe.returncode == 0, probe.stderr
             colours = int(probe.stdout.strip().splitlines()[-1])
     finally:
-        app.terminate()
-        app.wait(timeout=20)
+        app.send_signal(signal.SIGTERM)
+        try:
+            code = app.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            app.kill()
+            code = app.wait()
     output = log.read_text(errors="replace")
     assert colours > 10, f"nothing drawn on the X screen (see {shot}); app output: {output}"
     assert "web UI" not in output, output
+    assert code == 0, output
+    assert processes_using(data_dir) == []
+
+
+@pytest.mark.slow
+def test_the_chat_and_library_tests_pass_under_xvfb(xvfb_display: str, tmp_path: Path) -> None:
+    """The same pytest-qt tests as offscreen, on a real X server through Qt's xcb platform."""
+    tests = ["tests/app/test_desktop_chat.py::test_clicking_a_moment_seeks_the_player_and_shows_that_subtitle",
+             "tests/app/test_desktop_library.py::test_adding_a_folder_indexes_its_films_in_the_background_with_progress"]
+    env = {k: v for k, v in os.environ.items() if k not in ("WAYLAND_DISPLAY",)}
+    env.update(DISPLAY=xvfb_display, QT_QPA_PLATFORM="xcb")
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'x'}", *tests]
+    run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    assert "2 passed" in run.stdout, run.stdout[-3000:]

@@ -1,0 +1,602 @@
+"""The chat beside the player: a film's conversations, streamed answers, progress, Stop, moments.
+
+A question goes to :meth:`app.chat_service.ChatService.ask`, which returns at once; its stream of
+events is read by a :class:`StreamReader` on a QThread of its own and forwarded to this pane with a
+signal, so the window stays live while the film is read and the answer written. Every other call
+on the service (listing, opening, renaming, deleting, exporting conversations) runs on the pane's
+one service thread (:class:`~app.desktop.common.Tasks`), in order. Moments in an answer are buttons
+that seek the player; each answer has a Copy button.
+
+The service drops a stopped answer (the conversation is left as if the question had not been
+asked), so a stopped or failed question goes back into the question box, and a question typed but
+not sent is kept per conversation as a draft (saved with the settings when the window closes).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+from PySide6.QtGui import QFont, QGuiApplication
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.chat_service import AskStream, ChatEvent, ChatService
+from app.conversations import Conversation
+from app.desktop.common import FlowLayout, Tasks, describe_error, short_clock
+from indexer.library import Movie
+
+__all__ = ["ChatPane", "StreamReader", "TurnView"]
+
+STOPPED_NOTE = "Stopped. This answer was not kept; your question is back in the box below."
+
+
+class StreamReader(QObject):
+    """Reads one question's events on its own thread and forwards each with :attr:`event`."""
+
+    event = Signal(object)
+
+    def __init__(self, stream: AskStream) -> None:
+        super().__init__()
+        self.stream = stream
+
+    @Slot()
+    def run(self) -> None:
+        try:
+            for event in self.stream:
+                self.event.emit(event)
+        except BaseException as exc:  # noqa: BLE001 - the pane shows it like any error event
+            self.event.emit(ChatEvent("error", text=describe_error(exc), kind="internal"))
+        finally:
+            self.thread().quit()
+
+
+class TurnView(QFrame):
+    """One question and its answer, the moments it rests on, and a Copy button."""
+
+    seek = Signal(float)
+
+    def __init__(self, question: str, answer: str = "", moments: list[dict] | None = None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("turn")
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        self.question = QLabel(f"<b>You:</b> {_escape(question)}")
+        self.question.setWordWrap(True)
+        self.question.setTextFormat(Qt.TextFormat.RichText)
+        self.answer = QLabel(answer)
+        self.answer.setObjectName("answer")
+        self.answer.setWordWrap(True)
+        self.answer.setTextFormat(Qt.TextFormat.PlainText)
+        self.answer.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.moments = QWidget()
+        self.moments_row = FlowLayout(self.moments)
+        self.moment_buttons: list[QPushButton] = []
+        self.note = QLabel()
+        self.note.setObjectName("note")
+        self.note.setWordWrap(True)
+        self.note.hide()
+        self.copy_button = QPushButton("Copy")
+        self.copy_button.setToolTip("Copy the answer")
+        self.copy_button.clicked.connect(self.copy)
+        footer = QHBoxLayout()
+        footer.addWidget(self.note, 1)
+        footer.addStretch(0)
+        footer.addWidget(self.copy_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.question)
+        layout.addWidget(self.answer)
+        layout.addWidget(self.moments)
+        layout.addLayout(footer)
+        self.set_moments(moments or [])
+
+    def append(self, text: str) -> None:
+        self.answer.setText(self.answer.text() + text)
+
+    def text(self) -> str:
+        return self.answer.text()
+
+    def set_moments(self, moments: list[dict]) -> None:
+        self.moment_buttons = []
+        while (item := self.moments_row.takeAt(0)) is not None:
+            if item.widget() is not None:
+                item.widget().deleteLater()
+        if moments:
+            self.moments_row.addWidget(QLabel("Moments:"))
+        for m in moments:
+            start, end = float(m["start"]), float(m["end"])
+            button = QPushButton(f"{short_clock(start)}–{short_clock(end)}")
+            button.setObjectName("moment")
+            button.setToolTip("Show this moment in the player\n" + "\n".join(m.get("why") or []))
+            button.setCursor(Qt.CursorShape.PointingHandCursor)
+            button.clicked.connect(lambda _=False, t=start: self.seek.emit(t))
+            button.setProperty("start", start)
+            self.moments_row.addWidget(button)
+            self.moment_buttons.append(button)
+        self.moments.setVisible(bool(moments))
+
+    def set_note(self, text: str, kind: str = "info") -> None:
+        colour = {"error": "#a40000", "info": "#555555"}.get(kind, "#555555")
+        self.note.setStyleSheet(f"color: {colour};")
+        self.note.setText(text)
+        self.note.setVisible(bool(text))
+
+    def copy(self) -> None:
+        QGuiApplication.clipboard().setText(self.text())
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class ChatPane(QWidget):
+    """Conversations about the open film and the question box (see the module docstring)."""
+
+    seek_requested = Signal(float)
+    error = Signal(str)
+    info = Signal(str)
+    busy_changed = Signal(bool)
+    progress_shown = Signal(str)  # each line the progress label shows
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.service: ChatService | None = None
+        self.tasks = Tasks(1, self)
+        self.movie: Movie | None = None
+        self.conversation_id: int | None = None
+        self.conversation_title = ""
+        self.options: Callable[[], Any] = lambda: None  # SamplingOptions for the next question
+        self.track: Callable[[], int | None] = lambda: None  # the subtitle track a new conversation takes
+        self.drafts: dict[str, str] = {}
+        self.model_problem: str | None = "no chat model chosen"
+        self.turns: list[TurnView] = []
+        self.live: TurnView | None = None
+        self.stream: AskStream | None = None
+        self.reader: StreamReader | None = None
+        self.reader_thread: QThread | None = None
+        self.asked_at = 0.0
+        self._stop_asked = False
+        self._pending_question = ""
+        self._list_generation = 0
+
+        heading = QLabel("Chat")
+        font = QFont(heading.font())
+        font.setBold(True)
+        font.setPointSizeF(font.pointSizeF() * 1.2)
+        heading.setFont(font)
+        self.conversations = QComboBox()
+        self.conversations.setObjectName("conversations")
+        self.conversations.setToolTip("This film's conversations, newest first")
+        self.conversations.activated.connect(self._conversation_chosen)
+        self.new_button = QPushButton("New")
+        self.new_button.setToolTip("Start a new conversation about this film")
+        self.new_button.clicked.connect(self.new_conversation)
+        self.rename_button = QPushButton("Rename…")
+        self.rename_button.clicked.connect(self.rename_conversation)
+        self.delete_button = QPushButton("Delete")
+        self.delete_button.clicked.connect(self.delete_conversation)
+        self.export_button = QPushButton("Export…")
+        self.export_button.setToolTip("Save the conversation as a Markdown file")
+        self.export_button.clicked.connect(self.export_conversation)
+        bar = QHBoxLayout()
+        for b in (self.new_button, self.rename_button, self.delete_button, self.export_button):
+            bar.addWidget(b)
+        bar.addStretch(1)
+
+        self.notice = QLabel()
+        self.notice.setObjectName("chatNotice")
+        self.notice.setWordWrap(True)
+        self.notice.setStyleSheet("color: #555555;")
+
+        self.transcript = QWidget()
+        self.transcript_layout = QVBoxLayout(self.transcript)
+        self.transcript_layout.addStretch(1)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setWidget(self.transcript)
+        self.scroll.verticalScrollBar().rangeChanged.connect(self._scroll_to_end)
+
+        self.progress_label = QLabel()
+        self.progress_label.setObjectName("progressLabel")
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setTextVisible(False)
+        self.progress_bar.setMaximumHeight(8)
+        self.progress_label.hide()
+        self.progress_bar.hide()
+
+        self.question = QLineEdit()
+        self.question.setObjectName("question")
+        self.question.setPlaceholderText("Ask about this film…")
+        self.question.returnPressed.connect(self.ask)
+        self.ask_button = QPushButton("Ask")
+        self.ask_button.setDefault(True)
+        self.ask_button.clicked.connect(self.ask)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop this answer")
+        self.stop_button.clicked.connect(self.stop)
+        self.stop_button.setEnabled(False)
+        ask_row = QHBoxLayout()
+        ask_row.addWidget(self.question, 1)
+        ask_row.addWidget(self.ask_button)
+        ask_row.addWidget(self.stop_button)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(heading)
+        layout.addWidget(self.conversations)
+        layout.addLayout(bar)
+        layout.addWidget(self.notice)
+        layout.addWidget(self.scroll, 1)
+        layout.addWidget(self.progress_label)
+        layout.addWidget(self.progress_bar)
+        layout.addLayout(ask_row)
+        self._refresh_controls()
+
+    # -- state -------------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """A question is on its way (queued, being read, being answered)."""
+        return self.live is not None
+
+    def set_service(self, service: ChatService | None, model_problem: str | None) -> None:
+        """The service questions go to; ``model_problem`` says why none can be asked (or None)."""
+        self.service, self.model_problem = service, model_problem
+        if self.movie is not None:
+            self.reload()
+        self._refresh_controls()
+
+    def set_movie(self, movie: Movie | None) -> None:
+        """Show a film's conversations (the newest opens); a question on its way is stopped."""
+        if movie is not None and self.movie is not None and movie.id == self.movie.id:
+            self.update_movie(movie)
+            return
+        if self.busy:
+            self.stop()
+        self._save_draft()
+        self.movie = movie
+        self._show_conversation(None, [])
+        self.reload(open_newest=True)
+
+    def update_movie(self, movie: Movie) -> None:
+        """The film's row changed (indexing went on): only what may be asked changes."""
+        if self.movie is not None and movie.id == self.movie.id:
+            self.movie = movie
+            self._refresh_controls()
+
+    def _draft_key(self) -> str | None:
+        if self.conversation_id is not None:
+            return str(self.conversation_id)
+        return f"new-{self.movie.id}" if self.movie is not None else None
+
+    def _save_draft(self) -> None:
+        key = self._draft_key()
+        if key is None:
+            return
+        text = self.question.text().strip()
+        if text:
+            self.drafts[key] = text
+        else:
+            self.drafts.pop(key, None)
+
+    def _restore_draft(self) -> None:
+        key = self._draft_key()
+        self.question.setText(self.drafts.get(key, "") if key else "")
+
+    def _refresh_controls(self) -> None:
+        movie, busy = self.movie, self.busy
+        problem = None
+        if movie is None:
+            problem = "Choose a film in the library to chat about it."
+        elif not movie.features_complete:
+            problem = (f"{Path(movie.rel_path).name} is not indexed yet ({movie.state}); "
+                       "you can ask about it once indexing is done.")
+        elif self.model_problem:
+            problem = f"{self.model_problem[0].upper()}{self.model_problem[1:]}: open Settings to choose a model."
+        self.notice.setText(problem or "")
+        self.notice.setVisible(bool(problem))
+        can_ask = problem is None and self.service is not None
+        self.ask_button.setEnabled(can_ask and not busy)
+        self.question.setEnabled(movie is not None)
+        self.stop_button.setEnabled(busy)
+        has_conv = self.conversation_id is not None
+        self.conversations.setEnabled(movie is not None and not busy)
+        self.new_button.setEnabled(movie is not None and not busy)
+        for b in (self.rename_button, self.delete_button, self.export_button):
+            b.setEnabled(has_conv and not busy)
+
+    # -- conversations -----------------------------------------------------------------------------
+    def reload(self, open_newest: bool = False, select: int | None = None) -> None:
+        """Read the film's conversations again (on the service thread) and list them."""
+        if self.service is None or self.movie is None:
+            self.conversations.clear()
+            return
+        service, movie_id = self.service, self.movie.id
+        self._list_generation += 1
+        generation = self._list_generation
+
+        def listed(convs: list[Conversation]) -> None:
+            if generation != self._list_generation or self.movie is None or self.movie.id != movie_id:
+                return
+            self._fill_list(convs, select if select is not None else self.conversation_id)
+            if open_newest and convs and not self.busy:
+                self.open_conversation(convs[0].id)
+
+        self.tasks.run(lambda: service.conversations(movie_id), listed, self._failed)
+
+    def _fill_list(self, convs: list[Conversation], current: int | None) -> None:
+        self.conversations.clear()
+        self.conversations.addItem("New conversation", None)
+        for conv in convs:
+            when = time.strftime("%d %b %H:%M", time.localtime(conv.updated_at))
+            turns = len(conv.turns)
+            self.conversations.addItem(f"{conv.title} · {when} · {turns} question{'s' if turns != 1 else ''}",
+                                       conv.id)
+        index = self.conversations.findData(current) if current is not None else 0
+        self.conversations.setCurrentIndex(max(0, index))
+
+    def conversation_ids(self) -> list[int]:
+        return [self.conversations.itemData(i) for i in range(1, self.conversations.count())]
+
+    @Slot(int)
+    def _conversation_chosen(self, index: int) -> None:
+        conv_id = self.conversations.itemData(index)
+        if conv_id != self.conversation_id:
+            if conv_id is None:
+                self.new_conversation()
+            else:
+                self.open_conversation(conv_id)
+
+    def open_conversation(self, conversation_id: int) -> None:
+        """Show a kept conversation; the next question continues it."""
+        if self.service is None or self.busy:
+            return
+        self._save_draft()
+        service = self.service
+        self.tasks.run(lambda: service.conversation(conversation_id), self._opened, self._failed)
+
+    def _opened(self, conv: Conversation) -> None:
+        if self.movie is None or conv.movie_id != self.movie.id or self.busy:
+            return
+        self._show_conversation(conv.id, [(t.question, t.answer, t.moments, t.stopped) for t in conv.turns],
+                                conv.title)
+        index = self.conversations.findData(conv.id)
+        if index >= 0:
+            self.conversations.setCurrentIndex(index)
+
+    def new_conversation(self) -> None:
+        """An empty conversation; it is kept once its first question is asked."""
+        if self.busy:
+            return
+        self._save_draft()
+        self._show_conversation(None, [])
+        self.conversations.setCurrentIndex(0)
+
+    def _show_conversation(self, conversation_id: int | None, turns: list[tuple], title: str = "") -> None:
+        self.conversation_id, self.conversation_title = conversation_id, title
+        for view in self.turns:
+            view.setParent(None)
+            view.deleteLater()
+        self.turns = []
+        for question, answer, moments, stopped in turns:
+            view = self._add_turn(question, answer, moments)
+            if stopped:
+                view.set_note("(the answer was cut short)")
+        self._restore_draft()
+        self._refresh_controls()
+
+    def _add_turn(self, question: str, answer: str = "", moments: list[dict] | None = None) -> TurnView:
+        view = TurnView(question, answer, moments)
+        view.seek.connect(self.seek_requested)
+        self.transcript_layout.insertWidget(self.transcript_layout.count() - 1, view)
+        self.turns.append(view)
+        return view
+
+    @Slot(int, int)
+    def _scroll_to_end(self, low: int, high: int) -> None:
+        self.scroll.verticalScrollBar().setValue(high)
+
+    def rename_conversation(self) -> None:
+        if self.service is None or self.conversation_id is None:
+            return
+        title, ok = QInputDialog.getText(self, "Rename conversation", "Title:", QLineEdit.EchoMode.Normal,
+                                         self.conversation_title)
+        if not ok or not title.strip():
+            return
+        service, conv_id, title = self.service, self.conversation_id, title.strip()
+
+        def renamed(_: Any) -> None:
+            if conv_id == self.conversation_id:
+                self.conversation_title = title
+            self.reload(select=conv_id)
+
+        self.tasks.run(lambda: service.rename(conv_id, title), renamed, self._failed)
+
+    def delete_conversation(self) -> None:
+        if self.service is None or self.conversation_id is None:
+            return
+        answer = QMessageBox.question(self, "Delete conversation",
+                                      f"Delete the conversation “{self.conversation_title}”? This cannot be undone.")
+        if answer != QMessageBox.StandardButton.Yes:
+            return
+        service, conv_id = self.service, self.conversation_id
+
+        def deleted(_: Any) -> None:
+            self.drafts.pop(str(conv_id), None)
+            if conv_id == self.conversation_id:
+                self._show_conversation(None, [])
+            self.reload(select=None)
+
+        self.tasks.run(lambda: service.delete(conv_id), deleted, self._failed)
+
+    def export_conversation(self) -> None:
+        if self.service is None or self.conversation_id is None:
+            return
+        default = str(Path.home() / f"{self.conversation_title or 'conversation'}.md")
+        path, _ = QFileDialog.getSaveFileName(self, "Export conversation", default, "Markdown (*.md);;All files (*)")
+        if not path:
+            return
+        service, conv_id = self.service, self.conversation_id
+
+        def write() -> str:
+            Path(path).write_text(service.export_markdown(conv_id), encoding="utf-8")
+            return path
+
+        self.tasks.run(write, lambda p: self.info.emit(f"conversation exported to {p}"), self._failed)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.error.emit(describe_error(exc))
+
+    # -- questions ---------------------------------------------------------------------------------
+    def ask(self) -> None:
+        """Send the question in the box (a new conversation is kept from its first question)."""
+        question = self.question.text().strip()
+        if not question or self.busy or not self.ask_button.isEnabled():
+            return
+        assert self.service is not None and self.movie is not None
+        service, movie = self.service, self.movie
+        key = self._draft_key()
+        if key:
+            self.drafts.pop(key, None)
+        self.question.clear()
+        self._stop_asked = False
+        self._pending_question = question
+        self.live = self._add_turn(question)
+        self.asked_at = time.monotonic()
+        self._show_progress("sending the question…", 0, 0)
+        self._refresh_controls()
+        self.busy_changed.emit(True)
+        if self.conversation_id is not None:
+            self._send(self.conversation_id, question)
+            return
+        track = self.track()
+        self.tasks.run(lambda: service.new_conversation(movie.id, None, track),
+                       lambda conv: self._send(conv.id, question, conv.title), self._send_failed)
+
+    def _send(self, conversation_id: int, question: str, title: str | None = None) -> None:
+        if self.live is None or self.service is None:
+            return
+        if title is not None:
+            self.conversation_id, self.conversation_title = conversation_id, title
+        stream = self.service.ask(conversation_id, question, self.options())
+        self.stream = stream
+        if self._stop_asked:
+            stream.cancel()
+        reader = StreamReader(stream)
+        thread = QThread(self)
+        thread.setObjectName("llamavid-answer")
+        reader.moveToThread(thread)
+        thread.started.connect(reader.run)
+        reader.event.connect(self._on_event)
+        thread.finished.connect(self._reader_finished)
+        self.reader, self.reader_thread = reader, thread
+        thread.start()
+
+    def _send_failed(self, exc: BaseException) -> None:
+        self._on_event(ChatEvent("error", text=describe_error(exc), kind="internal"))
+
+    def stop(self) -> None:
+        """Stop the question on its way (the service answers the next one as if it had not been asked)."""
+        self._stop_asked = True
+        if self.stream is not None:
+            self.stream.cancel()
+        self.stop_button.setEnabled(False)
+        self.progress_label.setText("stopping…")
+
+    @Slot(object)
+    def _on_event(self, event: ChatEvent) -> None:
+        live = self.live
+        if live is None:
+            return
+        if event.type == "queued":
+            ahead = event.position
+            self._show_progress(f"waiting for {ahead} earlier question{'s' if ahead != 1 else ''}" if ahead
+                                else "starting (the first question loads the model)…", 0, 0)
+        elif event.type == "progress" and event.progress is not None:
+            p = event.progress
+            if not self._stop_asked:
+                self._show_progress(p.describe(), p.done, p.total)
+        elif event.type == "text":
+            live.append(event.text)
+        elif event.type == "moments":
+            live.set_moments([m.to_dict() for m in event.moments])
+        elif event.type == "done":
+            if event.stopped:
+                live.set_note("(the answer was cut short)")
+            self._end()
+            self.reload(select=self.conversation_id)
+        elif event.type == "error":
+            if event.kind == "cancelled":
+                live.set_note(STOPPED_NOTE)
+            else:
+                live.set_note(f"No answer: {event.text}", "error")
+                self.error.emit(event.text)
+            if not self.question.text().strip():
+                self.question.setText(self._pending_question)
+            self._end()
+            if self.conversation_id is not None:
+                self.reload(select=self.conversation_id)
+
+    def _show_progress(self, text: str, done: int, total: int) -> None:
+        if text != self.progress_label.text():
+            self.progress_shown.emit(text)
+        self.progress_label.setText(text)
+        self.progress_label.show()
+        if total > 0:
+            self.progress_bar.setRange(0, total)
+            self.progress_bar.setValue(done)
+        else:
+            self.progress_bar.setRange(0, 0)  # busy indicator
+        self.progress_bar.show()
+
+    def _end(self) -> None:
+        self.live, self.stream = None, None
+        self.progress_label.hide()
+        self.progress_bar.hide()
+        self._refresh_controls()
+        self.busy_changed.emit(False)
+
+    @Slot()
+    def _reader_finished(self) -> None:
+        thread = self.sender()
+        if isinstance(thread, QThread):
+            if thread is self.reader_thread:
+                self.reader, self.reader_thread = None, None
+            thread.deleteLater()
+
+    # -- closing -----------------------------------------------------------------------------------
+    def stop_for_close(self) -> None:
+        """First step of closing: stop a question on its way (its text becomes the draft)."""
+        if self.busy:
+            question = self._pending_question
+            self.stop()
+            if not self.question.text().strip():
+                self.question.setText(question)
+        self._save_draft()
+
+    def finish_close(self, timeout: float = 30.0) -> None:
+        """Last step, once the service is closed (so every stream has ended): wait for the reader
+        and the service thread."""
+        thread = self.reader_thread
+        if thread is not None and thread.isRunning() and not thread.wait(int(timeout * 1000)):
+            _orphans.append(thread)  # never destroyed while it runs; it ends with its stream
+            thread.setParent(None)
+        self.tasks.close(int(timeout * 1000))
+
+
+_orphans: list[QThread] = []

@@ -1,0 +1,287 @@
+"""The library pane: folders, a row per film (thumbnail, title, duration, index state and progress,
+subtitle sources), and the indexing controls. It only shows what it is given: the window reads
+the library on a worker thread (:mod:`app.desktop.indexing`) and hands each snapshot in.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QSize, Qt, Signal, Slot
+from PySide6.QtGui import QColor, QFont, QPixmap
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.desktop.common import clock
+from app.desktop.indexing import LibrarySnapshot, movie_status
+from indexer.library import Movie
+
+__all__ = ["FilmRow", "LibraryPane", "subtitle_summary"]
+
+THUMB = QSize(128, 72)
+
+
+def subtitle_summary(movie: Movie) -> str:
+    """"subtitles: sidecar (en, fr)" / "no subtitles yet"."""
+    tracks = [t for t in movie.subtitle_tracks if t.get("status") == "ok" and t.get("cue_count")]
+    if not tracks:
+        image = [t for t in movie.subtitle_tracks if t.get("kind") == "image"]
+        return "image subtitles only (not read)" if image else (
+            "no subtitles" if movie.state == "done" else "no subtitles yet")
+    sources = sorted({t["source"] for t in tracks})
+    languages = sorted({t["language"] for t in tracks if t.get("language")})
+    names = {"asr": "speech recognition", "sidecar": "subtitle files", "embedded": "embedded"}
+    text = "subtitles: " + ", ".join(names.get(s, s) for s in sources)
+    return text + (f" ({', '.join(languages)})" if languages else "")
+
+
+class FilmRow(QWidget):
+    """One film in the list."""
+
+    def __init__(self, movie: Movie, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.movie = movie
+        self.thumbnail = QLabel()
+        self.thumbnail.setObjectName("thumbnail")
+        self.thumbnail.setFixedSize(THUMB)
+        self.thumbnail.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.thumbnail.setStyleSheet("background: #222; color: #999;")
+        self.thumbnail.setText("🎬")
+        self.thumbnail_file: str | None = None
+        self.title = QLabel()
+        font = QFont(self.title.font())
+        font.setBold(True)
+        self.title.setFont(font)
+        self.details = QLabel()
+        self.details.setObjectName("details")
+        self.details.setWordWrap(True)
+        self.state = QLabel()
+        self.state.setObjectName("state")
+        self.state.setWordWrap(True)
+        self.progress = QProgressBar()
+        self.progress.setObjectName("progress")
+        self.progress.setMaximumHeight(10)
+        self.progress.setTextVisible(False)
+        text = QVBoxLayout()
+        text.setSpacing(1)
+        text.addWidget(self.title)
+        text.addWidget(self.details)
+        text.addWidget(self.state)
+        text.addWidget(self.progress)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.thumbnail)
+        layout.addLayout(text, 1)
+        self.update_movie(movie, False)
+
+    def update_movie(self, movie: Movie, paused: bool) -> None:
+        self.movie = movie
+        self.title.setText(Path(movie.rel_path).name)
+        self.title.setToolTip(movie.path)
+        self.details.setText(f"{clock(movie.duration)} · {subtitle_summary(movie)}")
+        text, done, total = movie_status(movie, paused)
+        self.state.setText(text)
+        colour = {"failed": "#a40000", "missing": "#a40000", "done": "#2a7a2a"}.get(movie.state, "#555555")
+        self.state.setStyleSheet(f"color: {colour};")
+        if total > 0:
+            self.progress.setRange(0, total)
+            self.progress.setValue(min(done, total))
+            self.progress.show()
+        else:
+            self.progress.hide()
+
+    def set_thumbnail(self, path: str) -> None:
+        pixmap = QPixmap(path)
+        if pixmap.isNull():
+            return
+        self.thumbnail_file = path
+        self.thumbnail.setText("")
+        self.thumbnail.setPixmap(pixmap.scaled(self.thumbnail.size(), Qt.AspectRatioMode.KeepAspectRatio,
+                                               Qt.TransformationMode.SmoothTransformation))
+
+    def has_thumbnail(self) -> bool:
+        pixmap = self.thumbnail.pixmap()
+        return pixmap is not None and not pixmap.isNull()
+
+
+class LibraryPane(QWidget):
+    """Folders and films; its buttons emit what the person asked for, the window does it."""
+
+    movie_chosen = Signal(int)
+    add_folder_clicked = Signal()
+    remove_folder_clicked = Signal(int)  # library folder id
+    reindex_clicked = Signal(int)  # movie id
+    pause_clicked = Signal(bool)  # True: pause
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.rows: dict[int, FilmRow] = {}
+        self.items: dict[int, QListWidgetItem] = {}
+        self.thumbnails: dict[int, str] = {}  # movie id -> cached picture, kept for rebuilt rows
+        self.snapshot: LibrarySnapshot | None = None
+        heading = QLabel("Library")
+        font = QFont(heading.font())
+        font.setBold(True)
+        font.setPointSizeF(font.pointSizeF() * 1.2)
+        heading.setFont(font)
+
+        self.folders = QListWidget()
+        self.folders.setObjectName("folders")
+        self.folders.setMaximumHeight(72)
+        self.folders.setToolTip("Library folders: their films are indexed in the background")
+        self.add_button = QPushButton("Add folder…")
+        self.add_button.clicked.connect(self.add_folder_clicked)
+        self.remove_button = QPushButton("Remove folder")
+        self.remove_button.setToolTip("Forget the selected folder (its films leave the library; files are kept)")
+        self.remove_button.clicked.connect(self._remove_clicked)
+        folder_buttons = QHBoxLayout()
+        folder_buttons.addWidget(self.add_button)
+        folder_buttons.addWidget(self.remove_button)
+        folder_buttons.addStretch(1)
+
+        self.films = QListWidget()
+        self.films.setObjectName("films")
+        self.films.setSpacing(2)
+        self.films.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.films.setResizeMode(QListWidget.ResizeMode.Adjust)
+        self.films.currentItemChanged.connect(self._film_changed)
+        self.empty = QLabel("No films yet. Add a folder of films: they are indexed in the background, "
+                            "and you can watch and ask about each one once it is ready.")
+        self.empty.setWordWrap(True)
+        self.empty.setStyleSheet("color: #555555;")
+
+        self.status = QLabel("Indexer idle")
+        self.status.setObjectName("indexerStatus")
+        self.status.setWordWrap(True)
+        self.pause_button = QPushButton("Pause indexing")
+        self.pause_button.setObjectName("pauseIndexing")
+        self.pause_button.clicked.connect(self._pause_clicked)
+        self.reindex_button = QPushButton("Re-index film")
+        self.reindex_button.setToolTip("Index the selected film again")
+        self.reindex_button.clicked.connect(self._reindex_clicked)
+        index_buttons = QHBoxLayout()
+        index_buttons.addWidget(self.pause_button)
+        index_buttons.addWidget(self.reindex_button)
+        index_buttons.addStretch(1)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(heading)
+        layout.addWidget(self.folders)
+        layout.addLayout(folder_buttons)
+        layout.addWidget(self.films, 1)
+        layout.addWidget(self.empty)
+        layout.addWidget(self.status)
+        layout.addLayout(index_buttons)
+        self._refresh_buttons()
+
+    # -- showing a snapshot ------------------------------------------------------------------------
+    def show_snapshot(self, snap: LibrarySnapshot, indexer_note: str) -> None:
+        self.snapshot = snap
+        self._show_folders(snap.folders)
+        wanted = [m.id for m in snap.movies]
+        if [self.films.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.films.count())] != wanted:
+            current = self.current_movie_id()
+            self.films.blockSignals(True)
+            self.films.clear()
+            self.rows, self.items = {}, {}
+            for movie in snap.movies:
+                item = QListWidgetItem()
+                item.setData(Qt.ItemDataRole.UserRole, movie.id)
+                row = FilmRow(movie)
+                self.films.addItem(item)
+                self.films.setItemWidget(item, row)
+                self.rows[movie.id], self.items[movie.id] = row, item
+                if movie.id in self.thumbnails:
+                    row.set_thumbnail(self.thumbnails[movie.id])
+            self.films.blockSignals(False)
+            if current is not None and current in self.rows:
+                self.select_movie(current, notify=False)
+            elif current is not None:
+                self.films.setCurrentRow(-1)
+                self.movie_chosen.emit(-1)
+        for movie in snap.movies:
+            row = self.rows[movie.id]
+            row.update_movie(movie, snap.paused)
+            if self.items[movie.id].sizeHint() != row.sizeHint():  # a progress bar came or went
+                self.items[movie.id].setSizeHint(row.sizeHint())
+        self.empty.setVisible(not snap.movies)
+        self.status.setText(indexer_note)
+        self.pause_button.setText("Resume indexing" if snap.paused else "Pause indexing")
+        self._refresh_buttons()
+
+    def _show_folders(self, folders: list[dict]) -> None:
+        wanted = [(f["id"], f["path"]) for f in folders]
+        have = [(self.folders.item(i).data(Qt.ItemDataRole.UserRole), self.folders.item(i).text())
+                for i in range(self.folders.count())]
+        if wanted == have:
+            return
+        current = self.folders.currentItem().data(Qt.ItemDataRole.UserRole) if self.folders.currentItem() else None
+        self.folders.clear()
+        for folder_id, path in wanted:
+            item = QListWidgetItem(path)
+            item.setData(Qt.ItemDataRole.UserRole, folder_id)
+            if not Path(path).is_dir():
+                item.setForeground(QColor("#a40000"))
+                item.setToolTip("folder not found (unplugged drive?): its films are marked missing, nothing is lost")
+            self.folders.addItem(item)
+            if folder_id == current:
+                self.folders.setCurrentItem(item)
+
+    def set_thumbnail(self, movie_id: int, path: str) -> None:
+        self.thumbnails[movie_id] = path
+        row = self.rows.get(movie_id)
+        if row is not None:
+            row.set_thumbnail(path)
+
+    # -- selection ---------------------------------------------------------------------------------
+    def current_movie_id(self) -> int | None:
+        item = self.films.currentItem()
+        return item.data(Qt.ItemDataRole.UserRole) if item is not None else None
+
+    def select_movie(self, movie_id: int, notify: bool = True) -> bool:
+        for i in range(self.films.count()):
+            if self.films.item(i).data(Qt.ItemDataRole.UserRole) == movie_id:
+                if not notify:
+                    self.films.blockSignals(True)
+                self.films.setCurrentRow(i)
+                self.films.blockSignals(False)
+                self._refresh_buttons()
+                return True
+        return False
+
+    @Slot(QListWidgetItem, QListWidgetItem)
+    def _film_changed(self, current: QListWidgetItem | None, previous: QListWidgetItem | None) -> None:
+        self._refresh_buttons()
+        if current is not None:
+            self.movie_chosen.emit(current.data(Qt.ItemDataRole.UserRole))
+
+    def row(self, movie_id: int) -> FilmRow | None:
+        return self.rows.get(movie_id)
+
+    def row_by_name(self, name: str) -> FilmRow | None:
+        return next((r for r in self.rows.values() if Path(r.movie.rel_path).name == name), None)
+
+    def _refresh_buttons(self) -> None:
+        self.reindex_button.setEnabled(self.current_movie_id() is not None)
+        self.remove_button.setEnabled(self.folders.count() > 0)
+
+    def _remove_clicked(self) -> None:
+        item = self.folders.currentItem() or (self.folders.item(0) if self.folders.count() == 1 else None)
+        if item is not None:
+            self.remove_folder_clicked.emit(item.data(Qt.ItemDataRole.UserRole))
+
+    def _reindex_clicked(self) -> None:
+        movie_id = self.current_movie_id()
+        if movie_id is not None:
+            self.reindex_clicked.emit(movie_id)
+
+    def _pause_clicked(self) -> None:
+        self.pause_clicked.emit(not (self.snapshot.paused if self.snapshot else False))

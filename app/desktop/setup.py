@@ -1,0 +1,394 @@
+"""The settings dialog, opened by itself on the first run: the chat model and how it runs.
+
+Pick a downloaded (or registered) model, or download one from the catalogue with progress and
+Cancel; choose the backend, quantization and device, which start from what fits this computer
+(:func:`app.hardware.recommend`: the hardware and the memory free now, for the chosen model's
+size) until you change them; the language of the subtitles a film prompt prefers; how hard the
+background indexer may work. Everything is saved in ``<data>/settings.json`` (:mod:`app.settings`).
+Looking at the models folder, the hardware and a model's size runs off the GUI thread.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app import hardware
+from app import status as st
+from app.desktop.common import Tasks, describe_error
+from app.desktop.download import ModelDownload
+from app.settings import BACKENDS, Settings, save_settings
+from llamavid.hub.installed import InstalledEntry, add_model, list_models
+from llamavid.paths import DataDir
+from llamavid.storage import human_size
+
+__all__ = ["SetupDialog", "chat_models"]
+
+BITS = ((None, "none (full precision)"), (8, "8 bit"), (4, "4 bit"))
+
+
+def chat_models(models: list[InstalledEntry]) -> list[InstalledEntry]:
+    """Installed models one can chat with (speech models, base LLMs and projectors are not)."""
+    return [m for m in models if m.kind not in ("speech", "base-llm", "pretrain")]
+
+
+class SetupDialog(QDialog):
+    """See the module docstring; ``saved`` carries the settings once written."""
+
+    saved = Signal(object)
+
+    def __init__(self, data: DataDir, settings: Settings, download: ModelDownload, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle(f"{st.TITLE} - settings")
+        self.setObjectName("setupDialog")
+        self.data, self.settings, self.download = data, settings, download
+        self.first_run = settings.model is None
+        self.tasks = Tasks(1, self)
+        self.hw: hardware.Hardware | None = None
+        self.models: list[InstalledEntry] = []
+        self.recommendation: hardware.Recommendation | None = None
+        self.touched = False  # the person changed backend, bits or device themselves
+        self._applying = False
+        self.resize(760, 680)
+
+        intro = QLabel("Welcome! Pick the model to chat with, or download one. The settings below start from "
+                       "what fits this computer." if self.first_run else
+                       "The chat model and how it runs. Changes apply to the next question.")
+        intro.setWordWrap(True)
+        self.hardware_label = QLabel("Looking at this computer…")
+        self.hardware_label.setObjectName("hardware")
+        self.hardware_label.setWordWrap(True)
+
+        # installed models
+        self.installed = QListWidget()
+        self.installed.setObjectName("installedModels")
+        self.installed.currentItemChanged.connect(self._model_chosen)
+        self.instructions = QLabel()
+        self.instructions.setObjectName("instructions")
+        self.instructions.setTextFormat(Qt.TextFormat.MarkdownText)
+        self.instructions.setWordWrap(True)
+        self.instructions.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.instructions.hide()
+        self.refresh_button = QPushButton("Refresh")
+        self.refresh_button.clicked.connect(self.refresh)
+        self.add_button = QPushButton("Use a folder…")
+        self.add_button.setToolTip("Register a checkpoint folder you already have (nothing is copied)")
+        self.add_button.clicked.connect(self.add_folder)
+        row = QHBoxLayout()
+        row.addWidget(self.refresh_button)
+        row.addWidget(self.add_button)
+        row.addStretch(1)
+        installed_box = QGroupBox("Chat model")
+        box = QVBoxLayout(installed_box)
+        box.addWidget(self.installed, 1)
+        box.addWidget(self.instructions)
+        box.addLayout(row)
+
+        # downloads
+        self.catalogue = QComboBox()
+        self.catalogue.setObjectName("catalogue")
+        for entry in st.CHAT_MODELS:
+            size = f", about {human_size(entry.approx_size)}" if entry.approx_size else ""
+            self.catalogue.addItem(f"{entry.name} ({entry.purpose}{size})", entry.name)
+        self.download_button = QPushButton("Download")
+        self.download_button.clicked.connect(self.start_download)
+        self.cancel_button = QPushButton("Cancel download")
+        self.cancel_button.clicked.connect(self.download.cancel)
+        self.download_bar = QProgressBar()
+        self.download_bar.setObjectName("downloadProgress")
+        self.download_label = QLabel()
+        self.download_label.setObjectName("downloadStatus")
+        self.download_label.setWordWrap(True)
+        download_box = QGroupBox("Download a model (resumable; the shared vision weights come with it)")
+        d = QVBoxLayout(download_box)
+        pick = QHBoxLayout()
+        pick.addWidget(self.catalogue, 1)
+        pick.addWidget(self.download_button)
+        pick.addWidget(self.cancel_button)
+        d.addLayout(pick)
+        d.addWidget(self.download_bar)
+        d.addWidget(self.download_label)
+        download.progress.connect(self._download_progress)
+        download.finished.connect(self._download_finished)
+
+        # how it runs
+        self.backend = QComboBox()
+        self.backend.setObjectName("backend")
+        for b in BACKENDS:
+            self.backend.addItem({"auto": "auto (llama.cpp for a GGUF folder, else transformers)"}.get(b, b), b)
+        self.bits = QComboBox()
+        self.bits.setObjectName("bits")
+        for value, text in BITS:
+            self.bits.addItem(text, value)
+        self.device = QComboBox()
+        self.device.setObjectName("device")
+        self._fill_devices()
+        self.language = QLineEdit(settings.language or "")
+        self.language.setPlaceholderText("the system's language")
+        self.language.setMaxLength(8)
+        self.idle = QDoubleSpinBox()
+        self.idle.setRange(0.0, 60.0)
+        self.idle.setSingleStep(0.5)
+        self.idle.setSuffix(" s")
+        self.idle.setValue(settings.index_idle)
+        self.idle.setToolTip("Seconds the indexer rests between chunks of frames: a lighter load while you work")
+        self.reason = QLabel()
+        self.reason.setObjectName("recommendation")
+        self.reason.setWordWrap(True)
+        runs_box = QGroupBox("How it runs")
+        form = QFormLayout(runs_box)
+        form.addRow("Backend:", self.backend)
+        form.addRow("Quantization:", self.bits)
+        form.addRow("Device:", self.device)
+        form.addRow("", self.reason)
+        form.addRow("Subtitle language:", self.language)
+        form.addRow("Indexing rest between chunks:", self.idle)
+        self._select(self.backend, settings.backend)
+        self._select(self.bits, settings.bits)
+        self._select(self.device, settings.device)
+        for combo in (self.backend, self.bits, self.device):
+            combo.activated.connect(self._touched)
+
+        self.error_label = QLabel()
+        self.error_label.setObjectName("setupError")
+        self.error_label.setWordWrap(True)
+        self.error_label.setStyleSheet("color: #a40000;")
+        self.error_label.hide()
+        self.save_button = QPushButton("Save")
+        self.save_button.setObjectName("save")
+        self.save_button.setDefault(True)
+        self.save_button.clicked.connect(self.save)
+        close = QPushButton("Close")
+        close.clicked.connect(self.reject)
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        buttons.addWidget(close)
+        buttons.addWidget(self.save_button)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(intro)
+        layout.addWidget(self.hardware_label)
+        layout.addWidget(installed_box, 2)
+        layout.addWidget(download_box)
+        layout.addWidget(runs_box)
+        layout.addWidget(self.error_label)
+        layout.addLayout(buttons)
+        self._show_download_state()
+        self.refresh()
+        self.tasks.run(hardware.detect, self._detected, self._failed)
+
+    # -- reading the machine and the models folder (worker thread) -------------------------------
+    def refresh(self) -> None:
+        data = self.data
+        self.tasks.run(lambda: (list_models(data), st.collect_status(data.root)), self._listed, self._failed)
+
+    def _listed(self, result) -> None:
+        models, status = result
+        current = self.selected_model() or self.settings.model
+        self.models = chat_models(models)
+        self.installed.blockSignals(True)
+        self.installed.clear()
+        for m in self.models:
+            text = f"{m.name}    {m.kind}    {m.size_human}" + ("" if m.status == "complete" else f"    ({m.status}: "
+                                                                                              f"{m.detail})")
+            item = QListWidgetItem(text)
+            item.setData(Qt.ItemDataRole.UserRole, m.name)
+            item.setToolTip(str(m.path))
+            if m.status != "complete":
+                item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEnabled & ~Qt.ItemFlag.ItemIsSelectable)
+            self.installed.addItem(item)
+        self.installed.blockSignals(False)
+        usable = [m for m in self.models if m.status == "complete"]
+        self.instructions.setText(st.instructions_markdown(status))
+        self.instructions.setVisible(not usable)
+        self.installed.setVisible(bool(self.models))
+        pick = current if any(m.name == current for m in usable) else (usable[0].name if usable else None)
+        if pick is not None:
+            self.select_model(pick)
+        self._show_download_state()
+
+    def _detected(self, hw: hardware.Hardware) -> None:
+        self.hw = hw
+        self.hardware_label.setText(f"This computer: {hw.describe()}")
+        self._fill_devices()
+        self._select(self.device, self.settings.device)
+        self._recommend()
+
+    def _failed(self, exc: BaseException) -> None:
+        self.error_label.setText(describe_error(exc))
+        self.error_label.show()
+
+    # -- the model -------------------------------------------------------------------------------
+    def selected_model(self) -> str | None:
+        item = self.installed.currentItem()
+        return item.data(Qt.ItemDataRole.UserRole) if item is not None else None
+
+    def select_model(self, name: str) -> None:
+        for i in range(self.installed.count()):
+            if self.installed.item(i).data(Qt.ItemDataRole.UserRole) == name:
+                self.installed.setCurrentRow(i)
+                return
+
+    @Slot(QListWidgetItem, QListWidgetItem)
+    def _model_chosen(self, current: QListWidgetItem | None, previous: QListWidgetItem | None) -> None:
+        self._recommend()
+
+    def _recommend(self) -> None:
+        """Work out what fits the chosen model here, then show it (and apply it, unless changed by hand)."""
+        hw, name = self.hw, self.selected_model()
+        if hw is None:
+            return
+        entry = next((m for m in self.models if m.name == name), None)
+        path = entry.path if entry is not None else None
+
+        def work() -> tuple[str | None, hardware.Recommendation]:
+            size, gguf = hardware.model_size(path)
+            return name, hardware.recommend(hw, size, gguf)
+
+        self.tasks.run(work, self._recommended, self._failed)
+
+    def _recommended(self, result) -> None:
+        name, rec = result
+        if name != self.selected_model():
+            return
+        self.recommendation = rec
+        bits = "no quantization" if rec.bits is None else f"{rec.bits}-bit quantization"
+        self.reason.setText(f"Suggested for this computer: {rec.device}, {bits}, backend {rec.backend} — "
+                            f"{rec.reason}.")
+        if self.first_run and not self.touched:
+            self.apply_recommendation()
+
+    def apply_recommendation(self) -> None:
+        rec = self.recommendation
+        if rec is None:
+            return
+        self._applying = True
+        self._select(self.backend, rec.backend)
+        self._select(self.bits, rec.bits)
+        self._select(self.device, rec.device)
+        self._applying = False
+
+    def _touched(self, *_: object) -> None:
+        if not self._applying:
+            self.touched = True
+
+    def _fill_devices(self) -> None:
+        current = self.device.currentData()
+        names = ["auto", "cpu"]
+        if self.hw is not None:
+            names += ["cuda"] if len(self.hw.gpus) == 1 else [f"cuda:{g.index}" for g in self.hw.gpus]
+            names += ["mps"] if self.hw.mps else []
+        self.device.blockSignals(True)
+        self.device.clear()
+        for n in names:
+            self.device.addItem(n, n)
+        self.device.blockSignals(False)
+        if current is not None:
+            self._select(self.device, current)
+
+    @staticmethod
+    def _select(combo: QComboBox, value) -> None:
+        index = combo.findData(value)
+        if index < 0 and isinstance(value, str) and value:
+            combo.addItem(value, value)
+            index = combo.count() - 1
+        if index >= 0:
+            combo.setCurrentIndex(index)
+
+    def add_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "A checkpoint folder (with config.json)")
+        if not folder:
+            return
+        data, name = self.data, Path(folder).name
+
+        def register() -> str:
+            add_model(data, name, folder)
+            return name
+
+        def added(name: str) -> None:
+            self.settings = replace(self.settings, model=name)
+            self.refresh()
+
+        self.tasks.run(register, added, self._failed)
+
+    # -- downloads ---------------------------------------------------------------------------------
+    def start_download(self) -> None:
+        name = self.catalogue.currentData()
+        if name and self.download.start(name):
+            self.error_label.hide()
+        self._show_download_state()
+
+    @Slot(int, int, str)
+    def _download_progress(self, done: int, total: int, label: str) -> None:
+        if total > 0:
+            self.download_bar.setRange(0, 1000)
+            self.download_bar.setValue(int(1000 * min(done, total) / total))
+            text = f"{human_size(done)} of {human_size(total)}"
+        else:
+            self.download_bar.setRange(0, 0)
+            text = ""
+        self.download_label.setText(f"Downloading {self.download.name}: {text}  {label}".strip())
+        self._show_download_state()
+
+    @Slot(str, str, str)
+    def _download_finished(self, name: str, outcome: str, message: str) -> None:
+        self.download_label.setText(message[0].upper() + message[1:] if message else outcome)
+        if outcome == "done":
+            self.download_bar.setRange(0, 1000)
+            self.download_bar.setValue(1000)
+            self.settings = replace(self.settings, model=name)
+        self._show_download_state()
+        self.refresh()
+
+    def _show_download_state(self) -> None:
+        running = self.download.running()
+        self.download_button.setEnabled(not running)
+        self.catalogue.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        self.download_bar.setVisible(running or self.download_bar.value() > 0)
+
+    # -- saving ------------------------------------------------------------------------------------
+    def chosen(self) -> Settings:
+        """The settings as the dialog shows them."""
+        language = self.language.text().strip().lower() or None
+        return replace(self.settings, model=self.selected_model() or self.settings.model,
+                       backend=self.backend.currentData(), bits=self.bits.currentData(),
+                       device=self.device.currentData() or "auto", language=language,
+                       index_idle=float(self.idle.value()))
+
+    def save(self) -> None:
+        settings = self.chosen()
+        if settings.model is None:
+            self.error_label.setText("Choose a model first (or download one): questions need one.")
+            self.error_label.show()
+            return
+        try:
+            save_settings(self.data, settings)
+        except OSError as exc:
+            self._failed(exc)
+            return
+        self.settings = settings
+        self.saved.emit(settings)
+        self.accept()
+
+    def done(self, result: int) -> None:  # noqa: D102 - QDialog's
+        self.tasks.close(10_000)
+        super().done(result)

@@ -1,0 +1,291 @@
+"""The desktop window's player and chat, driven with qtbot: a real film written with PyAV and indexed
+by the real indexer, a tiny model in the released layout loaded through the settings, answers
+streamed from the chat service. Runs offscreen (tests/conftest.py); test_desktop.py runs the moment
+test again under Xvfb."""
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("PySide6.QtMultimedia", reason="PySide6-Addons (QtMultimedia) is part of the install")
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from desktop_fixtures import (  # noqa: E402
+    ARTIFACTS,
+    EN,
+    TINY,
+    click,
+    click_film,
+    install_tiny,
+    make_films,
+    open_window,
+    save_test_settings,
+    wait_for_films,
+)
+from PySide6.QtGui import QGuiApplication, QImage  # noqa: E402
+from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox  # noqa: E402
+
+from app.chat_service import AskStream, ChatService  # noqa: E402
+from app.desktop.chat import STOPPED_NOTE  # noqa: E402
+from app.settings import load_settings  # noqa: E402
+from llamavid import cli  # noqa: E402
+from llamavid.model.tiny import write_tiny_checkpoint  # noqa: E402
+from llamavid.runtime.api import LlamaVid  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+QUESTION = "The treasure is buried under the old lighthouse?"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / TINY)
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, checkpoint: Path) -> Path:
+    """A data folder whose library holds Harbor.mkv (60 s, English subtitle file) and Forest.mp4, indexed."""
+    films, data = tmp_path_factory.mktemp("films"), tmp_path_factory.mktemp("data")
+    make_films(films)
+    install_tiny(data, checkpoint)
+    assert cli.main(["--data-dir", str(data), "index", "add", str(films)]) == 0
+    assert cli.main(["--data-dir", str(data), "index", "run", "--speech", "never", "--quiet"]) == 0
+    return data
+
+
+@pytest.fixture
+def data(indexed: Path, tmp_path: Path) -> Path:
+    """The indexed data folder with this test's own conversations and settings (the library is shared)."""
+    for name in ("conversations.db", "conversations.db-wal", "conversations.db-shm"):
+        (indexed / name).unlink(missing_ok=True)
+    shutil.rmtree(indexed / "states", ignore_errors=True)
+    save_test_settings(indexed)
+    return indexed
+
+
+def _window(qtbot, data: Path, **kwargs):
+    window = open_window(qtbot, data, watch_folders=False, **kwargs)
+    wait_for_films(qtbot, window, {"Harbor.mkv", "Forest.mp4"})
+    click_film(qtbot, window, "Harbor.mkv")
+    qtbot.waitUntil(lambda: window.player.view.frames > 0, timeout=30_000)
+    qtbot.waitUntil(lambda: window.chat.conversations.count() >= 1)
+    click(qtbot, window.chat.new_button)
+    return window
+
+
+def _ask(qtbot, window, question: str, timeout: int = 120_000) -> None:
+    chat = window.chat
+    qtbot.waitUntil(chat.ask_button.isEnabled, timeout=timeout)
+    qtbot.keyClicks(chat.question, question)
+    click(qtbot, chat.ask_button)
+    qtbot.waitUntil(lambda: not chat.busy, timeout=timeout)
+
+
+def test_asking_streams_an_answer_with_film_progress_and_moments(qtbot, data: Path) -> None:
+    window = _window(qtbot, data)
+    chat = window.chat
+    shown: list[str] = []
+    chat.progress_shown.connect(shown.append)
+    assert chat.turns == [] and chat.conversation_id is None
+    _ask(qtbot, window, QUESTION)
+    turn = chat.turns[-1]
+    assert turn.note.text() == "", turn.note.text()
+    assert turn.text(), "no answer text arrived"
+    film_lines = [s for s in shown if s.startswith("reading the film")]
+    assert film_lines and re.fullmatch(r"reading the film: \d+ / 60 frames(, about .+ left)?", film_lines[-1]), shown
+    assert any(s.startswith("answering: ") for s in shown), shown
+    assert not chat.progress_label.isVisible() and chat.stop_button.isEnabled() is False
+    starts = [b.property("start") for b in turn.moment_buttons]
+    assert 40.0 in starts, starts  # the cue that says the question word for word
+    assert turn.moment_buttons[starts.index(40.0)].text().startswith("0:40–")
+    # the conversation is kept, listed and selected, with the answer the window shows
+    qtbot.waitUntil(lambda: chat.conversation_id is not None
+                    and chat.conversations.currentData() == chat.conversation_id)
+    kept = window.service.conversation(chat.conversation_id)
+    assert [t.question for t in kept.turns] == [QUESTION] and kept.turns[0].answer == turn.text()
+
+
+def test_clicking_a_moment_seeks_the_player_and_shows_that_subtitle(qtbot, data: Path) -> None:
+    window = _window(qtbot, data)
+    _ask(qtbot, window, QUESTION)
+    button = next(b for b in window.chat.turns[-1].moment_buttons if b.property("start") == 40.0)
+    assert window.player.position() < 39
+    click(qtbot, button)
+    qtbot.waitUntil(lambda: abs(window.player.position() - 40.0) < 0.5, timeout=20_000)
+    assert window.player.seek_bar.value() // 1000 == 40
+    assert window.player.time_label.text().startswith("0:00:40 / 0:01:00")
+    qtbot.waitUntil(lambda: window.player.subtitle_text() == EN[1][2])
+    # the player's controls work too: play moves on, pause holds
+    click(qtbot, window.player.play_button)
+    qtbot.waitUntil(lambda: window.player.position() > 41.0, timeout=20_000)
+    click(qtbot, window.player.play_button)
+    assert window.player.play_button.text() == "Play"
+
+
+@pytest.fixture(scope="module")
+def lv(checkpoint: Path) -> LlamaVid:
+    return LlamaVid.load(checkpoint, device="cpu", dtype="fp32", load_vision=False)
+
+
+class Gate:
+    """Holds the model after its third answer piece until the question is cancelled, so a Stop (or
+    closing the window) always lands mid-answer, however fast the tiny model is."""
+
+    def __init__(self, lv: LlamaVid, monkeypatch) -> None:
+        self.reached, self.release = threading.Event(), threading.Event()
+        decode, cancel = lv.decode, AskStream.cancel
+
+        def cancelled(stream: AskStream) -> None:
+            cancel(stream)
+            self.release.set()
+
+        monkeypatch.setattr(AskStream, "cancel", cancelled)
+
+        def held(steps):
+            for i, piece in enumerate(decode(steps)):
+                yield piece
+                if i == 2:
+                    self.reached.set()
+                    self.release.wait(60)
+
+        monkeypatch.setattr(lv, "decode", held)
+
+
+def _gated_window(qtbot, data: Path, lv: LlamaVid, monkeypatch, max_new_tokens: int = 200):
+    save_test_settings(data, max_new_tokens=max_new_tokens)
+    gate = Gate(lv, monkeypatch)
+    factory = lambda s: ChatService(data, model=s.model, language=s.language, lv=lv)  # noqa: E731
+    return _window(qtbot, data, service_factory=factory), gate
+
+
+def test_stop_ends_the_answer_and_puts_the_question_back(qtbot, data: Path, lv: LlamaVid, monkeypatch) -> None:
+    window, gate = _gated_window(qtbot, data, lv, monkeypatch)
+    chat = window.chat
+    qtbot.keyClicks(chat.question, "What does the captain say?")
+    click(qtbot, chat.ask_button)
+    qtbot.waitUntil(gate.reached.is_set, timeout=120_000)
+    qtbot.waitUntil(lambda: chat.turns[-1].text() != "")
+    assert chat.busy and chat.stop_button.isEnabled() and not chat.ask_button.isEnabled()
+    click(qtbot, chat.stop_button)
+    qtbot.waitUntil(lambda: not chat.busy, timeout=60_000)
+    assert chat.turns[-1].note.text() == STOPPED_NOTE
+    assert chat.question.text() == "What does the captain say?"
+    assert window.service.conversation(chat.conversation_id).turns == []  # the stopped turn is not kept
+    assert chat.ask_button.isEnabled() and not chat.stop_button.isEnabled()
+    # the next question is answered as if the stopped one had never been asked
+    chat.question.clear()
+    # a short answer again: the tiny model's 200-token answer holds a NUL byte, on which the chat
+    # service's cue search (FTS5) fails (reported; not the window's to fix)
+    window.settings.max_new_tokens = 8
+    _ask(qtbot, window, QUESTION)
+    assert chat.turns[-1].note.text() == "" and chat.turns[-1].text()
+    assert [t.question for t in window.service.conversation(chat.conversation_id).turns] == [QUESTION]
+
+
+def test_past_conversations_reopen_continue_rename_export_copy_and_delete(qtbot, data: Path, tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    first = _window(qtbot, data)
+    _ask(qtbot, first, QUESTION)
+    conv_id, answer = first.chat.conversation_id, first.chat.turns[-1].text()
+    moments = [b.text() for b in first.chat.turns[-1].moment_buttons]
+    first.close()
+
+    window = _window(qtbot, data)  # a new window: a new service, which rebuilds the conversation
+    chat = window.chat
+    assert chat.conversation_ids() == [conv_id]
+    chat.conversations.setCurrentIndex(chat.conversations.findData(conv_id))
+    chat.conversations.activated.emit(chat.conversations.currentIndex())
+    qtbot.waitUntil(lambda: chat.conversation_id == conv_id and len(chat.turns) == 1)
+    assert chat.turns[0].text() == answer and [b.text() for b in chat.turns[0].moment_buttons] == moments
+    _ask(qtbot, window, "And who is speaking?")
+    assert len(chat.turns) == 2 and chat.turns[1].note.text() == "" and chat.turns[1].text()
+    assert [t.question for t in window.service.conversation(conv_id).turns] == [QUESTION, "And who is speaking?"]
+
+    click(qtbot, chat.turns[0].copy_button)
+    assert QGuiApplication.clipboard().text() == answer
+
+    monkeypatch.setattr(QInputDialog, "getText", lambda *a, **k: ("Treasure questions", True))
+    click(qtbot, chat.rename_button)
+    qtbot.waitUntil(lambda: chat.conversations.currentText().startswith("Treasure questions · "))
+    assert window.service.conversation(conv_id).title == "Treasure questions"
+
+    out = tmp_path / "export.md"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(out), "Markdown (*.md)"))
+    click(qtbot, chat.export_button)
+    qtbot.waitUntil(out.is_file)
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("# Treasure questions") and f"**You:** {QUESTION}" in text and "And who is speaking?" in text
+    qtbot.waitUntil(lambda: "exported" in window.message.text())
+
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
+    click(qtbot, chat.delete_button)
+    qtbot.waitUntil(lambda: chat.conversation_ids() == [] and chat.conversation_id is None)
+    assert chat.turns == [] and window.service.conversations(window.movie.id) == []
+
+
+def test_closing_during_an_answer_keeps_the_question_and_stops_every_thread(qtbot, data: Path, lv: LlamaVid,
+                                                                            monkeypatch) -> None:
+    window, gate = _gated_window(qtbot, data, lv, monkeypatch)
+    chat = window.chat
+    qtbot.keyClicks(chat.question, "Why does the ship leave?")
+    click(qtbot, chat.ask_button)
+    qtbot.waitUntil(gate.reached.is_set, timeout=120_000)
+    conv_id = chat.conversation_id
+    assert conv_id is not None
+    window.close()  # cancels the question, which lets the model go on
+    assert not any(t.name == "llamavid-chat" and t.is_alive() for t in threading.enumerate())
+    assert chat.reader_thread is None or not chat.reader_thread.isRunning()
+    assert load_settings(data).drafts == {str(conv_id): "Why does the ship leave?"}
+
+    again = _window(qtbot, data, service_factory=lambda s: ChatService(data, model=s.model, lv=lv))
+    again.chat.conversations.setCurrentIndex(again.chat.conversations.findData(conv_id))
+    again.chat.conversations.activated.emit(again.chat.conversations.currentIndex())
+    qtbot.waitUntil(lambda: again.chat.conversation_id == conv_id)
+    assert again.chat.question.text() == "Why does the ship leave?"
+    assert again.service.conversation(conv_id).turns == []
+
+
+def test_screenshot_of_a_film_with_an_answer(qtbot, data: Path, tmp_path: Path) -> None:
+    """For a person to look at: tests/artifacts/desktop.png (and the copy in the test's tmp dir)."""
+    window = _window(qtbot, data)
+    _ask(qtbot, window, QUESTION)
+    click(qtbot, next(b for b in window.chat.turns[-1].moment_buttons if b.property("start") == 40.0))
+    qtbot.waitUntil(lambda: window.player.subtitle_text() == EN[1][2], timeout=20_000)
+    qtbot.waitUntil(lambda: window.library.row_by_name("Harbor.mkv").has_thumbnail(), timeout=30_000)
+    shot = window.grab().toImage()
+    path = tmp_path / "desktop.png"
+    assert shot.save(str(path))
+    print(f"\nscreenshot of the main window: {path}")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, ARTIFACTS / "desktop.png")
+    colours = {shot.pixel(x, y) for x in range(0, shot.width(), 4) for y in range(0, shot.height(), 4)}
+    assert shot.width() >= 1000 and len(colours) > 200, "the screenshot is nearly blank"
+    video = window.player.view.grab().toImage()
+    assert _not_black(video), "the player shows no picture"
+    assert window.chat.turns[-1].isVisible() and window.chat.turns[-1].text()
+
+
+def _not_black(image: QImage) -> bool:
+    return any(QImage.pixelColor(image, x, y).value() > 40
+               for x in range(0, image.width(), 8) for y in range(0, image.height(), 8))
+
+
+
+def test_a_failed_question_says_why_and_keeps_the_question(qtbot, data: Path) -> None:
+    save_test_settings(data, model="no-such-model")
+    window = _window(qtbot, data)
+    qtbot.waitUntil(lambda: "no-such-model" in window.message.text())  # said at once, before any question
+    chat = window.chat
+    qtbot.keyClicks(chat.question, "Where is the treasure?")
+    click(qtbot, chat.ask_button)
+    qtbot.waitUntil(lambda: not chat.busy, timeout=60_000)
+    note = chat.turns[-1].note.text()
+    assert note.startswith("No answer: ") and "no-such-model" in note
+    assert window.message.kind == "error" and "no-such-model" in window.message.text()
+    assert chat.question.text() == "Where is the treasure?" and chat.ask_button.isEnabled()
