@@ -151,7 +151,7 @@ class ChatService:
         self._lv = lv
         self._db = library.open_library(self.data.root)  # WAL: reads while the indexer writes
         self._live: _Live | None = None
-        self._requests: queue.Queue[AskStream | None] = queue.Queue()
+        self._requests: queue.Queue[AskStream | threading.Event | None] = queue.Queue()
         self._waiting = 0
         self._open_streams: list[AskStream] = []
         self._lock = threading.Lock()
@@ -178,6 +178,26 @@ class ChatService:
             library.choose_track(found, track_id=track_id)  # a track the film does not have: KeyError now
         return self.store.create(self.model_name or "", found.id if found else None, found.path if found else None,
                                  title, track_id, self.language, fast=fast and found is not None)
+
+    def seed(self, conversation_id: int, history: list[tuple[str, str]]) -> None:
+        """Give a new conversation earlier turns (question, answer) as if they had been asked here:
+        a client that keeps its own history (an OpenAI-style message list) continues from them. The
+        answers are kept as the tokens the model would end with; the film is read with the first."""
+        conv = self.store.get(conversation_id)
+        if conv.turns:
+            raise ValueError(f"conversation {conversation_id} already has turns")
+        tokenizer = self.model().tokenizer
+        for question, answer in history:
+            ids = tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_id]
+            self.store.add_turn(conversation_id, question, answer, ids, False, [])
+
+    def suspend(self) -> None:
+        """Save the live conversation's state and let its cache go (another user of the model, such as
+        a stateless request on the same llama.cpp context, may take it); the conversation reads its
+        state back on its next question. Runs on the worker, after the questions already queued."""
+        done = threading.Event()
+        self._requests.put(done)
+        done.wait()
 
     def conversations(self, movie_id: int | None = None) -> list[Conversation]:
         return self.store.recent(movie_id)
@@ -238,6 +258,12 @@ class ChatService:
 
     def _serve(self) -> None:
         while (stream := self._requests.get()) is not None:
+            if isinstance(stream, threading.Event):  # suspend()
+                if self._live is not None:
+                    self._save(self._live)
+                    self._live = None
+                stream.set()
+                continue
             with self._lock:
                 self._waiting -= 1
             try:

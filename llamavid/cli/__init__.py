@@ -49,6 +49,7 @@ PROG = "llamavid"
 SUBCOMMANDS: dict[str, str] = {
     "app": "llamavid.cli.app",
     "web": "llamavid.cli.web",
+    "serve": "llamavid.cli.serve",
     "chat": "llamavid.cli.chat",
     "index": "llamavid.cli.index",
     "doctor": "llamavid.cli.doctor",

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping
 
 from app import web
-from llamavid.cli.web import add_server_arguments
+from llamavid.cli.web import add_server_arguments, server_options
 
 __all__ = ["HELP", "add_arguments", "display_problem", "qt_problem", "run"]
 
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.web or problem:
         if problem:
             print(f"llamavid: {problem}; starting the web UI instead.", file=sys.stderr, flush=True)
-        return web.serve(args.data_dir, args.host, args.port, args.open_browser)
+        return web.serve(args.data_dir, args.host, args.port, args.open_browser, **server_options(args))
     from app.desktop import run_desktop  # Qt: only once a window can open (see the module docstring)
 
     return run_desktop(args.data_dir)

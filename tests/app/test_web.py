@@ -1,12 +1,15 @@
-"""The web UI (gradio on 127.0.0.1) in a real browser, and `llamavid app` falling back to it."""
+"""The web UI (gradio, mounted in the server on 127.0.0.1) in a real browser with no model installed,
+the `web` and `serve` commands, and `llamavid app` falling back to the web UI."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,11 +49,18 @@ def test_busy_port_is_a_user_error(data_dir: Path) -> None:
 @pytest.fixture
 def web_ui(data_dir: Path) -> Iterator[str]:
     """The web UI served from this process on a free port; yields its URL."""
-    demo, url = web.start(data_dir, "127.0.0.1", 0)
+    running = web.start(data_dir, "127.0.0.1", 0)
     try:
-        yield url
+        yield running.url
     finally:
-        demo.close()
+        running.stop()
+
+
+def chat_model(make_model, data_dir: Path, name: str) -> Path:
+    """A fake installed checkpoint whose config says it is a LLaMA-VID chat model (not a bare LLM)."""
+    folder = make_model(data_dir, name)
+    (folder / "config.json").write_text('{"model_type": "llamavid", "mm_hidden_size": 1408, "compress_type": "mean"}')
+    return folder
 
 
 @pytest.mark.slow
@@ -67,11 +77,19 @@ def test_web_ui_in_chromium(browser: Any, web_ui: str, data_dir: Path, make_mode
         png = page.screenshot(path=str(tmp_path / "web-no-models.png"), full_page=True)
         assert len(png) > 5_000, "the screenshot is (nearly) empty"
 
-        make_model(data_dir, "llama-vid-7b-from-browser-test")
+        chat_model(make_model, data_dir, "llama-vid-7b-from-browser-test")
         page.locator("#refresh").click()
-        page.get_by_text("llama-vid-7b-from-browser-test", exact=True).wait_for(timeout=30_000)
+        page.locator("#status").get_by_text("llama-vid-7b-from-browser-test").wait_for(timeout=30_000)
         assert st.GET_MODELS_HEADING not in page.locator("#status").inner_text()
+        assert not page.locator("#model").is_visible(), "one model: no picker"
         page.screenshot(path=str(tmp_path / "web-one-model.png"), full_page=True)
+
+        chat_model(make_model, data_dir, "llama-vid-7b-second")
+        page.locator("#refresh").click()
+        page.locator("#model").wait_for(state="visible", timeout=30_000)
+        page.locator("#model input").click()
+        page.get_by_role("option", name="llama-vid-7b-second").click()
+        page.locator("#status").get_by_text("llama-vid-7b-second").wait_for(timeout=30_000)
     finally:
         page.close()
 
@@ -161,3 +179,31 @@ def test_web_command_serves_until_stopped(
         _stop(proc)
     assert f"http://127.0.0.1:{free_port}/" in banner
     assert str(data_dir) in banner, "the web UI must use $LLAMAVID_DATA_DIR"
+
+
+@pytest.mark.slow
+def test_serve_command_serves_the_api_alone(
+    llamavid_cmd: list[str],
+    data_dir: Path,
+    free_port: int,
+    tmp_path: Path,
+    wait_http: Callable[..., int],
+) -> None:
+    log = tmp_path / "serve.log"
+    proc = _start_cli([*llamavid_cmd, "serve", "--port", str(free_port)], dict(os.environ), log)
+    base = f"http://127.0.0.1:{free_port}"
+    try:
+        assert wait_http(base + "/health", is_alive=lambda: proc.poll() is None) == 503, "no model is installed"
+        _wait_for_output(log, "running at")
+        with urllib.request.urlopen(base + "/v1/models", timeout=10) as resp:
+            assert json.load(resp) == {"object": "list", "data": []}
+        with urllib.request.urlopen(base + "/", timeout=10) as resp:
+            assert json.load(resp)["api"] == "/v1"
+        try:
+            urllib.request.urlopen(base + "/config", timeout=10)
+            pytest.fail("the API alone serves no web UI")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404
+    finally:
+        _stop(proc)
+    assert proc.returncode == 0, log.read_text(errors="replace")

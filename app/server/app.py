@@ -1,0 +1,223 @@
+"""The one ASGI application: the OpenAI-compatible API and, for ``llamavid web``, the web UI.
+
+:func:`create_app` builds it from :class:`~app.server.settings.ServerSettings` (tests call it
+directly: no port needed); :func:`start` runs it on uvicorn in a background thread and
+:func:`serve` until Ctrl+C. The model loads in the engine's worker when the server starts;
+``/health`` says 503 until it has.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+import webbrowser
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+
+from app.chat_service import ChatService
+from app.server.engine import Engine, NoModel, QueueFull
+from app.server.errors import ApiError, bad_request, from_kind
+from app.server.indexing import Indexer
+from app.server.routes import api
+from app.server.security import Guard
+from app.server.settings import ServerSettings
+from llamavid.errors import UserError, require
+
+log = logging.getLogger(__name__)
+
+_upload_dir: Path | None = None
+_upload_lock = threading.Lock()
+
+
+def upload_dir() -> Path:
+    """The web UI's upload folder: one per process, private (0700), removed at exit.
+
+    Gradio keeps uploads under $GRADIO_TEMP_DIR (by default a ``gradio`` folder in /tmp shared by
+    every Gradio app of the machine, whose files it would serve); this server's uploads live apart,
+    and its guard serves nothing else from Gradio's file route.
+    """
+    global _upload_dir
+    with _upload_lock:
+        if _upload_dir is None:
+            _upload_dir = Path(tempfile.mkdtemp(prefix="llamavid-uploads-")).resolve()
+            os.environ["GRADIO_TEMP_DIR"] = str(_upload_dir)
+            atexit.register(shutil.rmtree, _upload_dir, True)
+        return _upload_dir
+
+
+def create_app(settings: ServerSettings, service: ChatService | None = None, engine: Engine | None = None) -> FastAPI:
+    """The server's app (see the module docstring). ``service`` or ``engine`` may be given (tests);
+    otherwise they are made from ``settings``, and closed when the app shuts down."""
+    own_engine = engine is None
+    engine = engine or Engine(settings, service)
+    indexer = Indexer(engine.data)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine.warm_up()
+        try:
+            yield
+        finally:
+            indexer.stop()
+            if own_engine:
+                engine.close()
+
+    # no /docs page: Swagger UI loads its scripts from a CDN, and nothing here reaches the network
+    app = FastAPI(title="llamavid", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json" if not settings.ui else None)
+    app.state.engine, app.state.settings, app.state.indexer = engine, settings, indexer
+    app.include_router(api)
+    _error_handlers(app)
+    uploads = None
+    if settings.ui:
+        uploads = upload_dir()
+        _mount_ui(app, engine, indexer, settings, uploads)
+    else:
+        @app.get("/", include_in_schema=False)
+        def index() -> dict[str, Any]:
+            return {"name": "llamavid", "api": "/v1", "models": "/v1/models", "movies": "/v1/movies",
+                    "health": "/health", "openapi": "/openapi.json"}
+    # the last added is the outermost: the guard stands in front of the API and Gradio alike, and CORS
+    # (only with --cors-origin) in front of the guard, since a browser's preflight carries no key
+    app.add_middleware(Guard, settings=settings, upload_dir=uploads)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,
+                           allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type"])
+    return app
+
+
+def _mount_ui(app: FastAPI, engine: Engine, indexer: Indexer, settings: ServerSettings, uploads: Path) -> None:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no usage statistics leave the machine
+    gr = require("gradio", purpose="the web UI")
+    from app.server.ui import CSS, HEAD, build_ui, theme  # imports gradio: only when the UI is served
+
+    blocks = build_ui(engine, indexer, uploads)
+    blocks.queue(default_concurrency_limit=None)
+    gr.mount_gradio_app(app, blocks, path="/", allowed_paths=[], blocked_paths=[str(engine.data.root)],
+                        max_file_size=settings.max_upload_bytes, ssr_mode=False, mcp_server=False,
+                        footer_links=[], show_error=True, theme=theme(), css=CSS, head=HEAD,
+                        server_name=settings.host, server_port=settings.port)
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+        message = f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid request")
+        return JSONResponse(bad_request(message, where).body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(ApiError(exc.status_code, str(exc.detail), code=code).body(), status_code=exc.status_code)
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
+        problem = from_kind("queue_full", str(exc))
+        return JSONResponse(problem.body(), status_code=problem.status, headers={"Retry-After": "5"})
+
+    @app.exception_handler(NoModel)
+    async def no_model(request: Request, exc: NoModel) -> JSONResponse:
+        problem = from_kind("no_model", str(exc))
+        return JSONResponse(problem.body(), status_code=problem.status)
+
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, exc: UserError) -> JSONResponse:
+        problem = from_kind("user_error", str(exc))
+        return JSONResponse(problem.body(), status_code=problem.status)
+
+
+# -- running it ------------------------------------------------------------------------------------------
+@dataclass
+class Running:
+    """A server started by :func:`start`: its URL, the app, and ``stop()``."""
+
+    url: str
+    app: FastAPI
+    server: Any
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=120)
+
+
+def free_port(host: str, port: int) -> int:
+    """``port`` if it can be bound on ``host`` (a free one for 0), else a UserError saying what to do."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, port))
+            return int(s.getsockname()[1])
+    except OSError as exc:
+        if port == 0:
+            raise UserError(f"cannot listen on {host}: {exc.strerror or exc}; pass --host 127.0.0.1") from exc
+        raise UserError(f"port {port} on {host} is not available ({exc.strerror or exc}); another llamavid may be "
+                        "running. Pass --port with another number, or --port 0 for any free port.") from exc
+
+
+def start(settings: ServerSettings, **app_args: Any) -> Running:
+    """Check the settings, build the app and serve it on uvicorn in a background thread."""
+    import uvicorn  # imported here: llamavid --help imports the web command, which imports this lazily
+
+    settings.check_exposure()
+    settings.port = free_port(settings.host, settings.port)
+    app = create_app(settings, **app_args)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=5, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="llamavid-uvicorn", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise UserError(f"the server could not start on {settings.host}:{settings.port}; pass --port 0 "
+                            "for any free port")
+        time.sleep(0.05)
+    return Running(settings.url, app, server, thread)
+
+
+def serve(settings: ServerSettings, what: str = "web UI and API") -> int:
+    """Run until Ctrl+C (or SIGTERM); prints one line saying where."""
+    running = start(settings)
+    engine: Engine = running.app.state.engine
+    model = engine.model_name or "none installed (see the page for how to get one)"
+    print(f"llamavid {what} running at {running.url}  (API: {running.url}v1, model: {model}, "
+          f"data folder: {settings.data_dir}; press Ctrl+C to stop)", flush=True)
+    if settings.open_browser:
+        webbrowser.open(running.url)
+    previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        while running.thread.is_alive():
+            running.thread.join(timeout=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        running.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:  # noqa: ARG001 - a signal handler's signature
+    raise KeyboardInterrupt

@@ -1,0 +1,104 @@
+"""The library tab's controls: add a folder, index, pause and resume.
+
+Indexing runs as ``llamavid index run`` in a child process, never in the server: the indexer
+loads its own EVA (about 2 GB in fp32) and keeps the CPU or GPU busy for hours, and the server's
+model, queue and event loop stay as they are. The child and the server share only the library
+database (SQLite in WAL mode: the server reads while the child writes); pausing is the
+database's queue flag, which ``llamavid index pause`` sets too.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from indexer.scan import ScanReport, add_library, scan
+from indexer.store import LibraryStore
+from llamavid.paths import DataDir
+
+log = logging.getLogger(__name__)
+
+
+class Indexer:
+    """One ``llamavid index run`` child at a time, for one data folder."""
+
+    def __init__(self, data: DataDir):
+        self.data = data
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def log_path(self) -> Path:
+        return self.data.logs / "indexer-web.log"
+
+    def running(self) -> bool:
+        with self._lock:
+            return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> bool:
+        """Start the child if there is work and none runs; True when one runs afterwards."""
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                return True
+            with self._store() as store:
+                if store.queue_paused():
+                    return False
+                counts = store.queue_counts()
+            if counts.get("queued", 0) + counts.get("running", 0) == 0:
+                return False
+            self.data.logs.mkdir(parents=True, exist_ok=True)
+            with self.log_path.open("ab") as out:
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-m", "llamavid", "--data-dir", str(self.data.root), "index", "run", "--quiet"],
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            log.info("indexer started (pid %s), log in %s", self._proc.pid, self.log_path)
+            return True
+
+    def add_folder(self, folder: str) -> ScanReport:
+        """Register a folder, scan it and start indexing what it holds (UserError for a bad folder)."""
+        with self._store() as store:
+            library = add_library(store, Path(folder).expanduser())
+            report = scan(store, [library["id"]])
+        self.start()
+        return report
+
+    def pause(self) -> None:
+        """The queue stops after the chunk under way (the child then exits)."""
+        with self._store() as store:
+            store.pause_queue(True)
+
+    def resume(self) -> None:
+        with self._store() as store:
+            store.pause_queue(False)
+            paused = store.paused_movie_ids()
+            if paused:
+                store.control_jobs(paused, "resume")
+        self.start()
+
+    def paused(self) -> bool:
+        with self._store() as store:
+            return store.queue_paused()
+
+    def counts(self) -> dict[str, int]:
+        with self._store() as store:
+            return store.queue_counts()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """End the child as Ctrl+C would (it finishes its chunk; the film resumes next time)."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def _store(self) -> LibraryStore:
+        return LibraryStore.open(self.data.database)

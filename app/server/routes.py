@@ -1,0 +1,179 @@
+"""The HTTP routes besides the chat itself: models, the library, a film's video, conversations,
+health and the sign-in page. Each is a few lines over the engine (``app.state.engine``); the
+work lives in :mod:`app.server.engine`, the chat in :mod:`app.server.completions`.
+"""
+from __future__ import annotations
+
+import hmac
+import mimetypes
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from app.server.completions import chat_completions
+from app.server.engine import Engine, no_model_hint
+from app.server.errors import ApiError, not_found
+from app.server.security import SESSION_COOKIE, login_page, safe_next, session_token
+from indexer.library import Movie
+from indexer.scan import is_video
+from indexer.store import LibraryStore
+
+api = APIRouter()
+api.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"],
+                  summary="OpenAI-compatible chat: text, images, short videos and films of the library")
+
+
+def _engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+@api.get("/v1/models", summary="the chat models installed here")
+async def models(request: Request) -> dict[str, Any]:
+    engine = _engine(request)
+    entries = engine.models()
+    served = engine.model_name
+    data = [{"id": m.name, "object": "model", "created": 0, "owned_by": "llamavid", "kind": m.kind,
+             "status": m.status, "loaded": m.name == served and engine.model_loaded} for m in entries]
+    if served and all(m.name != served for m in entries):  # --model named a folder outside the data folder
+        data.insert(0, {"id": served, "object": "model", "created": 0, "owned_by": "llamavid", "kind": None,
+                        "status": "complete", "loaded": engine.model_loaded})
+    return {"object": "list", "data": data}
+
+
+@api.get("/v1/models/{model_id:path}", summary="one chat model")
+async def model(model_id: str, request: Request) -> dict[str, Any]:
+    for entry in (await models(request))["data"]:
+        if entry["id"] == model_id:
+            return entry
+    raise ApiError(404, f"model {model_id!r} is not installed here", param="model", code="model_not_found")
+
+
+def movie_object(movie: Movie) -> dict[str, Any]:
+    """A film as the API shows it: no absolute paths, its index state and what a chat can use."""
+    done, total = movie.progress
+    return {
+        "id": movie.id, "object": "movie", "title": Path(movie.rel_path).stem, "path": movie.rel_path,
+        "state": movie.state, "indexed": movie.features_complete, "error": movie.error, "warning": movie.warning,
+        "stage": movie.stage, "progress": {"done": done, "total": total}, "eta_seconds": movie.eta_seconds,
+        "duration": movie.duration, "width": movie.width, "height": movie.height, "frames": movie.frames,
+        "subtitle_tracks": [{"id": t.get("id"), "language": t.get("language"), "source": t.get("source"),
+                             "forced": bool(t.get("forced")), "sdh": bool(t.get("sdh")),
+                             "cues": t.get("cue_count"), "status": t.get("status")}
+                            for t in movie.subtitle_tracks],
+        "video_url": f"/v1/movies/{movie.id}/video",
+    }
+
+
+@api.get("/v1/movies", summary="the films of the library and their index state")
+def movies(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": [movie_object(m) for m in _engine(request).service.movies()]}
+
+
+def _movie(engine: Engine, movie_id: int) -> Movie:
+    try:
+        return engine.service.movie(movie_id)
+    except KeyError:
+        raise not_found(f"no movie {movie_id} in the library (GET /v1/movies lists them)", "movie_id") from None
+
+
+@api.get("/v1/movies/{movie_id}", summary="one film")
+def movie(movie_id: int, request: Request) -> dict[str, Any]:
+    return movie_object(_movie(_engine(request), movie_id))
+
+
+@api.get("/v1/movies/{movie_id}/video", summary="the film's file, with HTTP Range requests (a player seeks)")
+def movie_video(movie_id: int, request: Request) -> FileResponse:
+    engine = _engine(request)
+    path = library_file(engine, _movie(engine, movie_id))
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    if path.suffix.lower() == ".mkv":
+        media_type = "video/x-matroska"
+    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "no-store"},
+                        content_disposition_type="inline")
+
+
+def library_file(engine: Engine, movie: Movie) -> Path:
+    """The film's file, only if it is a video file inside one of the library's folders, as the
+    indexer found it (no ``..``; a link the user put in the folder is followed, as the indexer did)."""
+    path = Path(movie.path)
+    with LibraryStore.open(engine.data.database) as store:
+        roots = [Path(p) for p in store.library_paths()]
+    inside = any(path.is_relative_to(root) for root in roots) and ".." not in path.parts
+    if not inside or not is_video(path) or not path.is_file():
+        raise not_found(f"the file of movie {movie.id} is not in the library any more", "movie_id",
+                        "movie_file_missing")
+    return path
+
+
+@api.get("/v1/conversations", summary="kept conversations, newest first (movie_id: one film's)")
+def conversations(request: Request, movie_id: int | None = None) -> dict[str, Any]:
+    found = _engine(request).service.conversations(movie_id)
+    return {"object": "list", "data": [{"id": c.id, "object": "conversation", "title": c.title,
+                                        "movie_id": c.movie_id, "model": c.model, "created": int(c.created_at),
+                                        "updated": int(c.updated_at)} for c in found]}
+
+
+@api.get("/v1/conversations/{conversation_id}", summary="one conversation with its turns")
+def conversation(conversation_id: int, request: Request) -> dict[str, Any]:
+    try:
+        conv = _engine(request).service.conversation(conversation_id)
+    except KeyError:
+        raise not_found(f"no conversation {conversation_id}", "conversation_id") from None
+    turns = getattr(conv, "shown_turns", conv.turns)
+    return {"id": conv.id, "object": "conversation", "title": conv.title, "movie_id": conv.movie_id,
+            "model": conv.model, "created": int(conv.created_at), "updated": int(conv.updated_at),
+            "turns": [{"id": t.id, "question": t.question, "answer": t.answer, "stopped": t.stopped,
+                       "moments": t.moments} for t in turns]}
+
+
+@api.delete("/v1/conversations/{conversation_id}", summary="delete a conversation")
+def delete_conversation(conversation_id: int, request: Request) -> dict[str, Any]:
+    try:
+        _engine(request).service.delete(conversation_id)
+    except KeyError:
+        raise not_found(f"no conversation {conversation_id}", "conversation_id") from None
+    return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
+
+
+@api.get("/health", summary="200 once the model is loaded; 503 with the reason before")
+async def health(request: Request) -> JSONResponse:
+    engine = _engine(request)
+    state = engine.status()
+    if state["model"] is None:
+        problem = ApiError(503, "no chat model is installed: " + no_model_hint(engine.data), "unavailable_error",
+                           code="no_model")
+        return JSONResponse({**problem.body(), **state, "status": "no_model"}, status_code=503)
+    if state["load_error"]:
+        problem = ApiError(503, state["load_error"], "unavailable_error", code="model_unavailable")
+        return JSONResponse({**problem.body(), **state, "status": "error"}, status_code=503)
+    if not state["model_loaded"]:
+        problem = ApiError(503, "Loading model", "unavailable_error", code="loading")
+        return JSONResponse({**problem.body(), **state, "status": "loading"}, status_code=503)
+    return JSONResponse({**state, "status": "ok"})
+
+
+@api.get("/login", include_in_schema=False)
+def login_form(request: Request, next: str = "/") -> Response:  # noqa: A002 - the query parameter's name
+    if request.app.state.settings.api_key is None:
+        return RedirectResponse(safe_next(next), status_code=303)
+    return HTMLResponse(login_page(next_path=safe_next(next)))
+
+
+@api.post("/login", include_in_schema=False)
+async def login(request: Request) -> Response:
+    key = request.app.state.settings.api_key
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    given, target = form.get("key", [""])[0], safe_next(form.get("next", ["/"])[0])
+    if key is None:
+        return RedirectResponse(target, status_code=303)
+    if not hmac.compare_digest(given.encode(), key.encode()):
+        await anyio.sleep(0.5)  # a guess costs time
+        return HTMLResponse(login_page("That is not the key.", target), status_code=401)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(SESSION_COOKIE, session_token(key), httponly=True, samesite="strict", path="/",
+                        secure=request.url.scheme == "https")
+    return response

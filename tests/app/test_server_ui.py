@@ -1,0 +1,133 @@
+"""The web UI in Debian's chromium (Playwright) against the real server: a film plays from the
+library, an answer streams and stops, a moment seeks the player; the quick chat answers about an
+uploaded picture; the library tab lists the film."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.server.app import Running, start
+from app.server.sample import make_library
+from app.server.settings import ServerSettings
+from llamavid.media.synthetic import clock, write_video
+
+pytestmark = pytest.mark.slow
+
+TREASURE = "The treasure is buried under the old lighthouse?"
+LAST_ANSWER = "() => { const b = document.querySelectorAll('#movie-chat .bot'); " \
+              "return b.length ? b[b.length - 1].innerText : ''; }"
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory) -> Running:
+    data, _ = make_library(tmp_path_factory.mktemp("web"))
+    running = start(ServerSettings(data_dir=data, port=0, load_options={"device": "cpu", "dtype": "fp32"}))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def page(browser: Any, web: Running):
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    page.goto(web.url, wait_until="domcontentloaded", timeout=120_000)
+    page.locator("#movie-question textarea").wait_for(timeout=120_000)
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+def settle_settings(page: Any, temperature: str, max_tokens: str) -> None:
+    if not page.locator("#temperature input[type=number]").is_visible():
+        page.locator("#answer-settings").get_by_text("Answer settings").click()
+    for field, value in (("#temperature", temperature), ("#max-tokens", max_tokens)):
+        box = page.locator(f"{field} input[type=number]")
+        box.fill(value)
+        box.press("Enter")
+
+
+def test_a_film_answer_streams_stops_and_its_moment_seeks_the_player(page: Any, tmp_path: Path, capsys) -> None:
+    player = page.locator("#llamavid-player")
+    assert player.get_attribute("src").startswith("/v1/movies/")
+    page.wait_for_function("() => document.getElementById('llamavid-player').readyState >= 1", timeout=60_000)
+    assert page.evaluate("() => document.getElementById('llamavid-player').duration") == pytest.approx(130, abs=1)
+
+    # a long answer streams in: it is seen growing, then Stop ends it
+    settle_settings(page, "0", "2048")
+    page.locator("#movie-question textarea").fill("What happens in the film?")
+    page.locator("#movie-ask").click()
+    page.wait_for_function(f"() => ({LAST_ANSWER})().length >= 3", timeout=300_000)
+    early = page.evaluate(LAST_ANSWER)
+    page.wait_for_function(f"() => ({LAST_ANSWER})().length > {len(early) + 10}", timeout=300_000)
+    page.locator("#movie-stop").click()
+    page.wait_for_function(f"() => ({LAST_ANSWER})().includes('(stopped)')", timeout=120_000)
+    stopped = page.evaluate(LAST_ANSWER)
+    assert stopped.startswith(early) and len(stopped) > len(early) + 10
+
+    # a short answer about a line of the film: its moments are links that seek the player
+    settle_settings(page, "0", "6")
+    page.locator("#movie-question textarea").fill(TREASURE)
+    page.locator("#movie-ask").click()
+    first = page.locator("#moments a.moment").first
+    first.wait_for(timeout=300_000)
+    target = float(first.get_attribute("data-seek"))
+    assert target == 40.0, "the subtitle that says the question word for word is the first moment"
+    first.click()
+    page.wait_for_function("() => !document.getElementById('llamavid-player').seeking", timeout=60_000)
+    position = page.evaluate("() => document.getElementById('llamavid-player').currentTime")
+    assert abs(position - target) <= 1.0
+    assert TREASURE in page.locator("#movie-chat").inner_text()
+    newest = httpx.get(page.url + "v1/conversations").json()["data"][0]
+    kept = httpx.get(page.url + f"v1/conversations/{newest['id']}").json()["turns"]
+    assert [t["question"] for t in kept] == [TREASURE], "the stopped answer was not kept"
+    assert page.evaluate(LAST_ANSWER).strip() == kept[0]["answer"].strip()
+    shot = tmp_path / "server-ui-movie-chat.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 20_000
+    with capsys.disabled():
+        print(f"\nweb UI screenshot for a person to look at: {shot}")
+
+
+def test_quick_chat_answers_about_an_uploaded_picture(page: Any, tmp_path: Path) -> None:
+    picture = tmp_path / "picture.png"
+    Image.fromarray((np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)).save(picture)
+    page.get_by_role("tab", name="Quick chat").click()
+    settle_settings(page, "0", "6")
+    page.locator("#quick-image input[type=file]").set_input_files(str(picture))
+    page.locator("#quick-image img").wait_for(timeout=60_000)
+    page.locator("#quick-question textarea").fill("Describe the picture.")
+    page.locator("#quick-ask").click()
+    page.wait_for_function("() => { const b = document.querySelectorAll('#quick-chat .bot'); "
+                           "return b.length && b[b.length - 1].innerText.trim().length > 0; }", timeout=300_000)
+    assert "Describe the picture." in page.locator("#quick-chat").inner_text()
+
+
+def test_the_library_tab_lists_the_indexed_film(page: Any) -> None:
+    page.get_by_role("tab", name="Library").click()
+    table = page.locator("#library table")
+    table.wait_for(timeout=60_000)
+    assert "Harbor" in table.inner_text() and "done" in table.inner_text()
+    assert "Queue:" in page.locator("#queue").inner_text()
+
+
+def test_the_library_tab_adds_a_folder_and_indexes_it_after_a_pause(page: Any, tmp_path: Path) -> None:
+    folder = tmp_path / "more films"
+    write_video(folder / "Lighthouse.mp4", clock(64, 48, 4), fps=4, seconds=6)
+    page.get_by_role("tab", name="Library").click()
+    page.locator("#pause").click()
+    page.locator("#queue").get_by_text("paused").wait_for(timeout=60_000)
+    page.locator("#folder textarea, #folder input").first.fill(str(folder))
+    page.locator("#add-folder").click()
+    page.locator("#added").get_by_text("1 new").wait_for(timeout=120_000)
+    row = page.locator("#library tr", has_text="Lighthouse")
+    assert "done" not in row.inner_text(), "a paused queue indexes nothing"
+    page.locator("#resume").click()
+    page.wait_for_function("() => !document.querySelector('#queue').innerText.includes('paused')", timeout=60_000)
+    page.locator("#library tr", has_text="Lighthouse").get_by_text("done").wait_for(timeout=600_000)
