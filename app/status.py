@@ -19,7 +19,7 @@ from llamavid.system import llamavid_version
 __all__ = [
     "TITLE",
     "TAGLINE",
-    "NOT_YET",
+    "NEEDS_MODEL",
     "GET_MODELS_HEADING",
     "CHAT_MODELS",
     "AppStatus",
@@ -31,7 +31,7 @@ __all__ = [
 
 TITLE = "llamavid"
 TAGLINE = "A local-first movie assistant around the LLaMA-VID video LLM."
-NOT_YET = "Chatting with your movies is not available in this version yet; this window shows the setup."
+NEEDS_MODEL = "Chatting needs a model: until one is installed, this page shows how to get one."
 GET_MODELS_HEADING = "How to get model weights"
 
 #: The released checkpoints a movie assistant chats with: the catalogue's video models.
@@ -88,9 +88,6 @@ def models_markdown(status: AppStatus) -> str:
 
 def status_markdown(status: AppStatus) -> str:
     """Everything below the title: data folder, then models or instructions (Markdown)."""
-    return (
-        f"{TAGLINE} Version {status.version}.\n\n"
-        f"{NOT_YET}\n\n"
-        f"**Data folder:** `{status.data_dir}`\n\n"
-        f"{models_markdown(status)}"
-    )
+    needs = "" if status.has_models else f"{NEEDS_MODEL}\n\n"
+    return (f"{TAGLINE} Version {status.version}.\n\n{needs}**Data folder:** `{status.data_dir}`\n\n"
+            f"{models_markdown(status)}")

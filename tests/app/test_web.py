@@ -28,13 +28,14 @@ def test_status_text_without_models(data_dir: Path) -> None:
     assert st.GET_MODELS_HEADING in text
     assert "`llamavid models pull llama-vid-7b-full-224-video-fps-1`" in text
     assert "llamavid models add" in text and str(data_dir / "models") in text
+    assert st.NEEDS_MODEL in text
 
 
 def test_status_text_lists_models(data_dir: Path, make_model) -> None:
     make_model(data_dir, "my-checkpoint", size=1500)
     text = st.status_markdown(st.collect_status(data_dir))
     assert "Installed models (1)" in text and "my-checkpoint" in text
-    assert st.GET_MODELS_HEADING not in text
+    assert st.GET_MODELS_HEADING not in text and st.NEEDS_MODEL not in text
 
 
 def test_busy_port_is_a_user_error(data_dir: Path) -> None:
