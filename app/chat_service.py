@@ -19,7 +19,10 @@ its kept turns, with progress, so it continues exactly where it stopped.
 A "fast answers" conversation (``new_conversation(..., fast=True)``) begins from the film's
 prepared state (:mod:`indexer.prepare`): the film was read once with a neutral first question,
 and the user's question is the next turn. Without a prepared state the first question prepares
-the film (and keeps the state for the next conversation).
+the film (and keeps the state for the next conversation). :meth:`ChatService.prepare_estimate`
+says what a prepared film will take on disk before it is made, and
+:meth:`ChatService.set_prepared` asks the indexer to prepare a film with this service's model
+(or forgets its state).
 """
 from __future__ import annotations
 
@@ -35,17 +38,31 @@ from typing import Any
 from app.conversations import Conversation, ConversationStore, StoredTurn
 from app.moments import CueHit, Moment, rank_moments
 from indexer import library
-from indexer.prepare import film_chat, film_identity, make_prepared, open_prepared, prepared_key
+from indexer.prepare import (
+    film_chat,
+    film_identity,
+    forget_prepared,
+    loaded_kv_bytes,
+    make_prepared,
+    mark_for_preparing,
+    open_prepared,
+    prepared_key,
+)
+from indexer.prepared_size import LlmShape, estimate_prepared_bytes, film_tokens, kv_bytes_per_value, llm_shape
 from indexer.store import LibraryStore
 from llamavid.errors import BadMedia, Cancelled, CheckpointError, ContextOverflow, NotEnoughMemory, UserError
+from llamavid.hub.installed import resolve_model
 from llamavid.paths import DataDir
 from llamavid.runtime.api import LlamaVid
 from llamavid.runtime.chat import Chat, Turn
 from llamavid.runtime.control import Control, Progress
+from llamavid.runtime.device import pick_device, pick_dtype
 from llamavid.runtime.generate import SamplingOptions
 from llamavid.runtime.inputs import Visual
-from llamavid.runtime.load import load_model
+from llamavid.runtime.load import load_model, pick_backend
+from llamavid.runtime.prepared import PREPARED_ANSWER, PREPARED_QUESTION, neutral_answer_ids
 from llamavid.runtime.state import StateError, StateMismatch, load_chat, save_chat, state_key
+from llamavid.storage import human_size
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +166,7 @@ class ChatService:
         self.language = language or _user_language()
         self.store = ConversationStore(self.data.root / "conversations.db")
         self._lv = lv
+        self._kv_shape: tuple[LlmShape, float] | None = None  # the unloaded model's, for size estimates
         self._db = library.open_library(self.data.root)  # WAL: reads while the indexer writes
         self._live: _Live | None = None
         self._requests: queue.Queue[AskStream | threading.Event | None] = queue.Queue()
@@ -182,14 +200,69 @@ class ChatService:
     def seed(self, conversation_id: int, history: list[tuple[str, str]]) -> None:
         """Give a new conversation earlier turns (question, answer) as if they had been asked here:
         a client that keeps its own history (an OpenAI-style message list) continues from them. The
-        answers are kept as the tokens the model would end with; the film is read with the first."""
+        answers are kept as the tokens the model would end with; the film is read with the first
+        (in a fast conversation, with the hidden neutral turn put before them)."""
         conv = self.store.get(conversation_id)
         if conv.turns:
             raise ValueError(f"conversation {conversation_id} already has turns")
-        tokenizer = self.model().tokenizer
+        lv = self.model()
+        tokenizer = lv.tokenizer
+        if conv.fast and history:
+            self.store.add_turn(conversation_id, PREPARED_QUESTION, PREPARED_ANSWER, neutral_answer_ids(lv), False, [],
+                                hidden=True)
         for question, answer in history:
             ids = tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_id]
             self.store.add_turn(conversation_id, question, answer, ids, False, [])
+
+    # -- prepared films ("fast answers") -----------------------------------------------------------
+    def prepare_estimate(self, movie: library.Movie) -> int | None:
+        """Bytes the film's prepared state will take with this service's model, to show before a
+        person asks for it; None without a usable model (none chosen, or not installed)."""
+        kv = self._kv_shape_of_model()
+        if kv is None:
+            return None
+        frames, text_tokens = film_tokens(self._library(), movie, self.language)
+        return estimate_prepared_bytes(kv[0], frames, text_tokens, kv[1])
+
+    def _kv_shape_of_model(self) -> tuple[LlmShape | Any, float] | None:
+        """The LLM's shape and bytes per cached value: the loaded model's, else read from its folder
+        with the load options (the model is not loaded for this)."""
+        lv = self._lv
+        if lv is not None:
+            return lv.config, loaded_kv_bytes(lv)
+        if self._kv_shape is None and self.model_name:
+            try:
+                folder = resolve_model(self.model_name, self.data.root)
+                self._kv_shape = llm_shape(folder), self._kv_bytes(folder)
+            except (UserError, ValueError, OSError) as exc:
+                log.info("no size estimate for prepared films with %s: %s", self.model_name, exc)
+        return self._kv_shape
+
+    def _kv_bytes(self, folder: Path) -> float:
+        """Bytes per cached value the model will have once loaded with this service's options."""
+        options = self.load_options
+        backend = pick_backend(folder, options.get("backend") or "auto")
+        if backend == "llama.cpp":
+            return kv_bytes_per_value(backend, options.get("kv_type"))
+        dtype = pick_dtype(options.get("dtype"), pick_device(options.get("device") or "auto"))
+        return kv_bytes_per_value(backend, dtype_bytes=dtype.itemsize)
+
+    def set_prepared(self, movie_id: int, wanted: bool) -> str:
+        """Ask the indexer to prepare a film for fast answers with this service's model (and its
+        language, which picks the subtitles), or stop preparing it and delete its prepared state.
+        Returns what was done, in words for a person."""
+        movie = self.movie(movie_id)
+        name = Path(movie.rel_path).name
+        with LibraryStore.open(self.data.database) as store:
+            if not wanted:
+                forget_prepared(store, [movie.id])
+                return f"{name} is no longer prepared: new fast conversations prepare it again"
+            if not self.model_name:
+                raise UserError("preparing a film needs a chat model: choose one first")
+            mark_for_preparing(store, [movie.id], self.model_name, self.language)
+        size = self.prepare_estimate(movie)
+        about = f" (about {human_size(size)} on disk)" if size else ""
+        return f"{name} will be prepared for fast answers{about} by the indexer"
 
     def suspend(self) -> None:
         """Save the live conversation's state and let its cache go (another user of the model, such as
@@ -374,6 +447,13 @@ class ChatService:
         relevance = chat.relevance.tolist() if chat.relevance is not None else None
         return rank_moments(chat.visual.frame_times, relevance, list(found.values()), turn.question, turn.answer,
                             live.movie.duration)
+
+
+def fast_by_default(movie: library.Movie | None) -> bool:
+    """Whether a new conversation about the film starts in fast-answers mode unless the person
+    says otherwise: yes for a prepared film (answers in seconds), no otherwise (a fast
+    conversation about an unprepared film first reads the whole film, like exact mode)."""
+    return bool(movie is not None and movie.prepared_bytes)
 
 
 def _turn(stored: StoredTurn) -> Turn:

@@ -25,7 +25,7 @@ import sqlite_utils
 
 from indexer.db import connect
 from indexer.features import PARTIAL_SUFFIX
-from indexer.store import LibraryStore
+from indexer.store import LibraryStore, prepare_choice
 from llamavid.model.layout import drop_cls
 from llamavid.paths import DataDir, resolve_data_dir
 from llamavid.prompt.subtitles import Cue
@@ -83,6 +83,7 @@ class Movie:
     subtitle_tracks: list[dict] = field(default_factory=list)
     fingerprint: str = ""           # of the file's content (see llamavid.fingerprint)
     prepared_bytes: int = 0         # a prepared state ("fast answers") on disk; 0: none
+    prepare_wanted: bool = False    # the indexer is to prepare it (the film's, its folder's or the library's choice)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -121,7 +122,8 @@ def _movie(store: LibraryStore, row: dict) -> Movie:
         feature_shape=json.loads(row["feature_shape"]) if row["feature_shape"] else None,
         vision_id=row["vision_id"], cache_bytes=_disk_bytes(row), cue_count=row["cue_count"],
         subtitle_sources=sorted({t["source"] for t in tracks if t["cue_count"]}), subtitle_tracks=tracks,
-        fingerprint=row["fingerprint"], prepared_bytes=row["prepared_bytes"] if row["prepared_path"] else 0)
+        fingerprint=row["fingerprint"], prepared_bytes=row["prepared_bytes"] if row["prepared_path"] else 0,
+        prepare_wanted=prepare_choice(row["prepare"], row["library_prepare"], row["prepare_all"]))
 
 
 def _disk_bytes(row: dict) -> int:

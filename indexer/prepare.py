@@ -6,6 +6,12 @@ turn (:mod:`llamavid.runtime.prepared`), saved under ``<data>/cache/prepared/``.
 the model's weights, the film's content and features, the frame stride, the subtitle track and the
 project version; a key that no longer matches (another model chosen, the film re-indexed) makes the
 state useless, and it is rebuilt.
+
+Its size is known before it is made (:mod:`indexer.prepared_size`, torch-free: from the model's
+config.json or its GGUF header, with no weights loaded): the KV cache of two rows per frame plus
+the text, about 4 GB per hour of film for a 7B model with llama.cpp's q8_0 cache. The front ends
+show it before a person asks for a film to be prepared (:func:`mark_for_preparing`);
+:func:`prepared_size_estimate` says the same for a loaded model.
 """
 from __future__ import annotations
 
@@ -14,11 +20,11 @@ import logging
 from pathlib import Path
 
 from indexer.library import Movie, choose_track, film_visual
+from indexer.prepared_size import DEFAULT_TEXT_TOKENS, estimate_prepared_bytes, kv_bytes_per_value
 from indexer.store import LibraryStore
 from llamavid.paths import DataDir
 from llamavid.runtime.chat import Chat
 from llamavid.runtime.control import Control
-from llamavid.runtime.memory import kv_cache_bytes
 from llamavid.runtime.prepared import PREPARED_QUESTION, prepare
 from llamavid.runtime.state import StateError, load_chat, save_chat, state_key
 
@@ -96,9 +102,36 @@ def evict(store: LibraryStore, keep: int | None = None) -> list[str]:
     return removed
 
 
-def prepared_size_estimate(lv, frames: int, text_tokens: int = 2000) -> int:
-    """Bytes a prepared film will take: its KV cache (two rows per frame plus the text), before preparing."""
-    tokens = 2 * frames + text_tokens
-    if hasattr(lv.backend, "kv_bytes_per_token"):  # llama.cpp: its KV type
-        return int(lv.backend.kv_bytes_per_token() * tokens)
-    return kv_cache_bytes(lv.config, tokens, lv.model.lm_head.weight.element_size())
+# -- the size of a prepared film, with a loaded model --------------------------------------------
+def loaded_kv_bytes(lv) -> float:
+    """Bytes per cached value of a loaded model: its llama.cpp KV type, else the LLM's dtype."""
+    kv_type = getattr(lv.backend, "kv_type", None)
+    if kv_type is not None:
+        return kv_bytes_per_value("llama.cpp", kv_type)
+    return float(lv.model.lm_head.weight.element_size())
+
+
+def prepared_size_estimate(lv, frames: int, text_tokens: int = DEFAULT_TEXT_TOKENS) -> int:
+    """:func:`estimate_prepared_bytes` for a loaded model (its config, its KV cache's type)."""
+    return estimate_prepared_bytes(lv.config, frames, text_tokens, loaded_kv_bytes(lv))
+
+
+# -- asking the indexer -------------------------------------------------------------------------------
+def mark_for_preparing(store: LibraryStore, movie_ids: list[int], model: str, language: str | None = None) -> None:
+    """Ask for these films to be prepared with ``model`` (kept as the library's chat model, as
+    ``llamavid index prepare --model`` keeps it) and queue them: ``llamavid index run`` (the apps'
+    indexer) does the work after their features."""
+    store.set_setting("chat_model", model)
+    if language:
+        store.set_setting("language", language)
+    store.set_prepare(movie_ids, True)
+    store.control_jobs(movie_ids, "retry")
+
+
+def forget_prepared(store: LibraryStore, movie_ids: list[int]) -> None:
+    """Stop preparing these films and delete their prepared states (their conversations stay)."""
+    store.set_prepare(movie_ids, False)
+    for row in store.prepared():
+        if row["id"] in movie_ids:
+            Path(row["prepared_path"]).unlink(missing_ok=True)
+            store.clear_prepared(row["id"])

@@ -42,7 +42,8 @@ def print_table(store: LibraryStore, movies, cache_dir=None) -> None:
         sources = ",".join(m.subtitle_sources) or "-"
         print(f"{m.id:>4} {m.state:<9} {m.frames:>7} {m.cue_count:>6} {sources:<18} "
               f"{human_size(m.cache_bytes):>9}  {m.rel_path}")
-        prepared = m.prepared_bytes and f"prepared for fast answers ({human_size(m.prepared_bytes)})"
+        prepared = (f"prepared for fast answers ({human_size(m.prepared_bytes)})" if m.prepared_bytes
+                    else "to be prepared for fast answers" if m.prepare_wanted else None)
         for text in (_progress(m), prepared, m.error and f"error: {m.error}", m.warning and f"note: {m.warning}"):
             if text:
                 print(f"{'':>6}{text}")

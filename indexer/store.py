@@ -40,14 +40,25 @@ STAGE_COLUMNS = {
 }
 PREPARED_COLUMNS = {"prepared_key": None, "prepared_path": None, "prepared_bytes": 0, "prepared_used_at": None}
 
-#: A movie as the read API shows it: its row, its library folder, its job and its number of cues.
+#: A movie as the read API shows it: its row, its library folder, its job, its number of cues and
+#: what decides whether it is prepared for fast answers (its folder's choice, the library-wide one).
 _MOVIE_VIEW = """
 SELECT movies.*, libraries.path AS library, jobs.state AS job_state, jobs.error AS job_error,
        jobs.stage AS job_stage, jobs.done AS job_done, jobs.total AS job_total, jobs.rate AS job_rate,
-       (SELECT COUNT(*) FROM cues WHERE cues.movie_id = movies.id) AS cue_count
+       (SELECT COUNT(*) FROM cues WHERE cues.movie_id = movies.id) AS cue_count,
+       libraries.prepare AS library_prepare,
+       (SELECT value FROM settings WHERE key = 'prepare_all') AS prepare_all
 FROM movies JOIN libraries ON libraries.id = movies.library_id
 LEFT JOIN jobs ON jobs.movie_id = movies.id
 """
+
+
+def prepare_choice(own: int | None, folder: int | None, everything: str | None) -> bool:
+    """Whether a film is to be prepared for fast answers: its own choice (1 / 0), else its folder's,
+    else the library-wide setting ``prepare_all``."""
+    if own is not None:
+        return bool(own)
+    return bool(folder) or everything == "1"
 
 
 class LibraryStore:
@@ -398,9 +409,7 @@ class LibraryStore:
                               " ON libraries.id = movies.library_id WHERE movies.id = ?", [movie_id]).fetchone()
         if row is None:
             return False
-        if row[0] is not None:
-            return bool(row[0])
-        return bool(row[1]) or self.setting("prepare_all") == "1"
+        return prepare_choice(row[0], row[1], self.setting("prepare_all"))
 
     def record_prepared(self, movie_id: int, key: str, path: str, size: int) -> None:
         with atomic(self.db):
@@ -474,6 +483,13 @@ class LibraryStore:
             sql += " AND cues.track_id = ?"
             params.append(track_id)
         return self.db.execute(sql + " ORDER BY rank LIMIT ?", params + [limit]).fetchall()
+
+    def cue_chars(self, movie_id: int, track_id: int) -> int:
+        """Characters of a subtitle track's cues, each with the space that joins it to the next in a
+        prompt: what a film prompt's dialogue costs, counted without a tokenizer."""
+        row = self.db.execute("SELECT COALESCE(SUM(LENGTH(text) + 1), 0) FROM cues WHERE movie_id = ? AND track_id = ?",
+                              [movie_id, track_id]).fetchone()
+        return int(row[0])
 
     def cache_bytes(self) -> int:
         """Total size of the complete feature caches."""

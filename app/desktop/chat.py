@@ -10,6 +10,10 @@ that seek the player; each answer has a Copy button.
 The service drops a stopped answer (the conversation is left as if the question had not been
 asked), so a stopped or failed question goes back into the question box, and a question typed but
 not sent is kept per conversation as a draft (saved with the settings when the window closes).
+
+"Fast answers" (a checkbox above the transcript) starts a new conversation from the film's
+prepared state (:mod:`indexer.prepare`): on by default for a prepared film, off otherwise, and
+fixed once the conversation has begun (a kept conversation shows its own mode).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 from PySide6.QtGui import QFont, QGuiApplication
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFrame,
@@ -36,7 +41,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.chat_service import AskStream, ChatEvent, ChatService
+from app.chat_service import AskStream, ChatEvent, ChatService, fast_by_default
 from app.conversations import Conversation
 from app.desktop.common import FlowLayout, Tasks, describe_error, short_clock
 from indexer.library import Movie
@@ -44,6 +49,8 @@ from indexer.library import Movie
 __all__ = ["ChatPane", "StreamReader", "TurnView"]
 
 STOPPED_NOTE = "Stopped. This answer was not kept; your question is back in the box below."
+FAST_TOOLTIP = ("Fast answers start from the film read once ahead, so a question takes seconds instead of "
+                "minutes. Untick for exact mode, which reads the whole film with your question.")
 
 
 class StreamReader(QObject):
@@ -173,6 +180,7 @@ class ChatPane(QWidget):
         self._stop_asked = False
         self._pending_question = ""
         self._list_generation = 0
+        self._fast_chosen = False  # the person ticked or unticked Fast answers for this new conversation
 
         heading = QLabel("Chat")
         font = QFont(heading.font())
@@ -197,6 +205,11 @@ class ChatPane(QWidget):
         for b in (self.new_button, self.rename_button, self.delete_button, self.export_button):
             bar.addWidget(b)
         bar.addStretch(1)
+
+        self.fast = QCheckBox("Fast answers")
+        self.fast.setObjectName("fastAnswers")
+        self.fast.setToolTip(FAST_TOOLTIP)
+        self.fast.clicked.connect(self._fast_clicked)
 
         self.notice = QLabel()
         self.notice.setObjectName("chatNotice")
@@ -240,7 +253,11 @@ class ChatPane(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(heading)
         layout.addWidget(self.conversations)
+        fast_row = QHBoxLayout()
+        fast_row.addWidget(self.fast)
+        fast_row.addStretch(1)
         layout.addLayout(bar)
+        layout.addLayout(fast_row)
         layout.addWidget(self.notice)
         layout.addWidget(self.scroll, 1)
         layout.addWidget(self.progress_label)
@@ -274,10 +291,20 @@ class ChatPane(QWidget):
         self.reload(open_newest=True)
 
     def update_movie(self, movie: Movie) -> None:
-        """The film's row changed (indexing went on): only what may be asked changes."""
+        """The film's row changed (indexing went on, it was prepared): only what may be asked changes."""
         if self.movie is not None and movie.id == self.movie.id:
             self.movie = movie
+            self._follow_fast_default()
             self._refresh_controls()
+
+    def _follow_fast_default(self) -> None:
+        """A new conversation's checkbox follows the film (prepared or not) until the person clicks it."""
+        if self.conversation_id is None and not self._fast_chosen and not self.busy:
+            self.fast.setChecked(fast_by_default(self.movie))
+
+    @Slot(bool)
+    def _fast_clicked(self, checked: bool) -> None:
+        self._fast_chosen = True
 
     def _draft_key(self) -> str | None:
         if self.conversation_id is not None:
@@ -317,6 +344,7 @@ class ChatPane(QWidget):
         has_conv = self.conversation_id is not None
         self.conversations.setEnabled(movie is not None and not busy)
         self.new_button.setEnabled(movie is not None and not busy)
+        self.fast.setEnabled(movie is not None and not busy and self.conversation_id is None)
         for b in (self.rename_button, self.delete_button, self.export_button):
             b.setEnabled(has_conv and not busy)
 
@@ -344,8 +372,9 @@ class ChatPane(QWidget):
         self.conversations.addItem("New conversation", None)
         for conv in convs:
             when = time.strftime("%d %b %H:%M", time.localtime(conv.updated_at))
-            turns = len(conv.turns)
-            self.conversations.addItem(f"{conv.title} · {when} · {turns} question{'s' if turns != 1 else ''}",
+            turns = len(conv.shown_turns)
+            mode = " · fast answers" if conv.fast else ""
+            self.conversations.addItem(f"{conv.title} · {when} · {turns} question{'s' if turns != 1 else ''}{mode}",
                                        conv.id)
         index = self.conversations.findData(current) if current is not None else 0
         self.conversations.setCurrentIndex(max(0, index))
@@ -373,8 +402,8 @@ class ChatPane(QWidget):
     def _opened(self, conv: Conversation) -> None:
         if self.movie is None or conv.movie_id != self.movie.id or self.busy:
             return
-        self._show_conversation(conv.id, [(t.question, t.answer, t.moments, t.stopped) for t in conv.turns],
-                                conv.title)
+        self._show_conversation(conv.id, [(t.question, t.answer, t.moments, t.stopped) for t in conv.shown_turns],
+                                conv.title, conv.fast)
         index = self.conversations.findData(conv.id)
         if index >= 0:
             self.conversations.setCurrentIndex(index)
@@ -387,8 +416,11 @@ class ChatPane(QWidget):
         self._show_conversation(None, [])
         self.conversations.setCurrentIndex(0)
 
-    def _show_conversation(self, conversation_id: int | None, turns: list[tuple], title: str = "") -> None:
+    def _show_conversation(self, conversation_id: int | None, turns: list[tuple], title: str = "",
+                           fast: bool = False) -> None:
         self.conversation_id, self.conversation_title = conversation_id, title
+        self._fast_chosen = False
+        self.fast.setChecked(fast if conversation_id is not None else fast_by_default(self.movie))
         for view in self.turns:
             view.setParent(None)
             view.deleteLater()
@@ -484,8 +516,8 @@ class ChatPane(QWidget):
         if self.conversation_id is not None:
             self._send(self.conversation_id, question)
             return
-        track = self.track()
-        self.tasks.run(lambda: service.new_conversation(movie.id, None, track),
+        track, fast = self.track(), self.fast.isChecked()
+        self.tasks.run(lambda: service.new_conversation(movie.id, None, track, fast=fast),
                        lambda conv: self._send(conv.id, question, conv.title), self._send_failed)
 
     def _send(self, conversation_id: int, question: str, title: str | None = None) -> None:

@@ -37,7 +37,7 @@ __all__ = ["IndexerProcess", "LibraryReader", "LibrarySnapshot", "add_folder", "
            "movie_status", "remove_folder", "reindex", "set_paused"]
 
 STAGES = {"probe": "reading the file", "subtitles": "reading subtitles", "speech": "recognising speech",
-          "features": "reading frames", "prepare": "preparing for chat"}
+          "features": "reading frames", "prepare": "preparing for fast answers"}
 UNITS = {"features": "frames", "speech": "windows", "prepare": "tokens"}
 
 
@@ -117,6 +117,8 @@ def movie_status(movie: Movie, paused: bool) -> tuple[str, int, int]:
     if state == "paused" or (state == "queued" and paused):
         return "paused" + (f" at {done:,} / {total:,}" if total else ""), done, total
     if state in ("queued", "new"):
+        if movie.features_complete and movie.prepare_wanted and not movie.prepared_bytes:
+            return "waiting to be prepared for fast answers", 0, 0
         return ("waiting to resume" if done else "waiting to be indexed"), done, total
     return state, done, total
 

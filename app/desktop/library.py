@@ -1,18 +1,21 @@
 """The library pane: folders, a row per film (thumbnail, title, duration, index state and progress,
-subtitle sources), and the indexing controls. It only shows what it is given: the window reads
-the library on a worker thread (:mod:`app.desktop.indexing`) and hands each snapshot in.
+subtitle sources, whether it is prepared for fast answers), and the indexing controls. It only
+shows what it is given: the window reads the library on a worker thread
+(:mod:`app.desktop.indexing`) and hands each snapshot in, and the size a film's prepared state
+would take (:meth:`LibraryPane.set_estimate`), which the Prepare button and menu show before the click.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QSize, Qt, Signal, Slot
+from PySide6.QtCore import QPoint, QSize, Qt, Signal, Slot
 from PySide6.QtGui import QColor, QFont, QPixmap
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
+    QMenu,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
@@ -22,8 +25,11 @@ from PySide6.QtWidgets import (
 from app.desktop.common import clock
 from app.desktop.indexing import LibrarySnapshot, movie_status
 from indexer.library import Movie
+from llamavid.storage import human_size
 
-__all__ = ["FilmRow", "LibraryPane", "subtitle_summary"]
+__all__ = ["FilmRow", "LibraryPane", "prepared_summary", "subtitle_summary"]
+
+FORGET_PREPARED = "Forget prepared state"
 
 THUMB = QSize(128, 72)
 
@@ -40,6 +46,20 @@ def subtitle_summary(movie: Movie) -> str:
     names = {"asr": "speech recognition", "sidecar": "subtitle files", "embedded": "embedded"}
     text = "subtitles: " + ", ".join(names.get(s, s) for s in sources)
     return text + (f" ({', '.join(languages)})" if languages else "")
+
+
+def prepared_summary(movie: Movie) -> str:
+    """"prepared for fast answers (1.2 GB)" / "to be prepared for fast answers" / "" (neither)."""
+    if movie.prepared_bytes:
+        return f"prepared for fast answers ({human_size(movie.prepared_bytes)})"
+    return "to be prepared for fast answers" if movie.prepare_wanted else ""
+
+
+def prepare_action_text(movie: Movie, estimate: int | None) -> str:
+    """The action a film offers: prepare it (with its size, once known) or forget its state."""
+    if movie.prepared_bytes or movie.prepare_wanted:
+        return FORGET_PREPARED
+    return "Prepare for fast answers" + (f" (about {human_size(estimate)})" if estimate else "")
 
 
 class FilmRow(QWidget):
@@ -65,6 +85,11 @@ class FilmRow(QWidget):
         self.state = QLabel()
         self.state.setObjectName("state")
         self.state.setWordWrap(True)
+        self.prepared = QLabel()
+        self.prepared.setObjectName("prepared")
+        self.prepared.setStyleSheet("color: #1f5f99;")
+        self.prepared.setToolTip("A prepared film was read once ahead: a fast-answers question about it takes "
+                                 "seconds instead of minutes")
         self.progress = QProgressBar()
         self.progress.setObjectName("progress")
         self.progress.setMaximumHeight(10)
@@ -74,6 +99,7 @@ class FilmRow(QWidget):
         text.addWidget(self.title)
         text.addWidget(self.details)
         text.addWidget(self.state)
+        text.addWidget(self.prepared)
         text.addWidget(self.progress)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
@@ -90,6 +116,8 @@ class FilmRow(QWidget):
         self.state.setText(text)
         colour = {"failed": "#a40000", "missing": "#a40000", "done": "#2a7a2a"}.get(movie.state, "#555555")
         self.state.setStyleSheet(f"color: {colour};")
+        self.prepared.setText(prepared_summary(movie))
+        self.prepared.setVisible(bool(self.prepared.text()))
         if total > 0:
             self.progress.setRange(0, total)
             self.progress.setValue(min(done, total))
@@ -119,12 +147,14 @@ class LibraryPane(QWidget):
     remove_folder_clicked = Signal(int)  # library folder id
     reindex_clicked = Signal(int)  # movie id
     pause_clicked = Signal(bool)  # True: pause
+    prepare_clicked = Signal(int, bool)  # movie id; True: prepare for fast answers, False: forget its state
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.rows: dict[int, FilmRow] = {}
         self.items: dict[int, QListWidgetItem] = {}
         self.thumbnails: dict[int, str] = {}  # movie id -> cached picture, kept for rebuilt rows
+        self.estimates: dict[int, int | None] = {}  # movie id -> bytes its prepared state would take
         self.snapshot: LibrarySnapshot | None = None
         heading = QLabel("Library")
         font = QFont(heading.font())
@@ -152,6 +182,8 @@ class LibraryPane(QWidget):
         self.films.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.films.setResizeMode(QListWidget.ResizeMode.Adjust)
         self.films.currentItemChanged.connect(self._film_changed)
+        self.films.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.films.customContextMenuRequested.connect(self._show_film_menu)
         self.empty = QLabel("No films yet. Add a folder of films: they are indexed in the background, "
                             "and you can watch and ask about each one once it is ready.")
         self.empty.setWordWrap(True)
@@ -166,10 +198,18 @@ class LibraryPane(QWidget):
         self.reindex_button = QPushButton("Re-index film")
         self.reindex_button.setToolTip("Index the selected film again")
         self.reindex_button.clicked.connect(self._reindex_clicked)
+        self.prepare_button = QPushButton("Prepare for fast answers")
+        self.prepare_button.setObjectName("prepareFilm")
+        self.prepare_button.setToolTip("Read the selected film once ahead, so a fast-answers question about it takes "
+                                       "seconds instead of minutes; it takes the disk space shown")
+        self.prepare_button.clicked.connect(self._prepare_clicked)
         index_buttons = QHBoxLayout()
         index_buttons.addWidget(self.pause_button)
         index_buttons.addWidget(self.reindex_button)
         index_buttons.addStretch(1)
+        prepare_buttons = QHBoxLayout()
+        prepare_buttons.addWidget(self.prepare_button)
+        prepare_buttons.addStretch(1)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -180,6 +220,7 @@ class LibraryPane(QWidget):
         layout.addWidget(self.empty)
         layout.addWidget(self.status)
         layout.addLayout(index_buttons)
+        layout.addLayout(prepare_buttons)
         self._refresh_buttons()
 
     # -- showing a snapshot ------------------------------------------------------------------------
@@ -235,6 +276,11 @@ class LibraryPane(QWidget):
             if folder_id == current:
                 self.folders.setCurrentItem(item)
 
+    def set_estimate(self, movie_id: int, size: int | None) -> None:
+        """The bytes the film's prepared state would take (None: unknown, no model chosen)."""
+        self.estimates[movie_id] = size
+        self._refresh_buttons()
+
     def set_thumbnail(self, movie_id: int, path: str) -> None:
         self.thumbnails[movie_id] = path
         row = self.rows.get(movie_id)
@@ -272,6 +318,43 @@ class LibraryPane(QWidget):
     def _refresh_buttons(self) -> None:
         self.reindex_button.setEnabled(self.current_movie_id() is not None)
         self.remove_button.setEnabled(self.folders.count() > 0)
+        movie = self._movie(self.current_movie_id())
+        self.prepare_button.setEnabled(movie is not None)
+        if movie is not None:
+            self.prepare_button.setText(prepare_action_text(movie, self.estimates.get(movie.id)))
+
+    def _movie(self, movie_id: int | None) -> Movie | None:
+        row = self.rows.get(movie_id) if movie_id is not None else None
+        return row.movie if row is not None else None
+
+    def film_menu(self, movie_id: int) -> QMenu | None:
+        """The film's context menu: prepare it for fast answers (its size shown) or forget its
+        state, and re-index it."""
+        movie = self._movie(movie_id)
+        if movie is None:
+            return None
+        menu = QMenu(self)
+        wanted = not (movie.prepared_bytes or movie.prepare_wanted)
+        prepare = menu.addAction(prepare_action_text(movie, self.estimates.get(movie_id)))
+        prepare.triggered.connect(lambda: self.prepare_clicked.emit(movie_id, wanted))
+        menu.addAction("Re-index film").triggered.connect(lambda: self.reindex_clicked.emit(movie_id))
+        return menu
+
+    @Slot(QPoint)
+    def _show_film_menu(self, pos: QPoint) -> None:
+        item = self.films.itemAt(pos)
+        if item is None:
+            return
+        self.films.setCurrentItem(item)
+        menu = self.film_menu(item.data(Qt.ItemDataRole.UserRole))
+        if menu is not None:
+            menu.exec(self.films.viewport().mapToGlobal(pos))
+            menu.deleteLater()
+
+    def _prepare_clicked(self) -> None:
+        movie = self._movie(self.current_movie_id())
+        if movie is not None:
+            self.prepare_clicked.emit(movie.id, not (movie.prepared_bytes or movie.prepare_wanted))
 
     def _remove_clicked(self) -> None:
         item = self.folders.currentItem() or (self.folders.item(0) if self.folders.count() == 1 else None)

@@ -162,6 +162,7 @@ class MainWindow(QMainWindow):
         self.library.remove_folder_clicked.connect(self.confirm_remove_folder)
         self.library.reindex_clicked.connect(self.reindex_movie)
         self.library.pause_clicked.connect(self.pause_indexing)
+        self.library.prepare_clicked.connect(self.prepare_movie)
         self.player.track_changed.connect(self._track_changed)
         self.player.media_error.connect(self.show_error)
         self.chat.seek_requested.connect(self.player.seek)
@@ -212,6 +213,9 @@ class MainWindow(QMainWindow):
             self._closing_services.append(thread)
         problem = None if s.model else "no chat model chosen"
         self.chat.set_service(self.service, problem)
+        self.library.estimates.clear()  # sizes depend on the model
+        if self.movie is not None:
+            self._estimate(self.movie)
         bits = "" if s.bits is None else f", {s.bits} bit"
         self.model_label.setText(f"Model: {s.model} ({s.device}{bits}, {s.backend})" if s.model else
                                  "No chat model chosen yet: open Settings")
@@ -390,6 +394,28 @@ class MainWindow(QMainWindow):
                        lambda _: self._library_changed("indexing paused" if paused else "indexing resumed"),
                        self._failed)
 
+    def prepare_movie(self, movie_id: int, wanted: bool) -> None:
+        """Ask the indexer to prepare a film for fast answers with the chat model (it starts at once),
+        or forget the film's prepared state."""
+        service = self.service
+        if service is None or not self.settings.model:
+            self.show_error("Preparing a film needs a chat model: open Settings to choose one")
+            return
+        self.indexer.unblock()
+        self.tasks.run(lambda: service.set_prepared(movie_id, wanted), self._library_changed, self._failed)
+
+    def _estimate(self, movie: Movie) -> None:
+        """The size the film's prepared state would take, for the Prepare button (worker thread)."""
+        service, movie_id = self.service, movie.id
+        if service is None:
+            return
+
+        def failed(exc: BaseException) -> None:
+            log.info("no prepared-size estimate for %s: %s", movie.rel_path, describe_error(exc))
+
+        self.tasks.run(lambda: service.prepare_estimate(movie),
+                       lambda size: self.library.set_estimate(movie_id, size), failed)
+
     def _library_changed(self, text: str) -> None:
         self.show_info(text)
         self.poll()
@@ -410,6 +436,8 @@ class MainWindow(QMainWindow):
         self.player.load(movie, track)
         self._load_subtitles(movie, track)
         self.chat.set_movie(movie)
+        if movie.id not in self.library.estimates:
+            self._estimate(movie)
 
     def _load_subtitles(self, movie: Movie, track_id: int | None) -> None:
         data = self.data

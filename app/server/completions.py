@@ -70,16 +70,21 @@ def _job(engine: Engine, body: ChatCompletionRequest) -> tuple[Any, int | None]:
             raise bad_request("a request with conversation_id continues that conversation: send only the new "
                               "question (its film is already in it)", "conversation_id")
         try:
-            service.conversation(body.conversation_id)
+            conv = service.conversation(body.conversation_id)
         except KeyError:
             raise not_found(f"no conversation {body.conversation_id} on this server", "conversation_id") from None
+        if body.fast is not None and body.fast != conv.fast:
+            mode = "fast answers" if conv.fast else "exact mode"
+            raise bad_request(f"conversation {conv.id} is in {mode} and stays so; leave out fast, or start a new "
+                              "conversation", "fast")
         return ConversationJob(found.question, options, body.conversation_id, time_budget=budget), \
             body.conversation_id
     if found.movie_id is not None:
         _check_movie(engine, found)
         movie_id, track, history, question = found.movie_id, found.track_id, list(found.history), found.question
-        return ConversationJob(question, options, time_budget=budget,
-                               prepare=lambda e: e.conversation_with_history(movie_id, track, history, question)), None
+        fast = bool(body.fast)
+        return ConversationJob(question, options, time_budget=budget, prepare=lambda e: e.conversation_with_history(
+            movie_id, track, history, question, fast=fast)), None
     video, cleanup = None, None
     if found.video is not None:
         video, cleanup = _video_file(engine, found)

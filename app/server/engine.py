@@ -462,6 +462,8 @@ class Engine:
             visual = lv.visual(images=list(job.images))
         elif job.video is not None:
             visual = lv.visual(video=job.video, max_frames=self.settings.max_video_frames)
+            if job.cleanup is not None:  # its frames are read: the file goes before the answer is sent
+                job.cleanup()
         else:
             visual = Visual("none")
         control.check()
@@ -473,20 +475,21 @@ class Engine:
 
     # -- conversations ---------------------------------------------------------------------------------
     def conversation_with_history(self, movie_id: int, track_id: int | None,
-                                  history: Sequence[tuple[str, str]], question: str) -> int:
-        """The film conversation to ask in for a stateless message list: the newest kept one whose
-        turns are exactly ``history`` (so a client that resends the whole list, as Open WebUI does,
-        continues with the conversation's cache), else a new one holding ``history`` as its turns.
-        Runs in the worker (it may need the model's tokenizer)."""
+                                  history: Sequence[tuple[str, str]], question: str, fast: bool = False) -> int:
+        """The film conversation to ask in for a stateless message list: the newest kept one in the
+        same mode (``fast``: begun from the film's prepared state) whose turns are exactly
+        ``history`` (so a client that resends the whole list, as Open WebUI does, continues with the
+        conversation's cache), else a new one holding ``history`` as its turns. Runs in the worker
+        (it may need the model's tokenizer)."""
         service = self._service
         wanted = [tuple(pair) for pair in history]
         if wanted:
             for conv in service.conversations(movie_id):
                 shown = [(t.question, t.answer) for t in _shown(service.conversation(conv.id))]
-                if conv.track_id == track_id and shown == wanted:
+                if conv.track_id == track_id and conv.fast == fast and shown == wanted:
                     return conv.id
         title = short_title(history[0][0] if history else question)
-        conv = service.new_conversation(movie_id, title=title, track_id=track_id)
+        conv = service.new_conversation(movie_id, title=title, track_id=track_id, fast=fast)
         if wanted:
             service.seed(conv.id, list(wanted))
         return conv.id

@@ -9,7 +9,8 @@ The OpenAI fields are taken as OpenAI defines them; llamavid's own are few and d
   video), and ``{"type": "movie", "movie_id": 3, "subtitle_track": 7}`` (a film of the library;
   the track is optional);
 * body fields ``conversation_id`` (continue a kept conversation: only the last user message is
-  read), ``top_k``, ``repetition_penalty`` and ``time_budget`` (seconds a film question may take).
+  read), ``fast`` (a film conversation in "fast answers" mode: it starts from the film's prepared
+  state), ``top_k``, ``repetition_penalty`` and ``time_budget`` (seconds a film question may take).
 
 Images and videos come inside the request, never by URL: this server fetches nothing.
 """
@@ -66,6 +67,7 @@ class ChatCompletionRequest(BaseModel):
     response_format: dict[str, Any] | None = None
     logprobs: bool | None = None
     conversation_id: int | None = None
+    fast: bool | None = None  # None: exact mode for a new film conversation; a kept one keeps its own mode
     time_budget: float | None = Field(None, gt=0)
 
     def check_supported(self) -> None:

@@ -52,8 +52,10 @@ async def model(model_id: str, request: Request) -> dict[str, Any]:
     raise ApiError(404, f"model {model_id!r} is not installed here", param="model", code="model_not_found")
 
 
-def movie_object(movie: Movie) -> dict[str, Any]:
-    """A film as the API shows it: no absolute paths, its index state and what a chat can use."""
+def movie_object(movie: Movie, prepare_estimate: int | None = None) -> dict[str, Any]:
+    """A film as the API shows it: no absolute paths, its index state and what a chat can use,
+    with its prepared state for fast answers (``prepared``: bytes on disk, 0 when none) and what
+    preparing it would take with the served model (None when no model is known)."""
     done, total = movie.progress
     return {
         "id": movie.id, "object": "movie", "title": Path(movie.rel_path).stem, "path": movie.rel_path,
@@ -64,13 +66,21 @@ def movie_object(movie: Movie) -> dict[str, Any]:
                              "forced": bool(t.get("forced")), "sdh": bool(t.get("sdh")),
                              "cues": t.get("cue_count"), "status": t.get("status")}
                             for t in movie.subtitle_tracks],
+        "prepared": movie.prepared_bytes, "prepare_wanted": movie.prepare_wanted,
+        "prepare_estimate_bytes": prepare_estimate,
         "video_url": f"/v1/movies/{movie.id}/video",
     }
 
 
-@api.get("/v1/movies", summary="the films of the library and their index state")
+def served_movie(engine: Engine, movie: Movie) -> dict[str, Any]:
+    """:func:`movie_object` with the served model's estimate of the film's prepared size."""
+    return movie_object(movie, engine.service.prepare_estimate(movie))
+
+
+@api.get("/v1/movies", summary="the films of the library, their index state and whether they are prepared")
 def movies(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": [movie_object(m) for m in _engine(request).service.movies()]}
+    engine = _engine(request)
+    return {"object": "list", "data": [served_movie(engine, m) for m in engine.service.movies()]}
 
 
 def _movie(engine: Engine, movie_id: int) -> Movie:
@@ -82,7 +92,8 @@ def _movie(engine: Engine, movie_id: int) -> Movie:
 
 @api.get("/v1/movies/{movie_id}", summary="one film")
 def movie(movie_id: int, request: Request) -> dict[str, Any]:
-    return movie_object(_movie(_engine(request), movie_id))
+    engine = _engine(request)
+    return served_movie(engine, _movie(engine, movie_id))
 
 
 @api.get("/v1/movies/{movie_id}/video", summary="the film's file, with HTTP Range requests (a player seeks)")
@@ -113,8 +124,9 @@ def library_file(engine: Engine, movie: Movie) -> Path:
 def conversations(request: Request, movie_id: int | None = None) -> dict[str, Any]:
     found = _engine(request).service.conversations(movie_id)
     return {"object": "list", "data": [{"id": c.id, "object": "conversation", "title": c.title,
-                                        "movie_id": c.movie_id, "model": c.model, "created": int(c.created_at),
-                                        "updated": int(c.updated_at)} for c in found]}
+                                        "movie_id": c.movie_id, "model": c.model, "fast": c.fast,
+                                        "created": int(c.created_at), "updated": int(c.updated_at)}
+                                       for c in found]}
 
 
 @api.get("/v1/conversations/{conversation_id}", summary="one conversation with its turns")
@@ -125,7 +137,7 @@ def conversation(conversation_id: int, request: Request) -> dict[str, Any]:
         raise not_found(f"no conversation {conversation_id}", "conversation_id") from None
     turns = getattr(conv, "shown_turns", conv.turns)
     return {"id": conv.id, "object": "conversation", "title": conv.title, "movie_id": conv.movie_id,
-            "model": conv.model, "created": int(conv.created_at), "updated": int(conv.updated_at),
+            "model": conv.model, "fast": conv.fast, "created": int(conv.created_at), "updated": int(conv.updated_at),
             "turns": [{"id": t.id, "question": t.question, "answer": t.answer, "stopped": t.stopped,
                        "moments": t.moments} for t in turns]}
 

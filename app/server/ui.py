@@ -5,6 +5,11 @@ and one sent by an API client wait in the same queue. The film player is a plain
 element fed by ``/v1/movies/{id}/video`` (Range requests: it seeks without downloading the film);
 Gradio never copies a film. Moments under the player are links: a click sets the player's
 ``currentTime`` (a small script in the page's head, :data:`HEAD`).
+
+"Fast answers" (a conversation that starts from the film's prepared state, see
+:mod:`indexer.prepare`) is a checkbox of the Movie chat, on by default for a prepared film; the
+Library tab shows which films are prepared and asks the indexer to prepare one, its size shown
+on the button before the click.
 """
 from __future__ import annotations
 
@@ -19,13 +24,15 @@ from typing import Any
 import gradio as gr
 
 from app import status as st
-from app.chat_service import ChatEvent
+from app.chat_service import ChatEvent, fast_by_default
 from app.server.engine import ConversationJob, DirectJob, Engine, Request, short_title
 from app.server.indexing import Indexer
 from app.server.routes import movie_object
+from indexer.library import Movie
 from llamavid.errors import UserError
 from llamavid.media.load import load_image
 from llamavid.runtime.generate import SamplingOptions
+from llamavid.storage import human_size
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,16 @@ table.library { width: 100%; border-collapse: collapse; }
 table.library td, table.library th { padding: .25rem .5rem; border-bottom: 1px solid var(--border-color-primary); }
 """
 NEW = 0  # the conversation dropdown's "new conversation"
+FAST_INFO = ("Answers start from the film read once ahead (seconds instead of minutes); "
+             "exact mode reads the film with your question.")
+
+
+def prepared_label(movie: Movie, estimate: int | None) -> str:
+    """What the library says about a film's fast answers: its prepared size, or what it will take."""
+    if movie.prepared_bytes:
+        return f"prepared ({human_size(movie.prepared_bytes)})"
+    about = f" (about {human_size(estimate)})" if estimate else ""
+    return f"to be prepared{about}" if movie.prepare_wanted else "no"
 
 
 def theme() -> Any:
@@ -139,6 +156,18 @@ def build_ui(engine: Engine, indexer: Indexer, upload_dir: Path) -> Any:
     def films() -> list[tuple[str, int]]:
         return [(Path(m.rel_path).stem, m.id) for m in engine.service.movies() if m.features_complete]
 
+    def find_movie(movie_id: int | None) -> Movie | None:
+        try:
+            return engine.service.movie(int(movie_id)) if movie_id is not None else None
+        except KeyError:
+            return None
+
+    def fast_choice(movie_id: int | None, conversation: int | None = None) -> Any:
+        """The checkbox for a new conversation (the film's default), or a kept one's mode (fixed)."""
+        if conversation:
+            return gr.update(value=engine.service.conversation(conversation).fast, interactive=False)
+        return gr.update(value=fast_by_default(find_movie(movie_id)), interactive=True)
+
     def film_choices(current: int | None = None) -> Any:
         choices = films()
         ids = [i for _, i in choices]
@@ -169,10 +198,37 @@ def build_ui(engine: Engine, indexer: Indexer, upload_dir: Path) -> Any:
             if m.error:
                 state += f": {m.error}"
             tracks = ", ".join(sorted({t["language"] or "?" for t in info["subtitle_tracks"]})) or "none"
+            estimate = engine.service.prepare_estimate(m) if m.prepare_wanted and not m.prepared_bytes else None
             rows.append(f"<tr><td>{m.id}</td><td>{html.escape(info['title'])}</td><td>{html.escape(state)}</td>"
-                        f"<td>{clock(m.duration)}</td><td>{html.escape(tracks)}</td></tr>")
+                        f"<td>{clock(m.duration)}</td><td>{html.escape(tracks)}</td>"
+                        f"<td>{html.escape(prepared_label(m, estimate))}</td></tr>")
         return ('<table class="library"><thead><tr><th>#</th><th>Film</th><th>Index</th><th>Length</th>'
-                "<th>Subtitles</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+                "<th>Subtitles</th><th>Fast answers</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+
+    def prepare_choices(current: int | None = None) -> Any:
+        choices = [(Path(m.rel_path).stem, m.id) for m in engine.service.movies()]
+        ids = [i for _, i in choices]
+        return gr.update(choices=choices, value=current if current in ids else (ids[0] if ids else None))
+
+    def prepare_controls(movie_id: int | None) -> tuple[Any, Any, Any]:
+        """What the film's fast answers are, and the buttons: Prepare with its size before the click
+        (while not prepared nor asked for), Forget (once prepared or asked for)."""
+        movie = find_movie(movie_id)
+        if movie is None:
+            return "", gr.update(visible=False), gr.update(visible=False)
+        estimate = engine.service.prepare_estimate(movie)
+        about = f" (about {human_size(estimate)})" if estimate else ""
+        name = Path(movie.rel_path).stem
+        if movie.prepared_bytes:
+            line = f"**{name}** is prepared for fast answers: {human_size(movie.prepared_bytes)} on disk."
+        elif movie.prepare_wanted:
+            line = f"**{name}** is waiting for the indexer to prepare it{about}."
+        else:
+            line = (f"**{name}** is not prepared: a fast conversation about it first reads the whole film. "
+                    f"Preparing it ahead takes{about or ' some'} disk space.")
+        asked = bool(movie.prepared_bytes or movie.prepare_wanted)
+        return (line, gr.update(value=f"Prepare for fast answers{about}", visible=not asked),
+                gr.update(visible=asked))
 
     def queue_markdown() -> str:
         counts = indexer.counts()
@@ -184,14 +240,15 @@ def build_ui(engine: Engine, indexer: Indexer, upload_dir: Path) -> Any:
         return line
 
     # -- actions ------------------------------------------------------------------------------------
-    def refresh_all(movie_id: int | None) -> tuple:
+    def refresh_all(movie_id: int | None, prepare_id: int | None) -> tuple:
         installed = engine.models()
         if engine.model_name is None and installed:  # a model was installed since the server started
             engine.select_model(installed[0].name)
         film = film_choices(movie_id)
         chosen = film["value"]
+        prepare = prepare_choices(prepare_id)
         return (setup_markdown(), model_choices(), film, player_html(chosen), conversation_choices(chosen),
-                library_html(), queue_markdown())
+                fast_choice(chosen), library_html(), queue_markdown(), prepare, *prepare_controls(prepare["value"]))
 
     def pick_model(name: str | None) -> str:
         if name:
@@ -202,18 +259,19 @@ def build_ui(engine: Engine, indexer: Indexer, upload_dir: Path) -> Any:
         return setup_markdown()
 
     def pick_film(movie_id: int | None) -> tuple:
-        return player_html(movie_id), conversation_choices(movie_id), [], "", None, ""
+        return player_html(movie_id), conversation_choices(movie_id), [], "", None, "", fast_choice(movie_id)
 
-    def pick_conversation(conversation_id: int | None) -> tuple:
+    def pick_conversation(conversation_id: int | None, movie_id: int | None) -> tuple:
         if not conversation_id:
-            return [], "", None
+            return [], "", None, fast_choice(movie_id)
         conv = engine.service.conversation(conversation_id)
         turns = list(getattr(conv, "shown_turns", conv.turns))
         messages = []
         for t in turns:
             messages += [{"role": "user", "content": t.question},
                          {"role": "assistant", "content": t.answer + (" *(stopped)*" if t.stopped else "")}]
-        return messages, moments_html(turns[-1].moments if turns else None), conversation_id
+        return (messages, moments_html(turns[-1].moments if turns else None), conversation_id,
+                fast_choice(movie_id, conversation_id))
 
     def answer(request: Request, history: list, user_session: str) -> Iterator[tuple[list, str, str | None]]:
         """Follow a request, yielding (chat, progress line, moments html or None for unchanged)."""
@@ -240,7 +298,7 @@ def build_ui(engine: Engine, indexer: Indexer, upload_dir: Path) -> Any:
                 request.cancel()
 
     def ask_movie(question: str, movie_id: int | None, conversation_id: int | None, history: list,
-                  temperature: float, max_tokens: float, request: gr.Request) -> Iterator[tuple]:
+                  temperature: float, max_tokens: float, fast: bool, request: gr.Request) -> Iterator[tuple]:
         question = (question or "").strip()
         if not question:
             raise gr.Error("Type a question about the film.")
@@ -249,7 +307,8 @@ def build_ui(engine: Engine, indexer: Indexer, upload_dir: Path) -> Any:
         if engine.model_name is None:
             raise gr.Error("No model is installed yet: see the instructions at the top of the page.")
         if not conversation_id:
-            conversation_id = engine.service.new_conversation(movie_id, title=short_title(question)).id
+            conversation_id = engine.service.new_conversation(movie_id, title=short_title(question),
+                                                              fast=bool(fast)).id
         try:
             job = engine.submit(ConversationJob(question, sampling(temperature, max_tokens),
                                                 conversation_id=conversation_id))
@@ -259,11 +318,12 @@ def build_ui(engine: Engine, indexer: Indexer, upload_dir: Path) -> Any:
         running.start(user_session, job)
         history = [*history, {"role": "user", "content": question}]
         moments = gr.update()
+        fixed = fast_choice(movie_id, conversation_id)  # the conversation's mode, fixed from now on
         for chat, line, found in answer(job, history, user_session):
             if found is not None:
                 moments = found
-            yield chat, line, moments, conversation_id, "", gr.update()
-        yield chat, "", moments, conversation_id, "", conversation_choices(movie_id, conversation_id)
+            yield chat, line, moments, conversation_id, "", gr.update(), fixed
+        yield chat, "", moments, conversation_id, "", conversation_choices(movie_id, conversation_id), fixed
 
     def stop(request: gr.Request) -> None:
         running.stop(session(request))
@@ -320,6 +380,18 @@ def build_ui(engine: Engine, indexer: Indexer, upload_dir: Path) -> Any:
         indexer.pause()
         return queue_markdown()
 
+    def set_prepared(movie_id: int | None, wanted: bool) -> tuple:
+        if movie_id is None:
+            raise gr.Error("Pick a film first.")
+        try:
+            message = engine.service.set_prepared(int(movie_id), wanted)
+        except (KeyError, UserError) as exc:
+            raise gr.Error(str(exc.args[0] if isinstance(exc, KeyError) else exc)) from None
+        if wanted and not indexer.start():
+            message += " (the indexer starts when the queue is resumed)" if indexer.paused() else ""
+        gr.Info(message)
+        return (library_html(), queue_markdown(), *prepare_controls(movie_id))
+
     def resume() -> tuple[str, str]:
         indexer.resume()
         return library_html(), queue_markdown()
@@ -351,6 +423,8 @@ def build_ui(engine: Engine, indexer: Indexer, upload_dir: Path) -> Any:
                         conversation = gr.Dropdown(label="Conversation", elem_id="conversation", interactive=True,
                                                    **_update_args(conversation_choices(initial_films["value"])))
                         conversation_id = gr.State(None)
+                        fast = gr.Checkbox(label="Fast answers", elem_id="fast-answers", info=FAST_INFO,
+                                           **_update_args(fast_choice(initial_films["value"])))
                         movie_chat = gr.Chatbot(elem_id="movie-chat", height=420, show_label=False)
                         movie_progress = gr.Markdown("", elem_id="movie-progress")
                         movie_question = gr.Textbox(elem_id="movie-question", show_label=False, lines=2,
@@ -387,17 +461,31 @@ def build_ui(engine: Engine, indexer: Indexer, upload_dir: Path) -> Any:
                     folder = gr.Textbox(label="Add a folder of films (on this computer)", elem_id="folder", scale=4)
                     add = gr.Button("Add folder", elem_id="add-folder", scale=1)
                 added = gr.Markdown("", elem_id="added")
+                gr.Markdown("### Fast answers\nA prepared film has been read once ahead, so a new question about it "
+                            "is answered in seconds instead of minutes. It takes disk space (about 4 GB per hour "
+                            "of film for a 7B model).")
+                initial_prepare = prepare_choices()
+                with gr.Row():
+                    prepare_film = gr.Dropdown(label="Film", elem_id="prepare-film", interactive=True, scale=2,
+                                               **_update_args(initial_prepare))
+                    prepare_info = gr.Markdown(elem_id="prepare-info")
+                with gr.Row():
+                    prepare = gr.Button("Prepare for fast answers", elem_id="prepare", visible=False)
+                    forget = gr.Button("Forget prepared state", elem_id="forget-prepared", visible=False)
                 ticker = gr.Timer(5)
 
-        everything = [status, model, film, player, conversation, library, queue_line]
-        demo.load(refresh_all, inputs=film, outputs=everything)
-        refresh.click(refresh_all, inputs=film, outputs=everything)
+        prepare_outputs = [prepare_info, prepare, forget]
+        everything = [status, model, film, player, conversation, fast, library, queue_line, prepare_film,
+                      *prepare_outputs]
+        demo.load(refresh_all, inputs=[film, prepare_film], outputs=everything)
+        refresh.click(refresh_all, inputs=[film, prepare_film], outputs=everything)
         model.input(pick_model, inputs=model, outputs=status)
         film.input(pick_film, inputs=film, outputs=[player, conversation, movie_chat, moments, conversation_id,
-                                                    movie_progress])
-        conversation.input(pick_conversation, inputs=conversation, outputs=[movie_chat, moments, conversation_id])
-        ask_inputs = [movie_question, film, conversation_id, movie_chat, temperature, max_tokens]
-        ask_outputs = [movie_chat, movie_progress, moments, conversation_id, movie_question, conversation]
+                                                    movie_progress, fast])
+        conversation.input(pick_conversation, inputs=[conversation, film],
+                           outputs=[movie_chat, moments, conversation_id, fast])
+        ask_inputs = [movie_question, film, conversation_id, movie_chat, temperature, max_tokens, fast]
+        ask_outputs = [movie_chat, movie_progress, moments, conversation_id, movie_question, conversation, fast]
         movie_ask.click(ask_movie, ask_inputs, ask_outputs, concurrency_limit=None)
         movie_question.submit(ask_movie, ask_inputs, ask_outputs, concurrency_limit=None)
         movie_stop.click(stop, None, None, concurrency_limit=None)
@@ -412,7 +500,13 @@ def build_ui(engine: Engine, indexer: Indexer, upload_dir: Path) -> Any:
         index_now.click(start_indexing, None, [library, queue_line])
         pause_button.click(pause, None, queue_line)
         resume_button.click(resume, None, [library, queue_line])
-        ticker.tick(lambda: (library_html(), queue_markdown()), None, [library, queue_line], show_progress="hidden")
+        prepare_film.input(prepare_controls, prepare_film, prepare_outputs)
+        prepare.click(lambda movie_id: set_prepared(movie_id, True), prepare_film,
+                      [library, queue_line, *prepare_outputs])
+        forget.click(lambda movie_id: set_prepared(movie_id, False), prepare_film,
+                     [library, queue_line, *prepare_outputs])
+        ticker.tick(lambda movie_id: (library_html(), queue_markdown(), *prepare_controls(movie_id)), prepare_film,
+                    [library, queue_line, *prepare_outputs], show_progress="hidden")
     return demo
 
 
@@ -422,7 +516,7 @@ def sampling(temperature: float, max_tokens: float) -> SamplingOptions:
 
 def _update_args(update: dict) -> dict:
     """A ``gr.update(...)`` as constructor arguments."""
-    return {k: v for k, v in update.items() if k in ("choices", "value", "visible")}
+    return {k: v for k, v in update.items() if k in ("choices", "value", "visible", "interactive")}
 
 
 def time_label(stamp: float) -> str:

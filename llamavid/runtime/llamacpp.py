@@ -19,10 +19,10 @@ import torch
 from llamavid.files import gguf_files, gguf_name
 from llamavid.runtime.backend import PrefillHook, Snapshot, restore_session, take_snapshot
 from llamavid.runtime.generate import SamplingOptions, Session, Step, decode_loop, make_generator
+from llamavid.runtime.kv_size import BYTES_PER_VALUE
 from llamavid.runtime.memory import Estimate, activation_bytes, available_memory
 
 KV_TYPES = ("f16", "q8_0", "q4_0", "f32")
-BYTES_PER_VALUE = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # ggml block sizes
 
 
 def quiet_logs() -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from llamavid.errors import ContextOverflow
+from llamavid.runtime.kv_size import kv_cache_bytes
 from llamavid.system import ram
 
 PREFILL_CHUNK = 512  # tokens per prefill step: bounds attention scores and MLP activations
@@ -55,13 +56,6 @@ def available_memory(device: torch.device) -> int:
     mem = ram()
     # where the system does not say what is free, the total is the best bound there is
     return mem.available if mem.available is not None else (mem.total or 0)
-
-
-def kv_cache_bytes(config, tokens: int, bytes_per_value: float) -> int:
-    """K and V for every layer: 2 x layers x kv_heads x head_dim x tokens."""
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return int(2 * config.num_hidden_layers * heads * head_dim * tokens * bytes_per_value)
 
 
 def activation_bytes(config, tokens: int, bytes_per_value: float, chunk: int = PREFILL_CHUNK) -> int:

@@ -20,12 +20,19 @@ PREPARED_QUESTION = "Watch this movie carefully. I will ask you about it."
 PREPARED_ANSWER = "I have watched the whole movie. What would you like to know?"
 
 
+def neutral_answer_ids(lv) -> list[int]:
+    """The neutral answer as the tokens the model would end with (``</s>`` last): what a kept
+    conversation stores for its hidden first turn."""
+    ids = lv.tokenize(PREPARED_ANSWER)
+    bos = getattr(lv.tokenizer, "bos_token_id", None)
+    ids = ids[1:] if ids[:1] == [bos] else ids
+    return [*ids, lv.tokenizer.eos_token_id]
+
+
 def neutral_turn(chat: Chat) -> Turn:
     """The neutral first turn, its answer as the tokens the model would end with (``</s>`` last)."""
-    ids = chat.lv.tokenize(PREPARED_ANSWER)
-    bos = getattr(chat.lv.tokenizer, "bos_token_id", None)
-    ids = ids[1:] if ids[:1] == [bos] else ids
-    return Turn(PREPARED_QUESTION, PREPARED_ANSWER, len(ids) + 1, False, [*ids, chat.lv.tokenizer.eos_token_id])
+    ids = neutral_answer_ids(chat.lv)
+    return Turn(PREPARED_QUESTION, PREPARED_ANSWER, len(ids), False, ids)
 
 
 def prepare(chat: Chat, control: Control | None = None) -> None:

@@ -1,7 +1,7 @@
 """The desktop window's player and chat, driven with qtbot: a real film written with PyAV and indexed
 by the real indexer, a tiny model in the released layout loaded through the settings, answers
-streamed from the chat service. Runs offscreen (tests/conftest.py); test_desktop.py runs the moment
-test again under Xvfb."""
+streamed from the chat service; fast answers (a checkbox of the chat, the library's Prepare and
+Forget). Runs offscreen (tests/conftest.py); test_desktop.py runs the moment test again under Xvfb."""
 from __future__ import annotations
 
 import re
@@ -33,10 +33,17 @@ from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox  # noqa: E4
 
 from app.chat_service import AskStream, ChatService  # noqa: E402
 from app.desktop.chat import STOPPED_NOTE  # noqa: E402
+from app.desktop.library import FORGET_PREPARED  # noqa: E402
 from app.settings import load_settings  # noqa: E402
+from indexer import library  # noqa: E402
+from indexer.store import LibraryStore  # noqa: E402
 from llamavid import cli  # noqa: E402
 from llamavid.model.tiny import write_tiny_checkpoint  # noqa: E402
 from llamavid.runtime.api import LlamaVid  # noqa: E402
+from llamavid.runtime.chat import Chat  # noqa: E402
+from llamavid.runtime.generate import SamplingOptions  # noqa: E402
+from llamavid.runtime.prepared import PREPARED_QUESTION, neutral_turn  # noqa: E402
+from llamavid.storage import human_size  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -61,10 +68,16 @@ def indexed(tmp_path_factory, checkpoint: Path) -> Path:
 
 @pytest.fixture
 def data(indexed: Path, tmp_path: Path) -> Path:
-    """The indexed data folder with this test's own conversations and settings (the library is shared)."""
+    """The indexed data folder with this test's own conversations and settings, and no film prepared
+    for fast answers (the library is shared)."""
     for name in ("conversations.db", "conversations.db-wal", "conversations.db-shm"):
         (indexed / name).unlink(missing_ok=True)
     shutil.rmtree(indexed / "states", ignore_errors=True)
+    with LibraryStore.open(indexed / "library.db") as store:
+        for row in store.prepared():
+            Path(row["prepared_path"]).unlink(missing_ok=True)
+            store.clear_prepared(row["id"])
+        store.set_prepare([m["id"] for m in store.movie_views()], None)
     save_test_settings(indexed)
     return indexed
 
@@ -289,3 +302,80 @@ def test_a_failed_question_says_why_and_keeps_the_question(qtbot, data: Path) ->
     assert note.startswith("No answer: ") and "no-such-model" in note
     assert window.message.kind == "error" and "no-such-model" in window.message.text()
     assert chat.question.text() == "Where is the treasure?" and chat.ask_button.isEnabled()
+
+
+def _neutral_first(lv: LlamaVid, data: Path, name: str, question: str) -> list[int]:
+    """The answer's token ids of a chat about the film whose first question was the neutral one (what
+    fast answers give), sampled as the test settings sample (greedy, 8 tokens)."""
+    db = library.open_library(data)
+    chat = Chat(lv, library.film_visual(db, library.find_movie(db, name), language="en"))
+    chat.restore([neutral_turn(chat)])
+    list(chat.ask(question, SamplingOptions(temperature=0, max_new_tokens=8)))
+    return chat.turns[-1].answer_ids
+
+
+def test_fast_answers_follow_the_film_and_start_from_its_prepared_state(qtbot, data: Path, lv: LlamaVid) -> None:
+    expected_ids = _neutral_first(lv, data, "Harbor.mkv", QUESTION)
+    window = _window(qtbot, data, service_factory=lambda s: ChatService(data, model=s.model, language=s.language,
+                                                                        lv=lv))
+    chat = window.chat
+    shown: list[str] = []
+    chat.progress_shown.connect(shown.append)
+    assert chat.fast.isVisible() and chat.fast.isEnabled() and not chat.fast.isChecked(), "not prepared: exact mode"
+    assert "read once ahead" in chat.fast.toolTip() and "exact mode" in chat.fast.toolTip()
+    click(qtbot, chat.fast)
+    _ask(qtbot, window, QUESTION)
+    assert chat.turns[-1].text() and chat.turns[-1].note.text() == ""
+    assert any(s.startswith("reading the film") for s in shown), "no prepared state yet: the film is prepared now"
+    first = chat.conversation_id
+    kept = window.service.conversation(first)
+    assert kept.fast and [(t.question, t.hidden) for t in kept.turns] == [(PREPARED_QUESTION, True), (QUESTION, False)]
+    assert kept.turns[1].answer_ids == expected_ids and kept.turns[1].answer == chat.turns[-1].text()
+    assert len(chat.turns) == 1, "the hidden neutral turn is not shown"
+    assert chat.fast.isChecked() and not chat.fast.isEnabled(), "a conversation's mode is fixed once it has begun"
+    row = window.library.row_by_name("Harbor.mkv")
+    qtbot.waitUntil(lambda: row.prepared.text().startswith("prepared for fast answers ("), timeout=30_000)
+
+    click(qtbot, chat.new_button)  # a new conversation about a prepared film: fast answers by default
+    assert chat.fast.isChecked() and chat.fast.isEnabled()
+    shown.clear()
+    _ask(qtbot, window, QUESTION)
+    assert not any(s.startswith("reading the film") for s in shown), shown
+    second = window.service.conversation(chat.conversation_id)
+    assert second.fast and second.shown_turns[0].answer_ids == expected_ids
+
+    # a kept conversation shows its own mode: the exact one below is unticked, and stays so
+    exact = window.service.new_conversation(window.movie.id)
+    chat.reload(select=first)
+    qtbot.waitUntil(lambda: exact.id in chat.conversation_ids())
+    chat.open_conversation(exact.id)
+    qtbot.waitUntil(lambda: chat.conversation_id == exact.id)
+    assert not chat.fast.isChecked() and not chat.fast.isEnabled()
+    label = chat.conversations.itemText(chat.conversations.findData(first))
+    assert label.endswith("1 question · fast answers"), label
+
+
+def test_the_library_prepares_a_film_for_fast_answers_and_forgets_it(qtbot, data: Path) -> None:
+    window = open_window(qtbot, data, watch_folders=False)
+    wait_for_films(qtbot, window, {"Harbor.mkv", "Forest.mp4"})
+    click_film(qtbot, window, "Forest.mp4")
+    pane, movie = window.library, window.movie
+    size = window.service.prepare_estimate(movie)
+    offer = f"Prepare for fast answers (about {human_size(size)})"
+    qtbot.waitUntil(lambda: pane.prepare_button.text() == offer, timeout=30_000)
+    assert [a.text() for a in pane.film_menu(movie.id).actions()] == [offer, "Re-index film"]
+    assert not pane.row_by_name("Forest.mp4").prepared.isVisible()
+    click(qtbot, pane.prepare_button)  # the window's indexer (a child process) prepares it with the chat model
+    qtbot.waitUntil(lambda: pane.row_by_name("Forest.mp4").prepared.text().startswith("prepared for fast answers ("),
+                    timeout=300_000)
+    assert pane.prepare_button.text() == FORGET_PREPARED
+    with LibraryStore.open(data / "library.db") as store:
+        state = Path(next(r["prepared_path"] for r in store.prepared() if r["id"] == movie.id))
+        assert store.setting("chat_model") == TINY
+    assert state.is_file() and library.get_movie(library.open_library(data), movie.id).prepared_bytes > 0
+
+    forget = next(a for a in pane.film_menu(movie.id).actions() if a.text() == FORGET_PREPARED)
+    forget.trigger()
+    qtbot.waitUntil(lambda: not pane.row_by_name("Forest.mp4").prepared.isVisible(), timeout=30_000)
+    assert not state.exists() and pane.prepare_button.text() == offer
+    assert "no longer prepared" in window.message.text()

@@ -1,16 +1,22 @@
 """Prepared films ("fast answers") and saved conversation states in the service and the indexer: a
 prepared film answers a new question with the tokens of a chat whose first question was the
 neutral one; the indexer prepares marked films with the chosen model; a damaged or outdated state
-is rebuilt; the prepared cache stays under its cap."""
+is rebuilt; the prepared cache stays under its cap; the size shown before preparing is the KV
+cache a prepared film holds (transformers and llama.cpp, config.json or a GGUF header)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load as load_tensors
 
 from app.chat_service import ChatService
 from indexer import library
+from indexer.prepare import prepared_size_estimate
+from indexer.prepared_size import estimate_prepared_bytes, film_tokens, llm_shape
 from indexer.store import LibraryStore
 from llamavid import cli
 from llamavid.media.synthetic import clock, write_video
@@ -18,7 +24,9 @@ from llamavid.model.tiny import write_tiny_checkpoint
 from llamavid.runtime.api import LlamaVid
 from llamavid.runtime.chat import Chat
 from llamavid.runtime.generate import SamplingOptions
-from llamavid.runtime.prepared import PREPARED_QUESTION, neutral_turn
+from llamavid.runtime.gguf_export import convert
+from llamavid.runtime.prepared import PREPARED_QUESTION, neutral_turn, prepare
+from llamavid.storage import human_size
 
 pytestmark = pytest.mark.slow
 
@@ -143,3 +151,101 @@ def test_the_prepared_cache_keeps_under_its_cap_dropping_the_least_recently_used
     with LibraryStore.open(data_dir / "library.db") as store:
         assert evict(store) == ["Quay.mkv"]
         assert [r["rel_path"] for r in store.prepared()] == ["Boat.mkv"]
+
+
+def _prepared_chat(lv: LlamaVid, data_dir: Path, name: str) -> Chat:
+    db = library.open_library(data_dir)
+    chat = Chat(lv, library.film_visual(db, library.find_movie(db, name), language="en"))
+    prepare(chat)
+    return chat
+
+
+def test_the_size_shown_before_preparing_is_the_kv_cache_a_prepared_film_holds(data_dir, checkpoint, lv):
+    chat = _prepared_chat(lv, data_dir, "Boat.mkv")
+    kv = sum(t.numel() * t.element_size() for t in load_tensors(chat.backend.export_cache(chat.state)).values())
+    frames = len(chat.visual.features)
+    text = chat.state.length - 2 * frames
+    assert kv > 0 and frames == 40  # 40 s at the indexer's one frame per second, every frame kept
+    assert estimate_prepared_bytes(checkpoint, frames, text) == kv  # a transformers folder: fp32 on a CPU
+    assert prepared_size_estimate(lv, frames, text) == kv
+    db = library.open_library(data_dir)
+    assert film_tokens(db, library.find_movie(db, "Boat.mkv"), "en")[0] == frames
+    # the service says the same before its model is loaded as once it is (one rule)
+    unloaded = ChatService(data_dir, model=str(checkpoint), language="en", device="cpu", dtype="fp32")
+    loaded = ChatService(data_dir, model=str(checkpoint), language="en", lv=lv)
+    try:
+        movie = loaded.movie("Boat.mkv")
+        before = unloaded.prepare_estimate(movie)
+        assert before == loaded.prepare_estimate(movie) > estimate_prepared_bytes(checkpoint, frames, 0)
+        assert unloaded._lv is None, "the estimate loaded no model"
+    finally:
+        unloaded.close()
+        loaded.close()
+
+
+def test_a_gguf_model_is_sized_from_its_header_and_its_llama_cpp_kv_type(data_dir, checkpoint, tmp_path):
+    converted = tmp_path / "tiny-gguf"
+    convert(checkpoint, converted, types=("f32",))
+    bare = tmp_path / "gguf-only"  # no config.json: the shape comes from the GGUF metadata
+    bare.mkdir()
+    (bare / "llm-f32.gguf").symlink_to(converted / "llm-f32.gguf")
+    assert llm_shape(bare) == llm_shape(checkpoint)
+    shape = llm_shape(checkpoint)
+    per_token = 2 * shape.num_hidden_layers * shape.num_key_value_heads * shape.head_dim
+    assert estimate_prepared_bytes(bare, 10, 100, kv_bytes=34 / 32) == int(per_token * 120 * 34 / 32)  # q8_0
+    cpp = LlamaVid.load(converted, backend="llama.cpp", device="cpu", dtype="fp32", load_vision=False, kv_type="f16")
+    try:
+        chat = _prepared_chat(cpp, data_dir, "Quay.mkv")
+        payload = len(chat.backend.export_cache(chat.state))
+        frames = len(chat.visual.features)
+        estimate = estimate_prepared_bytes(bare, frames, chat.state.length - 2 * frames)  # f16: llama.cpp's default
+        assert estimate == prepared_size_estimate(cpp, frames, chat.state.length - 2 * frames)
+        assert estimate <= payload <= estimate * 1.05, (estimate, payload)  # llama.cpp adds its cells' positions
+    finally:
+        cpp.backend.close()
+
+
+def _status_lines(data_dir: Path, capsys, name: str) -> list[str]:
+    """What `llamavid index status` prints under the film's row."""
+    capsys.readouterr()
+    assert cli.main(["--data-dir", str(data_dir), "index", "status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.endswith(name))
+    return [line.strip() for line in lines[start + 1:] if line.startswith("      ")][:3]
+
+
+def test_the_service_asks_the_indexer_to_prepare_a_film_and_forgets_it(data_dir, checkpoint, capsys):
+    service = ChatService(data_dir, model=str(checkpoint), language="en", device="cpu", dtype="fp32")
+    try:
+        boat = service.movie("Boat.mkv")
+        assert not boat.prepare_wanted and boat.prepared_bytes == 0
+        about = human_size(service.prepare_estimate(boat))
+        assert service.set_prepared(boat.id, True) == \
+            f"Boat.mkv will be prepared for fast answers (about {about} on disk) by the indexer"
+        boat = service.movie(boat.id)
+        assert boat.prepare_wanted and boat.state == "queued" and not service.movie("Quay.mkv").prepare_wanted
+        assert "to be prepared for fast answers" in _status_lines(data_dir, capsys, "Boat.mkv")
+        assert cli.main(["--data-dir", str(data_dir), "index", "run", "--vision", str(checkpoint / "eva_vit_g.pth"),
+                         "--speech", "never", "--quiet"]) == 0
+        boat = service.movie(boat.id)
+        assert boat.state == "done" and boat.prepared_bytes > 0
+        assert f"prepared for fast answers ({human_size(boat.prepared_bytes)})" in \
+            _status_lines(data_dir, capsys, "Boat.mkv")
+        with LibraryStore.open(data_dir / "library.db") as store:
+            assert store.setting("chat_model") == str(checkpoint) and store.setting("language") == "en"
+            state = Path(next(r["prepared_path"] for r in store.prepared() if r["id"] == boat.id))
+        assert service.set_prepared(boat.id, False).startswith("Boat.mkv is no longer prepared")
+        boat = service.movie(boat.id)
+        assert boat.prepared_bytes == 0 and not boat.prepare_wanted and not state.exists()
+    finally:
+        service.close()
+
+
+def test_the_size_estimate_needs_no_torch_and_gives_about_4_gb_an_hour_for_a_7b_model(checkpoint):
+    code = ("import sys; from indexer.prepared_size import estimate_prepared_bytes; "
+            f"print(estimate_prepared_bytes({str(checkpoint)!r}, 3600)); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(estimate_prepared_bytes(checkpoint, 3600)), "False"]
+    llama_7b = {"num_hidden_layers": 32, "num_attention_heads": 32, "hidden_size": 4096}
+    hour = estimate_prepared_bytes(llama_7b, 3600, 7000, kv_bytes=34 / 32)  # q8_0; an hour of dialogue
+    assert 3.5e9 < hour < 4.5e9 and hour == 2 * 32 * 4096 * (2 * 3600 + 7000) * 34 // 32

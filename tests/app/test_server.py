@@ -18,13 +18,19 @@ from PIL import Image
 from app.server.app import Running, start
 from app.server.sample import MODEL, make_library
 from app.server.settings import ServerSettings
+from indexer import library as films
 from llamavid.media.synthetic import clock, write_video
+from llamavid.runtime.api import LlamaVid
+from llamavid.runtime.chat import Chat
+from llamavid.runtime.generate import SamplingOptions
 from llamavid.runtime.gguf_export import convert
+from llamavid.runtime.prepared import PREPARED_QUESTION, neutral_turn
 
 pytestmark = pytest.mark.slow
 
 TREASURE = "The treasure is buried under the old lighthouse?"  # a subtitle says it word for word (40-44 s)
 GREEDY = {"temperature": 0, "max_tokens": 6}
+LONGER = {"temperature": 0, "max_tokens": 24}  # long enough for the tiny model's two modes to answer apart
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +161,67 @@ def test_a_follow_up_continues_the_conversation_without_reading_the_film_again(c
     last = next(c for c in resent if c.choices and c.choices[0].finish_reason)
     assert extra(last, "conversation_id") == conversation
     assert "visual" not in {extra(c, "progress")["phase"] for c in resent if extra(c, "progress")}
+
+
+def _neutral_first(data: Path, movie_id: int, question: str, language: str | None) -> str:
+    """The answer of a chat about the film whose first question was the neutral one (same model,
+    loaded here on its own, greedy as LONGER)."""
+    lv = LlamaVid.load(data / "models" / MODEL, device="cpu", dtype="fp32", load_vision=False)
+    db = films.open_library(data)
+    chat = Chat(lv, films.film_visual(db, films.get_movie(db, movie_id), language=language))
+    chat.restore([neutral_turn(chat)])
+    return "".join(chat.ask(question, SamplingOptions(temperature=0, max_new_tokens=LONGER["max_tokens"])))
+
+
+def _phases(chunks: list) -> set[str]:
+    return {extra(c, "progress")["phase"] for c in chunks if extra(c, "progress")}
+
+
+def _conversation_of(chunks: list) -> int:
+    return extra(next(c for c in chunks if c.choices and c.choices[0].finish_reason), "conversation_id")
+
+
+def test_fast_answers_start_from_the_prepared_film_and_keep_their_mode(client, http, server, library) -> None:
+    data, _ = library
+    movie = film_id(http)
+    before = http.get(f"/v1/movies/{movie}").json()
+    assert before["prepared"] == 0 and before["prepare_estimate_bytes"] > 0 and not before["prepare_wanted"]
+    expected = _neutral_first(data, movie, TREASURE, server.app.state.engine.service.language)
+    exact_first = client.chat.completions.create(model=MODEL, messages=movie_message(TREASURE, movie), **LONGER)
+    assert exact_first.choices[0].message.content != expected, "the modes differ, so the text tells them apart"
+
+    first = stream_chunks(client, messages=movie_message(TREASURE, movie), extra_body={"fast": True}, **LONGER)
+    assert chunk_text(first) == expected and "visual" in _phases(first)  # no prepared state yet: prepared now
+    first_id = _conversation_of(first)
+    kept = http.get(f"/v1/conversations/{first_id}").json()
+    assert kept["fast"] is True and [t["question"] for t in kept["turns"]] == [TREASURE]  # the neutral turn is hidden
+    assert http.get(f"/v1/movies/{movie}").json()["prepared"] > 0
+
+    second = stream_chunks(client, messages=movie_message(TREASURE, movie), extra_body={"fast": True}, **LONGER)
+    second_id = _conversation_of(second)
+    assert second_id != first_id and chunk_text(second) == expected
+    assert "visual" not in _phases(second) and "prefill" in _phases(second), "the prepared state was read back"
+
+    # a client resending the history continues a conversation of the same mode, never one of the other
+    history = [*movie_message(TREASURE, movie), {"role": "assistant", "content": expected},
+               {"role": "user", "content": "Who is speaking?"}]
+    fast_again = client.chat.completions.create(model=MODEL, messages=history, extra_body={"fast": True}, **LONGER)
+    assert extra(fast_again, "conversation_id") == second_id  # the newest fast one with those turns
+    exact = client.chat.completions.create(model=MODEL, messages=history, **LONGER)
+    assert extra(exact, "conversation_id") not in (first_id, second_id)
+    listed = {c["id"]: c["fast"] for c in http.get("/v1/conversations", params={"movie_id": movie}).json()["data"]}
+    assert listed[extra(exact, "conversation_id")] is False and listed[second_id] is True
+    # a history no conversation holds starts a fast one after the hidden neutral turn
+    unknown = [*history[:1], {"role": "assistant", "content": "Under the old lighthouse."}, history[2]]
+    seeded = client.chat.completions.create(model=MODEL, messages=unknown, extra_body={"fast": True}, **LONGER)
+    turns = server.app.state.engine.service.conversation(extra(seeded, "conversation_id")).turns
+    assert [(t.question, t.hidden) for t in turns] == [(PREPARED_QUESTION, True), (TREASURE, False),
+                                                       ("Who is speaking?", False)]
+
+    with pytest.raises(openai.BadRequestError) as mode:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "And then?"}],
+                                       extra_body={"conversation_id": first_id, "fast": False}, **LONGER)
+    assert mode.value.param == "fast" and "fast answers" in mode.value.message
 
 
 def test_stateless_history_becomes_earlier_turns(client) -> None:

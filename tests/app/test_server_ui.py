@@ -1,8 +1,11 @@
 """The web UI in Debian's chromium (Playwright) against the real server: a film plays from the
 library, an answer streams and stops, a moment seeks the player; the quick chat answers about an
-uploaded picture; the library tab lists the film."""
+uploaded picture; the library tab lists the film; fast answers are a checkbox away, and the
+library prepares a film (its size shown first) or forgets its prepared state."""
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +18,12 @@ from app.server.app import Running, start
 from app.server.sample import make_library
 from app.server.settings import ServerSettings
 from llamavid.media.synthetic import clock, write_video
+from llamavid.storage import human_size
 
 pytestmark = pytest.mark.slow
 
 TREASURE = "The treasure is buried under the old lighthouse?"
+PREPARED = re.compile(r"^prepared \(")  # the library's Fast answers column for a prepared film
 LAST_ANSWER = "() => { const b = document.querySelectorAll('#movie-chat .bot'); " \
               "return b.length ? b[b.length - 1].innerText : ''; }"
 
@@ -115,6 +120,53 @@ def test_the_library_tab_lists_the_indexed_film(page: Any) -> None:
     table.wait_for(timeout=60_000)
     assert "Harbor" in table.inner_text() and "done" in table.inner_text()
     assert "Queue:" in page.locator("#queue").inner_text()
+
+
+def _newest_conversation(base: str) -> dict:
+    """The newest kept conversation once its first answer is kept (the page keeps it from the question on)."""
+    for _ in range(600):
+        newest = httpx.get(base + "v1/conversations").json()["data"][0]
+        kept = httpx.get(base + f"v1/conversations/{newest['id']}").json()
+        if kept["turns"]:
+            return kept
+        time.sleep(0.5)
+    pytest.fail("no answer was kept")
+
+
+def test_fast_answers_are_a_checkbox_away_and_the_library_prepares_a_film(page: Any) -> None:
+    fast = page.locator("#fast-answers input[type=checkbox]")
+    assert not fast.is_checked(), "a film that is not prepared starts in exact mode"
+    assert "read once ahead" in page.locator("#fast-answers").inner_text()
+    fast.check()
+    settle_settings(page, "0", "6")
+    page.locator("#movie-question textarea").fill("Where is the treasure?")
+    page.locator("#movie-ask").click()
+    kept = _newest_conversation(page.url)
+    assert kept["fast"] is True and [t["question"] for t in kept["turns"]] == ["Where is the treasure?"]
+    page.wait_for_function("() => document.querySelector('#fast-answers input').disabled", timeout=60_000)
+    assert fast.is_checked(), "a kept conversation shows its mode, fixed"
+
+    # the first fast question prepared the film: the library says so and offers to forget it
+    page.get_by_role("tab", name="Library").click()
+    page.locator("#library tr", has_text="Harbor").get_by_text(PREPARED).wait_for(timeout=60_000)
+    assert "is prepared for fast answers" in page.locator("#prepare-info").inner_text()
+    page.locator("#forget-prepared").click()
+    prepare = page.locator("#prepare")
+    prepare.wait_for(timeout=60_000)
+    assert re.fullmatch(r"Prepare for fast answers \(about [\d.]+ [kM]?B\)", prepare.inner_text().strip()), \
+        "the size is shown before the click"
+    movie = httpx.get(page.url + "v1/movies").json()["data"][0]
+    assert movie["prepared"] == 0 and not movie["prepare_wanted"]
+    assert human_size(movie["prepare_estimate_bytes"]) in prepare.inner_text()
+    prepare.click()  # the indexer (a child process) prepares it
+    page.locator("#library tr", has_text="Harbor").get_by_text(PREPARED).wait_for(timeout=600_000)
+    assert httpx.get(page.url + "v1/movies").json()["data"][0]["prepared"] > 0
+
+    # a new conversation about a prepared film starts with fast answers on
+    page.reload(wait_until="domcontentloaded")
+    page.locator("#movie-question textarea").wait_for(timeout=120_000)
+    page.wait_for_function("() => document.querySelector('#fast-answers input').checked", timeout=60_000)
+    assert not page.locator("#fast-answers input[type=checkbox]").is_disabled()
 
 
 def test_the_library_tab_adds_a_folder_and_indexes_it_after_a_pause(page: Any, tmp_path: Path) -> None:
