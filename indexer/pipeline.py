@@ -28,10 +28,11 @@ from indexer.store import LibraryStore
 from indexer.subtitle_sources import Track, embedded_tracks, read_sidecar, sidecar_files, sidecar_signature
 from indexer.whisper import SpeechOptions, audio_windows, load_speech_model, transcribe_window
 from llamavid.errors import BadMedia, UserError
-from llamavid.media.decode import SampleStream, next_target, video_spec
+from llamavid.media.decode import DecodeStats, SampleStream, decode_segment, next_target, prepare_frame, video_spec
 from llamavid.media.probe import ProbeInfo, StreamInfo, probe
 from llamavid.runtime.control import Control
 from llamavid.runtime.load import load_model
+from llamavid.runtime.vision_engines import SAMPLE_FRAMES, VisionEngines
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[dict, str, int, "int | None"], None]
@@ -48,6 +49,7 @@ class IndexOptions:
     vision: str | None = None           # eva_vit_g.pth-format file; None: the installed one
     device: str = "auto"
     dtype: str = "auto"
+    vision_engine: str | None = None    # auto, int8, openvino...; None: settings.json's, else auto
     speech: str = "auto"                # auto: only where no text subtitles exist
     whisper: SpeechOptions = field(default_factory=SpeechOptions)
     decode_workers: int = 0             # 0: 1 on CPU (EVA dominates), up to 4 processes on a GPU
@@ -70,8 +72,9 @@ class Pipeline:
     def encoder(self) -> Encoder:
         if self._encoder is None:
             weights = find_vision_weights(self.data, self.options.vision)
+            engines = VisionEngines.for_data(self.data.root, self.options.vision_engine)
             try:
-                self._encoder = Encoder(weights, self.options.device, self.options.dtype)
+                self._encoder = Encoder(weights, self.options.device, self.options.dtype, engines=engines)
             except (ValueError, FileNotFoundError) as exc:  # bad --device/--dtype, unusable weights
                 raise UserError(str(exc)) from exc
         return self._encoder
@@ -214,17 +217,21 @@ class Pipeline:
 
     def feature_stage(self, job: dict, movie: dict, info: ProbeInfo) -> None:
         encoder = self.encoder()
+        encoder.resolve(lambda: sample_pixels(movie, info, encoder.image_size))  # calibrates once if needed
         fps = self.options.fps
-        if movie["features_complete"] and movie["vision_id"] == encoder.id and movie["fps"] == fps:
-            return
+        if movie["features_complete"] and encoder.reusable(movie["vision_id"]) and movie["fps"] == fps:
+            return  # made by these weights with an engine still turned on
         if movie["vision_id"] not in (None, encoder.id) or movie["fps"] not in (None, fps):
-            movies.clear_features(self.store, movie["id"])  # other weights or rate: start over
+            # other weights, a turned-off engine, another rate, or a partial run of another engine: start over
+            movies.clear_features(self.store, movie["id"])
             movie = self.store.movie(movie["id"])
         writer, done, batch = self._open_writer(movie, info, encoder)
         last = self.store.frame_time(movie["id"], done - 1)
         start = next_target(last, fps) if last is not None else 0
+        # Decoding runs in a worker while EVA runs; it reads ahead one chunk at most, so the frames in
+        # memory are the chunk being encoded plus the next one.
         stream = SampleStream(video_spec(movie["path"], info), fps, start, encoder.image_size,
-                              self._decode_workers(encoder))
+                              self._decode_workers(encoder), prefetch=batch)
         total = info.expected_samples(fps) - 1
         started, first_done = time.monotonic(), done
         pending: list = []
@@ -297,6 +304,23 @@ class Pipeline:
         values = {"features_complete": 1, "feature_path": str(path), "frames_done": done,
                   "feature_shape": json.dumps([done, *writer.row_shape]), "cache_bytes": path.stat().st_size}
         self._note(movie, "; ".join(notes) or None, **values)
+
+
+def sample_pixels(movie: dict, info: ProbeInfo, image_size: int,
+                  count: int = SAMPLE_FRAMES["eva"]) -> np.ndarray | None:
+    """A few preprocessed frames spread over the film, for calibrating the vision engines on real
+    pictures (None if none decodes: the calibration then uses synthetic ones)."""
+    duration = info.duration or 0.0
+    spec, rows = video_spec(movie["path"], info), []
+    for i in range(count):
+        k = int(duration * (i + 1) / (count + 1))  # a 1-fps grid point inside the film, not the opening
+        try:
+            for _, image in decode_segment(spec, 1.0, k, k + 1, DecodeStats()):
+                rows.append(prepare_frame(image, image_size))
+                break
+        except Exception as exc:  # noqa: BLE001 - a sample is a nicety; the feature stage reports bad media
+            log.debug("no calibration frame at %d s of %s: %s", k, movie["path"], exc)
+    return np.stack(rows) if rows else None
 
 
 def probe_info(movie: dict) -> ProbeInfo:

@@ -10,8 +10,9 @@
 # 2. A virtual environment in .venv with python3.11 if found, else python3 >= 3.10.
 # 3. One pip command: torch pinned (also as a constraint, so no other package can swap
 #    it) + this project in editable mode with its test extras. llama-cpp-python
-#    compiles llama.cpp (~5 min on 2 cores) with CMAKE_ARGS=-DGGML_NATIVE=OFF so the
-#    build runs on any x86-64 CPU with AVX2, not only the one that built it.
+#    compiles llama.cpp (~5 min on 2 idle cores) with CMAKE_ARGS=-DGGML_NATIVE=OFF so the
+#    build runs on any x86-64 CPU with AVX2, not only the one that built it (see CMAKE_ARGS
+#    below for what a native or runtime-dispatch build gains, and why neither is the default).
 #    A stamp (hash of pyproject.toml + this script + the torch spec) skips pip when
 #    nothing changed.
 #
@@ -24,7 +25,16 @@
 #   LLAMAVID_SKIP_APT  1: do not check or install Debian packages
 #   LLAMAVID_REINSTALL 1: run pip even when the stamp says nothing changed
 #   CMAKE_ARGS         passed to the llama-cpp-python build (default -DGGML_NATIVE=OFF;
-#                      e.g. "-DGGML_CUDA=on" for CUDA offload)
+#                      e.g. "-DGGML_CUDA=on" for CUDA offload). Measured (docs/performance.md,
+#                      1.1B LLaMA, 2 threads, AMD EPYC Zen 4 with AVX-512): -DGGML_NATIVE=ON
+#                      prefills q4_K_M ~27 % faster (98 vs 77 tok/s; decode +3 %, f16 no gain)
+#                      but uses this CPU's instructions, so the venv, pip's wheel cache or an
+#                      image copied to an older CPU crashes (SIGILL): only for a machine that
+#                      builds for itself. Runtime dispatch (-DGGML_BACKEND_DL=ON
+#                      -DGGML_CPU_ALL_VARIANTS=ON) builds in about the time of a native build
+#                      and picks the zen4 kernels here, but llama-cpp-python 0.3.36 installs
+#                      those backends in site-packages/bin, where ggml does not look: models
+#                      then fail to load ("no backends are loaded"), so it is not the default.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

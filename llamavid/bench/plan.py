@@ -49,3 +49,6 @@ class BenchPlan:
     threads: int | None = None
     seed: int = 0
     extra: dict = field(default_factory=dict)  # copied into every record (e.g. a run label)
+    #: vision engines (llamavid.model.engines) timed beside float32, one pair at a time to bound memory:
+    #: None = every engine that can run here in a full CPU run, none with --smoke; () = none.
+    engines: tuple[str, ...] | None = None

@@ -1,9 +1,11 @@
 """The ``eva`` and ``qformer`` stages: EVA frames/s against the reference's eager attention and int8,
-and the Q-Former with the visual tokens against the textbook path, int8 and bf16."""
+and the Q-Former with the visual tokens against the textbook path, int8 and bf16; then every vision
+engine (``engine-NAME`` records: torch bf16 / int8, OpenVINO, NNCF int8) timed beside float32."""
 from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +28,7 @@ from llamavid.bench.harness import (
 from llamavid.bench.plan import (
     BenchPlan,
 )
+from llamavid.model.engines import ENGINES, REFERENCE, build_eva, build_qformer, unavailable_reason
 from llamavid.model.eva import Attention, EvaVisionTower
 from llamavid.model.quantize_vision import quantize_vision
 
@@ -123,6 +126,62 @@ def bench_eva(plan: BenchPlan, rec: Recorder, base: Any) -> None:
                           "speedup_vs_eager": round(eager.median_s / t.median_s, 3) if eager else None})
             del results, want
         del variants, reference
+        bench_eva_engines(plan, rec, base, size)
+
+
+def plan_engines(plan: BenchPlan, part: str) -> list[str]:
+    """The engines a run times for ``part``: the plan's, else all that can run here (none in smoke runs)."""
+    if plan.engines is not None:
+        return [n for n in plan.engines if n in ENGINES[part] and n != REFERENCE]
+    if plan.smoke or plan.device.type != "cpu":
+        return []
+    return [n for n in ENGINES[part] if n != REFERENCE and not unavailable_reason(part, n, plan.device)]
+
+
+def _time_engine(plan: BenchPlan, rec: Recorder, bench: str, name: str, setup: float,
+                 calls: dict[str, Callable[[], Any]], fields: dict, count: int,
+                 value: Callable[[Any], Any]) -> None:
+    """Time ``calls`` ({"fp32": reference, name: engine}) round-robin and emit the engine's record."""
+    with torch.inference_mode():
+        results = round_robin(calls, plan.repeats, synchronizer(plan.device), rec.error(bench, **fields))
+    if name in results and "fp32" in results:
+        t, ref = results[name], results["fp32"]
+        rec.emit({"bench": bench, "variant": f"engine-{name}", **fields, **timing_fields(t, count, "frames"),
+                  "setup_s": round(setup, 1), "fp32_median_s": round(ref.median_s, 4),
+                  "speedup_vs_fp32": round(ref.median_s / t.median_s, 3),
+                  "cosine_vs_fp32": round(cosine(value(t.warmup_value), value(ref.warmup_value)), 6)})
+
+
+def _built(rec: Recorder, bench: str, name: str, make: Callable[[], Any], **fields: Any) -> tuple[Any, float]:
+    """(engine, seconds to build it), or (None, 0) after recording why it could not be built."""
+    start = time.perf_counter()
+    try:
+        return make(), time.perf_counter() - start
+    except Exception as exc:  # noqa: BLE001 - an engine that cannot be built is a record, not a crash
+        rec.error(bench, **fields)(f"engine-{name}", exc)
+        return None, 0.0
+
+
+def bench_eva_engines(plan: BenchPlan, rec: Recorder, base: Any, size: int) -> None:
+    """Each EVA engine beside float32 SDPA (the reference), one engine in memory at a time."""
+    names = plan_engines(plan, "eva")
+    if not names:
+        return
+    tower = base if base.image_size == size and plan.dtype == torch.float32 else tower_at(base, size, torch.float32)
+    gen = torch.Generator().manual_seed(plan.seed + size)
+    calib = torch.randn(2, 3, size, size, generator=gen)  # NNCF int8's activation ranges
+    inputs = {batch: torch.randn(batch, 3, size, size, generator=gen) for batch in plan.batches}
+    for name in names:
+        say(f"eva {size}px: building engine {name} ...")
+        engine, setup = _built(rec, "eva", name, lambda n=name: build_eva(n, tower, calib), image_size=size)
+        if engine is None:
+            continue
+        for batch, pixels in inputs.items():
+            say(f"eva {size}px batch {batch}: engine {name} beside fp32 ({plan.repeats} rounds)")
+            _time_engine(plan, rec, "eva", name, setup,
+                         {"fp32": lambda x=pixels: tower(x), name: lambda x=pixels, e=engine: e(x)},
+                         {"image_size": size, "batch": batch}, batch, lambda v: v)
+        del engine
 
 
 TOKEN_SIDE = ("vlm_att_encoder", "vlm_att_projector", "vlm_att_key_projector", "vlm_att_val_projector",
@@ -190,6 +249,34 @@ def qformer_variants(plan: BenchPlan, model: Any) -> dict[str, Any]:
     return variants
 
 
+def bench_qformer_engines(plan: BenchPlan, rec: Recorder, model: Any, feats: Any, ids: Any, mask: Any) -> None:
+    """Each Q-Former engine in ``visual_tokens`` beside the float32 model, one engine in memory at a time."""
+    inner = model.model
+    encoder = inner.vlm_att_encoder
+
+    def tokens_with(engine: Any) -> Callable[[], Any]:
+        def call() -> Any:
+            inner._modules["vlm_att_encoder"] = engine
+            try:
+                return model.visual_tokens(feats, ids, mask, block_size=plan.frames, keep_parts=True)
+            finally:
+                inner._modules["vlm_att_encoder"] = encoder
+        return call
+
+    q = inner.vlm_att_query.expand(2, -1, -1).detach()
+    image = inner.vlm_att_ln(feats[:2]) if inner.vlm_att_ln is not None else feats[:2]
+    example = (ids.expand(2, -1), mask.expand(2, -1), q, image)
+    fields = {"frames": plan.frames, "question_tokens": plan.question_tokens}
+    for name in plan_engines(plan, "qformer"):
+        engine, setup = _built(rec, "qformer", name, lambda n=name: build_qformer(n, encoder, example), **fields)
+        if engine is None:
+            continue
+        say(f"qformer {plan.frames} frames: engine {name} beside fp32 ({plan.repeats} rounds)")
+        _time_engine(plan, rec, "qformer", name, setup, {"fp32": tokens_with(encoder), name: tokens_with(engine)},
+                     fields, plan.frames, lambda v: v.part("context_tokens"))
+        del engine
+
+
 def bench_qformer(plan: BenchPlan, rec: Recorder, model: Any) -> None:
     """frames/s of ``visual_tokens`` for one block of ``plan.frames`` frames and one question."""
     sync = synchronizer(plan.device)
@@ -220,3 +307,5 @@ def bench_qformer(plan: BenchPlan, rec: Recorder, model: Any) -> None:
                   "cosine_vs_fp32": round(cosine(got.part("context_tokens"), want.part("context_tokens")), 6),
                   "cosine_content_vs_fp32": round(cosine(got.part("content_tokens"), want.part("content_tokens")), 6),
                   "speedup_vs_fp32": round(fp32.median_s / t.median_s, 3)})
+    del results, variants
+    bench_qformer_engines(plan, rec, model, feats, ids, mask)

@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cuda, mps or cpu")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPUs, fp32 on CPU), fp32, fp16 or bf16")
     p.add_argument("--vision", metavar="PATH", help="eva_vit_g.pth to use instead of the installed one")
+    p.add_argument("--vision-engine", metavar="ENGINE",
+                   help="how EVA and the Q-Former run on a CPU: auto (measured once per machine), fp32, fp32-plain, "
+                        "bf16, int8, openvino...; eva=X,qformer=Y for each (default: settings.json's, else auto)")
     p.add_argument("--base", metavar="MODEL", help="base LLM of a stage-1 *-pretrain-* checkpoint "
                    "(default: the catalogue's, e.g. vicuna-7b-v1.5)")
     p.add_argument("--backend", choices=("auto", "transformers", "llama.cpp"), default="auto",
@@ -67,7 +70,7 @@ def load(args: argparse.Namespace) -> LlamaVid:
     return load_model(args.model, args.data_dir, device=args.device, dtype=args.dtype, vision=args.vision,
                       bits=4 if args.load_4bit else 8 if args.load_8bit else None, backend=args.backend,
                       base=args.base, template=args.conv_mode, load_vision=not args.movie, gguf_type=args.gguf_type,
-                      kv_type=args.kv_type, n_ctx=args.ctx, threads=args.threads)
+                      kv_type=args.kv_type, n_ctx=args.ctx, threads=args.threads, vision_engine=args.vision_engine)
 
 
 def visual_input(lv: LlamaVid, args: argparse.Namespace) -> Visual:

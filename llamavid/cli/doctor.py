@@ -229,6 +229,37 @@ def check_models(dd: DataDir) -> Check:
     return Check("models", OK, detail, data=data)
 
 
+def check_vision_engines(dd: DataDir) -> Check:
+    """Which CPU engine runs EVA and the Q-Former: the setting, what is installed, and what this
+    machine's calibrations measured and chose (``<data>/cache/vision-engines.json``)."""
+    try:
+        # Inside the function: it imports torch, and doctor must report even when torch is broken.
+        from llamavid.model.engines import ENGINES, unavailable_reason
+        from llamavid.runtime.vision_engines import CalibrationCache, parse_spec, spec_from_settings, this_machine
+    except Exception as exc:  # noqa: BLE001
+        return Check("vision engines", WARN, f"unknown: {exc}", "install torch (see above)")
+    setting = spec_from_settings(dd.root) or "auto"
+    try:
+        parse_spec(setting)
+    except Exception as exc:  # noqa: BLE001 - a bad setting is a finding
+        return Check("vision engines", WARN, f"setting {setting!r}: {exc}",
+                     f"fix vision_engine in {dd.settings} (or delete the key for auto)")
+    available = {part: [n for n in names if not unavailable_reason(part, n, "cpu")] for part, names in ENGINES.items()}
+    missing = {n: unavailable_reason(part, n, "cpu") for part, names in ENGINES.items() for n in names
+               if unavailable_reason(part, n, "cpu")}
+    calibrations = this_machine(CalibrationCache.of(dd.root).entries())
+    data = {"setting": setting, "available": available, "unavailable": missing,
+            "calibrations": [c.to_dict() for c in calibrations]}
+    lines = [f"setting {setting}"]
+    lines += [c.summary() for c in sorted(calibrations, key=lambda c: (c.part, -c.created))]
+    if not calibrations:
+        lines.append("not measured on this machine yet (the first `index run` or chat on a CPU measures them)")
+    fix = ""
+    if missing:
+        fix = "; ".join(f"{n}: {why}" for n, why in sorted(missing.items()))
+    return Check("vision engines", OK, "\n".join(lines), fix, data)
+
+
 def check_folders(dd: DataDir) -> Check:
     folders = {name: {"path": str(p), "exists": p.exists()} for name, p in dd.folders().items()}
     detail = str(dd.root) + ("" if dd.root.exists() else " (not created yet; created on first use)")
@@ -242,14 +273,18 @@ def collect(data_dir: Path) -> list[Check]:
     dd = DataDir(data_dir)
     checks = [check_python()]
     checks += [check_package(*spec) for spec in _PACKAGES]
-    checks += [check_sqlite(), check_device(), check_memory(), check_disk(dd.root), check_models(dd), check_folders(dd)]
+    checks += [check_sqlite(), check_device(), check_memory(), check_disk(dd.root), check_models(dd),
+               check_vision_engines(dd), check_folders(dd)]
     return checks
 
 
 def _print_report(checks: list[Check]) -> None:
     width = max(len(c.name) for c in checks)
     for c in checks:
-        print(f"{c.status:<8} {c.name:<{width}}  {c.detail}")
+        first, *more = c.detail.split("\n") or [""]
+        print(f"{c.status:<8} {c.name:<{width}}  {first}")
+        for line in more:  # a multi-line detail (vision engines: one line per calibration)
+            print(f"{'':<8} {'':<{width}}  {line}")
         if c.fix and c.status != OK:
             print(f"{'':<8} {'':<{width}}  -> {c.fix}")
     missing = [c.name for c in checks if c.status == MISSING]

@@ -82,6 +82,10 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="frames per EVA batch and per saved chunk (default 4 CPU, 32 GPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16")
+    p.add_argument("--vision-engine", metavar="ENGINE",
+                   help="how EVA runs on a CPU: auto (measured once per machine), fp32, bf16, int8, openvino, "
+                        "openvino-int8...; 'auto,-int8' excludes one (default: settings.json's vision_engine, "
+                        "else auto). Films made by an engine turned off are indexed again")
     p.add_argument("--speech", choices=("auto", "always", "never"), default="auto",
                    help="speech recognition: auto = only for movies without text subtitles")
     p.add_argument("--whisper-model", default="small",
@@ -118,9 +122,13 @@ def options_from(args: argparse.Namespace):
         raise UserError(f"--fps must be positive, got {args.fps}")
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.vision_engine:
+        from llamavid.runtime.vision_engines import parse_spec
+
+        parse_spec(args.vision_engine)  # a typo fails here, before any film
     return IndexOptions(fps=args.fps, batch_size=args.batch_size, vision=args.vision, device=args.device,
-                        dtype=args.dtype, speech=args.speech, decode_workers=args.decode_workers,
-                        idle=args.idle, max_attempts=args.max_attempts,
+                        dtype=args.dtype, vision_engine=args.vision_engine, speech=args.speech,
+                        decode_workers=args.decode_workers, idle=args.idle, max_attempts=args.max_attempts,
                         whisper=SpeechOptions(model=args.whisper_model, vad=not args.no_vad,
                                               beam_size=args.whisper_beam))
 

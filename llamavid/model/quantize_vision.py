@@ -21,6 +21,7 @@ Caveats:
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Iterator
 
@@ -31,7 +32,7 @@ from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
 from llamavid.model.eva import EvaVisionTower, EvaViT
 
-__all__ = ["MODES", "QFORMER_PARTS", "quantize_vision", "quantized_linears"]
+__all__ = ["MODES", "QFORMER_PARTS", "int8_copy", "quantize_vision", "quantized_linears"]
 
 #: ``mode`` values of :func:`quantize_vision`; "none" makes option plumbing simple.
 MODES = ("none", "int8")
@@ -124,6 +125,18 @@ def quantize_vision(model: nn.Module, mode: str = "int8", *, vision: bool = True
             _check_float32_cpu(getattr(holder, name), name)
         _quantize_dynamic_int8(holder, names)
     return model
+
+
+def int8_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` (an EVA tower or a Q-Former, float32 on the CPU) whose Linear layers are
+    dynamic int8; ``module`` itself is left as it was. Only the Linear weights are new (a quarter of
+    their float32 bytes); every other tensor is shared with ``module``."""
+    _check_float32_cpu(module, type(module).__name__)
+    memo = {id(t): t for t in (*module.parameters(), *module.buffers())}
+    twin = copy.deepcopy(module, memo)  # new module objects, same tensors
+    _fuse_eva_biases(twin)
+    _quantize_dynamic_int8(twin, None)
+    return twin.eval()
 
 
 def quantized_linears(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:

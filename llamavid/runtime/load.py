@@ -18,6 +18,7 @@ from llamavid.hub.installed import resolve_model, search_dirs
 from llamavid.paths import resolve_data_dir
 from llamavid.prompt.templates import get_template
 from llamavid.runtime.api import LlamaVid
+from llamavid.runtime.vision_engines import VisionEngines
 
 BACKENDS = ("auto", "transformers", "llama.cpp")
 
@@ -43,7 +44,7 @@ def load_model(model: str | os.PathLike[str], data_dir: str | os.PathLike[str] |
                dtype: str = "auto", bits: int | None = None, backend: str = "auto", base: str | None = None,
                vision: str | os.PathLike[str] | None = None, template: str | None = None,
                load_vision: bool = True, gguf_type: str | None = None, kv_type: str = "f16",
-               n_ctx: int | None = None, threads: int | None = None) -> LlamaVid:
+               n_ctx: int | None = None, threads: int | None = None, vision_engine: str | None = None) -> LlamaVid:
     """Load an installed model name, a registered name or a checkpoint folder, ready to chat.
 
     Args:
@@ -57,6 +58,9 @@ def load_model(model: str | os.PathLike[str], data_dir: str | os.PathLike[str] |
         template: conversation template; default: the one the checkpoint was trained with.
         load_vision: False for chats about indexed films, whose EVA features are cached.
         gguf_type, kv_type, n_ctx, threads: llama.cpp's GGUF file, KV cache type, context, threads.
+        vision_engine: how EVA and the Q-Former run on a CPU (``auto``, ``int8``, ``eva=openvino,qformer=bf16``...,
+            see :mod:`llamavid.runtime.vision_engines`); None: ``vision_engine`` of ``<data>/settings.json``,
+            else ``auto`` (measured once per machine and cached in ``<data>/cache``).
     """
     if bits not in (None, 4, 8):
         raise UserError(f"bits must be 4 or 8, got {bits}")
@@ -66,12 +70,14 @@ def load_model(model: str | os.PathLike[str], data_dir: str | os.PathLike[str] |
         except ValueError as exc:
             raise UserError(str(exc)) from None
     data_dir = resolve_data_dir(data_dir)
+    engines = VisionEngines.for_data(data_dir, vision_engine)
     folder = resolve_model(model, data_dir)
     base_folder = resolve_model(base or base_model_of(os.fspath(model)), data_dir) if is_stage1(folder) else None
     try:
         lv = LlamaVid.load(folder, device=device, dtype=dtype, vision=vision, search_dirs=search_dirs(data_dir),
                            load_vision=load_vision, bits=bits, backend=pick_backend(folder, backend),
-                           gguf_type=gguf_type, kv_type=kv_type, n_ctx=n_ctx, threads=threads, base=base_folder)
+                           gguf_type=gguf_type, kv_type=kv_type, n_ctx=n_ctx, threads=threads, base=base_folder,
+                           vision_engine=engines)
     except UserError:
         raise
     except MemoryError as exc:
