@@ -45,21 +45,20 @@ from indexer.prepare import (
     loaded_kv_bytes,
     make_prepared,
     mark_for_preparing,
+    model_kv_shape,
     open_prepared,
     prepared_key,
 )
-from indexer.prepared_size import LlmShape, estimate_prepared_bytes, film_tokens, kv_bytes_per_value, llm_shape
+from indexer.prepared_size import LlmShape, estimate_prepared_bytes, film_tokens
 from indexer.store import LibraryStore
 from llamavid.errors import BadMedia, Cancelled, CheckpointError, ContextOverflow, NotEnoughMemory, UserError
-from llamavid.hub.installed import resolve_model
 from llamavid.paths import DataDir
 from llamavid.runtime.api import LlamaVid
 from llamavid.runtime.chat import Chat, Turn
 from llamavid.runtime.control import Control, Progress
-from llamavid.runtime.device import pick_device, pick_dtype
 from llamavid.runtime.generate import SamplingOptions
 from llamavid.runtime.inputs import Visual
-from llamavid.runtime.load import load_model, pick_backend
+from llamavid.runtime.load import load_model
 from llamavid.runtime.prepared import PREPARED_ANSWER, PREPARED_QUESTION, neutral_answer_ids
 from llamavid.runtime.state import StateError, StateMismatch, load_chat, save_chat, state_key
 from llamavid.storage import human_size
@@ -232,20 +231,10 @@ class ChatService:
             return lv.config, loaded_kv_bytes(lv)
         if self._kv_shape is None and self.model_name:
             try:
-                folder = resolve_model(self.model_name, self.data.root)
-                self._kv_shape = llm_shape(folder), self._kv_bytes(folder)
+                self._kv_shape = model_kv_shape(self.model_name, self.data.root, self.load_options)
             except (UserError, ValueError, OSError) as exc:
                 log.info("no size estimate for prepared films with %s: %s", self.model_name, exc)
         return self._kv_shape
-
-    def _kv_bytes(self, folder: Path) -> float:
-        """Bytes per cached value the model will have once loaded with this service's options."""
-        options = self.load_options
-        backend = pick_backend(folder, options.get("backend") or "auto")
-        if backend == "llama.cpp":
-            return kv_bytes_per_value(backend, options.get("kv_type"))
-        dtype = pick_dtype(options.get("dtype"), pick_device(options.get("device") or "auto"))
-        return kv_bytes_per_value(backend, dtype_bytes=dtype.itemsize)
 
     def set_prepared(self, movie_id: int, wanted: bool) -> str:
         """Ask the indexer to prepare a film for fast answers with this service's model (and its
@@ -259,7 +248,7 @@ class ChatService:
                 return f"{name} is no longer prepared: new fast conversations prepare it again"
             if not self.model_name:
                 raise UserError("preparing a film needs a chat model: choose one first")
-            mark_for_preparing(store, [movie.id], self.model_name, self.language)
+            mark_for_preparing(store, [movie.id], self.model_name, self.language, self.load_options)
         size = self.prepare_estimate(movie)
         about = f" (about {human_size(size)} on disk)" if size else ""
         return f"{name} will be prepared for fast answers{about} by the indexer"

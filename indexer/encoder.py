@@ -45,6 +45,22 @@ def split_vision_id(value: str) -> tuple[str, str]:
     return (base, engine) if sep and engine in ENGINES["eva"] else (value, REFERENCE)
 
 
+def features_reusable(stored: str | None, weights: Path, engines: VisionEngines | None,
+                      engine: str | None = None) -> bool:
+    """Whether features stored under vision id ``stored`` may be kept: made from ``weights``, by
+    ``engine`` (the one running now) or by one still turned on (:meth:`VisionEngines.allows`; before
+    EVA is loaded that knows the setting, not yet this machine's calibration). ``engines`` None: only
+    the float32 reference's features."""
+    if stored is None:
+        return False
+    base, made_by = split_vision_id(stored)
+    if base != vision_id(weights):
+        return False
+    if engines is None:
+        return made_by == REFERENCE
+    return made_by == engine or engines.allows("eva", made_by)
+
+
 class Encoder:
     """EVA on the best device and engine, turning (B, 3, S, S) pixels into (B, 1 + N, C) fp16 rows.
 
@@ -77,15 +93,8 @@ class Encoder:
         return self._id[1]
 
     def reusable(self, stored: str | None) -> bool:
-        """Whether features stored under vision id ``stored`` may be kept: the same weights, made by this
-        engine or by one still turned on (see :meth:`VisionEngines.allows`)."""
-        if stored is None:
-            return False
-        if stored == self.id:
-            return True
-        weights, engine = split_vision_id(stored)
-        return (weights == split_vision_id(self.id)[0] and self.engines is not None
-                and self.engines.allows("eva", engine))
+        """Whether features stored under vision id ``stored`` may be kept (:func:`features_reusable`)."""
+        return features_reusable(stored, self.weights, self.engines, self.resolve())
 
     @property
     def image_size(self) -> int:

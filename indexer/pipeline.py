@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from indexer import jobs, movies
-from indexer.encoder import Encoder, find_vision_weights
+from indexer.encoder import Encoder, features_reusable, find_vision_weights
 from indexer.errors import FileChanged
 from indexer.features import FeatureWriter
 from indexer.library import get_movie
-from indexer.prepare import film_chat, is_current, make_prepared, prepared_key
+from indexer.prepare import chat_load_options, film_chat, is_current, make_prepared, prepared_key
 from indexer.store import LibraryStore
 from indexer.subtitle_sources import Track, embedded_tracks, read_sidecar, sidecar_files, sidecar_signature
 from indexer.whisper import SpeechOptions, audio_windows, load_speech_model, transcribe_window
@@ -65,16 +65,22 @@ class Pipeline:
         self.store, self.data, self.options = store, data, options
         self.on_progress = on_progress or (lambda movie, stage, done, total: None)
         self._encoder: Encoder | None = None
+        self._vision_engines: VisionEngines | None = None
         self._whisper = None
         self._whisper_error: str | None = None
-        self._chat_model: tuple[str, object] | None = None
+        self._chat_model: tuple[tuple[str, str], object] | None = None
+
+    def vision_engines(self) -> VisionEngines:
+        if self._vision_engines is None:
+            self._vision_engines = VisionEngines.for_data(self.data.root, self.options.vision_engine)
+        return self._vision_engines
 
     def encoder(self) -> Encoder:
         if self._encoder is None:
             weights = find_vision_weights(self.data, self.options.vision)
-            engines = VisionEngines.for_data(self.data.root, self.options.vision_engine)
             try:
-                self._encoder = Encoder(weights, self.options.device, self.options.dtype, engines=engines)
+                self._encoder = Encoder(weights, self.options.device, self.options.dtype,
+                                        engines=self.vision_engines())
             except (ValueError, FileNotFoundError) as exc:  # bad --device/--dtype, unusable weights
                 raise UserError(str(exc)) from exc
         return self._encoder
@@ -210,15 +216,21 @@ class Pipeline:
         make_prepared(chat, self.store, self.data, film, key, Control(on_progress=progress))
 
     def chat_model(self, name: str):
-        """The LLM that prepares films, loaded once per run (without EVA: features are cached)."""
-        if self._chat_model is None or self._chat_model[0] != name:
-            self._chat_model = (name, load_model(name, self.data.root, load_vision=False))
+        """The LLM that prepares films, loaded once per run (without EVA: features are cached) as the
+        chat service loads it (:func:`chat_load_options`), so that its states match the service's."""
+        options = chat_load_options(self.store)
+        wanted = (name, json.dumps(options, sort_keys=True))
+        if self._chat_model is None or self._chat_model[0] != wanted:
+            self._chat_model = (wanted, load_model(name, self.data.root, load_vision=False, **options))
         return self._chat_model[1]
 
     def feature_stage(self, job: dict, movie: dict, info: ProbeInfo) -> None:
+        fps = self.options.fps
+        if self._encoder is None and movie["features_complete"] and movie["fps"] == fps and features_reusable(
+                movie["vision_id"], find_vision_weights(self.data, self.options.vision), self.vision_engines()):
+            return  # kept without loading EVA (4 GB): a film queued again only to be prepared, say
         encoder = self.encoder()
         encoder.resolve(lambda: sample_pixels(movie, info, encoder.image_size))  # calibrates once if needed
-        fps = self.options.fps
         if movie["features_complete"] and encoder.reusable(movie["vision_id"]) and movie["fps"] == fps:
             return  # made by these weights with an engine still turned on
         if movie["vision_id"] not in (None, encoder.id) or movie["fps"] not in (None, fps):

@@ -10,6 +10,7 @@ real 7B model makes long, and that is ``llamavid bench --only llm``'s figure), p
     python -m llamavid.bench.film                   # 3,600 frames, tiny LLM, one JSON line per figure
     python -m llamavid.bench.film --frames 600      # quicker
     python -m llamavid.bench.film --llm-size 1b --prepared   # a prepared film ("fast answers") against the exact path
+    python -m llamavid.bench.film --vision-engine int8       # the Q-Former in torch int8 (or auto: calibrate)
 
 ``--prepared`` also prepares the film (the neutral first turn), saves its state, reads it back into a
 new chat and times a new question from there: what a "fast answers" conversation costs.
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from llamavid.bench.harness import random_llamavid
 from llamavid.bench.plan import BenchPlan
@@ -42,6 +44,7 @@ from llamavid.runtime.generate import SamplingOptions
 from llamavid.runtime.inputs import Visual
 from llamavid.runtime.prepared import prepare
 from llamavid.runtime.state import load_chat, save_chat, state_key
+from llamavid.runtime.vision_engines import VisionEngines
 
 WIDTH, PATCHES = 1408, 256  # EVA-ViT-g rows as the long-video path feeds them (CLS dropped)
 
@@ -58,15 +61,27 @@ def film_features(folder: Path, frames: int, seed: int = 0) -> np.memmap:
     return np.load(path, mmap_mode="r")
 
 
-def chat_model(plan: BenchPlan, folder: Path, context: int) -> LlamaVid:
-    """Full-size Q-Former and projectors with a small random LLM whose positions cover ``context``."""
+def chat_model(plan: BenchPlan, folder: Path, context: int, vision_engine: str | None = None) -> LlamaVid:
+    """Full-size Q-Former and projectors with a small random LLM whose positions cover ``context``;
+    ``vision_engine``: the Q-Former's engine (:mod:`llamavid.runtime.vision_engines`; ``auto``
+    calibrates here, uncached), None: float32 as loaded."""
     model = random_llamavid(plan)
     model.config.max_position_embeddings = context
     write_llama_tokenizer(folder)
     (folder / "bert_vocab.txt").write_text("\n".join(bert_vocab()) + "\n")
     tokenizer = load_llm_tokenizer(folder)
     report = LoadReport(folder, None, folder / "bert_vocab.txt")
-    return LlamaVid(model, tokenizer, load_qformer_tokenizer(folder / "bert_vocab.txt"), report)
+    engines = None
+    if vision_engine:
+        engines = VisionEngines(vision_engine)  # no cache: a calibration on random weights is not kept
+        # the engine is keyed by the checkpoint's weight files; this one stands for the random weights
+        save_file({"random": torch.zeros(1)}, str(folder / "model.safetensors"))
+    return LlamaVid(model, tokenizer, load_qformer_tokenizer(folder / "bert_vocab.txt"), report, vision_engines=engines)
+
+
+def qformer_engine(lv: LlamaVid) -> str:
+    """The Q-Former's engine the chat ran (after its first question)."""
+    return lv.vision_engines.chosen.get("qformer", "fp32") if lv.vision_engines else "fp32"
 
 
 def peak_rss_mb() -> float:
@@ -108,7 +123,8 @@ def prepared_first_token(lv: LlamaVid, visual: Visual, folder: Path, question: s
             "first_token_from_state_s": round(load_s + record["first_token_s"], 3), **record}
 
 
-def run(frames: int, llm_size: str, threads: int | None, stream=sys.stdout, prepared: bool = False) -> list[dict]:
+def run(frames: int, llm_size: str, threads: int | None, stream=sys.stdout, prepared: bool = False,
+        vision_engine: str | None = None) -> list[dict]:
     if threads:
         torch.set_num_threads(threads)
     plan = BenchPlan(stages=("film",), device=pick_device("auto"), dtype=torch.float32, llm_size=llm_size)
@@ -117,14 +133,14 @@ def run(frames: int, llm_size: str, threads: int | None, stream=sys.stdout, prep
         folder = Path(tmp)
         feats = film_features(folder, frames)
         cues = [Cue(t, t + 3.0, f"Line {t // 10} of the dialogue, said at second {t}.") for t in range(0, frames, 10)]
-        lv = chat_model(plan, folder, context=4 * frames + 8 * len(cues) + 2048)
+        lv = chat_model(plan, folder, context=4 * frames + 8 * len(cues) + 2048, vision_engine=vision_engine)
         visual = Visual("film", feats, [float(t) for t in range(frames)], cues)
         chat = Chat(lv, visual)
         for name, question in (("new question", "What happens at the harbour at night?"),
                                ("follow-up", "And who is speaking then?")):
             record = {"bench": "film", "question": name, "frames": frames, "llm_size": llm_size,
                       "device": str(plan.device), "threads": torch.get_num_threads(), **first_token(chat, question),
-                      "peak_rss_mb": round(peak_rss_mb(), 1)}
+                      "qformer_engine": qformer_engine(lv), "peak_rss_mb": round(peak_rss_mb(), 1)}
             records.append(record)
             print(json.dumps(record), file=stream, flush=True)
         if prepared:
@@ -144,8 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llm-size", default="tiny", choices=("tiny", "1b", "7b"))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--prepared", action="store_true", help="also time a new question on a prepared film")
+    parser.add_argument("--vision-engine", metavar="ENGINE",
+                        help="the Q-Former's engine (int8, bf16, openvino..., or auto: calibrate here); "
+                             "default: float32 as loaded")
     args = parser.parse_args(argv)
-    run(args.frames, args.llm_size, args.threads, prepared=args.prepared)
+    run(args.frames, args.llm_size, args.threads, prepared=args.prepared, vision_engine=args.vision_engine)
     return 0
 
 

@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", default="auto", choices=("auto", "yes", "no"),
                         help="add torch.compile / static-cache variants (auto: on CUDA only; on CPU they "
                              "compile for minutes and did not help)")
+    parser.add_argument("--engines", type=_csv(str), default=None, metavar="NAMES",
+                        help="vision engines timed beside fp32 (comma-separated, e.g. int8,openvino-int8; "
+                             "`none`: none; default: every engine that can run here, ~15 min on 2 cores)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes and 1 repeat: checks every code path in seconds (tests, CI)")
 
@@ -95,6 +98,7 @@ def make_plan(args: argparse.Namespace) -> BenchPlan:
     if args.batch is not None and min(args.batch) < 1:
         raise UserError("--batch sizes must be at least 1")
     gpu = device.type != "cpu"
+    engines = _engines(args.engines)
     llm_size = args.llm_size
     if llm_size == "auto":
         llm_size = "tiny" if smoke else "7b" if device.type == "cuda" else "1b"
@@ -114,5 +118,22 @@ def make_plan(args: argparse.Namespace) -> BenchPlan:
         search_dirs=tuple(search),
         # tiny ops on a shared machine: two OpenMP threads wait on each other longer than they work
         threads=args.threads if args.threads is not None else (1 if smoke else None),
+        engines=engines,
     )
+
+
+def _engines(names: list[str] | None) -> tuple[str, ...] | None:
+    """The engines --engines names, checked against the known ones (None: every one that can run)."""
+    from llamavid.model.engines import ENGINES  # torch: only when a benchmark runs
+
+    if names is None:
+        return None
+    if names == ["none"]:
+        return ()
+    known = {n for part in ENGINES.values() for n in part}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UserError(f"--engines: unknown engine(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}"
+                        " or none")
+    return tuple(names)
 

@@ -280,46 +280,80 @@ def cmd_rm(args, data: DataDir) -> int:
 
 def cmd_prepare(args, data: DataDir) -> int:
     """Mark films for preparation (or not) and queue them; `index run` does the work."""
+    from indexer.prepare import chat_load_options, choose_chat_model, delete_prepared, model_kv_shape
+
     wanted = not args.off
     with _open(data) as store:
-        for key, value in (("chat_model", args.model), ("language", args.language)):
-            if value:
-                store.set_setting(key, value)
+        if args.model:
+            options = _app_load_options(data)
+            model_kv_shape(args.model, data.root, options)  # an unknown model stops here, before anything is kept
+            choose_chat_model(store, args.model, options, args.language)
+        elif args.language:
+            store.set_setting("language", args.language)
         if args.cap_gb is not None:
             store.set_setting("prepared_cap_bytes", str(int(args.cap_gb * 1e9)))
-        if args.all:
-            store.set_setting("prepare_all", "1" if wanted else None)
-            ids = [m["id"] for m in store.movie_views()]
-        elif args.folder:
-            given = Path(args.folder).expanduser()
-            library_id = store.find_library([str(given.absolute()), os.path.realpath(given)])
-            if library_id is None:
-                raise UserError(f"{args.folder} is not a library folder (`llamavid index add` it first)")
-            store.set_library_prepare(library_id, wanted)
-            ids = [m["id"] for m in store.library_movies(library_id)]
-        elif args.movies:
-            ids = [_find(store, ref).id for ref in args.movies]
-            store.set_prepare(ids, wanted)
-        else:
-            ids = []
-        if not wanted:
-            for movie_id in ids:
-                _forget_prepared(store, movie_id)
-            print(f"{len(ids)} films will not be prepared")
-            return 0
-        if ids and not store.setting("chat_model"):
+        model = store.setting("chat_model")
+        if wanted and (args.all or args.folder or args.movies) and not model:
             raise UserError("preparing needs a chat model: add --model NAME (an installed chat model)")
+        ids = _prepare_scope(args, store, wanted)
+        if not wanted:
+            delete_prepared(store, ids)
+            print(f"{_films(len(ids))} will not be prepared")
+            return 0
+        if ids:
+            print(_prepared_size_line(store, ids, model, model_kv_shape(model, data.root, chat_load_options(store))))
         for outcome, n in store.control_jobs(ids, "retry").items():
             print(f"{n} {outcome}")
-        print(f"films are prepared with {store.setting('chat_model')} by `llamavid index run`")
+        if ids:
+            print(f"films are prepared with {model} by `llamavid index run`")
     return 0
 
 
-def _forget_prepared(store, movie_id: int) -> None:
-    for row in store.prepared():
-        if row["id"] == movie_id:
-            Path(row["prepared_path"]).unlink(missing_ok=True)
-            store.clear_prepared(movie_id)
+def _films(n: int) -> str:
+    return f"{n} film" if n == 1 else f"{n} films"
+
+
+def _prepare_scope(args, store, wanted: bool) -> list[int]:
+    """Record the choice for the films, folder or library named; returns their ids."""
+    if args.all:
+        store.set_setting("prepare_all", "1" if wanted else None)
+        return [m["id"] for m in store.movie_views()]
+    if args.folder:
+        given = Path(args.folder).expanduser()
+        library_id = store.find_library([str(given.absolute()), os.path.realpath(given)])
+        if library_id is None:
+            raise UserError(f"{args.folder} is not a library folder (`llamavid index add` it first)")
+        store.set_library_prepare(library_id, wanted)
+        return [m["id"] for m in store.library_movies(library_id)]
+    ids = [_find(store, ref).id for ref in args.movies]
+    store.set_prepare(ids, wanted)
+    return ids
+
+
+def _app_load_options(data: DataDir) -> dict:
+    """How the apps load the chat model (``<data>/settings.json``): films are prepared the same way,
+    or the apps could not use the states."""
+    from app.settings import load_settings
+
+    return load_settings(data).load_options()
+
+
+def _prepared_size_line(store, ids: list[int], model: str, kv_shape: tuple) -> str:
+    """What preparing these films will take on disk, said before the work starts."""
+    from indexer.library import get_movie
+    from indexer.prepare import DEFAULT_CAP_BYTES
+    from indexer.prepared_size import estimate_prepared_bytes, film_tokens
+    from llamavid.storage import human_size
+
+    shape, kv_bytes = kv_shape
+    language = store.setting("language")
+    total = sum(estimate_prepared_bytes(shape, *film_tokens(store, get_movie(store, i), language), kv_bytes)
+                for i in ids)
+    cap = int(store.setting("prepared_cap_bytes") or DEFAULT_CAP_BYTES)
+    line = f"{_films(len(ids))}: about {human_size(total)} on disk when prepared with {model}"
+    if total > cap:
+        line += f" (over the {human_size(cap)} cap: the least recently used are deleted; --cap-gb changes it)"
+    return line
 
 
 def cmd_search(args, data: DataDir) -> int:

@@ -20,6 +20,7 @@ from indexer.prepared_size import estimate_prepared_bytes, film_tokens, llm_shap
 from indexer.store import LibraryStore
 from llamavid import cli
 from llamavid.media.synthetic import clock, write_video
+from llamavid.model.eva import EvaVisionTower
 from llamavid.model.tiny import write_tiny_checkpoint
 from llamavid.runtime.api import LlamaVid
 from llamavid.runtime.chat import Chat
@@ -90,10 +91,19 @@ def test_a_fast_conversation_answers_as_a_chat_begun_with_the_neutral_question(d
         service.close()
 
 
-def test_the_indexer_prepares_marked_films_with_the_chosen_model(data_dir, checkpoint, lv, capsys):
+def test_the_indexer_prepares_marked_films_with_the_chosen_model(data_dir, checkpoint, lv, capsys, monkeypatch):
     data = str(data_dir)
+    capsys.readouterr()
     assert cli.main(["--data-dir", data, "index", "prepare", "Boat.mkv", "--model", str(checkpoint),
                      "--language", "en"]) == 0
+    db = library.open_library(data_dir)
+    size = estimate_prepared_bytes(checkpoint, *film_tokens(db, library.find_movie(db, "Boat.mkv"), "en"))
+    assert f"1 film: about {human_size(size)} on disk when prepared with {checkpoint}" in capsys.readouterr().out
+
+    def no_eva(*args, **kwargs):
+        raise AssertionError("EVA loaded for a film whose features are complete")
+
+    monkeypatch.setattr(EvaVisionTower, "from_file", no_eva)  # preparing needs the LLM, not EVA
     assert cli.main(["--data-dir", data, "index", "run", "--vision", str(checkpoint / "eva_vit_g.pth"),
                      "--speech", "never", "--quiet"]) == 0
     capsys.readouterr()
@@ -237,6 +247,25 @@ def test_the_service_asks_the_indexer_to_prepare_a_film_and_forgets_it(data_dir,
         assert service.set_prepared(boat.id, False).startswith("Boat.mkv is no longer prepared")
         boat = service.movie(boat.id)
         assert boat.prepared_bytes == 0 and not boat.prepare_wanted and not state.exists()
+    finally:
+        service.close()
+
+
+def test_the_indexer_loads_the_model_as_the_service_does_so_its_state_is_used(data_dir, checkpoint):
+    service = ChatService(data_dir, model=str(checkpoint), language="en", device="cpu", dtype="bf16")
+    try:
+        boat = service.movie("Boat.mkv")
+        service.set_prepared(boat.id, True)
+        with LibraryStore.open(data_dir / "library.db") as store:
+            assert json.loads(store.setting("chat_load_options")) == {"device": "cpu", "dtype": "bf16"}
+        assert cli.main(["--data-dir", str(data_dir), "index", "run", "--vision", str(checkpoint / "eva_vit_g.pth"),
+                         "--speech", "never", "--quiet"]) == 0
+        made = service.movie(boat.id).prepared_bytes
+        assert made > 0
+        conv = service.new_conversation("Boat.mkv", fast=True)
+        _, phases = _answer(service.ask(conv.id, "Where are the keys?", GREEDY))
+        assert "visual" not in phases  # the indexer's bf16 state matched; an fp32 one would be made again
+        assert service.movie(boat.id).prepared_bytes == made
     finally:
         service.close()
 

@@ -102,6 +102,24 @@ def test_bad_stage_is_a_one_line_user_error(capsys: pytest.CaptureFixture[str]) 
     assert err.startswith("llamavid: error: --only: unknown stage(s) nope") and err.count("\n") == 1
 
 
+def test_engines_option_limits_the_engines_timed_and_names_unknown_ones(capsys) -> None:
+    from llamavid.cli.bench import add_arguments, make_plan
+
+    def plan(*argv: str):
+        import argparse
+
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        return make_plan(parser.parse_args(["--device", "cpu", *argv]))
+
+    assert plan("--engines", "int8,openvino-int8").engines == ("int8", "openvino-int8")
+    assert plan("--engines", "none").engines == ()
+    assert plan().engines is None  # every engine that can run here
+    assert cli.main(["bench", "--engines", "int8,fast"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("llamavid: error: --engines: unknown engine(s) fast") and "openvino-int8" in err
+
+
 def test_unknown_model_name_says_what_to_do(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--data-dir", str(tmp_path), "bench", "--model", "no-such-model", "--smoke"]) == 1
     err = capsys.readouterr().err
@@ -175,3 +193,20 @@ def test_quantize_refuses_what_it_cannot_do() -> None:
         quantize_vision(small_tower(depth=1), "int4")
     tower = small_tower(depth=1)
     assert quantize_vision(tower, "none") is tower and not list(quantized_linears(tower))
+
+
+@pytest.mark.slow
+def test_film_bench_times_a_new_question_and_a_follow_up_on_the_engine_asked_for() -> None:
+    import io
+
+    from llamavid.bench import film
+
+    out = io.StringIO()
+    records = film.run(frames=6, llm_size="tiny", threads=1, stream=out, vision_engine="int8")
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == records
+    new, follow = records
+    assert new["question"] == "new question" and follow["question"] == "follow-up"
+    assert new["qformer_engine"] == follow["qformer_engine"] == "int8"
+    assert new["qformer_s"] > 0 and follow["qformer_s"] == 0  # only the first question reads the film
+    assert new["prompt_tokens"] >= 2 * 6 and follow["prompt_tokens"] > new["prompt_tokens"]
+    assert film.run(frames=6, llm_size="tiny", threads=1, stream=io.StringIO())[0]["qformer_engine"] == "fp32"
