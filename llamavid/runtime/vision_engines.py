@@ -88,6 +88,7 @@ CACHE_FILE = "vision-engines.json"
 CALIBRATION_VERSION = 1
 #: The engine name features and tokens carry when no CPU engine is involved (a GPU's own path).
 NATIVE = "native"
+CPU = torch.device("cpu")  # where the engines run (the other devices keep their own path)
 
 Timer = Callable[[str, Callable[[], Any]], float]
 
@@ -521,14 +522,21 @@ class VisionEngines:
         with self._lock:
             return self._eva(tower, weights_id, sample)
 
+    def _runs_natively(self, part: str, module: nn.Module, name: str) -> bool:
+        """A module not in float32 on the CPU (a GPU, a half-precision load) keeps its own path: engines
+        are CPU engines built from float32 weights, so forcing one there is an error."""
+        param = next(module.parameters())
+        if param.device.type == "cpu" and param.dtype == torch.float32:
+            return False
+        spec = self.spec[part]
+        if spec.forced and spec.engine != REFERENCE:
+            raise UserError(f"vision engine {spec.engine} runs on the CPU from float32 weights, but {name} is "
+                            f"{param.dtype} on {param.device}; leave vision_engine at auto there (the GPU's own path)")
+        self.chosen[part] = NATIVE
+        return True
+
     def _eva(self, tower: EvaVisionTower, weights_id: str, sample: Any) -> tuple[nn.Module, str]:
-        param = next(tower.parameters())
-        if param.device.type != "cpu" or param.dtype != torch.float32:
-            if self.spec["eva"].forced and self.spec["eva"].engine != REFERENCE:
-                raise UserError(f"vision engine {self.spec['eva'].engine} runs on the CPU from float32 weights, but "
-                                f"the vision tower is {param.dtype} on {param.device}; leave vision_engine at auto "
-                                "there (the GPU's own path)")
-            self.chosen["eva"] = NATIVE
+        if self._runs_natively("eva", tower, "the vision tower"):
             return tower, NATIVE
         pixels: list[torch.Tensor] = []
 
@@ -548,7 +556,7 @@ class VisionEngines:
             needs_frames = name == "openvino-int8" and not (saved[name] and saved[name].is_file())
             return build_eva(name, tower, frames() if needs_frames else None, saved=saved[name])
 
-        name, engine = self._choose("eva", param.device, {"weights": weights_id, "image_size": tower.image_size},
+        name, engine = self._choose("eva", CPU, {"weights": weights_id, "image_size": tower.image_size},
                                     build, lambda e: e(frames()), lambda: len(frames()), _count(tower))
         self.chosen["eva"] = name
         if isinstance(getattr(engine, "run", None), OpenVinoModule) and saved.get(name) is not None:
@@ -572,13 +580,7 @@ class VisionEngines:
         reference = inner.vlm_att_encoder
         if isinstance(reference, QFormerEngine):
             return reference.engine  # installed already
-        param = next(reference.parameters())
-        if param.device.type != "cpu" or param.dtype != torch.float32:
-            if self.spec["qformer"].forced and self.spec["qformer"].engine != REFERENCE:
-                raise UserError(f"vision engine {self.spec['qformer'].engine} runs on the CPU from float32 weights, "
-                                f"but the Q-Former is {param.dtype} on {param.device}; leave vision_engine at auto "
-                                "there (the GPU's own path)")
-            self.chosen["qformer"] = NATIVE
+        if self._runs_natively("qformer", reference, "the Q-Former"):
             return NATIVE
         data: list[tuple] = []
 
@@ -610,7 +612,7 @@ class VisionEngines:
                 inner._modules["vlm_att_encoder"] = reference
             return out.part("context_tokens")
 
-        name, engine = self._choose("qformer", param.device, {"weights": weights_id}, build, run,
+        name, engine = self._choose("qformer", CPU, {"weights": weights_id}, build, run,
                                     lambda: len(inputs()[0]), _count(reference))
         self.chosen["qformer"] = name
         inner._modules["vlm_att_encoder"] = engine  # the reference too, wrapped: marks the choice as made
