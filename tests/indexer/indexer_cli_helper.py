@@ -3,12 +3,20 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_WIDTH = 176  # tiny EVA: 2 heads of 88, features (T, 257, 176)
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """In the child before it starts: SIGINT at its default, as a terminal gives it. A test run started
+    as a background shell job (``cmd &``, as CI runners may) inherits SIGINT *ignored*, and so would
+    the child: Python then installs no KeyboardInterrupt handler and the test's Ctrl-C does nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class Cli:
@@ -34,6 +42,7 @@ class Cli:
     def spawn(self, *args: str, **popen) -> subprocess.Popen:
         env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
         command = [sys.executable, "-m", "llamavid", "--data-dir", str(self.data_dir), "index", *map(str, args)]
+        popen.setdefault("preexec_fn", ctrl_c_as_in_a_terminal)
         return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 **popen)
 
