@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llamavid.media.synthetic import clock, write_video
+from llamavid.media.synthetic import clock, srt_text, write_video
 from llamavid.model.tiny import write_tiny_checkpoint
 
 MODEL = "llama-vid-tiny-224-long-video"
@@ -19,18 +19,12 @@ CUES = [(5.0, 8.0, "Hello captain, the wind is rising."),
         (90.0, 93.0, "We sail at night.")]
 
 
-def srt(cues: list[tuple[float, float, str]]) -> str:
-    def stamp(t: float) -> str:
-        return f"00:{int(t) // 60:02d}:{int(t) % 60:02d},{int(t * 1000) % 1000:03d}"
-    return "".join(f"{i}\n{stamp(a)} --> {stamp(b)}\n{text}\n\n" for i, (a, b, text) in enumerate(cues, 1))
-
-
 def make_library(root: Path, seconds: int = SECONDS) -> tuple[Path, Path]:
     """``root/data`` (the tiny model installed, the film indexed) and ``root/films``; returns both."""
     data, films = root / "data", root / "films"
     write_tiny_checkpoint(data / "models" / MODEL)
     write_video(films / FILM, clock(64, 48, 5), fps=5, seconds=seconds)  # H.264 in MP4: a browser plays it
-    (films / (Path(FILM).stem + ".en.srt")).write_text(srt(CUES))
+    (films / (Path(FILM).stem + ".en.srt")).write_text(srt_text(CUES))
     for args in (["index", "add", str(films)], ["index", "run", "--speech", "never", "--quiet"]):
         proc = subprocess.run([sys.executable, "-m", "llamavid", "--data-dir", str(data), *args],
                               capture_output=True, text=True, timeout=900)

@@ -244,6 +244,13 @@ def add_subtitle_track(out, cues: Iterable[Cue], codec: str, language: str | Non
     return subs
 
 
+def srt_text(cues: Iterable[tuple[float, float, str]]) -> str:
+    """A sidecar ``.srt`` file's text for (start, end, text) cues in seconds."""
+    def stamp(t: float) -> str:
+        return f"{int(t) // 3600:02d}:{int(t) // 60 % 60:02d}:{int(t) % 60:02d},{int(t * 1000) % 1000:03d}"
+    return "".join(f"{i}\n{stamp(a)} --> {stamp(b)}\n{text}\n\n" for i, (a, b, text) in enumerate(cues, 1))
+
+
 def subtitle_payload(codec: str, text: str) -> bytes:
     """One cue as the packet payload ``codec`` stores."""
     if codec == "mov_text":  # 16-bit big-endian length, then UTF-8 text

@@ -12,7 +12,7 @@ from PySide6.QtCore import Qt
 from app.desktop import MainWindow
 from app.settings import Settings, save_settings
 from llamavid.hub.installed import add_model
-from llamavid.media.synthetic import film, write_video
+from llamavid.media.synthetic import film, srt_text, write_video
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -22,17 +22,11 @@ EN = [(5.0, 8.0, "Hello captain, the wind is rising."),
       (52.0, 55.0, "We sail at night.")]
 
 
-def srt(cues: list[tuple[float, float, str]]) -> str:
-    def stamp(t: float) -> str:
-        return f"{int(t) // 3600:02d}:{int(t) // 60 % 60:02d}:{int(t) % 60:02d},{int(t * 1000) % 1000:03d}"
-    return "".join(f"{i}\n{stamp(a)} --> {stamp(b)}\n{text}\n\n" for i, (a, b, text) in enumerate(cues, 1))
-
-
 def make_films(folder: Path, seconds: float = 60) -> dict[str, Path]:
     """Harbor.mkv with an English subtitle file beside it, and Forest.mp4 with an embedded track."""
     folder.mkdir(parents=True, exist_ok=True)
     harbor = write_video(folder / "Harbor.mkv", film(320, 180, 5, seed=1), fps=5, seconds=seconds)
-    (folder / "Harbor.en.srt").write_text(srt(EN), encoding="utf-8")
+    (folder / "Harbor.en.srt").write_text(srt_text(EN), encoding="utf-8")
     forest = write_video(folder / "Forest.mp4", film(320, 180, 5, seed=2), fps=5, seconds=seconds * 2 / 3,
                          subtitles=[(3.0, 6.0, "Listen to the birds.")], sub_language="eng")
     return {"Harbor.mkv": harbor, "Forest.mp4": forest}

@@ -18,7 +18,7 @@ from app.moments import CueHit, rank_moments
 from indexer import library
 from llamavid import cli
 from llamavid.errors import Cancelled, ContextOverflow
-from llamavid.media.synthetic import clock, write_video
+from llamavid.media.synthetic import clock, srt_text, write_video
 from llamavid.model.tiny import write_tiny_checkpoint
 from llamavid.runtime.api import LlamaVid
 from llamavid.runtime.chat import Chat
@@ -36,12 +36,6 @@ EN = [(5.0, 8.0, "Hello captain, the wind is rising."),
 FR = [(5.0, 8.0, "Bonjour capitaine, le vent se lève."), (90.0, 93.0, "Nous partons cette nuit.")]
 
 
-def _srt(cues: list[tuple[float, float, str]]) -> str:
-    def clock_text(t: float) -> str:
-        return f"00:{int(t) // 60:02d}:{int(t) % 60:02d},{int(t * 1000) % 1000:03d}"
-    return "".join(f"{i}\n{clock_text(a)} --> {clock_text(b)}\n{text}\n\n" for i, (a, b, text) in enumerate(cues, 1))
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "llama-vid-tiny-224-long-video")
@@ -52,8 +46,8 @@ def data_dir(tmp_path_factory, checkpoint: Path) -> Path:
     """A data folder whose library holds one indexed film with an English and a French subtitle file."""
     films, data = tmp_path_factory.mktemp("films"), tmp_path_factory.mktemp("data")
     write_video(films / "Harbor.mkv", clock(64, 48, 5), fps=5, seconds=SECONDS)
-    (films / "Harbor.en.srt").write_text(_srt(EN))
-    (films / "Harbor.fr.srt").write_text(_srt(FR))
+    (films / "Harbor.en.srt").write_text(srt_text(EN))
+    (films / "Harbor.fr.srt").write_text(srt_text(FR))
     assert cli.main(["--data-dir", str(data), "index", "add", str(films)]) == 0
     assert cli.main(["--data-dir", str(data), "index", "run", "--vision", str(checkpoint / "eva_vit_g.pth"),
                      "--speech", "never", "--quiet"]) == 0
