@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
-from PySide6.QtGui import QFont, QGuiApplication
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -43,7 +43,7 @@ from PySide6.QtWidgets import (
 
 from app.chat_service import AskStream, ChatEvent, ChatService, fast_by_default
 from app.conversations import Conversation
-from app.desktop.common import FlowLayout, Tasks, describe_error, short_clock
+from app.desktop.common import FlowLayout, Tasks, describe_error, heading, short_clock
 from indexer.library import Movie
 
 __all__ = ["ChatPane", "StreamReader", "TurnView"]
@@ -182,11 +182,7 @@ class ChatPane(QWidget):
         self._list_generation = 0
         self._fast_chosen = False  # the person ticked or unticked Fast answers for this new conversation
 
-        heading = QLabel("Chat")
-        font = QFont(heading.font())
-        font.setBold(True)
-        font.setPointSizeF(font.pointSizeF() * 1.2)
-        heading.setFont(font)
+        title = heading("Chat")
         self.conversations = QComboBox()
         self.conversations.setObjectName("conversations")
         self.conversations.setToolTip("This film's conversations, newest first")
@@ -251,7 +247,7 @@ class ChatPane(QWidget):
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(heading)
+        layout.addWidget(title)
         layout.addWidget(self.conversations)
         fast_row = QHBoxLayout()
         fast_row.addWidget(self.fast)

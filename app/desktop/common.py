@@ -12,13 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import QObject, QPoint, QRect, QRunnable, QSize, Qt, QThreadPool, Signal, Slot
+from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QLayout, QLayoutItem, QPushButton, QWidget
 
 from llamavid.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FlowLayout", "MessageBar", "Tasks", "clock", "describe_error", "short_clock"]
+__all__ = ["FlowLayout", "MessageBar", "Tasks", "clock", "describe_error", "heading", "short_clock"]
 
 
 def clock(seconds: float | None) -> str:
@@ -33,6 +34,16 @@ def short_clock(seconds: float) -> str:
     """12:03 under an hour, 1:02:03 from an hour on."""
     s = max(0, int(seconds))
     return clock(s) if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def heading(text: str = "", scale: float = 1.2) -> QLabel:
+    """A bold label ``scale`` times the size of the text under it: the title of a pane or window."""
+    label = QLabel(text)
+    font = QFont(label.font())
+    font.setBold(True)
+    font.setPointSizeF(font.pointSizeF() * scale)
+    label.setFont(font)
+    return label
 
 
 def describe_error(exc: BaseException) -> str:

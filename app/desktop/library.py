@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.desktop.common import clock
+from app.desktop.common import clock, heading
 from app.desktop.indexing import LibrarySnapshot, movie_status
 from indexer.library import Movie
 from llamavid.storage import human_size
@@ -156,11 +156,7 @@ class LibraryPane(QWidget):
         self.thumbnails: dict[int, str] = {}  # movie id -> cached picture, kept for rebuilt rows
         self.estimates: dict[int, int | None] = {}  # movie id -> bytes its prepared state would take
         self.snapshot: LibrarySnapshot | None = None
-        heading = QLabel("Library")
-        font = QFont(heading.font())
-        font.setBold(True)
-        font.setPointSizeF(font.pointSizeF() * 1.2)
-        heading.setFont(font)
+        title = heading("Library")
 
         self.folders = QListWidget()
         self.folders.setObjectName("folders")
@@ -213,7 +209,7 @@ class LibraryPane(QWidget):
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(heading)
+        layout.addWidget(title)
         layout.addWidget(self.folders)
         layout.addLayout(folder_buttons)
         layout.addWidget(self.films, 1)

@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.desktop.common import clock
+from app.desktop.common import clock, heading
 from indexer.library import Movie
 from llamavid.prompt.subtitles import Cue
 
@@ -129,12 +129,8 @@ class PlayerPane(QWidget):
         self.view = VideoView()
         self.sink.videoFrameChanged.connect(self.view.show_frame)
 
-        self.title = QLabel("No film open")
+        self.title = heading("No film open")
         self.title.setObjectName("playerTitle")
-        font = QFont(self.title.font())
-        font.setBold(True)
-        font.setPointSizeF(font.pointSizeF() * 1.2)
-        self.title.setFont(font)
         self.play_button = QPushButton("Play")
         self.play_button.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_MediaPlay))
         self.play_button.clicked.connect(self.toggle)

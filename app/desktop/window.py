@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, QUrl, Slot
-from PySide6.QtGui import QDesktopServices, QFont, QIcon
+from PySide6.QtGui import QDesktopServices, QIcon
 from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
@@ -44,7 +44,7 @@ from PySide6.QtWidgets import (
 from app import status as st
 from app.chat_service import ChatService
 from app.desktop.chat import ChatPane
-from app.desktop.common import MessageBar, Tasks, describe_error
+from app.desktop.common import MessageBar, Tasks, describe_error, heading
 from app.desktop.download import ModelDownload
 from app.desktop.indexing import (
     IndexerProcess,
@@ -119,11 +119,7 @@ class MainWindow(QMainWindow):
         self.watcher: Watcher | None = None
 
         # -- layout
-        title = QLabel(st.TITLE)
-        font = QFont(title.font())
-        font.setPointSizeF(font.pointSizeF() * 1.5)
-        font.setBold(True)
-        title.setFont(font)
+        title = heading(st.TITLE, scale=1.5)
         self.model_label = QLabel()
         self.model_label.setObjectName("modelLabel")
         self.settings_button = QPushButton("Settings…")

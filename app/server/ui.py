@@ -425,13 +425,8 @@ def build_ui(engine: Engine, indexer: Indexer, upload_dir: Path) -> Any:
                         conversation_id = gr.State(None)
                         fast = gr.Checkbox(label="Fast answers", elem_id="fast-answers", info=FAST_INFO,
                                            **_update_args(fast_choice(initial_films["value"])))
-                        movie_chat = gr.Chatbot(elem_id="movie-chat", height=420, show_label=False)
-                        movie_progress = gr.Markdown("", elem_id="movie-progress")
-                        movie_question = gr.Textbox(elem_id="movie-question", show_label=False, lines=2,
-                                                    placeholder="Ask about the film (Shift+Enter for a new line)")
-                        with gr.Row():
-                            movie_ask = gr.Button("Ask", variant="primary", elem_id="movie-ask")
-                            movie_stop = gr.Button("Stop", elem_id="movie-stop")
+                        movie_chat, movie_progress, movie_question, movie_ask, movie_stop = _chat_area(
+                            "movie", "Ask about the film (Shift+Enter for a new line)")
             with gr.Tab("Quick chat", id="quick"):
                 with gr.Row():
                     with gr.Column(scale=2):
@@ -443,13 +438,8 @@ def build_ui(engine: Engine, indexer: Indexer, upload_dir: Path) -> Any:
                         image_path = gr.State(None, delete_callback=forget_upload)
                         video_path = gr.State(None, delete_callback=forget_upload)
                     with gr.Column(scale=3):
-                        quick_chat = gr.Chatbot(elem_id="quick-chat", height=420, show_label=False)
-                        quick_progress = gr.Markdown("", elem_id="quick-progress")
-                        quick_question = gr.Textbox(elem_id="quick-question", show_label=False, lines=2,
-                                                    placeholder="Ask about the picture or the video")
-                        with gr.Row():
-                            quick_ask = gr.Button("Ask", variant="primary", elem_id="quick-ask")
-                            quick_stop = gr.Button("Stop", elem_id="quick-stop")
+                        quick_chat, quick_progress, quick_question, quick_ask, quick_stop = _chat_area(
+                            "quick", "Ask about the picture or the video")
             with gr.Tab("Library", id="library"):
                 library = gr.HTML(library_html(), elem_id="library")
                 queue_line = gr.Markdown(queue_markdown(), elem_id="queue")
@@ -508,6 +498,19 @@ def build_ui(engine: Engine, indexer: Indexer, upload_dir: Path) -> Any:
         ticker.tick(lambda movie_id: (library_html(), queue_markdown(), *prepare_controls(movie_id)), prepare_film,
                     [library, queue_line, *prepare_outputs], show_progress="hidden")
     return demo
+
+
+def _chat_area(name: str, placeholder: str) -> tuple[Any, Any, Any, Any, Any]:
+    """The answers, the progress line, the question box and Ask / Stop of one chat tab; element ids
+    ``NAME-chat``, ``NAME-progress``, ``NAME-question``, ``NAME-ask``, ``NAME-stop`` (the browser tests
+    find them by these)."""
+    chat = gr.Chatbot(elem_id=f"{name}-chat", height=420, show_label=False)
+    progress = gr.Markdown("", elem_id=f"{name}-progress")
+    question = gr.Textbox(elem_id=f"{name}-question", show_label=False, lines=2, placeholder=placeholder)
+    with gr.Row():
+        ask = gr.Button("Ask", variant="primary", elem_id=f"{name}-ask")
+        stop = gr.Button("Stop", elem_id=f"{name}-stop")
+    return chat, progress, question, ask, stop
 
 
 def sampling(temperature: float, max_tokens: float) -> SamplingOptions:
