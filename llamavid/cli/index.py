@@ -283,10 +283,12 @@ def cmd_prepare(args, data: DataDir) -> int:
     from indexer.prepare import chat_load_options, choose_chat_model, delete_prepared, model_kv_shape
 
     wanted = not args.off
+    kv_shape = None
     with _open(data) as store:
         if args.model:
             options = _app_load_options(data)
-            model_kv_shape(args.model, data.root, options)  # an unknown model stops here, before anything is kept
+            # read once: an unknown model stops here, before anything is kept, and it sizes the films below
+            kv_shape = model_kv_shape(args.model, data.root, options)
             choose_chat_model(store, args.model, options, args.language)
         elif args.language:
             store.set_setting("language", args.language)
@@ -301,7 +303,8 @@ def cmd_prepare(args, data: DataDir) -> int:
             print(f"{_films(len(ids))} will not be prepared")
             return 0
         if ids:
-            print(_prepared_size_line(store, ids, model, model_kv_shape(model, data.root, chat_load_options(store))))
+            kv_shape = kv_shape or model_kv_shape(model, data.root, chat_load_options(store))
+            print(_prepared_size_line(store, ids, model, kv_shape))
         for outcome, n in store.control_jobs(ids, "retry").items():
             print(f"{n} {outcome}")
         if ids:
