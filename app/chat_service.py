@@ -1,20 +1,30 @@
-"""The chat service every front end shares (the desktop app, the web UI, the OpenAI-compatible API).
+"""The chat engine every front end shares (the desktop app, the web UI, the OpenAI-compatible API, the CLI).
 
 It owns the resident model (loaded once through :func:`llamavid.runtime.load.load_model`), the
 movie library (read through :mod:`indexer.library`) and the kept conversations
-(:mod:`app.conversations`). A question is a request in a first-come queue served by one worker
-thread, since one model answers one question at a time; :meth:`ChatService.ask` returns at once an
-:class:`AskStream` that yields :class:`ChatEvent` objects as they happen (its place in the queue,
-progress of the Q-Former pass and the prefill, the answer's text piece by piece, the moments it
-rests on, then ``done``) and can be cancelled from any thread. Every failure arrives as an
-``error`` event; the worker carries on with the next request.
+(:mod:`app.conversations`). Every question, from whichever front end, is an
+:class:`~app.questions.AskStream` in one first-come queue served by one worker thread, since one
+model answers one question at a time. The ask methods return at once; the stream yields
+:class:`~app.questions.ChatEvent` objects as they happen and can be cancelled from any thread.
+Every failure arrives as an ``error`` event whose kind the error itself names
+(:func:`llamavid.errors.error_kind`); the worker carries on with the next question.
+
+Three kinds of question share the queue:
+
+* :meth:`ChatService.ask`: the next question of a kept conversation (a film, or text);
+* :meth:`ChatService.ask_film`: a question about a film with the earlier turns of a message list
+  (an OpenAI-style client that keeps its own history): the kept conversation holding exactly those
+  turns continues, else a new one is made from them (on the worker: it needs the tokenizer);
+* :meth:`ChatService.ask_about`: a stateless question about pictures, a short clip or text with
+  earlier turns. The model is loaded without EVA (films come with cached features); the first such
+  question attaches it.
 
 One conversation is live at a time (a film's KV cache is large, and a llama.cpp context serves one
 sequence). Its state is saved (``<data>/states/``, see :mod:`llamavid.runtime.state`) when another
-conversation takes its place, when the service closes, and after a turn that read a long prompt;
-asking in it again reads that state back instead of reading the film again. A state that does not
-match (another model, a re-indexed film) or is damaged is dropped and the conversation rebuilt from
-its kept turns, with progress, so it continues exactly where it stopped.
+conversation or a stateless question takes its place, when the service closes, and after a turn
+that read a long prompt; asking in it again reads that state back instead of reading the film
+again. A state that does not match (another model, a re-indexed film) or is damaged is dropped and
+the conversation rebuilt from its kept turns, with progress, so it continues exactly where it stopped.
 
 A "fast answers" conversation (``new_conversation(..., fast=True)``) begins from the film's
 prepared state (:mod:`indexer.prepare`): the film was read once with a neutral first question,
@@ -23,168 +33,237 @@ the film (and keeps the state for the next conversation). :meth:`ChatService.pre
 says what a prepared film will take on disk before it is made, and
 :meth:`ChatService.set_prepared` asks the indexer to prepare a film with this service's model
 (or forgets its state).
+
+The model answering can change between questions (:meth:`ChatService.select_model`, or a
+question's ``model``): questions already waiting keep the model they were asked of.
 """
 from __future__ import annotations
 
+import gc
 import locale
 import logging
+import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.conversations import Conversation, ConversationStore, StoredTurn
-from app.moments import CueHit, Moment, rank_moments
+import numpy as np
+
+from app.conversations import Conversation, ConversationStore, short_title
+from app.live_chat import LiveChats
+from app.questions import AskStream, ChatEvent
 from indexer import library
-from indexer.prepare import (
-    film_chat,
-    film_identity,
-    forget_prepared,
-    loaded_kv_bytes,
-    make_prepared,
-    mark_for_preparing,
-    model_kv_shape,
-    open_prepared,
-    prepared_key,
-)
+from indexer.prepare import forget_prepared, loaded_kv_bytes, mark_for_preparing, model_kv_shape
 from indexer.prepared_size import LlmShape, estimate_prepared_bytes, film_tokens
 from indexer.store import LibraryStore
-from llamavid.errors import BadMedia, Cancelled, CheckpointError, ContextOverflow, NotEnoughMemory, UserError
+from llamavid.errors import UserError
+from llamavid.hub.catalog import can_chat
+from llamavid.hub.installed import InstalledEntry, list_models
+from llamavid.media.load import load_image
 from llamavid.paths import DataDir
 from llamavid.runtime.api import LlamaVid
-from llamavid.runtime.chat import Chat, Turn
-from llamavid.runtime.control import Control, Progress
+from llamavid.runtime.chat import Chat
 from llamavid.runtime.generate import SamplingOptions
 from llamavid.runtime.inputs import Visual
-from llamavid.runtime.load import load_model
+from llamavid.runtime.llamacpp import LlamaCppBackend
+from llamavid.runtime.load import LoadOptions, load_model
 from llamavid.runtime.prepared import PREPARED_ANSWER, PREPARED_QUESTION, neutral_answer_ids
-from llamavid.runtime.state import StateError, StateMismatch, load_chat, save_chat, state_key
 from llamavid.storage import human_size
+
+__all__ = ["AskStream", "ChatEvent", "ChatService", "NoModel", "QueueFull", "chat_models", "fast_by_default",
+           "no_model_hint"]
 
 log = logging.getLogger(__name__)
 
-#: ``error`` events name the kind of failure, so an HTTP layer can map it to a status code.
-ERROR_KINDS = {ContextOverflow: "context_overflow", NotEnoughMemory: "not_enough_memory", BadMedia: "bad_media",
-               CheckpointError: "model", library.FeaturesNotReady: "not_ready", KeyError: "not_found",
-               Cancelled: "cancelled", UserError: "user_error"}
+
+class QueueFull(UserError):
+    """More questions wait than the service allows (``max_waiting``): try again later."""
+
+    kind = "queue_full"
+
+
+class NoModel(UserError):
+    """No chat model is installed or chosen; the message says how to get one."""
+
+    kind = "no_model"
+
+
+# -- what the worker does for a question ---------------------------------------------------------
+@dataclass(frozen=True)
+class _InConversation:
+    """The next question of a kept conversation."""
+
+    conversation_id: int
 
 
 @dataclass(frozen=True)
-class ChatEvent:
-    """One thing that happened to a question: ``type`` is queued, progress, text, moments, done or error."""
+class _AboutFilm:
+    """A film question with the earlier turns of a message list (see :meth:`ChatService.ask_film`)."""
 
-    type: str
-    text: str = ""  # text: the new piece of the answer; error: the message
-    progress: Progress | None = None
-    moments: tuple[Moment, ...] = ()
-    position: int = 0  # queued: requests ahead of this one
-    kind: str = ""  # error: see ERROR_KINDS; "internal" for a bug
-    turn_id: int | None = None  # done: the kept turn (None when the turn was not kept)
-    stopped: bool = False  # done: the answer was cut short by the caller
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": self.type}
-        if self.type in ("text", "error"):
-            out["text"] = self.text
-        if self.progress is not None:
-            p = self.progress
-            out.update(phase=p.phase, done=p.done, total=p.total, unit=p.unit, eta_seconds=p.eta_seconds,
-                       message=p.describe())
-        if self.type == "moments":
-            out["moments"] = [m.to_dict() for m in self.moments]
-        if self.type == "queued":
-            out["position"] = self.position
-        if self.type == "error":
-            out["kind"] = self.kind
-        if self.type == "done":
-            out.update(turn_id=self.turn_id, stopped=self.stopped)
-        return out
+    movie_id: int
+    track_id: int | None
+    history: tuple[tuple[str, str], ...]
+    fast: bool
 
 
-class AskStream:
-    """The events of one question, in order; iterate it, or cancel it from any thread."""
+@dataclass(frozen=True)
+class _AboutMedia:
+    """A stateless question: pictures (paths or RGB arrays) or a clip (a file), or neither."""
 
-    def __init__(self, conversation_id: int, question: str, options: SamplingOptions | None,
-                 time_budget: float | None, rates: Any):
-        self.conversation_id, self.question = conversation_id, question
-        self.options, self.time_budget = options, time_budget
-        self.events: queue.Queue[ChatEvent] = queue.Queue()
-        self.control = Control(on_progress=lambda p: self.put(ChatEvent("progress", progress=p)), rates=rates)
-        self.finished = threading.Event()
+    images: tuple[Any, ...] = ()
+    video: Path | None = None
+    history: tuple[tuple[str, str], ...] = ()
+    delete_video: bool = False  # the file is the request's own copy: deleted once its frames are read
 
-    def put(self, event: ChatEvent) -> None:
-        self.events.put(event)
-        if event.type in ("done", "error"):
-            self.finished.set()
+    def finish(self) -> None:
+        if self.delete_video and self.video is not None:
+            self.video.unlink(missing_ok=True)
 
-    def cancel(self) -> None:
-        """Stop this question wherever it is (waiting, reading the film, answering); the
-        conversation is left as if it had not been asked, and an ``error`` event of kind
-        ``cancelled`` ends the stream."""
-        self.control.cancel()
 
-    def __iter__(self) -> Iterator[ChatEvent]:
-        while True:
-            event = self.events.get()
-            yield event
-            if event.type in ("done", "error"):
-                return
-
-    def text(self) -> str:
-        """Wait for the end and return the whole answer (raises the error of an ``error`` event)."""
-        pieces = []
-        for event in self:
-            if event.type == "text":
-                pieces.append(event.text)
-            elif event.type == "error":
-                raise (Cancelled(event.text) if event.kind == "cancelled" else UserError(event.text))
-        return "".join(pieces)
+@dataclass(frozen=True)
+class _Load:
+    """Load the model before the first question (a server's start, a new model picked)."""
 
 
 @dataclass
-class _Live:
-    conversation_id: int
-    chat: Chat
-    key: dict
-    movie: library.Movie | None = None
-    track_id: int | None = None  # the subtitle track in the film's prompt
-    saved_length: int = 0  # tokens in the cache when its state was last written
+class Stats:
+    answered: int = 0
+    cancelled: int = 0
+    failed: int = 0
 
-
-SAVE_AFTER_TOKENS = 2048  # a turn that adds this many tokens (a film's first) is saved at once
 
 class ChatService:
-    """Movies, conversations and questions for the front ends (see the module docstring)."""
+    """Movies, conversations and questions for every front end (see the module docstring)."""
 
     def __init__(self, data_dir: str | Path, model: str | None = None, language: str | None = None,
-                 lv: LlamaVid | None = None, **load_options: Any):
+                 lv: LlamaVid | None = None, load: LoadOptions | None = None, max_waiting: int = 32,
+                 max_video_frames: int = 180):
+        """``model``: what ``--model`` or the settings name (an installed name or a folder); None
+        until one is chosen. ``lv``: a model already loaded (tests, benchmarks). ``max_waiting``
+        questions may wait; more are refused with :class:`QueueFull`. A clip is sampled at 1 fps,
+        at most ``max_video_frames`` frames kept."""
         self.data = DataDir(Path(data_dir)).create()
-        self.model_name, self.load_options = model, load_options
+        self.load_options = load or LoadOptions()
         self.language = language or _user_language()
+        self.max_waiting, self.max_video_frames = max_waiting, max_video_frames
         self.store = ConversationStore(self.data.root / "conversations.db")
+        self.stats = Stats()
+        self.load_error: str | None = None
+        self._model, self._wanted = model, None  # the model loaded (or to load) and the one asked for next
+        self._full_names = {_shown_name(model): model} if model else {}  # a --model folder, by its name
         self._lv = lv
         self._kv_shape: tuple[LlmShape, float] | None = None  # the unloaded model's, for size estimates
+        self._models_cache: tuple[float, list[InstalledEntry]] | None = None
         self._db = library.open_library(self.data.root)  # WAL: reads while the indexer writes
-        self._live: _Live | None = None
-        self._requests: queue.Queue[AskStream | threading.Event | None] = queue.Queue()
-        self._waiting = 0
-        self._open_streams: list[AskStream] = []
+        self._chats = LiveChats(self.data, self.store, self._db, self.model)
+        self._queue: queue.Queue[AskStream | None] = queue.Queue()
+        self._waiting: list[AskStream] = []
+        self._current: AskStream | None = None
         self._lock = threading.Lock()
         self._worker = threading.Thread(target=self._serve, name="llamavid-chat", daemon=True)
         self._worker.start()
 
+    # -- models ---------------------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str | None:
+        """The model the next question is answered by, as ``--model`` named it (the last one chosen:
+        by :meth:`select_model` or a question's ``model``; the one loaded may still be another while
+        a switch waits its turn)."""
+        return self._wanted or self._model
+
+    @property
+    def shown_model(self) -> str | None:
+        """:attr:`model_name` as a person and an API client see it (a folder by its name)."""
+        return _shown_name(self.model_name)
+
+    @property
+    def model_loaded(self) -> bool:
+        return self._lv is not None and self._wanted is None
+
+    def models(self) -> list[InstalledEntry]:
+        """Installed models a chat can use, by name (a directory listing: cheap, cached while the
+        models folder is unchanged)."""
+        try:
+            stamp = os.stat(self.data.models).st_mtime
+        except OSError:
+            stamp = 0.0
+        cached = self._models_cache
+        if cached is None or cached[0] != stamp:
+            self._models_cache = cached = (stamp, chat_models(self.data))
+        return cached[1]
+
+    def resolve_model(self, requested: str | None) -> str:
+        """The model a question's ``model`` field means, as shown: empty or the current name (or its
+        folder) means the current one; another installed chat model switches to it (between
+        questions, in queue order); anything else is a KeyError naming the installed ones."""
+        current = self.shown_model
+        if requested and requested != current and any(m.name == requested for m in self.models()):
+            return requested
+        if current is None:
+            raise NoModel("no chat model is installed: " + no_model_hint(self.data))
+        if not requested or requested in (current, self.model_name):
+            return current
+        names = ", ".join(m.name for m in self.models()) or "none"
+        raise KeyError(f"model {requested!r} is not installed here; installed chat models: {names}")
+
+    def select_model(self, name: str) -> None:
+        """Answer the next questions with another installed model; it loads in the background, after
+        the questions already waiting (which keep the model they were asked of)."""
+        if name == self.shown_model:
+            return
+        if not any(m.name == name for m in self.models()):
+            raise KeyError(f"model {name!r} is not installed here")
+        with self._lock:
+            self._wanted = self._full_names.get(name, name)
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """Load the model on the worker now, so the first question does not wait for it."""
+        if self.model_name is not None:
+            self._queue.put(AskStream("", _Load(), model=self.model_name))
+
+    def model(self) -> LlamaVid:
+        """The resident model, loaded on first use (call it from the worker, or before asking)."""
+        if self._lv is None:
+            if not self._model:
+                raise NoModel("no model chosen: pick an installed one (`llamavid models list`)")
+            try:
+                self._lv = load_model(self._model, self.data.root,
+                                      options=self.load_options.replace(load_vision=False))
+            except UserError as exc:
+                self.load_error = str(exc)
+                raise
+            self.load_error = None
+        return self._lv
+
+    def status(self) -> dict[str, Any]:
+        """What a health check shows: the model, whether it is loaded, the queue and the counts."""
+        with self._lock:
+            waiting, busy = len(self._waiting), self._current is not None
+        return {"model": self.shown_model, "model_loaded": self.model_loaded, "load_error": self.load_error,
+                "busy": busy, "waiting": waiting, "answered": self.stats.answered,
+                "cancelled": self.stats.cancelled, "failed": self.stats.failed}
+
+    def _switch_to(self, name: str | None) -> None:
+        """Make ``name`` the resident model (on the worker, between questions)."""
+        if name is None or name == self._model:
+            return
+        self._chats.release()
+        self._lv, self._kv_shape, self._model, self.load_error = None, None, name, None
+        gc.collect()  # the old weights go before the new ones load
+        with self._lock:
+            if self._wanted == name:
+                self._wanted = None
+
     # -- the library and the kept conversations ---------------------------------------------------
     def movies(self) -> list[library.Movie]:
-        return library.list_movies(self._library())
+        return library.list_movies(self._db)
 
     def movie(self, ref: str | int) -> library.Movie:
-        db = self._library()
-        return library.get_movie(db, ref) if isinstance(ref, int) else library.find_movie(db, ref)
-
-    def _library(self):
-        return self._db
+        return library.get_movie(self._db, ref) if isinstance(ref, int) else library.find_movie(self._db, ref)
 
     def new_conversation(self, movie: str | int | None = None, title: str | None = None,
                          track_id: int | None = None, fast: bool = False) -> Conversation:
@@ -196,22 +275,22 @@ class ChatService:
         return self.store.create(self.model_name or "", found.id if found else None, found.path if found else None,
                                  title, track_id, self.language, fast=fast and found is not None)
 
-    def seed(self, conversation_id: int, history: list[tuple[str, str]]) -> None:
-        """Give a new conversation earlier turns (question, answer) as if they had been asked here:
-        a client that keeps its own history (an OpenAI-style message list) continues from them. The
-        answers are kept as the tokens the model would end with; the film is read with the first
-        (in a fast conversation, with the hidden neutral turn put before them)."""
-        conv = self.store.get(conversation_id)
-        if conv.turns:
-            raise ValueError(f"conversation {conversation_id} already has turns")
-        lv = self.model()
-        tokenizer = lv.tokenizer
-        if conv.fast and history:
-            self.store.add_turn(conversation_id, PREPARED_QUESTION, PREPARED_ANSWER, neutral_answer_ids(lv), False, [],
-                                hidden=True)
-        for question, answer in history:
-            ids = tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_id]
-            self.store.add_turn(conversation_id, question, answer, ids, False, [])
+    def conversations(self, movie_id: int | None = None) -> list[Conversation]:
+        return self.store.recent(movie_id)
+
+    def conversation(self, conversation_id: int) -> Conversation:
+        return self.store.get(conversation_id)
+
+    def rename(self, conversation_id: int, title: str) -> None:
+        self.store.rename(conversation_id, title)
+
+    def delete(self, conversation_id: int) -> None:
+        with self._lock:
+            self._chats.forget(conversation_id)
+        self.store.delete(conversation_id)
+
+    def export_markdown(self, conversation_id: int) -> str:
+        return self.store.markdown(conversation_id)
 
     # -- prepared films ("fast answers") -----------------------------------------------------------
     def prepare_estimate(self, movie: library.Movie) -> int | None:
@@ -220,13 +299,13 @@ class ChatService:
         kv = self._kv_shape_of_model()
         if kv is None:
             return None
-        frames, text_tokens = film_tokens(self._library(), movie, self.language)
+        frames, text_tokens = film_tokens(self._db, movie, self.language)
         return estimate_prepared_bytes(kv[0], frames, text_tokens, kv[1])
 
     def _kv_shape_of_model(self) -> tuple[LlmShape | Any, float] | None:
         """The LLM's shape and bytes per cached value: the loaded model's, else read from its folder
         with the load options (the model is not loaded for this)."""
-        lv = self._lv
+        lv = self._lv if self._wanted is None else None
         if lv is not None:
             return lv.config, loaded_kv_bytes(lv)
         if self._kv_shape is None and self.model_name:
@@ -253,190 +332,179 @@ class ChatService:
         about = f" (about {human_size(size)} on disk)" if size else ""
         return f"{name} will be prepared for fast answers{about} by the indexer"
 
-    def suspend(self) -> None:
-        """Save the live conversation's state and let its cache go (another user of the model, such as
-        a stateless request on the same llama.cpp context, may take it); the conversation reads its
-        state back on its next question. Runs on the worker, after the questions already queued."""
-        done = threading.Event()
-        self._requests.put(done)
-        done.wait()
-
-    def conversations(self, movie_id: int | None = None) -> list[Conversation]:
-        return self.store.recent(movie_id)
-
-    def conversation(self, conversation_id: int) -> Conversation:
-        return self.store.get(conversation_id)
-
-    def rename(self, conversation_id: int, title: str) -> None:
-        self.store.rename(conversation_id, title)
-
-    def delete(self, conversation_id: int) -> None:
-        with self._lock:
-            if self._live and self._live.conversation_id == conversation_id:
-                self._live = None
-        self.store.delete(conversation_id)
-        self._state_path(conversation_id).unlink(missing_ok=True)
-
-    def _state_path(self, conversation_id: int) -> Path:
-        return self.data.root / "states" / f"conversation-{conversation_id}.state"
-
-    def export_markdown(self, conversation_id: int) -> str:
-        return self.store.markdown(conversation_id)
-
     # -- questions ------------------------------------------------------------------------------
     def ask(self, conversation_id: int, question: str, options: SamplingOptions | None = None,
-            time_budget: float | None = None) -> AskStream:
-        """Queue a question; the returned stream starts with its place in the queue."""
-        stream = AskStream(conversation_id, question, options, time_budget, self._rates())
+            time_budget: float | None = None, model: str | None = None) -> AskStream:
+        """Queue the next question of a kept conversation; the stream starts with its place in the queue."""
+        return self._submit(AskStream(question, _InConversation(conversation_id), options=options,
+                                      time_budget=time_budget, conversation_id=conversation_id), model)
+
+    def ask_film(self, movie_id: int, question: str, *, history: Sequence[tuple[str, str]] = (),
+                 track_id: int | None = None, fast: bool = False, options: SamplingOptions | None = None,
+                 time_budget: float | None = None, model: str | None = None) -> AskStream:
+        """Queue a question about a film that follows ``history`` (the earlier (question, answer)
+        turns of a message list): it goes into the newest kept conversation in the same mode whose
+        turns are exactly ``history`` (so a client that resends the whole list, as Open WebUI does,
+        continues with that conversation's cache), else into a new one holding ``history``. The
+        stream's ``conversation_id`` is set once the worker has found or made it."""
+        job = _AboutFilm(movie_id, track_id, tuple((q, a) for q, a in history), fast)
+        return self._submit(AskStream(question, job, options=options, time_budget=time_budget), model)
+
+    def ask_about(self, question: str, *, images: Sequence[Any] = (), video: str | Path | None = None,
+                  history: Sequence[tuple[str, str]] = (), delete_video: bool = False,
+                  options: SamplingOptions | None = None, time_budget: float | None = None,
+                  model: str | None = None) -> AskStream:
+        """Queue a stateless question about ``images`` (files or RGB arrays), a short ``video`` file,
+        or text alone, after the earlier turns ``history``; nothing is kept. ``delete_video``: the
+        file is the caller's temporary copy, deleted once its frames are read (or the question ends)."""
+        if images and video is not None:
+            raise UserError("ask about pictures or a video, not both at once")
+        job = _AboutMedia(tuple(images), Path(video) if video is not None else None,
+                          tuple((q, a) for q, a in history), delete_video)
+        try:
+            return self._submit(AskStream(question, job, options=options, time_budget=time_budget), model)
+        except BaseException:
+            job.finish()  # refused: the caller's copy goes now
+            raise
+
+    def _submit(self, stream: AskStream, model: str | None) -> AskStream:
         with self._lock:
-            self._open_streams = [s for s in self._open_streams if not s.finished.is_set()] + [stream]
-            stream.put(ChatEvent("queued", position=self._waiting))
-            self._waiting += 1
-            self._requests.put(stream)
+            if len(self._waiting) >= self.max_waiting:
+                raise QueueFull(f"{len(self._waiting)} questions are already waiting for the model; "
+                                "try again when one has been answered")
+            if model is not None and model != self.shown_model:
+                self._wanted = self._full_names.get(model, model)
+            stream.model = self.model_name
+            stream.control.rates = self._lv.rates if self._lv is not None else stream.control.rates
+            position = len(self._waiting) + (self._current is not None)
+            self._waiting.append(stream)
+        stream.put(ChatEvent("queued", position=position))
+        self._queue.put(stream)
         return stream
-
-    def model(self) -> LlamaVid:
-        """The resident model, loaded on first use."""
-        if self._lv is None:
-            if not self.model_name:
-                raise UserError("no model chosen: pick an installed one (`llamavid models list`)")
-            self._lv = load_model(self.model_name, self.data.root, load_vision=False, **self.load_options)
-        return self._lv
-
-    def _rates(self):
-        return self._lv.rates if self._lv is not None else None
 
     def close(self) -> None:
         """Cancel the questions waiting or being answered, save the live conversation's state, stop
         the worker (a cancelled question leaves its conversation as it was, see :meth:`AskStream.cancel`)."""
         with self._lock:
-            for stream in self._open_streams:
-                stream.cancel()
-        self._requests.put(None)
+            pending = [*self._waiting, *([self._current] if self._current else [])]
+        for stream in pending:
+            stream.cancel()
+        self._queue.put(None)
         self._worker.join(timeout=600)
-        if self._live is not None:
-            self._save(self._live)
+        self._chats.release()
         self.store.close()
 
+    # -- the worker ---------------------------------------------------------------------------------
     def _serve(self) -> None:
-        while (stream := self._requests.get()) is not None:
-            if isinstance(stream, threading.Event):  # suspend()
-                if self._live is not None:
-                    self._save(self._live)
-                    self._live = None
-                stream.set()
-                continue
+        while (stream := self._queue.get()) is not None:
             with self._lock:
-                self._waiting -= 1
+                if stream in self._waiting:
+                    self._waiting.remove(stream)
+                self._current = stream
             try:
-                self._answer(stream)
+                self._run(stream)
             except BaseException as exc:  # noqa: BLE001 - every failure becomes an event
-                kind = next((k for t, k in ERROR_KINDS.items() if isinstance(exc, t)), "internal")
-                if kind == "internal":
-                    log.exception("question %r failed", stream.question)
-                message = str(exc).strip("'\"") or exc.__class__.__name__
-                stream.put(ChatEvent("error", text=message, kind=kind))
+                event = ChatEvent.failure(exc)
+                if event.kind == "internal":
+                    log.error("question %r failed", stream.question, exc_info=exc)
+                stream.put(event)
+            finally:
+                with self._lock:
+                    self._current = None
+                if isinstance(stream.job, _AboutMedia):
+                    stream.job.finish()
+                self._count(stream)
 
-    def _answer(self, stream: AskStream) -> None:
+    def _count(self, stream: AskStream) -> None:
+        if isinstance(stream.job, _Load):
+            return
+        last = stream.last
+        if last is None or last.type == "done":
+            self.stats.answered += 1
+        elif last.kind == "cancelled":
+            self.stats.cancelled += 1
+        else:
+            self.stats.failed += 1
+
+    def _run(self, stream: AskStream) -> None:
+        job = stream.job
+        self._switch_to(stream.model)
+        if isinstance(job, _Load):
+            self.model()
+            return
         stream.control.check()  # cancelled while waiting
         lv = self.model()
         stream.control.rates = lv.rates
-        live = self._live_chat(stream)
-        chat = live.chat
-        pieces = chat.ask(stream.question, stream.options, control=stream.control, time_budget=stream.time_budget)
+        if isinstance(job, _AboutMedia):
+            self._answer_media(stream, job, lv)
+            return
+        if isinstance(job, _AboutFilm):
+            stream.conversation_id = self._film_conversation(job, stream.question)
+        self._answer(stream)
+
+    def _answer(self, stream: AskStream) -> None:
+        live = self._chats.take(stream.conversation_id, stream.control)
+        pieces = live.chat.ask(stream.question, stream.options, control=stream.control,
+                               time_budget=stream.time_budget)
         for piece in pieces:
             stream.put(ChatEvent("text", text=piece))
-        turn = chat.turns[-1]
+        turn = live.chat.turns[-1]
         try:
-            moments = self._moments(live, turn)
+            moments = self._chats.moments(live, turn)
         except Exception:  # noqa: BLE001 - moments are a bonus: the answer is kept without them
             log.exception("moments of %r failed", turn.question)
             moments = []
-        try:
-            turn_id = self.store.add_turn(stream.conversation_id, turn.question, turn.answer, turn.answer_ids,
-                                          turn.stopped, [m.to_dict() for m in moments], chat.stride)
-        except BaseException:
-            self._live = None  # the chat holds a turn the store does not: rebuild from the store next time
-            raise
-        if chat.state.length - live.saved_length >= SAVE_AFTER_TOKENS:
-            self._save(live)
+        turn_id = self._chats.keep(live, turn, moments)
         if live.movie is not None:
             stream.put(ChatEvent("moments", moments=tuple(moments)))
         stream.put(ChatEvent("done", turn_id=turn_id, stopped=turn.stopped))
 
-    def _live_chat(self, stream: AskStream) -> _Live:
-        """The conversation's chat: the live one, its saved state, or rebuilt from its kept turns."""
-        if self._live and self._live.conversation_id == stream.conversation_id:
-            return self._live
-        if self._live is not None:  # the other conversation's state goes to disk, its cache is freed
-            self._save(self._live)
-            self._live = None
-        conv = self.store.get(stream.conversation_id)
-        live = self._open(conv)
-        if not self._load(live, conv):
-            if conv.fast and not conv.turns:
-                self._start_fast(live, conv, stream.control)
-            else:
-                live.chat.restore([_turn(t) for t in conv.turns], stream.control)
-        self._live = live
-        return live
+    def _answer_media(self, stream: AskStream, job: _AboutMedia, lv: LlamaVid) -> None:
+        control = stream.control
+        if isinstance(lv.backend, LlamaCppBackend):
+            self._chats.release()  # a llama.cpp context holds one sequence: the live one goes to disk first
+        if job.images or job.video is not None:
+            lv.attach_vision()
+        if job.images:
+            visual = lv.visual(images=[_picture(i) for i in job.images])
+        elif job.video is not None:
+            visual = lv.visual(video=job.video, max_frames=self.max_video_frames)
+            job.finish()  # its frames are read: a request's copy goes before the answer is sent
+        else:
+            visual = Visual("none")
+        control.check()
+        chat = Chat(lv, visual)
+        chat.replay(job.history, control)
+        for piece in chat.ask(stream.question, stream.options, control=control, time_budget=stream.time_budget):
+            stream.put(ChatEvent("text", text=piece))
+        stream.put(ChatEvent("done", stopped=chat.turns[-1].stopped))
 
-    def _open(self, conv: Conversation) -> _Live:
+    def _film_conversation(self, job: _AboutFilm, question: str) -> int:
+        """The kept conversation a message list about a film continues (see :meth:`ask_film`)."""
+        wanted = list(job.history)
+        if wanted:
+            for conv in self.store.recent(job.movie_id):
+                shown = [(t.question, t.answer) for t in self.store.get(conv.id).shown_turns]
+                if conv.track_id == job.track_id and conv.fast == job.fast and shown == wanted:
+                    return conv.id
+        title = short_title(wanted[0][0] if wanted else question)
+        conv = self.new_conversation(job.movie_id, title=title, track_id=job.track_id, fast=job.fast)
+        if wanted:
+            self._seed(conv, wanted)
+        return conv.id
+
+    def _seed(self, conv: Conversation, history: list[tuple[str, str]]) -> None:
+        """Give a new conversation earlier turns as if they had been asked here. The answers are kept
+        as the tokens the model would end with; the film is read with the first (in a fast
+        conversation, with the hidden neutral turn put before them)."""
         lv = self.model()
-        if conv.movie_id is None:
-            chat = Chat(lv, Visual("none"))
-            return _Live(conv.id, chat, state_key(chat, film=None))
-        movie = library.get_movie(self._library(), conv.movie_id)
-        chat, track_id = film_chat(lv, LibraryStore(self._library()), movie, conv.language, conv.track_id, conv.stride)
-        return _Live(conv.id, chat, state_key(chat, film=film_identity(movie), track=track_id), movie, track_id)
-
-    def _load(self, live: _Live, conv: Conversation) -> bool:
-        """Read the conversation's saved state if it matches it exactly (key and kept turns)."""
-        path = self._state_path(conv.id)
-        if not path.is_file():
-            return False
-        try:
-            load_chat(live.chat, path, live.key)
-            if [t.answer_ids for t in live.chat.turns] != [t.answer_ids for t in conv.turns]:
-                raise StateMismatch(f"{path}: holds other turns than the conversation kept")
-        except StateError as exc:
-            log.info("rebuilding conversation %s: %s", conv.id, exc)
-            path.unlink(missing_ok=True)
-            live.chat = self._open(conv).chat
-            return False
-        live.saved_length = live.chat.state.length
-        return True
-
-    def _start_fast(self, live: _Live, conv: Conversation, control: Control) -> None:
-        """A fast conversation's hidden first turn: the film's prepared state, or prepared now."""
-        store, movie, chat = LibraryStore(self._library()), live.movie, live.chat
-        key = prepared_key(chat, movie, live.track_id)
-        if not open_prepared(chat, store, self.data, movie, key):
-            make_prepared(chat, store, self.data, movie, key, control)
-        neutral = chat.turns[0]
-        self.store.add_turn(conv.id, neutral.question, neutral.answer, neutral.answer_ids, False, [],
-                            chat.stride, hidden=True)
-
-    def _save(self, live: _Live) -> None:
-        if not live.chat.turns:
-            return
-        try:
-            save_chat(live.chat, self._state_path(live.conversation_id), live.key)
-            live.saved_length = live.chat.state.length
-        except OSError as exc:  # a full disk must not lose the answer; the state is rebuilt next time
-            log.warning("could not save the state of conversation %s: %s", live.conversation_id, exc)
-
-    def _moments(self, live: _Live, turn: Turn) -> list[Moment]:
-        if live.movie is None:
-            return []
-        chat, found = live.chat, {}
-        for text in (turn.question, turn.answer):  # FTS5 finds the candidates; rank_moments scores them
-            for hit in library.matching_cues(self._library(), live.movie, text, live.track_id):
-                found[(hit.start_time, hit.text)] = CueHit(hit.start_time, hit.end_time, hit.text)
-        relevance = chat.relevance.tolist() if chat.relevance is not None else None
-        return rank_moments(chat.visual.frame_times, relevance, list(found.values()), turn.question, turn.answer,
-                            live.movie.duration)
-
+        tokenizer = lv.tokenizer
+        if conv.fast:
+            self.store.add_turn(conv.id, PREPARED_QUESTION, PREPARED_ANSWER, neutral_answer_ids(lv), False, [],
+                                hidden=True)
+        for question, answer in history:
+            ids = tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_id]
+            self.store.add_turn(conv.id, question, answer, ids, False, [])
 
 def fast_by_default(movie: library.Movie | None) -> bool:
     """Whether a new conversation about the film starts in fast-answers mode unless the person
@@ -445,11 +513,28 @@ def fast_by_default(movie: library.Movie | None) -> bool:
     return bool(movie is not None and movie.prepared_bytes)
 
 
-def _turn(stored: StoredTurn) -> Turn:
-    return Turn(stored.question, stored.answer, len(stored.answer_ids), stored.stopped, list(stored.answer_ids))
-
-
 def _user_language() -> str | None:
     """The two-letter language of the user's locale ("en" for en_US.UTF-8), for the subtitle track."""
     name = locale.getlocale()[0] or ""
     return name[:2].lower() if len(name) >= 2 and name[:2].isalpha() else None
+
+
+def chat_models(data: DataDir) -> list[InstalledEntry]:
+    """The installed models a chat can use (the catalogue's rule, :func:`llamavid.hub.catalog.can_chat`), by name."""
+    return sorted((m for m in list_models(data, sizes=False) if can_chat(m.kind)), key=lambda m: m.name)
+
+
+def _shown_name(name: str | None) -> str | None:
+    """A model as a person sees it: a folder (``--model /path/to/llama-vid-7b``) by its name."""
+    return Path(name).name if name and ("/" in name or os.sep in name) else name
+
+
+def _picture(image: Any) -> np.ndarray:
+    """A picture to ask about: an RGB array as it is, a file read as one."""
+    return image if isinstance(image, np.ndarray) else load_image(image)
+
+
+def no_model_hint(data: DataDir) -> str:
+    """What to do when no chat model is installed (every front end says it the same way)."""
+    return (f"install one with `llamavid models pull llama-vid-7b-full-224-long-video` (or put a checkpoint "
+            f"folder in {data.models}), then restart the server or pick it in the web UI")

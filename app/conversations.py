@@ -176,6 +176,14 @@ class ConversationStore:
         return "\n".join(lines)
 
 
+def short_title(question: str | None) -> str | None:
+    """A conversation's title from its first question: one line of at most 60 characters."""
+    if not question:
+        return None
+    text = " ".join(question.split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def clock(seconds: float) -> str:
     """0:12:03"""
     s = int(seconds)

@@ -15,9 +15,8 @@ from typing import Any
 
 from llamavid.errors import UserError
 from llamavid.paths import DataDir
+from llamavid.runtime.options import BACKENDS, LoadOptions
 from llamavid.storage import write_json_atomic
-
-BACKENDS = ("auto", "transformers", "llama.cpp")
 
 
 @dataclass
@@ -34,9 +33,10 @@ class Settings:
     drafts: dict[str, str] = field(default_factory=dict)  # conversation id ("new-<movie id>"): unsent question
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
 
-    def load_options(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`llamavid.runtime.load.load_model` (besides the model)."""
-        return {"backend": self.backend, "bits": self.bits, "device": self.device}
+    def load_options(self) -> LoadOptions:
+        """How :func:`llamavid.runtime.load.load_model` loads the chat model (the rest: its defaults;
+        ``vision_engine`` in the file is read by the loader itself)."""
+        return LoadOptions(backend=self.backend, bits=self.bits, device=self.device)
 
     def sampling_options(self) -> dict[str, Any]:
         """Keyword arguments for :class:`llamavid.runtime.generate.SamplingOptions`: only what differs

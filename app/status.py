@@ -34,8 +34,9 @@ TAGLINE = "A local-first movie assistant around the LLaMA-VID video LLM."
 NEEDS_MODEL = "Chatting needs a model: until one is installed, this page shows how to get one."
 GET_MODELS_HEADING = "How to get model weights"
 
-#: The released checkpoints a movie assistant chats with: the catalogue's video models.
-CHAT_MODELS: list[CatalogEntry] = [e for e in catalog.MODELS if e.kind in ("video", "long-video")]
+#: The released checkpoints the apps offer to download: the chat models that read a film (an image
+#: checkpoint chats too, but spends 256 or more tokens per frame, so no film fits its context).
+CHAT_MODELS: list[CatalogEntry] = [e for e in catalog.chat_models(catalog.MODELS) if e.kind != "image"]
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,9 @@ class AppStatus:
 
     @property
     def has_models(self) -> bool:
-        """A model to chat with: speech-recognition models (for the indexer) do not count."""
-        return any(m.kind != "speech" for m in self.models)
+        """A model to chat with (:func:`llamavid.hub.catalog.can_chat`): speech-recognition models (for
+        the indexer), base LLMs and stage-1 projectors do not count."""
+        return any(catalog.can_chat(m.kind) for m in self.models)
 
 
 def collect_status(data_dir: Path | str) -> AppStatus:

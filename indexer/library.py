@@ -40,6 +40,8 @@ __all__ = ["Movie", "Cue", "SearchHit", "FeaturesNotReady", "open_library", "lis
 class FeaturesNotReady(LookupError):
     """The movie's features are not (yet) complete; the message says what state it is in."""
 
+    kind = "not_ready"  # an error kind, as llamavid.errors.UserError's
+
 
 @dataclass
 class SearchHit:

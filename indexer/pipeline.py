@@ -218,10 +218,10 @@ class Pipeline:
     def chat_model(self, name: str):
         """The LLM that prepares films, loaded once per run (without EVA: features are cached) as the
         chat service loads it (:func:`chat_load_options`), so that its states match the service's."""
-        options = chat_load_options(self.store)
-        wanted = (name, json.dumps(options, sort_keys=True))
+        options = chat_load_options(self.store).replace(load_vision=False)
+        wanted = (name, options)
         if self._chat_model is None or self._chat_model[0] != wanted:
-            self._chat_model = (wanted, load_model(name, self.data.root, load_vision=False, **options))
+            self._chat_model = (wanted, load_model(name, self.data.root, options))
         return self._chat_model[1]
 
     def feature_stage(self, job: dict, movie: dict, info: ProbeInfo) -> None:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from indexer.library import Movie, choose_track, film_visual
 from indexer.prepared_size import DEFAULT_TEXT_TOKENS, LlmShape, estimate_prepared_bytes, kv_bytes_per_value, llm_shape
@@ -30,13 +28,12 @@ from llamavid.runtime.chat import Chat
 from llamavid.runtime.control import Control
 from llamavid.runtime.device import pick_device, pick_dtype
 from llamavid.runtime.load import pick_backend
+from llamavid.runtime.options import KEY_OPTIONS, LoadOptions
 from llamavid.runtime.prepared import PREPARED_QUESTION, prepare
 from llamavid.runtime.state import StateError, load_chat, save_chat, state_key
 
 log = logging.getLogger(__name__)
 DEFAULT_CAP_BYTES = 50 * 10**9  # settings key "prepared_cap_bytes" overrides
-# load_model options that change a prepared state's key (its engine), kept with the chat model
-KEY_OPTIONS = ("backend", "bits", "device", "dtype", "kv_type", "gguf_type")
 
 
 def film_identity(movie: Movie) -> str:
@@ -123,50 +120,51 @@ def prepared_size_estimate(lv, frames: int, text_tokens: int = DEFAULT_TEXT_TOKE
     return estimate_prepared_bytes(lv.config, frames, text_tokens, loaded_kv_bytes(lv))
 
 
-def model_kv_shape(model: str, data_root: str | Path, load_options: Mapping[str, Any] | None = None
+def model_kv_shape(model: str, data_root: str | Path, options: LoadOptions | None = None
                    ) -> tuple[LlmShape, float]:
-    """An installed model's LLM shape and bytes per cached value once loaded with ``load_options``,
+    """An installed model's LLM shape and bytes per cached value once loaded with ``options``,
     read from its folder (config.json or GGUF header) without loading it: what a size estimate needs
     before anything is prepared."""
-    options = load_options or {}
+    options = options or LoadOptions()
     folder = resolve_model(model, data_root)
-    backend = pick_backend(folder, options.get("backend") or "auto")
+    backend = pick_backend(folder, options.backend)
     if backend == "llama.cpp":
-        kv_bytes = kv_bytes_per_value(backend, options.get("kv_type"))
+        kv_bytes = kv_bytes_per_value(backend, options.kv_type)
     else:
-        dtype = pick_dtype(options.get("dtype"), pick_device(options.get("device") or "auto"))
+        dtype = pick_dtype(options.dtype, pick_device(options.device))
         kv_bytes = kv_bytes_per_value(backend, dtype_bytes=dtype.itemsize)
     return llm_shape(folder), kv_bytes
 
 
 # -- asking the indexer -------------------------------------------------------------------------------
-def choose_chat_model(store: LibraryStore, model: str, load_options: Mapping[str, Any] | None = None,
+def choose_chat_model(store: LibraryStore, model: str, options: LoadOptions | None = None,
                       language: str | None = None) -> None:
-    """Keep the model films are prepared with, and how it is loaded: a prepared state is only used by
-    a chat whose engine matches it (backend, KV type, weights), so the indexer loads the model as the
-    chat service will."""
+    """Keep the model films are prepared with, and how it is loaded (:meth:`LoadOptions.key`): a
+    prepared state is only used by a chat whose engine matches it (backend, KV type, weights), so the
+    indexer loads the model as the chat service will."""
     store.set_setting("chat_model", model)
-    options = {k: v for k, v in (load_options or {}).items() if k in KEY_OPTIONS and v is not None}
-    store.set_setting("chat_load_options", json.dumps(options, sort_keys=True))
+    store.set_setting("chat_load_options", json.dumps((options or LoadOptions()).key(), sort_keys=True))
     if language:
         store.set_setting("language", language)
 
 
-def chat_load_options(store: LibraryStore) -> dict[str, Any]:
-    """The load options kept by :func:`choose_chat_model` (empty: ``load_model``'s defaults)."""
+def chat_load_options(store: LibraryStore) -> LoadOptions:
+    """The load options kept by :func:`choose_chat_model` (none kept: ``load_model``'s defaults)."""
     try:
         options = json.loads(store.setting("chat_load_options") or "{}")
     except ValueError:
-        return {}
-    return {k: v for k, v in options.items() if k in KEY_OPTIONS} if isinstance(options, dict) else {}
+        return LoadOptions()
+    if not isinstance(options, dict):
+        return LoadOptions()
+    return LoadOptions.from_dict({k: v for k, v in options.items() if k in KEY_OPTIONS})
 
 
 def mark_for_preparing(store: LibraryStore, movie_ids: list[int], model: str, language: str | None = None,
-                       load_options: Mapping[str, Any] | None = None) -> None:
+                       options: LoadOptions | None = None) -> None:
     """Ask for these films to be prepared with ``model`` (kept as the library's chat model, as
     ``llamavid index prepare --model`` keeps it) and queue them: ``llamavid index run`` (the apps'
     indexer) does the work after their features."""
-    choose_chat_model(store, model, load_options, language)
+    choose_chat_model(store, model, options, language)
     store.set_prepare(movie_ids, True)
     store.control_jobs(movie_ids, "retry")
 

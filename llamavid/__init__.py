@@ -11,6 +11,7 @@ from typing import Any
 _EXPORTS = {
     "LlamaVid": "llamavid.runtime.api",
     "load_model": "llamavid.runtime.load",
+    "LoadOptions": "llamavid.runtime.options",
     "Prepared": "llamavid.runtime.api",
     "Chat": "llamavid.runtime.chat",
     "Visual": "llamavid.runtime.inputs",

@@ -3,7 +3,7 @@
 Library code raises :class:`UserError` (or one of its kinds below) for problems caused by
 input or setup: a bad path, a missing optional package, a busy port, a video that cannot be
 read, a prompt longer than the context. The message itself says what went wrong *and* what
-to do about it. The command line (``llamavid.cli``) prints it as one line
+to do about it. The command line (``cli``) prints it as one line
 ``llamavid: error: <message>`` without a traceback; an HTTP API maps the kinds to status
 codes, a window to a dialog. Bugs stay ordinary exceptions so their tracebacks are kept.
 """
@@ -14,15 +14,24 @@ import importlib
 from types import ModuleType
 
 __all__ = ["BadMedia", "Cancelled", "CheckpointError", "ContextOverflow", "NotEnoughMemory", "UserError",
-           "require"]
+           "error_kind", "error_message", "require"]
 
 
 class UserError(Exception):
-    """A problem the user can fix; the message is shown as is, without a traceback."""
+    """A problem the user can fix; the message is shown as is, without a traceback.
+
+    ``kind`` names the problem for a front end that words it its own way: the chat's ``error``
+    events carry it, and the server maps it to an HTTP status in one table
+    (``app.server.errors.KIND_STATUS``). A new kind of error sets its own ``kind``.
+    """
+
+    kind = "user_error"
 
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint file is missing, unreadable or does not fit the model; the message names it."""
+
+    kind = "model"
 
 
 class BadMedia(UserError):
@@ -31,9 +40,13 @@ class BadMedia(UserError):
     Retrying cannot help: the indexer fails the film at once, a chat refuses the file.
     """
 
+    kind = "bad_media"
+
 
 class ContextOverflow(UserError, ValueError):
     """A prompt does not fit the model's context window (``needed`` > ``limit`` tokens)."""
+
+    kind = "context_overflow"
 
     def __init__(self, message: str, needed: int = 0, limit: int = 0):
         super().__init__(message)
@@ -43,12 +56,30 @@ class ContextOverflow(UserError, ValueError):
 class NotEnoughMemory(UserError, MemoryError):
     """The request would not fit the free memory of the device; checked before any work starts."""
 
+    kind = "not_enough_memory"
+
 
 class Cancelled(Exception):
     """The caller stopped the work (a Stop button, a closed connection, Ctrl-C).
 
     Not a :class:`UserError`: nothing went wrong, and a front end says so in its own words.
     """
+
+    kind = "cancelled"
+
+
+def error_kind(exc: BaseException) -> str:
+    """The kind a front end words ``exc`` by: its own ``kind``, ``not_found`` for a lookup of
+    something that does not exist (a ``KeyError``), else ``internal`` (a bug)."""
+    kind = getattr(type(exc), "kind", None)
+    if isinstance(kind, str):
+        return kind
+    return "not_found" if isinstance(exc, KeyError) else "internal"
+
+
+def error_message(exc: BaseException) -> str:
+    """The message to show: a ``KeyError``'s text without its quotes, or the class name when empty."""
+    return str(exc).strip("'\"") or exc.__class__.__name__
 
 
 def require(module: str, package: str | None = None, purpose: str = "this command") -> ModuleType:

@@ -12,6 +12,9 @@
 #    there is no CUDA GPU and counts in a "gpu tier: N tests skipped (...)" line.
 #    The 25 slowest test phases are listed with their durations (--durations=25; another
 #    --durations=N among the arguments overrides it): a test over 30 s belongs in the `slow` tier.
+#    The test files run in parallel, one pytest-xdist worker per core (-n auto), each file on one
+#    worker (--dist loadfile: a file's module fixtures, such as a served library, are made once);
+#    -n 0 among the arguments runs everything in one process.
 #    GUI tests run offscreen (QT_QPA_PLATFORM=offscreen); browser tests drive the Debian
 #    chromium at /usr/bin/chromium through Playwright. Nothing goes to the network.
 #    With CI set (.ci/run sets CI=true), a missing chromium or Xvfb fails its tests
@@ -50,7 +53,12 @@ fi
 
 # ---------------------------------------------------------------- 2. pytest
 (($# == 0)) && set -- tests
-"$VENV/bin/python" -m pytest --durations=25 "$@"
+parallel=(-n auto --dist loadfile)
+if ! "$VENV/bin/python" -c 'import xdist' >/dev/null 2>&1; then
+  parallel=()
+  echo "llamavid tests: pytest-xdist is not installed in $VENV, so the tests run in one process (./run.sh install test)"
+fi
+"$VENV/bin/python" -m pytest "${parallel[@]}" --durations=25 "$@"
 rc=$?
 
 case $lint in

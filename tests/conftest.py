@@ -1,5 +1,8 @@
 """Fixtures shared by the whole suite. Kept small and generic; put topic-specific
 fixtures in a conftest.py inside the topic's folder (tests/app/, tests/llamavid/...).
+Files that several topics need and that cost time to make (the tiny checkpoint...) are session
+fixtures in tests/support/fixtures.py, a plugin registered here; other shared test code lives in
+tests/support/ too (``from tests.support.media import make_video``).
 
 Test tiers are pytest markers (declared in pyproject.toml, --strict-markers):
 
@@ -28,6 +31,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+pytest_plugins = ["tests.support.fixtures"]  # tiny_checkpoint and the other session fixtures
 
 
 # ---------------------------------------------------------------- the gpu tier
@@ -79,6 +84,24 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             _gpu_tier["ran"] += 1
 
 
+# Under pytest-xdist (-n) the workers collect and run the tests, and the controller, which collects
+# nothing, prints the summary: each worker hands its counts over when it finishes.
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)  # set on an xdist worker only
+    if workeroutput is not None:
+        workeroutput["gpu_tier"] = dict(_gpu_tier)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook, on the controller, as each worker finishes
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    counts = getattr(node, "workeroutput", {}).get("gpu_tier")
+    if counts:  # every worker collects (and deselects) the whole suite, and runs its own share of it
+        for key in ("collected", "deselected"):
+            _gpu_tier[key] = max(_gpu_tier[key], counts[key])
+        for key in ("skipped", "ran"):
+            _gpu_tier[key] += counts[key]
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)  # outermost: the line comes after pytest's short test summary
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> Iterator[None]:
     """One line in every run, CI's included, saying how many gpu tests were skipped and why."""
@@ -124,7 +147,9 @@ def make_model() -> Callable[..., Path]:
     def make(data_dir: Path, name: str = "llama-vid-test", size: int = 1000) -> Path:
         folder = Path(data_dir) / "models" / name
         folder.mkdir(parents=True)
-        (folder / "config.json").write_text('{"model_type": "llamavid"}', encoding="utf-8")
+        # a LLaMA-VID config names its vision side (mm_*): without it the folder is a base LLM, not a chat model
+        (folder / "config.json").write_text('{"model_type": "llamavid", "mm_vision_tower": "eva_vit_g.pth"}',
+                                            encoding="utf-8")
         (folder / "model.safetensors").write_bytes(b"\0" * size)
         return folder
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llamavid import cli
+import cli
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess[str]:
@@ -52,9 +52,9 @@ def test_command_modules_import_fast() -> None:
     code = textwrap.dedent(
         """
         import sys
-        from llamavid import cli
+        import cli
         cli.build_parser()
-        ours = {"llamavid", "app", "indexer", "train", "evaluation", "assets"}
+        ours = {"llamavid", "app", "indexer", "train", "evaluation", "assets", "cli"}
         loaded = {name.split(".")[0] for name in sys.modules if not name.startswith("_")}  # _: site hooks
         print(" ".join(sorted(loaded - set(sys.stdlib_module_names) - ours)))
         """
@@ -215,7 +215,7 @@ def test_doctor_json_reports_the_installation(llamavid_cmd: list[str], data_dir:
 
 
 def test_doctor_without_models_says_what_to_do(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from llamavid.cli import doctor
+    from cli import doctor
 
     check = doctor.check_models(doctor.DataDir(data_dir))
     assert check.status == "warn"
@@ -224,7 +224,7 @@ def test_doctor_without_models_says_what_to_do(data_dir: Path, capsys: pytest.Ca
 
 
 def test_doctor_reports_a_broken_package_instead_of_crashing() -> None:
-    from llamavid.cli import doctor
+    from cli import doctor
 
     check = doctor.check_package("ghost", "no_such_module_xyz", "no-such-dist-xyz", "pip install ghost")
     assert check.status == "missing"
@@ -233,7 +233,7 @@ def test_doctor_reports_a_broken_package_instead_of_crashing() -> None:
 
 
 def test_doctor_text_report_marks_each_check(capsys: pytest.CaptureFixture[str]) -> None:
-    from llamavid.cli.doctor import Check, _print_report
+    from cli.doctor import Check, _print_report
 
     _print_report(
         [Check("torch", "ok", "2.13.0"), Check("gradio (web UI)", "missing", "not installed", "pip install gradio")]
@@ -250,7 +250,7 @@ def test_doctor_reports_cuda_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
     torch = pytest.importorskip("torch")
-    from llamavid.cli import doctor
+    from cli import doctor
 
     props = SimpleNamespace(name="Fake H100", total_memory=80_000_000_000)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

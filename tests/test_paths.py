@@ -84,7 +84,7 @@ def test_installed_models_finds_model_folders(data_dir: Path, make_model) -> Non
     assert [m.name for m in found] == ["Alpha", "zeta"]
     zeta = found[1]
     assert zeta.path == data_dir / "models" / "zeta"
-    assert zeta.size_bytes == 2000 + len('{"model_type": "llamavid"}')
+    assert zeta.size_bytes == 2000 + (zeta.path / "config.json").stat().st_size  # weights + config
     assert list_models(DataDir(data_dir)) == found, "accepts a DataDir or a path"
 
 

@@ -13,6 +13,6 @@ Modules, in the order a run uses them:
 * :mod:`train.trainer` - the loop; :mod:`train.progress` - what it shows and logs;
   :mod:`train.export` - a checkpoint as a model folder
 
-The ``llamavid train`` command is :mod:`llamavid.cli.train`. See docs/training.md for the commands.
+The ``llamavid train`` command is :mod:`cli.train`. See docs/training.md for the commands.
 Importing this package imports nothing heavy.
 """

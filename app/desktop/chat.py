@@ -14,6 +14,11 @@ not sent is kept per conversation as a draft (saved with the settings when the w
 "Fast answers" (a checkbox above the transcript) starts a new conversation from the film's
 prepared state (:mod:`indexer.prepare`): on by default for a prepared film, off otherwise, and
 fixed once the conversation has begun (a kept conversation shows its own mode).
+
+"Ask about a picture or clip…" turns the pane to a picture or a short video chosen on this computer:
+its questions go to :meth:`~app.chat_service.ChatService.ask_about` (stateless: each is sent with the
+earlier ones about the same file, and nothing is kept), stream into the transcript the same way, and
+Stop cancels them; "Back to the film" (or opening another film) brings the film's conversation back.
 """
 from __future__ import annotations
 
@@ -43,12 +48,17 @@ from PySide6.QtWidgets import (
 
 from app.chat_service import AskStream, ChatEvent, ChatService, fast_by_default
 from app.conversations import Conversation
-from app.desktop.common import FlowLayout, Tasks, describe_error, heading, short_clock
+from app.desktop.common import FlowLayout, Tasks, describe_error, hbox, heading
+from app.film_words import queue_position, short_clock
 from indexer.library import Movie
+from indexer.scan import VIDEO_EXTENSIONS, is_video
 
 __all__ = ["ChatPane", "StreamReader", "TurnView"]
 
 STOPPED_NOTE = "Stopped. This answer was not kept; your question is back in the box below."
+PICTURES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+ABOUT_FILTER = (f"Pictures and clips ({' '.join('*' + e for e in (*PICTURES, *sorted(VIDEO_EXTENSIONS)))});;"
+                "All files (*)")
 FAST_TOOLTIP = ("Fast answers start from the film read once ahead, so a question takes seconds instead of "
                 "minutes. Untick for exact mode, which reads the whole film with your question.")
 
@@ -79,11 +89,12 @@ class TurnView(QFrame):
     seek = Signal(float)
 
     def __init__(self, question: str, answer: str = "", moments: list[dict] | None = None,
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None, about: str | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("turn")
         self.setFrameShape(QFrame.Shape.StyledPanel)
-        self.question = QLabel(f"<b>You:</b> {_escape(question)}")
+        asker = f"You (about <i>{_escape(about)}</i>)" if about else "You"
+        self.question = QLabel(f"<b>{asker}:</b> {_escape(question)}")
         self.question.setWordWrap(True)
         self.question.setTextFormat(Qt.TextFormat.RichText)
         self.answer = QLabel(answer)
@@ -181,8 +192,20 @@ class ChatPane(QWidget):
         self._pending_question = ""
         self._list_generation = 0
         self._fast_chosen = False  # the person ticked or unticked Fast answers for this new conversation
+        self.about: Path | None = None  # the picture or clip the questions are about, instead of the film
+        self.about_turns: list[tuple[str, str]] = []  # (question, answer) about it so far (not kept)
+        self._live_about = False  # the question on its way is about the picture or clip
 
-        title = heading("Chat")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(heading("Chat"))
+        self._build_conversation_bar(layout)
+        self._build_transcript(layout)
+        self._build_question_box(layout)
+        self._refresh_controls()
+
+    def _build_conversation_bar(self, layout: QVBoxLayout) -> None:
+        """The film's conversations, New / Rename / Delete / Export, Fast answers and the notice line."""
         self.conversations = QComboBox()
         self.conversations.setObjectName("conversations")
         self.conversations.setToolTip("This film's conversations, newest first")
@@ -197,21 +220,21 @@ class ChatPane(QWidget):
         self.export_button = QPushButton("Export…")
         self.export_button.setToolTip("Save the conversation as a Markdown file")
         self.export_button.clicked.connect(self.export_conversation)
-        bar = QHBoxLayout()
-        for b in (self.new_button, self.rename_button, self.delete_button, self.export_button):
-            bar.addWidget(b)
-        bar.addStretch(1)
-
         self.fast = QCheckBox("Fast answers")
         self.fast.setObjectName("fastAnswers")
         self.fast.setToolTip(FAST_TOOLTIP)
         self.fast.clicked.connect(self._fast_clicked)
-
         self.notice = QLabel()
         self.notice.setObjectName("chatNotice")
         self.notice.setWordWrap(True)
         self.notice.setStyleSheet("color: #555555;")
+        layout.addWidget(self.conversations)
+        layout.addLayout(hbox(self.new_button, self.rename_button, self.delete_button, self.export_button, None))
+        layout.addLayout(hbox(self.fast, None))
+        layout.addWidget(self.notice)
 
+    def _build_transcript(self, layout: QVBoxLayout) -> None:
+        """The questions and answers, scrolled to the newest, and the progress of the one on its way."""
         self.transcript = QWidget()
         self.transcript_layout = QVBoxLayout(self.transcript)
         self.transcript_layout.addStretch(1)
@@ -220,7 +243,6 @@ class ChatPane(QWidget):
         self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.scroll.setWidget(self.transcript)
         self.scroll.verticalScrollBar().rangeChanged.connect(self._scroll_to_end)
-
         self.progress_label = QLabel()
         self.progress_label.setObjectName("progressLabel")
         self.progress_bar = QProgressBar()
@@ -228,7 +250,26 @@ class ChatPane(QWidget):
         self.progress_bar.setMaximumHeight(8)
         self.progress_label.hide()
         self.progress_bar.hide()
+        layout.addWidget(self.scroll, 1)
+        layout.addWidget(self.progress_label)
+        layout.addWidget(self.progress_bar)
 
+    def _build_question_box(self, layout: QVBoxLayout) -> None:
+        """Ask about a picture or clip… (and the way back to the film), the question box, Ask and Stop."""
+        self.about_button = QPushButton("Ask about a picture or clip…")
+        self.about_button.setObjectName("askAbout")
+        self.about_button.setToolTip("Ask about a picture or a short video on this computer instead of the film "
+                                     "(the questions and answers are not kept)")
+        self.about_button.clicked.connect(self.choose_about)
+        self.about_label = QLabel()
+        self.about_label.setObjectName("aboutFile")
+        self.about_label.setWordWrap(True)
+        self.about_label.hide()
+        self.about_done = QPushButton("Back to the film")
+        self.about_done.setObjectName("aboutDone")
+        self.about_done.clicked.connect(self.leave_about)
+        self.about_done.hide()
+        layout.addLayout(hbox(self.about_button, (self.about_label, 1), self.about_done))
         self.question = QLineEdit()
         self.question.setObjectName("question")
         self.question.setPlaceholderText("Ask about this film…")
@@ -240,26 +281,7 @@ class ChatPane(QWidget):
         self.stop_button.setToolTip("Stop this answer")
         self.stop_button.clicked.connect(self.stop)
         self.stop_button.setEnabled(False)
-        ask_row = QHBoxLayout()
-        ask_row.addWidget(self.question, 1)
-        ask_row.addWidget(self.ask_button)
-        ask_row.addWidget(self.stop_button)
-
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(title)
-        layout.addWidget(self.conversations)
-        fast_row = QHBoxLayout()
-        fast_row.addWidget(self.fast)
-        fast_row.addStretch(1)
-        layout.addLayout(bar)
-        layout.addLayout(fast_row)
-        layout.addWidget(self.notice)
-        layout.addWidget(self.scroll, 1)
-        layout.addWidget(self.progress_label)
-        layout.addWidget(self.progress_bar)
-        layout.addLayout(ask_row)
-        self._refresh_controls()
+        layout.addLayout(hbox((self.question, 1), self.ask_button, self.stop_button))
 
     # -- state -------------------------------------------------------------------------------------
     @property
@@ -281,7 +303,10 @@ class ChatPane(QWidget):
             return
         if self.busy:
             self.stop()
-        self._save_draft()
+        if self.about is not None:
+            self._drop_about()  # its questions were not kept; the film's draft was saved on the way in
+        else:
+            self._save_draft()
         self.movie = movie
         self._show_conversation(None, [])
         self.reload(open_newest=True)
@@ -303,6 +328,8 @@ class ChatPane(QWidget):
         self._fast_chosen = True
 
     def _draft_key(self) -> str | None:
+        if self.about is not None:
+            return None  # a question about a picture or clip is not a film's draft
         if self.conversation_id is not None:
             return str(self.conversation_id)
         return f"new-{self.movie.id}" if self.movie is not None else None
@@ -322,9 +349,12 @@ class ChatPane(QWidget):
         self.question.setText(self.drafts.get(key, "") if key else "")
 
     def _refresh_controls(self) -> None:
-        movie, busy = self.movie, self.busy
+        movie, busy, about = self.movie, self.busy, self.about is not None
         problem = None
-        if movie is None:
+        if about:
+            if self.model_problem:
+                problem = f"{self.model_problem[0].upper()}{self.model_problem[1:]}: open Settings to choose a model."
+        elif movie is None:
             problem = "Choose a film in the library to chat about it."
         elif not movie.features_complete:
             problem = (f"{Path(movie.rel_path).name} is not indexed yet ({movie.state}); "
@@ -335,14 +365,17 @@ class ChatPane(QWidget):
         self.notice.setVisible(bool(problem))
         can_ask = problem is None and self.service is not None
         self.ask_button.setEnabled(can_ask and not busy)
-        self.question.setEnabled(movie is not None)
+        self.question.setEnabled(movie is not None or about)
         self.stop_button.setEnabled(busy)
+        film = movie is not None and not busy and not about  # the film's conversation is shown
         has_conv = self.conversation_id is not None
-        self.conversations.setEnabled(movie is not None and not busy)
-        self.new_button.setEnabled(movie is not None and not busy)
-        self.fast.setEnabled(movie is not None and not busy and self.conversation_id is None)
+        self.conversations.setEnabled(film)
+        self.new_button.setEnabled(film)
+        self.fast.setEnabled(film and self.conversation_id is None)
         for b in (self.rename_button, self.delete_button, self.export_button):
-            b.setEnabled(has_conv and not busy)
+            b.setEnabled(film and has_conv)
+        self.about_button.setEnabled(self.service is not None and not busy)
+        self.about_done.setEnabled(not busy)
 
     # -- conversations -----------------------------------------------------------------------------
     def reload(self, open_newest: bool = False, select: int | None = None) -> None:
@@ -389,14 +422,14 @@ class ChatPane(QWidget):
 
     def open_conversation(self, conversation_id: int) -> None:
         """Show a kept conversation; the next question continues it."""
-        if self.service is None or self.busy:
+        if self.service is None or self.busy or self.about is not None:
             return
         self._save_draft()
         service = self.service
         self.tasks.run(lambda: service.conversation(conversation_id), self._opened, self._failed)
 
     def _opened(self, conv: Conversation) -> None:
-        if self.movie is None or conv.movie_id != self.movie.id or self.busy:
+        if self.movie is None or conv.movie_id != self.movie.id or self.busy or self.about is not None:
             return
         self._show_conversation(conv.id, [(t.question, t.answer, t.moments, t.stopped) for t in conv.shown_turns],
                                 conv.title, conv.fast)
@@ -406,7 +439,7 @@ class ChatPane(QWidget):
 
     def new_conversation(self) -> None:
         """An empty conversation; it is kept once its first question is asked."""
-        if self.busy:
+        if self.busy or self.about is not None:
             return
         self._save_draft()
         self._show_conversation(None, [])
@@ -417,10 +450,7 @@ class ChatPane(QWidget):
         self.conversation_id, self.conversation_title = conversation_id, title
         self._fast_chosen = False
         self.fast.setChecked(fast if conversation_id is not None else fast_by_default(self.movie))
-        for view in self.turns:
-            view.setParent(None)
-            view.deleteLater()
-        self.turns = []
+        self._clear_turns()
         for question, answer, moments, stopped in turns:
             view = self._add_turn(question, answer, moments)
             if stopped:
@@ -428,8 +458,15 @@ class ChatPane(QWidget):
         self._restore_draft()
         self._refresh_controls()
 
-    def _add_turn(self, question: str, answer: str = "", moments: list[dict] | None = None) -> TurnView:
-        view = TurnView(question, answer, moments)
+    def _clear_turns(self) -> None:
+        for view in self.turns:
+            view.setParent(None)
+            view.deleteLater()
+        self.turns = []
+
+    def _add_turn(self, question: str, answer: str = "", moments: list[dict] | None = None,
+                  about: str | None = None) -> TurnView:
+        view = TurnView(question, answer, moments, about=about)
         view.seek.connect(self.seek_requested)
         self.transcript_layout.insertWidget(self.transcript_layout.count() - 1, view)
         self.turns.append(view)
@@ -496,6 +533,9 @@ class ChatPane(QWidget):
         question = self.question.text().strip()
         if not question or self.busy or not self.ask_button.isEnabled():
             return
+        if self.about is not None:
+            self._ask_about(question)
+            return
         assert self.service is not None and self.movie is not None
         service, movie = self.service, self.movie
         key = self._draft_key()
@@ -521,7 +561,10 @@ class ChatPane(QWidget):
             return
         if title is not None:
             self.conversation_id, self.conversation_title = conversation_id, title
-        stream = self.service.ask(conversation_id, question, self.options())
+        self._follow(self.service.ask(conversation_id, question, self.options()))
+
+    def _follow(self, stream: AskStream) -> None:
+        """Read the question's events on a thread of their own; they arrive in :meth:`_on_event`."""
         self.stream = stream
         if self._stop_asked:
             stream.cancel()
@@ -552,9 +595,7 @@ class ChatPane(QWidget):
         if live is None:
             return
         if event.type == "queued":
-            ahead = event.position
-            self._show_progress(f"waiting for {ahead} earlier question{'s' if ahead != 1 else ''}" if ahead
-                                else "starting (the first question loads the model)…", 0, 0)
+            self._show_progress(queue_position(event.position), 0, 0)
         elif event.type == "progress" and event.progress is not None:
             p = event.progress
             if not self._stop_asked:
@@ -566,6 +607,10 @@ class ChatPane(QWidget):
         elif event.type == "done":
             if event.stopped:
                 live.set_note("(the answer was cut short)")
+            if self._live_about:
+                self.about_turns.append((self._pending_question, live.text()))
+                self._end()
+                return
             self._end()
             self.reload(select=self.conversation_id)
         elif event.type == "error":
@@ -576,8 +621,9 @@ class ChatPane(QWidget):
                 self.error.emit(event.text)
             if not self.question.text().strip():
                 self.question.setText(self._pending_question)
+            about = self._live_about
             self._end()
-            if self.conversation_id is not None:
+            if self.conversation_id is not None and not about:
                 self.reload(select=self.conversation_id)
 
     def _show_progress(self, text: str, done: int, total: int) -> None:
@@ -593,7 +639,7 @@ class ChatPane(QWidget):
         self.progress_bar.show()
 
     def _end(self) -> None:
-        self.live, self.stream = None, None
+        self.live, self.stream, self._live_about = None, None, False
         self.progress_label.hide()
         self.progress_bar.hide()
         self._refresh_controls()
@@ -606,6 +652,75 @@ class ChatPane(QWidget):
             if thread is self.reader_thread:
                 self.reader, self.reader_thread = None, None
             thread.deleteLater()
+
+    # -- a picture or a clip ------------------------------------------------------------------------
+    def choose_about(self) -> None:
+        """Pick a picture or a short clip: the next questions are about it (see :meth:`set_about`)."""
+        if self.busy:
+            return
+        path, _ = QFileDialog.getOpenFileName(self, "A picture or a short clip to ask about", str(Path.home()),
+                                              ABOUT_FILTER)
+        if path:
+            self.set_about(path)
+
+    def set_about(self, path: str | Path) -> None:
+        """Ask about this picture or clip instead of the film: the transcript shows the questions about
+        it, each sent with the earlier ones (:meth:`ChatService.ask_about`; nothing is kept), until
+        Back to the film (or another film) brings the film's conversation back."""
+        if self.busy:
+            return
+        if self.about is None:
+            self._save_draft()  # the film's question waits in its draft
+            self.question.clear()
+        self.about, self.about_turns = Path(path), []
+        self._clear_turns()
+        name = self.about.name
+        self.about_label.setText(f"Asking about {name} (not kept)")
+        self.about_label.setToolTip(str(self.about))
+        self.about_label.show()
+        self.about_done.show()
+        self.question.setPlaceholderText(f"Ask about {name}…")
+        self._refresh_controls()
+
+    def leave_about(self) -> None:
+        """Back to the film: its conversation and its draft come back."""
+        if self.busy or self.about is None:
+            return
+        self._drop_about()
+        if self.conversation_id is not None and self.service is not None:
+            service, conv_id = self.service, self.conversation_id
+            self.tasks.run(lambda: service.conversation(conv_id), self._opened, self._failed)
+        else:
+            self._show_conversation(None, [])
+
+    def _drop_about(self) -> None:
+        self.about, self.about_turns = None, []
+        self._clear_turns()
+        self.question.clear()
+        self.question.setPlaceholderText("Ask about this film…")
+        self.about_label.hide()
+        self.about_done.hide()
+        self._refresh_controls()
+
+    def _ask_about(self, question: str) -> None:
+        """Send a question about the picture or clip, with the earlier ones about it."""
+        assert self.service is not None and self.about is not None
+        about = self.about
+        self.question.clear()
+        self._stop_asked, self._pending_question, self._live_about = False, question, True
+        self.live = self._add_turn(question, about=about.name)
+        self.asked_at = time.monotonic()
+        self._show_progress("sending the question…", 0, 0)
+        self._refresh_controls()
+        self.busy_changed.emit(True)
+        media = {"video": str(about)} if is_video(about) else {"images": [str(about)]}
+        try:
+            stream = self.service.ask_about(question, history=list(self.about_turns), options=self.options(),
+                                            **media)
+        except Exception as exc:  # noqa: BLE001 - refused at once (a full queue...): said like any error
+            self._send_failed(exc)
+            return
+        self._follow(stream)
 
     # -- closing -----------------------------------------------------------------------------------
     def stop_for_close(self) -> None:

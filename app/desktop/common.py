@@ -19,21 +19,22 @@ from llamavid.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FlowLayout", "MessageBar", "Tasks", "clock", "describe_error", "heading", "short_clock"]
+__all__ = ["FlowLayout", "MessageBar", "Tasks", "describe_error", "hbox", "heading"]
 
-
-def clock(seconds: float | None) -> str:
-    """0:12:03 (an unknown time: --:--)."""
-    if seconds is None:
-        return "--:--"
-    s = max(0, int(seconds))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def short_clock(seconds: float) -> str:
-    """12:03 under an hour, 1:02:03 from an hour on."""
-    s = max(0, int(seconds))
-    return clock(s) if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+def hbox(*parts: QWidget | QLayout | tuple[QWidget, int] | None) -> QHBoxLayout:
+    """A row, left to right: widgets and layouts; ``(widget, n)`` a widget that takes n shares of
+    the room left; ``None`` a stretch (``hbox(ok, cancel, None)``: two buttons on the left)."""
+    row = QHBoxLayout()
+    for part in parts:
+        if part is None:
+            row.addStretch(1)
+        elif isinstance(part, tuple):
+            row.addWidget(*part)
+        elif isinstance(part, QLayout):
+            row.addLayout(part)
+        else:
+            row.addWidget(part)
+    return row
 
 
 def heading(text: str = "", scale: float = 1.2) -> QLabel:

@@ -1,6 +1,6 @@
 """The library as the window drives it: what to show, what a button does, and the indexer process.
 
-Indexing runs in a child process, ``python -m llamavid index run`` (the same runner as the command
+Indexing runs in a child process, ``python -m cli index run`` (the same runner as the command
 line), so the window never loads the vision model and never waits on it. The window and the
 child talk only through the library database: the window adds folders and queues films, pauses
 and resumes the queue (``LibraryStore.pause_queue``; the runner stops after its current chunk and
@@ -10,14 +10,15 @@ is left. Closing the window stops it with SIGTERM, which the runner treats like 
 being indexed goes back to the queue with every finished chunk kept, and the next start resumes
 it. The child runs in its own session, so nothing it starts is left behind either.
 
-The functions here take no Qt and run on worker threads (:class:`~app.desktop.common.Tasks`).
+What the buttons do, the child's command line and its log file are :mod:`indexer.controls`, the same
+as ``llamavid index`` and the web UI's; the functions here add the thumbnails, take no Qt and run on
+worker threads (:class:`~app.desktop.common.Tasks`).
 """
 from __future__ import annotations
 
 import fcntl
 import os
 import signal
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,19 +27,13 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Signal, Slot
 
 from app.desktop.thumbnails import remove_thumbnails
-from indexer import movies as movie_files
+from indexer import controls
 from indexer.library import Movie, list_movies
-from indexer.scan import add_library, scan
 from indexer.store import LibraryStore
-from llamavid.errors import UserError
 from llamavid.paths import DataDir
 
 __all__ = ["IndexerProcess", "LibraryReader", "LibrarySnapshot", "add_folder", "indexer_lock_holder",
-           "movie_status", "remove_folder", "reindex", "set_paused"]
-
-STAGES = {"probe": "reading the file", "subtitles": "reading subtitles", "speech": "recognising speech",
-          "features": "reading frames", "prepare": "preparing for fast answers"}
-UNITS = {"features": "frames", "speech": "windows", "prepare": "tokens"}
+           "remove_folder", "reindex", "set_paused"]
 
 
 @dataclass
@@ -96,95 +91,37 @@ class LibraryReader:
             self.store = None
 
 
-def movie_status(movie: Movie, paused: bool) -> tuple[str, int, int]:
-    """(what the film's row says, progress done, progress total; total 0: no bar)."""
-    done, total = movie.progress[0], movie.progress[1] or 0
-    state = movie.state
-    if state == "done":
-        text = "ready to chat" + (f" ({movie.warning})" if movie.warning else "")
-        return text, 0, 0
-    if state == "missing":
-        return "file missing (it resumes if the file comes back)", 0, 0
-    if state == "failed":
-        return f"failed: {movie.error or 'unknown error'}", 0, 0
-    if state == "cancelled":
-        return "cancelled", 0, 0
-    stage = STAGES.get(movie.stage or "", movie.stage or "")
-    if state == "running":
-        amount = f": {done:,} / {total:,} {UNITS.get(movie.stage or '', '')}".rstrip() if total else ""
-        eta = f", about {_duration(movie.eta_seconds)} left" if movie.eta_seconds else ""
-        return f"indexing, {stage}{amount}{eta}", done, total
-    if state == "paused" or (state == "queued" and paused):
-        return "paused" + (f" at {done:,} / {total:,}" if total else ""), done, total
-    if state in ("queued", "new"):
-        if movie.features_complete and movie.prepare_wanted and not movie.prepared_bytes:
-            return "waiting to be prepared for fast answers", 0, 0
-        return ("waiting to resume" if done else "waiting to be indexed"), done, total
-    return state, done, total
-
-
-def _duration(seconds: float) -> str:
-    return f"{max(1, round(seconds))} s" if seconds < 90 else f"{round(seconds / 60)} min"
-
-
-# -- what the buttons do (worker threads) ---------------------------------------------------------
+# -- what the buttons do (worker threads): the library controls of every front end, plus thumbnails --
 def add_folder(data: DataDir, path: str) -> str:
     """Register a folder and scan it now: its films are queued. Returns what was found."""
-    with LibraryStore.open(data.create().database) as store:
-        library = add_library(store, path)
-        report = scan(store, [library["id"]])
-    films = len(report.added) + len(report.moved) + len(report.changed)
-    text = f"added {library['path']}: {films} new film{'s' if films != 1 else ''}"
-    if report.unchanged:
-        text += f", {report.unchanged} already known"
-    if report.errors:
-        text += f"; {len(report.errors)} unreadable: {report.errors[0]}"
-    return text
+    with controls.open_store(data) as store:
+        return controls.add_folders(store, [path]).message()
 
 
 def remove_folder(data: DataDir, folder_id: int) -> str:
-    """Forget a library folder: its films leave the library and their caches are deleted (the
-    video files are never touched). Conversations about them are kept."""
-    with LibraryStore.open(data.database) as store:
-        row = next((r for r in store.libraries() if r["id"] == folder_id), None)
-        if row is None:
-            raise UserError("that folder is not in the library any more")
-        ids = [m["id"] for m in store.library_movies(folder_id)]
-        for movie_id in ids:
-            movie_files.delete(store, movie_id)
-            remove_thumbnails(data.root, movie_id)
-        store.remove_library(folder_id)
-    return f"removed {row['path']} from the library ({len(ids)} film{'s' if len(ids) != 1 else ''}; files kept)"
+    """Forget a library folder: its films leave the library and their caches and thumbnails are
+    deleted (the video files are never touched). Conversations about them are kept."""
+    with controls.open_store(data) as store:
+        removed = controls.remove_folder(store, folder_id)
+    for movie_id in removed.movie_ids:
+        remove_thumbnails(data.root, movie_id)
+    return removed.message()
 
 
 def reindex(data: DataDir, movie_id: int) -> str:
-    """Index a film again: a failed, cancelled or paused one continues where it stopped; a finished
-    one is read again from the start (features and subtitle files; recognised speech is kept)."""
-    with LibraryStore.open(data.database) as store:
-        row = store.db.execute("SELECT state FROM jobs WHERE movie_id = ?", [movie_id]).fetchone()
-        name = Path(store.movie(movie_id)["path"]).name
-        state = row[0] if row else None
-        if state == "running":
-            raise UserError(f"{name} is being indexed right now; pause indexing first to index it again")
-        if state in ("failed", "cancelled", "paused"):
-            store.control_jobs([movie_id], "retry")
-            return f"{name}: queued again; it continues where it stopped"
-        if state == "queued":
-            return f"{name} is already waiting to be indexed"
-        movie_files.clear_features(store, movie_id)
-        store.reread_subtitles(movie_id, "re-index asked for in the app", redo_speech=False)
+    """Index a film again (:func:`indexer.controls.reindex`); one read from the start loses its thumbnail."""
+    with controls.open_store(data) as store:
+        done = controls.reindex(store, movie_id, "re-index asked for in the app")
+    if done.how == "restarted":
         remove_thumbnails(data.root, movie_id)
-    return f"{name}: queued to be indexed again from the start"
+    return done.message()
 
 
 def set_paused(data: DataDir, paused: bool) -> None:
-    """Pause the whole queue (the film being indexed stops after its current chunk) or resume it."""
-    with LibraryStore.open(data.create().database) as store:
-        store.pause_queue(paused)
-        if not paused:
-            ids = store.paused_movie_ids()
-            if ids:
-                store.control_jobs(ids, "resume")
+    """Pause the whole queue (the film being indexed stops after its current chunk) or resume it,
+    paused films included."""
+    with controls.open_store(data) as store:
+        controls.control(store, "pause" if paused else "resume")
 
 
 # -- the child process ------------------------------------------------------------------------------
@@ -209,7 +146,7 @@ class IndexerProcess(QObject):
 
     @property
     def log_path(self) -> Path:
-        return self.data.root / "logs" / "indexer.log"
+        return controls.indexer_log(self.data)
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.state() != QProcess.ProcessState.NotRunning
@@ -218,8 +155,7 @@ class IndexerProcess(QObject):
         return int(self.proc.processId()) if self.running() else None
 
     def command(self, device: str, idle: float) -> list[str]:
-        return [sys.executable, "-m", "llamavid", "--data-dir", str(self.data.root), "index", "run", "--quiet",
-                "--device", device or "auto", "--idle", f"{max(0.0, idle):g}"]
+        return controls.indexer_command(self.data, device=device, idle=idle)
 
     def may_start(self) -> bool:
         """Not running, not blocked by a failure, and the last run did not end a moment ago."""

@@ -22,44 +22,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.desktop.common import clock, heading
-from app.desktop.indexing import LibrarySnapshot, movie_status
+from app.desktop.common import hbox, heading
+from app.desktop.indexing import LibrarySnapshot
+from app.film_words import FORGET_PREPARED, clock, index_state, prepare_action, prepared_label, subtitle_summary
 from indexer.library import Movie
-from llamavid.storage import human_size
 
-__all__ = ["FilmRow", "LibraryPane", "prepared_summary", "subtitle_summary"]
-
-FORGET_PREPARED = "Forget prepared state"
+__all__ = ["FORGET_PREPARED", "FilmRow", "LibraryPane"]
 
 THUMB = QSize(128, 72)
-
-
-def subtitle_summary(movie: Movie) -> str:
-    """"subtitles: sidecar (en, fr)" / "no subtitles yet"."""
-    tracks = [t for t in movie.subtitle_tracks if t.get("status") == "ok" and t.get("cue_count")]
-    if not tracks:
-        image = [t for t in movie.subtitle_tracks if t.get("kind") == "image"]
-        return "image subtitles only (not read)" if image else (
-            "no subtitles" if movie.state == "done" else "no subtitles yet")
-    sources = sorted({t["source"] for t in tracks})
-    languages = sorted({t["language"] for t in tracks if t.get("language")})
-    names = {"asr": "speech recognition", "sidecar": "subtitle files", "embedded": "embedded"}
-    text = "subtitles: " + ", ".join(names.get(s, s) for s in sources)
-    return text + (f" ({', '.join(languages)})" if languages else "")
-
-
-def prepared_summary(movie: Movie) -> str:
-    """"prepared for fast answers (1.2 GB)" / "to be prepared for fast answers" / "" (neither)."""
-    if movie.prepared_bytes:
-        return f"prepared for fast answers ({human_size(movie.prepared_bytes)})"
-    return "to be prepared for fast answers" if movie.prepare_wanted else ""
-
-
-def prepare_action_text(movie: Movie, estimate: int | None) -> str:
-    """The action a film offers: prepare it (with its size, once known) or forget its state."""
-    if movie.prepared_bytes or movie.prepare_wanted:
-        return FORGET_PREPARED
-    return "Prepare for fast answers" + (f" (about {human_size(estimate)})" if estimate else "")
+TONES = {"good": "#2a7a2a", "bad": "#a40000"}  # IndexState.tone -> the colour of a film's state line
 
 
 class FilmRow(QWidget):
@@ -112,12 +83,12 @@ class FilmRow(QWidget):
         self.title.setText(Path(movie.rel_path).name)
         self.title.setToolTip(movie.path)
         self.details.setText(f"{clock(movie.duration)} · {subtitle_summary(movie)}")
-        text, done, total = movie_status(movie, paused)
-        self.state.setText(text)
-        colour = {"failed": "#a40000", "missing": "#a40000", "done": "#2a7a2a"}.get(movie.state, "#555555")
-        self.state.setStyleSheet(f"color: {colour};")
-        self.prepared.setText(prepared_summary(movie))
-        self.prepared.setVisible(bool(self.prepared.text()))
+        state = index_state(movie, paused)
+        self.state.setText(state.text)
+        self.state.setStyleSheet(f"color: {TONES.get(state.tone, '#555555')};")
+        self.prepared.setText(prepared_label(movie))
+        self.prepared.setVisible(bool(movie.prepared_bytes or movie.prepare_wanted))
+        done, total = state.done, state.total
         if total > 0:
             self.progress.setRange(0, total)
             self.progress.setValue(min(done, total))
@@ -156,8 +127,16 @@ class LibraryPane(QWidget):
         self.thumbnails: dict[int, str] = {}  # movie id -> cached picture, kept for rebuilt rows
         self.estimates: dict[int, int | None] = {}  # movie id -> bytes its prepared state would take
         self.snapshot: LibrarySnapshot | None = None
-        title = heading("Library")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(heading("Library"))
+        self._build_folders(layout)
+        self._build_films(layout)
+        self._build_indexing(layout)
+        self._refresh_buttons()
 
+    def _build_folders(self, layout: QVBoxLayout) -> None:
+        """The library folders, Add folder… and Remove folder."""
         self.folders = QListWidget()
         self.folders.setObjectName("folders")
         self.folders.setMaximumHeight(72)
@@ -167,11 +146,11 @@ class LibraryPane(QWidget):
         self.remove_button = QPushButton("Remove folder")
         self.remove_button.setToolTip("Forget the selected folder (its films leave the library; files are kept)")
         self.remove_button.clicked.connect(self._remove_clicked)
-        folder_buttons = QHBoxLayout()
-        folder_buttons.addWidget(self.add_button)
-        folder_buttons.addWidget(self.remove_button)
-        folder_buttons.addStretch(1)
+        layout.addWidget(self.folders)
+        layout.addLayout(hbox(self.add_button, self.remove_button, None))
 
+    def _build_films(self, layout: QVBoxLayout) -> None:
+        """The list of films (a row each, a context menu), and what it says while empty."""
         self.films = QListWidget()
         self.films.setObjectName("films")
         self.films.setSpacing(2)
@@ -184,7 +163,11 @@ class LibraryPane(QWidget):
                             "and you can watch and ask about each one once it is ready.")
         self.empty.setWordWrap(True)
         self.empty.setStyleSheet("color: #555555;")
+        layout.addWidget(self.films, 1)
+        layout.addWidget(self.empty)
 
+    def _build_indexing(self, layout: QVBoxLayout) -> None:
+        """The indexer's status line, Pause / Re-index film, and Prepare for fast answers."""
         self.status = QLabel("Indexer idle")
         self.status.setObjectName("indexerStatus")
         self.status.setWordWrap(True)
@@ -199,25 +182,9 @@ class LibraryPane(QWidget):
         self.prepare_button.setToolTip("Read the selected film once ahead, so a fast-answers question about it takes "
                                        "seconds instead of minutes; it takes the disk space shown")
         self.prepare_button.clicked.connect(self._prepare_clicked)
-        index_buttons = QHBoxLayout()
-        index_buttons.addWidget(self.pause_button)
-        index_buttons.addWidget(self.reindex_button)
-        index_buttons.addStretch(1)
-        prepare_buttons = QHBoxLayout()
-        prepare_buttons.addWidget(self.prepare_button)
-        prepare_buttons.addStretch(1)
-
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(title)
-        layout.addWidget(self.folders)
-        layout.addLayout(folder_buttons)
-        layout.addWidget(self.films, 1)
-        layout.addWidget(self.empty)
         layout.addWidget(self.status)
-        layout.addLayout(index_buttons)
-        layout.addLayout(prepare_buttons)
-        self._refresh_buttons()
+        layout.addLayout(hbox(self.pause_button, self.reindex_button, None))
+        layout.addLayout(hbox(self.prepare_button, None))
 
     # -- showing a snapshot ------------------------------------------------------------------------
     def show_snapshot(self, snap: LibrarySnapshot, indexer_note: str) -> None:
@@ -317,7 +284,7 @@ class LibraryPane(QWidget):
         movie = self._movie(self.current_movie_id())
         self.prepare_button.setEnabled(movie is not None)
         if movie is not None:
-            self.prepare_button.setText(prepare_action_text(movie, self.estimates.get(movie.id)))
+            self.prepare_button.setText(prepare_action(movie, self.estimates.get(movie.id)))
 
     def _movie(self, movie_id: int | None) -> Movie | None:
         row = self.rows.get(movie_id) if movie_id is not None else None
@@ -331,7 +298,7 @@ class LibraryPane(QWidget):
             return None
         menu = QMenu(self)
         wanted = not (movie.prepared_bytes or movie.prepare_wanted)
-        prepare = menu.addAction(prepare_action_text(movie, self.estimates.get(movie_id)))
+        prepare = menu.addAction(prepare_action(movie, self.estimates.get(movie_id)))
         prepare.triggered.connect(lambda: self.prepare_clicked.emit(movie_id, wanted))
         menu.addAction("Re-index film").triggered.connect(lambda: self.reindex_clicked.emit(movie_id))
         return menu

@@ -25,7 +25,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.desktop.common import clock, heading
+from app.desktop.common import heading
+from app.film_words import clock
 from indexer.library import Movie
 from llamavid.prompt.subtitles import Cue
 

@@ -20,7 +20,6 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QListWidget,
@@ -33,21 +32,17 @@ from PySide6.QtWidgets import (
 
 from app import hardware
 from app import status as st
-from app.desktop.common import Tasks, describe_error
+from app.desktop.common import Tasks, describe_error, hbox
 from app.desktop.download import ModelDownload
 from app.settings import BACKENDS, Settings, save_settings
+from llamavid.hub.catalog import chat_models
 from llamavid.hub.installed import InstalledEntry, add_model, list_models
 from llamavid.paths import DataDir
 from llamavid.storage import human_size
 
-__all__ = ["SetupDialog", "chat_models"]
+__all__ = ["SetupDialog"]
 
 BITS = ((None, "none (full precision)"), (8, "8 bit"), (4, "4 bit"))
-
-
-def chat_models(models: list[InstalledEntry]) -> list[InstalledEntry]:
-    """Installed models one can chat with (speech models, base LLMs and projectors are not)."""
-    return [m for m in models if m.kind not in ("speech", "base-llm", "pretrain")]
 
 
 class SetupDialog(QDialog):
@@ -76,8 +71,19 @@ class SetupDialog(QDialog):
         self.hardware_label = QLabel("Looking at this computer…")
         self.hardware_label.setObjectName("hardware")
         self.hardware_label.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addWidget(intro)
+        layout.addWidget(self.hardware_label)
+        layout.addWidget(self._build_installed(), 2)
+        layout.addWidget(self._build_download())
+        layout.addWidget(self._build_runs())
+        self._build_buttons(layout)
+        self._show_download_state()
+        self.refresh()
+        self.tasks.run(hardware.detect, self._detected, self._failed)
 
-        # installed models
+    def _build_installed(self) -> QGroupBox:
+        """The installed chat models (or how to get one), Refresh and Use a folder…."""
         self.installed = QListWidget()
         self.installed.setObjectName("installedModels")
         self.installed.currentItemChanged.connect(self._model_chosen)
@@ -92,17 +98,15 @@ class SetupDialog(QDialog):
         self.add_button = QPushButton("Use a folder…")
         self.add_button.setToolTip("Register a checkpoint folder you already have (nothing is copied)")
         self.add_button.clicked.connect(self.add_folder)
-        row = QHBoxLayout()
-        row.addWidget(self.refresh_button)
-        row.addWidget(self.add_button)
-        row.addStretch(1)
-        installed_box = QGroupBox("Chat model")
-        box = QVBoxLayout(installed_box)
-        box.addWidget(self.installed, 1)
-        box.addWidget(self.instructions)
-        box.addLayout(row)
+        box = QGroupBox("Chat model")
+        column = QVBoxLayout(box)
+        column.addWidget(self.installed, 1)
+        column.addWidget(self.instructions)
+        column.addLayout(hbox(self.refresh_button, self.add_button, None))
+        return box
 
-        # downloads
+    def _build_download(self) -> QGroupBox:
+        """A catalogue model to download, with its progress and Cancel."""
         self.catalogue = QComboBox()
         self.catalogue.setObjectName("catalogue")
         for entry in st.CHAT_MODELS:
@@ -117,19 +121,18 @@ class SetupDialog(QDialog):
         self.download_label = QLabel()
         self.download_label.setObjectName("downloadStatus")
         self.download_label.setWordWrap(True)
-        download_box = QGroupBox("Download a model (resumable; the shared vision weights come with it)")
-        d = QVBoxLayout(download_box)
-        pick = QHBoxLayout()
-        pick.addWidget(self.catalogue, 1)
-        pick.addWidget(self.download_button)
-        pick.addWidget(self.cancel_button)
-        d.addLayout(pick)
-        d.addWidget(self.download_bar)
-        d.addWidget(self.download_label)
-        download.progress.connect(self._download_progress)
-        download.finished.connect(self._download_finished)
+        self.download.progress.connect(self._download_progress)
+        self.download.finished.connect(self._download_finished)
+        box = QGroupBox("Download a model (resumable; the shared vision weights come with it)")
+        column = QVBoxLayout(box)
+        column.addLayout(hbox((self.catalogue, 1), self.download_button, self.cancel_button))
+        column.addWidget(self.download_bar)
+        column.addWidget(self.download_label)
+        return box
 
-        # how it runs
+    def _build_runs(self) -> QGroupBox:
+        """How it runs: backend, quantization, device (with the suggestion), subtitle language, indexing rest."""
+        settings = self.settings
         self.backend = QComboBox()
         self.backend.setObjectName("backend")
         for b in BACKENDS:
@@ -153,8 +156,8 @@ class SetupDialog(QDialog):
         self.reason = QLabel()
         self.reason.setObjectName("recommendation")
         self.reason.setWordWrap(True)
-        runs_box = QGroupBox("How it runs")
-        form = QFormLayout(runs_box)
+        box = QGroupBox("How it runs")
+        form = QFormLayout(box)
         form.addRow("Backend:", self.backend)
         form.addRow("Quantization:", self.bits)
         form.addRow("Device:", self.device)
@@ -166,7 +169,10 @@ class SetupDialog(QDialog):
         self._select(self.device, settings.device)
         for combo in (self.backend, self.bits, self.device):
             combo.activated.connect(self._touched)
+        return box
 
+    def _build_buttons(self, layout: QVBoxLayout) -> None:
+        """The error line, Close and Save."""
         self.error_label = QLabel()
         self.error_label.setObjectName("setupError")
         self.error_label.setWordWrap(True)
@@ -178,22 +184,8 @@ class SetupDialog(QDialog):
         self.save_button.clicked.connect(self.save)
         close = QPushButton("Close")
         close.clicked.connect(self.reject)
-        buttons = QHBoxLayout()
-        buttons.addStretch(1)
-        buttons.addWidget(close)
-        buttons.addWidget(self.save_button)
-
-        layout = QVBoxLayout(self)
-        layout.addWidget(intro)
-        layout.addWidget(self.hardware_label)
-        layout.addWidget(installed_box, 2)
-        layout.addWidget(download_box)
-        layout.addWidget(runs_box)
         layout.addWidget(self.error_label)
-        layout.addLayout(buttons)
-        self._show_download_state()
-        self.refresh()
-        self.tasks.run(hardware.detect, self._detected, self._failed)
+        layout.addLayout(hbox(None, close, self.save_button))
 
     # -- reading the machine and the models folder (worker thread) -------------------------------
     def refresh(self) -> None:

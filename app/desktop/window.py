@@ -44,14 +44,13 @@ from PySide6.QtWidgets import (
 from app import status as st
 from app.chat_service import ChatService
 from app.desktop.chat import ChatPane
-from app.desktop.common import MessageBar, Tasks, describe_error, heading
+from app.desktop.common import MessageBar, Tasks, describe_error, hbox, heading
 from app.desktop.download import ModelDownload
 from app.desktop.indexing import (
     IndexerProcess,
     LibraryReader,
     LibrarySnapshot,
     add_folder,
-    movie_status,
     reindex,
     remove_folder,
     set_paused,
@@ -60,6 +59,7 @@ from app.desktop.library import LibraryPane
 from app.desktop.player import PlayerPane
 from app.desktop.setup import SetupDialog
 from app.desktop.thumbnails import make_thumbnail, remove_thumbnails
+from app.film_words import index_state
 from app.settings import Settings, load_settings, save_settings
 from assets import asset_path
 from indexer.library import Movie, choose_track, frame_times, subtitles
@@ -118,8 +118,34 @@ class MainWindow(QMainWindow):
         self.setup_dialog: SetupDialog | None = None
         self.watcher: Watcher | None = None
 
-        # -- layout
-        title = heading(st.TITLE, scale=1.5)
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.addLayout(self._build_top_bar())
+        self.message = MessageBar()
+        layout.addWidget(self.message)
+        layout.addWidget(self._build_panes(), 1)
+        self.setCentralWidget(central)
+        self.statusBar().showMessage(f"Data folder: {self.data.root}")
+        self._connect()
+        self._start(watch_folders, first_run_dialog)
+
+    def _start(self, watch_folders: bool, first_run_dialog: bool) -> None:
+        """The chat service, the library's poll, the folder watcher and, on a first run, the settings."""
+        self._set_service()
+        if self.settings_problem:
+            self.show_error(self.settings_problem)
+        self.timer = QTimer(self)
+        self.timer.setInterval(POLL_MS)
+        self.timer.timeout.connect(self.poll)
+        self.timer.start()
+        self.poll()
+        if watch_folders:
+            self.tasks.run(self._start_watcher, None, lambda exc: log.warning("not following folders: %s", exc))
+        if first_run_dialog and self.settings.model is None and not self.settings_problem:
+            QTimer.singleShot(0, self.open_settings)
+
+    def _build_top_bar(self) -> QHBoxLayout:
+        """The title, the chat model in use, Open data folder and Settings…."""
         self.model_label = QLabel()
         self.model_label.setObjectName("modelLabel")
         self.settings_button = QPushButton("Settings…")
@@ -127,14 +153,15 @@ class MainWindow(QMainWindow):
         self.settings_button.clicked.connect(self.open_settings)
         folder_button = QPushButton("Open data folder")
         folder_button.clicked.connect(self.open_data_folder)
-        top = QHBoxLayout()
-        top.addWidget(title)
+        top = hbox(heading(st.TITLE, scale=1.5))
         top.addSpacing(16)
         top.addWidget(self.model_label, 1)
         top.addWidget(folder_button)
         top.addWidget(self.settings_button)
-        self.message = MessageBar()
+        return top
 
+    def _build_panes(self) -> QSplitter:
+        """Library | player | chat, side by side."""
         self.library = LibraryPane()
         self.player = PlayerPane()
         self.chat = ChatPane()
@@ -144,15 +171,10 @@ class MainWindow(QMainWindow):
         splitter.addWidget(self.chat)
         splitter.setSizes([330, 560, 470])
         splitter.setChildrenCollapsible(False)
-        central = QWidget()
-        layout = QVBoxLayout(central)
-        layout.addLayout(top)
-        layout.addWidget(self.message)
-        layout.addWidget(splitter, 1)
-        self.setCentralWidget(central)
-        self.statusBar().showMessage(f"Data folder: {self.data.root}")
+        return splitter
 
-        # -- wiring
+    def _connect(self) -> None:
+        """What each pane asks for, and what the indexer and the download say, to the window."""
         self.library.movie_chosen.connect(self.open_movie)
         self.library.add_folder_clicked.connect(self.choose_folder)
         self.library.remove_folder_clicked.connect(self.confirm_remove_folder)
@@ -170,19 +192,6 @@ class MainWindow(QMainWindow):
         self.indexer.failed.connect(lambda text: self.show_error(f"Indexing stopped: {text}"))
         self.indexer.changed.connect(self.poll)
         self.download.finished.connect(self._download_finished)
-
-        self._set_service()
-        if self.settings_problem:
-            self.show_error(self.settings_problem)
-        self.timer = QTimer(self)
-        self.timer.setInterval(POLL_MS)
-        self.timer.timeout.connect(self.poll)
-        self.timer.start()
-        self.poll()
-        if watch_folders:
-            self.tasks.run(self._start_watcher, None, lambda exc: log.warning("not following folders: %s", exc))
-        if first_run_dialog and self.settings.model is None and not self.settings_problem:
-            QTimer.singleShot(0, self.open_settings)
 
     # -- messages ----------------------------------------------------------------------------------
     @Slot(str)
@@ -202,7 +211,7 @@ class MainWindow(QMainWindow):
         if self.service_factory is not None:
             self.service = self.service_factory(s)
         else:
-            self.service = ChatService(self.data.root, model=s.model, language=s.language, **s.load_options())
+            self.service = ChatService(self.data.root, model=s.model, language=s.language, load=s.load_options())
         if old is not None:  # it finishes its question (if any) and saves its state off the GUI thread
             thread = threading.Thread(target=old.close, name="llamavid-close-service", daemon=True)
             thread.start()
@@ -300,7 +309,7 @@ class MainWindow(QMainWindow):
         running = [m for m in snap.movies if m.state == "running"]
         waiting = snap.waiting
         if self.indexer.running() and running:
-            text, _, _ = movie_status(running[0], snap.paused)
+            text = index_state(running[0], snap.paused).text
             rest = waiting - 1
             return f"Indexing {Path(running[0].rel_path).name}: {text.removeprefix('indexing, ')}" + (
                 f" ({rest} more waiting)" if rest > 0 else "")

@@ -6,5 +6,6 @@ heavy), ``engine`` (the one queue in front of the model), ``protocol`` (the chat
 content parts), ``completions`` (the chat route: JSON or server-sent events), ``routes`` (models,
 the library, a film's video, conversations, health, sign-in), ``security`` (the guard in front of
 every route), ``errors`` (OpenAI's error shape), ``indexing`` (the library tab's indexer child),
-``ui`` (the Gradio pages), ``app`` (``create_app``, ``start``, ``serve``).
+``views`` (what the web UI's panels show, without Gradio), ``ui`` (the Gradio pages: layout and
+handlers), ``app`` (``create_app``, ``start``, ``serve``).
 """

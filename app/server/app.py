@@ -2,7 +2,7 @@
 
 :func:`create_app` builds it from :class:`~app.server.settings.ServerSettings` (tests call it
 directly: no port needed); :func:`start` runs it on uvicorn in a background thread and
-:func:`serve` until Ctrl+C. The model loads in the engine's worker when the server starts;
+:func:`serve` until Ctrl+C. The model loads in the chat service's worker when the server starts;
 ``/health`` says 503 until it has.
 """
 from __future__ import annotations
@@ -29,14 +29,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from app.chat_service import ChatService
-from app.server.engine import Engine, NoModel, QueueFull
-from app.server.errors import ApiError, bad_request, from_kind
+from app.chat_service import ChatService, chat_models
+from app.server.errors import ApiError, bad_request, from_error
 from app.server.indexing import Indexer
 from app.server.routes import api
 from app.server.security import Guard
 from app.server.settings import ServerSettings
+from app.settings import load_settings
 from llamavid.errors import UserError, require
+from llamavid.paths import DataDir
 
 log = logging.getLogger(__name__)
 
@@ -60,33 +61,46 @@ def upload_dir() -> Path:
         return _upload_dir
 
 
-def create_app(settings: ServerSettings, service: ChatService | None = None, engine: Engine | None = None) -> FastAPI:
-    """The server's app (see the module docstring). ``service`` or ``engine`` may be given (tests);
-    otherwise they are made from ``settings``, and closed when the app shuts down."""
-    own_engine = engine is None
-    engine = engine or Engine(settings, service)
-    indexer = Indexer(engine.data)
+def make_service(settings: ServerSettings) -> ChatService:
+    """The chat service a server answers with: the model, language and load options its options
+    name, else ``<data>/settings.json``'s, else the first installed chat model."""
+    data = DataDir(settings.data_dir).create()
+    saved = load_settings(data)
+    model = settings.model or saved.model or next((m.name for m in chat_models(data)), None)
+    return ChatService(data.root, model=model, language=settings.language or saved.language,
+                       load=saved.load_options().replace(**settings.load_options.changed()),
+                       max_waiting=settings.max_waiting, max_video_frames=settings.max_video_frames)
+
+
+def create_app(settings: ServerSettings, service: ChatService | None = None) -> FastAPI:
+    """The server's app (see the module docstring). ``service`` may be given (tests); otherwise it
+    is made from ``settings`` (:func:`make_service`) and closed when the app shuts down."""
+    own_service = service is None
+    service = service or make_service(settings)
+    indexer = Indexer(service.data)
+    temp_dir = Path(tempfile.mkdtemp(prefix="llamavid-server-"))  # videos sent in requests, briefly
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine.warm_up()
+        service.warm_up()
         try:
             yield
         finally:
             indexer.stop()
-            if own_engine:
-                engine.close()
+            if own_service:
+                service.close()
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
     # no /docs page: Swagger UI loads its scripts from a CDN, and nothing here reaches the network
     app = FastAPI(title="llamavid", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url="/openapi.json" if not settings.ui else None)
-    app.state.engine, app.state.settings, app.state.indexer = engine, settings, indexer
+    app.state.service, app.state.settings, app.state.indexer, app.state.temp_dir = service, settings, indexer, temp_dir
     app.include_router(api)
     _error_handlers(app)
     uploads = None
     if settings.ui:
         uploads = upload_dir()
-        _mount_ui(app, engine, indexer, settings, uploads)
+        _mount_ui(app, service, indexer, settings, uploads)
     else:
         @app.get("/", include_in_schema=False)
         def index() -> dict[str, Any]:
@@ -102,14 +116,14 @@ def create_app(settings: ServerSettings, service: ChatService | None = None, eng
     return app
 
 
-def _mount_ui(app: FastAPI, engine: Engine, indexer: Indexer, settings: ServerSettings, uploads: Path) -> None:
+def _mount_ui(app: FastAPI, service: ChatService, indexer: Indexer, settings: ServerSettings, uploads: Path) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no usage statistics leave the machine
     gr = require("gradio", purpose="the web UI")
     from app.server.ui import CSS, HEAD, build_ui, theme  # imports gradio: only when the UI is served
 
-    blocks = build_ui(engine, indexer, uploads)
+    blocks = build_ui(service, indexer, uploads)
     blocks.queue(default_concurrency_limit=None)
-    gr.mount_gradio_app(app, blocks, path="/", allowed_paths=[], blocked_paths=[str(engine.data.root)],
+    gr.mount_gradio_app(app, blocks, path="/", allowed_paths=[], blocked_paths=[str(service.data.root)],
                         max_file_size=settings.max_upload_bytes, ssr_mode=False, mcp_server=False,
                         footer_links=[], show_error=True, theme=theme(), css=CSS, head=HEAD,
                         server_name=settings.host, server_port=settings.port)
@@ -132,20 +146,11 @@ def _error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return JSONResponse(ApiError(exc.status_code, str(exc.detail), code=code).body(), status_code=exc.status_code)
 
-    @app.exception_handler(QueueFull)
-    async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
-        problem = from_kind("queue_full", str(exc))
-        return JSONResponse(problem.body(), status_code=problem.status, headers={"Retry-After": "5"})
-
-    @app.exception_handler(NoModel)
-    async def no_model(request: Request, exc: NoModel) -> JSONResponse:
-        problem = from_kind("no_model", str(exc))
-        return JSONResponse(problem.body(), status_code=problem.status)
-
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError) -> JSONResponse:
-        problem = from_kind("user_error", str(exc))
-        return JSONResponse(problem.body(), status_code=problem.status)
+        problem = from_error(exc)
+        headers = {"Retry-After": "5"} if problem.code == "queue_full" else None
+        return JSONResponse(problem.body(), status_code=problem.status, headers=headers)
 
 
 # -- running it ------------------------------------------------------------------------------------------
@@ -199,8 +204,8 @@ def start(settings: ServerSettings, **app_args: Any) -> Running:
 def serve(settings: ServerSettings, what: str = "web UI and API") -> int:
     """Run until Ctrl+C (or SIGTERM); prints one line saying where."""
     running = start(settings)
-    engine: Engine = running.app.state.engine
-    model = engine.model_name or "none installed (see the page for how to get one)"
+    service: ChatService = running.app.state.service
+    model = service.shown_model or "none installed (see the page for how to get one)"
     print(f"llamavid {what} running at {running.url}  (API: {running.url}v1, model: {model}, "
           f"data folder: {settings.data_dir}; press Ctrl+C to stop)", flush=True)
     if settings.open_browser:

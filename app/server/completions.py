@@ -1,5 +1,8 @@
-"""``POST /v1/chat/completions``: a request becomes a job in the engine's queue; its events become
-one JSON answer or a stream of server-sent events.
+"""``POST /v1/chat/completions``: the OpenAI wire format around the chat service.
+
+A request is parsed and checked here (a 4xx in OpenAI's error shape before anything waits), then
+asked through :class:`~app.chat_service.ChatService` (its one queue serves every front end); the
+question's events become one JSON answer or a stream of server-sent events.
 
 A stream, in order (every ``data:`` line a ``chat.completion.chunk``, as OpenAI's clients expect):
 
@@ -30,8 +33,9 @@ import anyio
 from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.chat_service import ChatEvent
-from app.server.engine import ConversationJob, DirectJob, Engine, Request
+from app.chat_service import ChatService
+from app.film_words import queue_position
+from app.questions import AskStream, ChatEvent
 from app.server.errors import ApiError, bad_request, from_kind, not_found
 from app.server.protocol import ChatCompletionRequest, ChatInput, parse_messages
 from indexer.library import choose_track
@@ -43,58 +47,65 @@ SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
 async def chat_completions(body: ChatCompletionRequest, http: HttpRequest) -> Any:
-    engine: Engine = http.app.state.engine
+    service: ChatService = http.app.state.service
     body.check_supported()
     try:
-        model = engine.resolve_model(body.model)
+        model = service.resolve_model(body.model)
     except KeyError as exc:
         raise ApiError(404, exc.args[0], param="model", code="model_not_found") from None
-    job, conversation_id = await anyio.to_thread.run_sync(_job, engine, body)
-    request = engine.submit(job, model=model)
-    request.conversation_id = conversation_id
-    answer = _Answer(request.model or model, conversation_id)
+    found = await anyio.to_thread.run_sync(_parse, http, body)  # decodes images, writes and probes a video
+    stream = _ask(service, body, found, model)  # a refusal (queue full) is a UserError: the app words it
+    answer = _Answer(model, stream.conversation_id)
     if body.stream:
-        return StreamingResponse(_sse(request, answer, body.include_usage), media_type="text/event-stream",
+        return StreamingResponse(_sse(stream, answer, body.include_usage), media_type="text/event-stream",
                                  headers=SSE_HEADERS)
-    return await _collect(request, answer, http)
+    return await _collect(stream, answer, http)
 
 
-def _job(engine: Engine, body: ChatCompletionRequest) -> tuple[Any, int | None]:
-    """The engine job for a request (off the event loop: it decodes images and probes a video)."""
-    settings = engine.settings
-    found = parse_messages(body.messages, settings.max_upload_bytes)
-    options, budget = body.sampling(), body.time_budget
-    service = engine.service
+def _parse(http: HttpRequest, body: ChatCompletionRequest) -> ChatInput:
+    """The request's messages, checked against the service (off the event loop: it decodes images
+    and probes a video, which it writes to a file of its own)."""
+    service: ChatService = http.app.state.service
+    found = parse_messages(body.messages, http.app.state.settings.max_upload_bytes)
     if body.conversation_id is not None:
-        if found.has_media:
-            raise bad_request("a request with conversation_id continues that conversation: send only the new "
-                              "question (its film is already in it)", "conversation_id")
-        try:
-            conv = service.conversation(body.conversation_id)
-        except KeyError:
-            raise not_found(f"no conversation {body.conversation_id} on this server", "conversation_id") from None
-        if body.fast is not None and body.fast != conv.fast:
-            mode = "fast answers" if conv.fast else "exact mode"
-            raise bad_request(f"conversation {conv.id} is in {mode} and stays so; leave out fast, or start a new "
-                              "conversation", "fast")
-        return ConversationJob(found.question, options, body.conversation_id, time_budget=budget), \
-            body.conversation_id
+        _check_conversation(service, body, found)
+    elif found.movie_id is not None:
+        _check_movie(service, found)
+    elif found.video is not None:
+        found.video_path = _video_file(http.app.state.temp_dir, found)
+    return found
+
+
+def _ask(service: ChatService, body: ChatCompletionRequest, found: ChatInput, model: str) -> AskStream:
+    """Queue the question with the service: in a kept conversation, about a film, or stateless."""
+    options, budget = body.sampling(), body.time_budget
+    if body.conversation_id is not None:
+        return service.ask(body.conversation_id, found.question, options, budget, model=model)
     if found.movie_id is not None:
-        _check_movie(engine, found)
-        movie_id, track, history, question = found.movie_id, found.track_id, list(found.history), found.question
-        fast = bool(body.fast)
-        return ConversationJob(question, options, time_budget=budget, prepare=lambda e: e.conversation_with_history(
-            movie_id, track, history, question, fast=fast)), None
-    video, cleanup = None, None
-    if found.video is not None:
-        video, cleanup = _video_file(engine, found)
-    return DirectJob(found.question, options, images=found.images, video=video, history=found.history,
-                     cleanup=cleanup, time_budget=budget), None
+        return service.ask_film(found.movie_id, found.question, history=found.history, track_id=found.track_id,
+                                fast=bool(body.fast), options=options, time_budget=budget, model=model)
+    return service.ask_about(found.question, images=found.images, video=found.video_path, history=found.history,
+                             delete_video=found.video_path is not None, options=options, time_budget=budget,
+                             model=model)
 
 
-def _check_movie(engine: Engine, found: ChatInput) -> None:
+def _check_conversation(service: ChatService, body: ChatCompletionRequest, found: ChatInput) -> None:
+    if found.has_media:
+        raise bad_request("a request with conversation_id continues that conversation: send only the new "
+                          "question (its film is already in it)", "conversation_id")
     try:
-        movie = engine.service.movie(found.movie_id)
+        conv = service.conversation(body.conversation_id)
+    except KeyError:
+        raise not_found(f"no conversation {body.conversation_id} on this server", "conversation_id") from None
+    if body.fast is not None and body.fast != conv.fast:
+        mode = "fast answers" if conv.fast else "exact mode"
+        raise bad_request(f"conversation {conv.id} is in {mode} and stays so; leave out fast, or start a new "
+                          "conversation", "fast")
+
+
+def _check_movie(service: ChatService, found: ChatInput) -> None:
+    try:
+        movie = service.movie(found.movie_id)
     except KeyError:
         raise not_found(f"no movie {found.movie_id} in the library (GET /v1/movies lists them)",
                         f"{found.movie_param}.movie_id") from None
@@ -108,28 +119,24 @@ def _check_movie(engine: Engine, found: ChatInput) -> None:
             raise not_found(exc.args[0], f"{found.movie_param}.subtitle_track") from None
 
 
-def _video_file(engine: Engine, found: ChatInput) -> tuple[Path, Any]:
+def _video_file(temp_dir: Path, found: ChatInput) -> Path:
     """The request's video as a file of its own in the server's temporary folder, probed now (a bad
-    file is a 400 before it waits in the queue) and deleted when the job ends."""
+    file is a 400 before it waits in the queue); the service deletes it once its frames are read."""
     video = found.video
-    fd, name = tempfile.mkstemp(suffix=video.suffix, prefix="request-", dir=engine.temp_dir)
+    fd, name = tempfile.mkstemp(suffix=video.suffix, prefix="request-", dir=temp_dir)
     path = Path(name)
     with open(fd, "wb") as fh:
         fh.write(video.data)
-
-    def cleanup() -> None:
-        path.unlink(missing_ok=True)
-
     try:
         probe(path)
     except BadMedia as exc:
-        cleanup()
+        path.unlink(missing_ok=True)
         raise ApiError(400, f"{video.param}: not a video this server can read ({exc})", param=video.param,
                        code="bad_media") from None
     except BaseException:
-        cleanup()
+        path.unlink(missing_ok=True)
         raise
-    return path, cleanup
+    return path
 
 
 class _Answer:
@@ -147,8 +154,8 @@ class _Answer:
         self.answer_tokens = 0
         self.answer_budget = 0
 
-    def see(self, event: ChatEvent, request: Request) -> None:
-        self.conversation_id = request.conversation_id
+    def see(self, event: ChatEvent, stream: AskStream) -> None:
+        self.conversation_id = stream.conversation_id
         if event.type == "text":
             self.text.append(event.text)
         elif event.type == "progress" and event.progress is not None:
@@ -199,30 +206,27 @@ def _data(obj: Any) -> str:
 
 def progress_object(event: ChatEvent) -> dict[str, Any]:
     if event.type == "queued":
-        ahead = event.position
-        return {"phase": "queued", "position": ahead,
-                "message": "waiting for the model: " + (f"{ahead} question{'s' * (ahead != 1)} ahead" if ahead
-                                                        else "next")}
+        return {"phase": "queued", "position": event.position, "message": queue_position(event.position)}
     out = event.to_dict()
     out.pop("type", None)
     return out
 
 
-async def _sse(request: Request, answer: _Answer, include_usage: bool) -> AsyncIterator[str]:
+async def _sse(stream: AskStream, answer: _Answer, include_usage: bool) -> AsyncIterator[str]:
     """The stream (see the module docstring); leaving early (a closed connection) cancels the question."""
     try:
         first = True
-        async for batch in request.batches(idle=KEEP_ALIVE_S):
+        async for batch in stream.batches(idle=KEEP_ALIVE_S):
             if not batch:
                 yield ": keep-alive\n\n"
                 continue
             out: list[str] = []
             if first:
                 first = False
-                out.append(answer.chunk({"role": "assistant", "content": ""}, **_conv(answer, request)))
+                out.append(answer.chunk({"role": "assistant", "content": ""}, **_conv(stream)))
             text: list[str] = []  # text pieces that arrived together go out as one chunk
             for event in batch:
-                answer.see(event, request)
+                answer.see(event, stream)
                 if event.type == "text":
                     text.append(event.text)
                     continue
@@ -244,34 +248,34 @@ async def _sse(request: Request, answer: _Answer, include_usage: bool) -> AsyncI
             yield "".join(out)
         yield "data: [DONE]\n\n"
     finally:
-        if not request.finished:
-            request.cancel()
+        if not stream.finished:
+            stream.cancel()
 
 
-def _conv(answer: _Answer, request: Request) -> dict[str, Any]:
-    conversation_id = request.conversation_id
+def _conv(stream: AskStream) -> dict[str, Any]:
+    conversation_id = stream.conversation_id
     return {"conversation_id": conversation_id} if conversation_id is not None else {}
 
 
-async def _collect(request: Request, answer: _Answer, http: HttpRequest) -> JSONResponse:
+async def _collect(stream: AskStream, answer: _Answer, http: HttpRequest) -> JSONResponse:
     """The whole answer as one JSON object; a client that disconnects meanwhile cancels it."""
     async def watch_disconnect() -> None:
         while True:
             message = await http.receive()
             if message["type"] == "http.disconnect":
-                request.cancel()
+                stream.cancel()
                 return
 
     watcher = asyncio.ensure_future(watch_disconnect())
     try:
-        async for event in request.events():
-            answer.see(event, request)
+        async for event in stream.events():
+            answer.see(event, stream)
             if event.type == "error":
                 raise from_kind(event.kind, event.text)
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await watcher
-        if not request.finished:
-            request.cancel()
+        if not stream.finished:
+            stream.cancel()
     return JSONResponse(answer.completion())

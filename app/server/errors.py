@@ -1,7 +1,8 @@
 """Errors in OpenAI's shape, from one place: ``{"error": {"message", "type", "param", "code"}}``.
 
-An :class:`ApiError` carries the HTTP status; :func:`from_kind` maps the chat service's error kinds
-(``ChatEvent.kind``: what a :class:`llamavid.errors.UserError` kind became) to one. The same
+An :class:`ApiError` carries the HTTP status; :func:`from_kind` maps an error kind (each error names
+its own: ``llamavid.errors.UserError.kind``, the ``kind`` of a chat's ``error`` event) to one, in
+one table, :data:`KIND_STATUS`; :func:`from_error` does it for an exception. The same
 object is the body of an error response and the one ``data:`` event a failing stream sends before
 ``[DONE]``.
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from llamavid.errors import error_kind, error_message
 
 #: chat service error kind -> (HTTP status, OpenAI error type, code)
 KIND_STATUS: dict[str, tuple[int, str, str]] = {
@@ -44,6 +47,11 @@ class ApiError(Exception):
 def from_kind(kind: str, message: str, param: str | None = None) -> ApiError:
     status, type_, code = KIND_STATUS.get(kind, KIND_STATUS["internal"])
     return ApiError(status, message, type_, param, code)
+
+
+def from_error(exc: BaseException, param: str | None = None) -> ApiError:
+    """An exception as the API reports it: the status of its kind, its own message."""
+    return from_kind(error_kind(exc), error_message(exc), param)
 
 
 def bad_request(message: str, param: str | None = None, code: str = "invalid_request") -> ApiError:

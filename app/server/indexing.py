@@ -4,7 +4,8 @@ Indexing runs as ``llamavid index run`` in a child process, never in the server:
 loads its own EVA (about 2 GB in fp32) and keeps the CPU or GPU busy for hours, and the server's
 model, queue and event loop stay as they are. The child and the server share only the library
 database (SQLite in WAL mode: the server reads while the child writes); pausing is the
-database's queue flag, which ``llamavid index pause`` sets too.
+database's queue flag, which ``llamavid index pause`` sets too. The actions, the child's command
+line and its log file are the ones every front end uses (:mod:`indexer.controls`).
 """
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
-from indexer.scan import ScanReport, add_library, scan
+from indexer import controls
+from indexer.scan import ScanReport
 from indexer.store import LibraryStore
 from llamavid.paths import DataDir
 
@@ -33,7 +34,7 @@ class Indexer:
 
     @property
     def log_path(self) -> Path:
-        return self.data.logs / "indexer-web.log"
+        return controls.indexer_log(self.data)
 
     def running(self) -> bool:
         with self._lock:
@@ -45,38 +46,32 @@ class Indexer:
             if self._proc is not None and self._proc.poll() is None:
                 return True
             with self._store() as store:
-                if store.queue_paused():
+                if store.queue_paused() or not controls.has_work(store):
                     return False
-                counts = store.queue_counts()
-            if counts.get("queued", 0) + counts.get("running", 0) == 0:
-                return False
-            self.data.logs.mkdir(parents=True, exist_ok=True)
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with self.log_path.open("ab") as out:
-                self._proc = subprocess.Popen(
-                    [sys.executable, "-m", "llamavid", "--data-dir", str(self.data.root), "index", "run", "--quiet"],
-                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                self._proc = subprocess.Popen(controls.indexer_command(self.data), stdout=out,
+                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                              start_new_session=True)
             log.info("indexer started (pid %s), log in %s", self._proc.pid, self.log_path)
             return True
 
     def add_folder(self, folder: str) -> ScanReport:
         """Register a folder, scan it and start indexing what it holds (UserError for a bad folder)."""
         with self._store() as store:
-            library = add_library(store, Path(folder).expanduser())
-            report = scan(store, [library["id"]])
+            report = controls.add_folders(store, [folder]).report
         self.start()
         return report
 
     def pause(self) -> None:
         """The queue stops after the chunk under way (the child then exits)."""
         with self._store() as store:
-            store.pause_queue(True)
+            controls.control(store, "pause")
 
     def resume(self) -> None:
+        """The queue runs again, paused films included, and the child starts."""
         with self._store() as store:
-            store.pause_queue(False)
-            paused = store.paused_movie_ids()
-            if paused:
-                store.control_jobs(paused, "resume")
+            controls.control(store, "resume")
         self.start()
 
     def paused(self) -> bool:
@@ -101,4 +96,4 @@ class Indexer:
             proc.wait()
 
     def _store(self) -> LibraryStore:
-        return LibraryStore.open(self.data.database)
+        return controls.open_store(self.data)

@@ -22,6 +22,7 @@ import io
 import re
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -126,6 +127,7 @@ class ChatInput:
     movie_id: int | None = None
     track_id: int | None = None
     movie_param: str | None = None
+    video_path: Path | None = None  # the video written to a file of its own (app.server.completions)
 
     @property
     def has_media(self) -> bool:

@@ -1,6 +1,6 @@
 """The HTTP routes besides the chat itself: models, the library, a film's video, conversations,
-health and the sign-in page. Each is a few lines over the engine (``app.state.engine``); the
-work lives in :mod:`app.server.engine`, the chat in :mod:`app.server.completions`.
+health and the sign-in page. Each is a few lines over the chat service (``app.state.service``,
+:class:`app.chat_service.ChatService`); the chat itself is :mod:`app.server.completions`.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from app.chat_service import ChatService, no_model_hint
 from app.server.completions import chat_completions
-from app.server.engine import Engine, no_model_hint
 from app.server.errors import ApiError, not_found
 from app.server.security import SESSION_COOKIE, login_page, safe_next, session_token
 from indexer.library import Movie
@@ -27,20 +27,20 @@ api.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"],
                   summary="OpenAI-compatible chat: text, images, short videos and films of the library")
 
 
-def _engine(request: Request) -> Engine:
-    return request.app.state.engine
+def _service(request: Request) -> ChatService:
+    return request.app.state.service
 
 
 @api.get("/v1/models", summary="the chat models installed here")
 async def models(request: Request) -> dict[str, Any]:
-    engine = _engine(request)
-    entries = engine.models()
-    served = engine.model_name
+    service = _service(request)
+    entries = service.models()
+    served = service.shown_model
     data = [{"id": m.name, "object": "model", "created": 0, "owned_by": "llamavid", "kind": m.kind,
-             "status": m.status, "loaded": m.name == served and engine.model_loaded} for m in entries]
+             "status": m.status, "loaded": m.name == served and service.model_loaded} for m in entries]
     if served and all(m.name != served for m in entries):  # --model named a folder outside the data folder
         data.insert(0, {"id": served, "object": "model", "created": 0, "owned_by": "llamavid", "kind": None,
-                        "status": "complete", "loaded": engine.model_loaded})
+                        "status": "complete", "loaded": service.model_loaded})
     return {"object": "list", "data": data}
 
 
@@ -72,34 +72,34 @@ def movie_object(movie: Movie, prepare_estimate: int | None = None) -> dict[str,
     }
 
 
-def served_movie(engine: Engine, movie: Movie) -> dict[str, Any]:
+def served_movie(service: ChatService, movie: Movie) -> dict[str, Any]:
     """:func:`movie_object` with the served model's estimate of the film's prepared size."""
-    return movie_object(movie, engine.service.prepare_estimate(movie))
+    return movie_object(movie, service.prepare_estimate(movie))
 
 
 @api.get("/v1/movies", summary="the films of the library, their index state and whether they are prepared")
 def movies(request: Request) -> dict[str, Any]:
-    engine = _engine(request)
-    return {"object": "list", "data": [served_movie(engine, m) for m in engine.service.movies()]}
+    service = _service(request)
+    return {"object": "list", "data": [served_movie(service, m) for m in service.movies()]}
 
 
-def _movie(engine: Engine, movie_id: int) -> Movie:
+def _movie(service: ChatService, movie_id: int) -> Movie:
     try:
-        return engine.service.movie(movie_id)
+        return service.movie(movie_id)
     except KeyError:
         raise not_found(f"no movie {movie_id} in the library (GET /v1/movies lists them)", "movie_id") from None
 
 
 @api.get("/v1/movies/{movie_id}", summary="one film")
 def movie(movie_id: int, request: Request) -> dict[str, Any]:
-    engine = _engine(request)
-    return served_movie(engine, _movie(engine, movie_id))
+    service = _service(request)
+    return served_movie(service, _movie(service, movie_id))
 
 
 @api.get("/v1/movies/{movie_id}/video", summary="the film's file, with HTTP Range requests (a player seeks)")
 def movie_video(movie_id: int, request: Request) -> FileResponse:
-    engine = _engine(request)
-    path = library_file(engine, _movie(engine, movie_id))
+    service = _service(request)
+    path = library_file(service, _movie(service, movie_id))
     media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     if path.suffix.lower() == ".mkv":
         media_type = "video/x-matroska"
@@ -107,11 +107,11 @@ def movie_video(movie_id: int, request: Request) -> FileResponse:
                         content_disposition_type="inline")
 
 
-def library_file(engine: Engine, movie: Movie) -> Path:
+def library_file(service: ChatService, movie: Movie) -> Path:
     """The film's file, only if it is a video file inside one of the library's folders, as the
     indexer found it (no ``..``; a link the user put in the folder is followed, as the indexer did)."""
     path = Path(movie.path)
-    with LibraryStore.open(engine.data.database) as store:
+    with LibraryStore.open(service.data.database) as store:
         roots = [Path(p) for p in store.library_paths()]
     inside = any(path.is_relative_to(root) for root in roots) and ".." not in path.parts
     if not inside or not is_video(path) or not path.is_file():
@@ -122,7 +122,7 @@ def library_file(engine: Engine, movie: Movie) -> Path:
 
 @api.get("/v1/conversations", summary="kept conversations, newest first (movie_id: one film's)")
 def conversations(request: Request, movie_id: int | None = None) -> dict[str, Any]:
-    found = _engine(request).service.conversations(movie_id)
+    found = _service(request).conversations(movie_id)
     return {"object": "list", "data": [{"id": c.id, "object": "conversation", "title": c.title,
                                         "movie_id": c.movie_id, "model": c.model, "fast": c.fast,
                                         "created": int(c.created_at), "updated": int(c.updated_at)}
@@ -132,10 +132,10 @@ def conversations(request: Request, movie_id: int | None = None) -> dict[str, An
 @api.get("/v1/conversations/{conversation_id}", summary="one conversation with its turns")
 def conversation(conversation_id: int, request: Request) -> dict[str, Any]:
     try:
-        conv = _engine(request).service.conversation(conversation_id)
+        conv = _service(request).conversation(conversation_id)
     except KeyError:
         raise not_found(f"no conversation {conversation_id}", "conversation_id") from None
-    turns = getattr(conv, "shown_turns", conv.turns)
+    turns = conv.shown_turns
     return {"id": conv.id, "object": "conversation", "title": conv.title, "movie_id": conv.movie_id,
             "model": conv.model, "fast": conv.fast, "created": int(conv.created_at), "updated": int(conv.updated_at),
             "turns": [{"id": t.id, "question": t.question, "answer": t.answer, "stopped": t.stopped,
@@ -145,7 +145,7 @@ def conversation(conversation_id: int, request: Request) -> dict[str, Any]:
 @api.delete("/v1/conversations/{conversation_id}", summary="delete a conversation")
 def delete_conversation(conversation_id: int, request: Request) -> dict[str, Any]:
     try:
-        _engine(request).service.delete(conversation_id)
+        _service(request).delete(conversation_id)
     except KeyError:
         raise not_found(f"no conversation {conversation_id}", "conversation_id") from None
     return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
@@ -153,10 +153,10 @@ def delete_conversation(conversation_id: int, request: Request) -> dict[str, Any
 
 @api.get("/health", summary="200 once the model is loaded; 503 with the reason before")
 async def health(request: Request) -> JSONResponse:
-    engine = _engine(request)
-    state = engine.status()
+    service = _service(request)
+    state = service.status()
     if state["model"] is None:
-        problem = ApiError(503, "no chat model is installed: " + no_model_hint(engine.data), "unavailable_error",
+        problem = ApiError(503, "no chat model is installed: " + no_model_hint(service.data), "unavailable_error",
                            code="no_model")
         return JSONResponse({**problem.body(), **state, "status": "no_model"}, status_code=503)
     if state["load_error"]:

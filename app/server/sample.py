@@ -26,7 +26,7 @@ def make_library(root: Path, seconds: int = SECONDS) -> tuple[Path, Path]:
     write_video(films / FILM, clock(64, 48, 5), fps=5, seconds=seconds)  # H.264 in MP4: a browser plays it
     (films / (Path(FILM).stem + ".en.srt")).write_text(srt_text(CUES))
     for args in (["index", "add", str(films)], ["index", "run", "--speech", "never", "--quiet"]):
-        proc = subprocess.run([sys.executable, "-m", "llamavid", "--data-dir", str(data), *args],
+        proc = subprocess.run([sys.executable, "-m", "cli", "--data-dir", str(data), *args],
                               capture_output=True, text=True, timeout=900)
         if proc.returncode != 0:
             raise RuntimeError(f"llamavid {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")

@@ -11,9 +11,9 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from llamavid.errors import UserError
+from llamavid.runtime.options import LoadOptions
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -34,7 +34,8 @@ class ServerSettings:
     max_upload_bytes: int = 64 * 2**20  # a request body (images and videos as data URLs) or an upload
     max_video_frames: int = 180  # a short video is sampled at 1 fps, at most this many frames kept
     max_waiting: int = 32  # questions waiting for the model; more are refused with 429
-    load_options: dict[str, Any] = field(default_factory=dict)  # for load_model (device, dtype, bits...)
+    # how load_model loads the model; settings.json's backend, bits and device where these keep the defaults
+    load_options: LoadOptions = field(default_factory=LoadOptions)
     language: str | None = None  # the subtitle language; None: settings.json, else the locale's
     open_browser: bool = False
 

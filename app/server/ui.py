@@ -1,40 +1,39 @@
 """The web UI (Gradio), mounted into the server's FastAPI app: Movie chat, Quick chat, Library.
 
-It asks through the same engine as the API (:mod:`app.server.engine`), so a question typed here
-and one sent by an API client wait in the same queue. The film player is a plain ``<video>``
-element fed by ``/v1/movies/{id}/video`` (Range requests: it seeks without downloading the film);
-Gradio never copies a film. Moments under the player are links: a click sets the player's
-``currentTime`` (a small script in the page's head, :data:`HEAD`).
+It asks through the same chat service as the API (:class:`app.chat_service.ChatService`), so a
+question typed here, one sent by an API client and one from the desktop app wait in the same
+queue. The film player is a plain ``<video>`` element fed by ``/v1/movies/{id}/video`` (Range
+requests: it seeks without downloading the film); Gradio never copies a film. Moments under the
+player are links: a click sets the player's ``currentTime`` (a small script in the page's head, :data:`HEAD`).
 
 "Fast answers" (a conversation that starts from the film's prepared state, see
 :mod:`indexer.prepare`) is a checkbox of the Movie chat, on by default for a prepared film; the
 Library tab shows which films are prepared and asks the indexer to prepare one, its size shown
 on the button before the click.
+
+What each panel shows is a plain function of :mod:`app.server.views` (no Gradio); this module holds
+the layout, one function per tab, and :class:`Handlers`, the events' thin side that reads the
+service and the indexer and wraps the views in ``gr.update(...)``.
 """
 from __future__ import annotations
 
-import html
-import logging
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gradio as gr
 
 from app import status as st
-from app.chat_service import ChatEvent, fast_by_default
-from app.server.engine import ConversationJob, DirectJob, Engine, Request, short_title
+from app.chat_service import ChatService
+from app.conversations import short_title
+from app.film_words import FORGET_PREPARED
+from app.questions import AskStream
+from app.server import views
 from app.server.indexing import Indexer
-from app.server.routes import movie_object
 from indexer.library import Movie
 from llamavid.errors import UserError
-from llamavid.media.load import load_image
 from llamavid.runtime.generate import SamplingOptions
-from llamavid.storage import human_size
-
-log = logging.getLogger(__name__)
 
 HEAD = """
 <script>
@@ -55,18 +54,9 @@ CSS = """
              background: var(--color-accent-soft); text-decoration: none; }
 table.library { width: 100%; border-collapse: collapse; }
 table.library td, table.library th { padding: .25rem .5rem; border-bottom: 1px solid var(--border-color-primary); }
+table.library td.bad { color: var(--error-text-color); }
 """
-NEW = 0  # the conversation dropdown's "new conversation"
-FAST_INFO = ("Answers start from the film read once ahead (seconds instead of minutes); "
-             "exact mode reads the film with your question.")
-
-
-def prepared_label(movie: Movie, estimate: int | None) -> str:
-    """What the library says about a film's fast answers: its prepared size, or what it will take."""
-    if movie.prepared_bytes:
-        return f"prepared ({human_size(movie.prepared_bytes)})"
-    about = f" (about {human_size(estimate)})" if estimate else ""
-    return f"to be prepared{about}" if movie.prepare_wanted else "no"
+MOVIE, QUICK = "movie", "quick"  # the two chat tabs, each with its own question under way
 
 
 def theme() -> Any:
@@ -75,432 +65,331 @@ def theme() -> Any:
                              font_mono=["ui-monospace", "Consolas", "monospace"])
 
 
-def clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
-def moments_html(moments: list[dict] | None) -> str:
-    if not moments:
-        return ""
-    links = []
-    for m in moments:
-        why = html.escape("; ".join(m.get("why") or []), quote=True)
-        links.append(f'<a href="#" class="moment" data-seek="{float(m["start"]):.3f}" title="{why}">'
-                     f'{clock(m["start"])}&ndash;{clock(m["end"])}</a>')
-    return '<div class="moments" id="moments-list"><strong>Moments:</strong> ' + "".join(links) + "</div>"
-
-
-def player_html(movie_id: int | None) -> str:
-    if movie_id is None:
-        return "<p>Pick an indexed film.</p>"
-    return (f'<video id="llamavid-player" controls preload="metadata" '
-            f'src="/v1/movies/{int(movie_id)}/video"></video>')
-
-
-def progress_text(event: ChatEvent) -> str | None:
-    if event.type == "queued":
-        return f"Waiting for the model: {event.position} question(s) ahead" if event.position else "Starting..."
-    if event.type == "progress" and event.progress is not None and event.progress.phase != "answer":
-        return event.progress.describe().capitalize()
-    return None
-
-
 class UiState:
-    """What the UI keeps per browser session: the request under way (Stop cancels it)."""
+    """What the UI keeps per browser session and chat tab: the question under way, which that
+    tab's Stop cancels (the other tab's question goes on)."""
 
     def __init__(self) -> None:
-        self._requests: dict[str, Request] = {}
+        self._requests: dict[tuple[str, str], AskStream] = {}
         self._lock = threading.Lock()
 
-    def start(self, session: str, request: Request) -> None:
+    def start(self, session: str, tab: str, request: AskStream) -> None:
         with self._lock:
-            self._requests[session] = request
+            self._requests[session, tab] = request
 
-    def stop(self, session: str) -> None:
+    def stop(self, session: str, tab: str) -> None:
         with self._lock:
-            request = self._requests.pop(session, None)
+            request = self._requests.pop((session, tab), None)
         if request is not None:
             request.cancel()
 
-    def done(self, session: str, request: Request) -> None:
+    def done(self, session: str, tab: str, request: AskStream) -> None:
         with self._lock:
-            if self._requests.get(session) is request:
-                del self._requests[session]
+            if self._requests.get((session, tab)) is request:
+                del self._requests[session, tab]
 
 
-def build_ui(engine: Engine, indexer: Indexer, upload_dir: Path) -> Any:
-    """The Blocks (see the module docstring); every list is re-read on page load and on refresh."""
-    running = UiState()
+def session_of(request: Any) -> str:
+    return getattr(request, "session_hash", None) or "default"
 
-    def session(request: Any) -> str:
-        return getattr(request, "session_hash", None) or "default"
 
-    # -- what the panels show --------------------------------------------------------------------------
-    def setup_markdown() -> str:
-        status = st.collect_status(engine.data.root)
-        if engine.model_name is None:
-            return f"{st.TAGLINE}\n\n**Data folder:** `{status.data_dir}`\n\n{st.instructions_markdown(status)}"
-        loaded = "loaded" if engine.model_loaded else (engine.load_error or "loads with the first question")
-        return f"**Model:** `{engine.model_name}` ({loaded}) · **Data folder:** `{status.data_dir}`"
+def sampling(temperature: float, max_tokens: float) -> SamplingOptions:
+    return SamplingOptions(temperature=float(temperature), max_new_tokens=max(1, int(max_tokens)))
 
-    def model_choices() -> Any:
-        names = [m.name for m in engine.models()]
-        current = engine.model_name
-        if current and current not in names:
-            names.insert(0, current)
-        return gr.update(choices=names, value=current, visible=len(names) > 1)
 
-    def films() -> list[tuple[str, int]]:
-        return [(Path(m.rel_path).stem, m.id) for m in engine.service.movies() if m.features_complete]
+def _user_error(exc: Exception) -> gr.Error:
+    """A KeyError's or a UserError's message, for the page."""
+    return gr.Error(str(exc.args[0] if isinstance(exc, KeyError) else exc))
 
-    def find_movie(movie_id: int | None) -> Movie | None:
+
+class Handlers:
+    """What the page's events do: read the service and the indexer, show them through
+    :mod:`app.server.views`; every list is re-read on page load and on refresh."""
+
+    def __init__(self, service: ChatService, indexer: Indexer, upload_dir: Path) -> None:
+        self.service, self.indexer, self.upload_dir = service, indexer, upload_dir
+        self.running = UiState()
+
+    # -- what the panels show ---------------------------------------------------------------------------
+    def find_movie(self, movie_id: int | None) -> Movie | None:
         try:
-            return engine.service.movie(int(movie_id)) if movie_id is not None else None
+            return self.service.movie(int(movie_id)) if movie_id is not None else None
         except KeyError:
             return None
 
-    def fast_choice(movie_id: int | None, conversation: int | None = None) -> Any:
-        """The checkbox for a new conversation (the film's default), or a kept one's mode (fixed)."""
-        if conversation:
-            return gr.update(value=engine.service.conversation(conversation).fast, interactive=False)
-        return gr.update(value=fast_by_default(find_movie(movie_id)), interactive=True)
+    def setup(self) -> str:
+        return views.setup_markdown(self.service, st.collect_status(self.service.data.root))
 
-    def film_choices(current: int | None = None) -> Any:
-        choices = films()
-        ids = [i for _, i in choices]
-        value = current if current in ids else (ids[0] if ids else None)
-        return gr.update(choices=choices, value=value)
+    def models(self) -> dict[str, Any]:
+        return views.model_choices([m.name for m in self.service.models()], self.service.shown_model)
 
-    def conversation_choices(movie_id: int | None, current: int | None = NEW) -> Any:
-        choices = [("New conversation", NEW)]
-        if movie_id is not None:
-            choices += [(f"{c.title} ({time_label(c.updated_at)})", c.id)
-                        for c in engine.service.conversations(movie_id)]
-        ids = [i for _, i in choices]
-        return gr.update(choices=choices, value=current if current in ids else NEW)
+    def films(self, current: int | None = None) -> dict[str, Any]:
+        return views.film_choices(self.service.movies(), current)
 
-    def library_html() -> str:
-        movies = engine.service.movies()
-        if not movies:
-            return "<p>The library is empty: add a folder of films below.</p>"
-        rows = []
-        for m in movies:
-            info = movie_object(m)
-            done, total = info["progress"]["done"], info["progress"]["total"]
-            state = m.state
-            if m.state in ("running", "queued") and total:
-                state += f" {100 * done // max(total, 1)}%"
-                if m.eta_seconds:
-                    state += f", {clock(m.eta_seconds)} left"
-            if m.error:
-                state += f": {m.error}"
-            tracks = ", ".join(sorted({t["language"] or "?" for t in info["subtitle_tracks"]})) or "none"
-            estimate = engine.service.prepare_estimate(m) if m.prepare_wanted and not m.prepared_bytes else None
-            rows.append(f"<tr><td>{m.id}</td><td>{html.escape(info['title'])}</td><td>{html.escape(state)}</td>"
-                        f"<td>{clock(m.duration)}</td><td>{html.escape(tracks)}</td>"
-                        f"<td>{html.escape(prepared_label(m, estimate))}</td></tr>")
-        return ('<table class="library"><thead><tr><th>#</th><th>Film</th><th>Index</th><th>Length</th>'
-                "<th>Subtitles</th><th>Fast answers</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+    def conversations(self, movie_id: int | None, current: int | None = views.NEW) -> Any:
+        kept = self.service.conversations(movie_id) if movie_id is not None else []
+        return gr.update(**views.conversation_choices(kept, current))
 
-    def prepare_choices(current: int | None = None) -> Any:
-        choices = [(Path(m.rel_path).stem, m.id) for m in engine.service.movies()]
-        ids = [i for _, i in choices]
-        return gr.update(choices=choices, value=current if current in ids else (ids[0] if ids else None))
+    def fast(self, movie_id: int | None, conversation_id: int | None = None) -> Any:
+        kept = self.service.conversation(conversation_id) if conversation_id else None
+        return gr.update(**views.fast_choice(self.find_movie(movie_id), kept))
 
-    def prepare_controls(movie_id: int | None) -> tuple[Any, Any, Any]:
-        """What the film's fast answers are, and the buttons: Prepare with its size before the click
-        (while not prepared nor asked for), Forget (once prepared or asked for)."""
-        movie = find_movie(movie_id)
-        if movie is None:
-            return "", gr.update(visible=False), gr.update(visible=False)
-        estimate = engine.service.prepare_estimate(movie)
-        about = f" (about {human_size(estimate)})" if estimate else ""
-        name = Path(movie.rel_path).stem
-        if movie.prepared_bytes:
-            line = f"**{name}** is prepared for fast answers: {human_size(movie.prepared_bytes)} on disk."
-        elif movie.prepare_wanted:
-            line = f"**{name}** is waiting for the indexer to prepare it{about}."
-        else:
-            line = (f"**{name}** is not prepared: a fast conversation about it first reads the whole film. "
-                    f"Preparing it ahead takes{about or ' some'} disk space.")
-        asked = bool(movie.prepared_bytes or movie.prepare_wanted)
-        return (line, gr.update(value=f"Prepare for fast answers{about}", visible=not asked),
-                gr.update(visible=asked))
+    def library(self) -> str:
+        movies = self.service.movies()
+        estimates = {m.id: self.service.prepare_estimate(m) for m in movies
+                     if m.prepare_wanted and not m.prepared_bytes}
+        return views.library_html(movies, estimates, self.indexer.paused())
 
-    def queue_markdown() -> str:
-        counts = indexer.counts()
-        parts = [f"{n} {state}" for state, n in sorted(counts.items()) if n]
-        line = "Queue: " + (", ".join(parts) if parts else "empty")
-        line += " · indexer " + ("running" if indexer.running() else "idle")
-        if indexer.paused():
-            line += " · **paused**"
-        return line
+    def queue(self) -> str:
+        return views.queue_markdown(self.indexer.counts(), self.indexer.running(), self.indexer.paused())
 
-    # -- actions ------------------------------------------------------------------------------------
-    def refresh_all(movie_id: int | None, prepare_id: int | None) -> tuple:
-        installed = engine.models()
-        if engine.model_name is None and installed:  # a model was installed since the server started
-            engine.select_model(installed[0].name)
-        film = film_choices(movie_id)
+    def prepare_films(self, current: int | None = None) -> dict[str, Any]:
+        return views.prepare_choices(self.service.movies(), current)
+
+    def prepare_panel(self, movie_id: int | None) -> tuple[str, Any, Any]:
+        movie = self.find_movie(movie_id)
+        line, prepare, forget = views.prepare_controls(movie, self.service.prepare_estimate(movie) if movie else None)
+        return line, gr.update(**prepare), gr.update(**forget)
+
+    def library_panels(self, prepare_id: int | None) -> tuple:
+        return (self.library(), self.queue(), *self.prepare_panel(prepare_id))
+
+    # -- the header -------------------------------------------------------------------------------------
+    def refresh_all(self, movie_id: int | None, prepare_id: int | None) -> tuple:
+        installed = self.service.models()
+        if self.service.shown_model is None and installed:  # a model was installed since the server started
+            self.service.select_model(installed[0].name)
+        film = self.films(movie_id)
         chosen = film["value"]
-        prepare = prepare_choices(prepare_id)
-        return (setup_markdown(), model_choices(), film, player_html(chosen), conversation_choices(chosen),
-                fast_choice(chosen), library_html(), queue_markdown(), prepare, *prepare_controls(prepare["value"]))
+        prepare = self.prepare_films(prepare_id)
+        return (self.setup(), gr.update(**self.models()), gr.update(**film), views.player_html(chosen),
+                self.conversations(chosen), self.fast(chosen), self.library(), self.queue(), gr.update(**prepare),
+                *self.prepare_panel(prepare["value"]))
 
-    def pick_model(name: str | None) -> str:
+    def pick_model(self, name: str | None) -> str:
         if name:
             try:
-                engine.select_model(name)
+                self.service.select_model(name)
             except (KeyError, UserError) as exc:
-                raise gr.Error(str(exc.args[0] if isinstance(exc, KeyError) else exc)) from None
-        return setup_markdown()
+                raise _user_error(exc) from None
+        return self.setup()
 
-    def pick_film(movie_id: int | None) -> tuple:
-        return player_html(movie_id), conversation_choices(movie_id), [], "", None, "", fast_choice(movie_id)
+    # -- the chats --------------------------------------------------------------------------------------
+    def pick_film(self, movie_id: int | None) -> tuple:
+        return (views.player_html(movie_id), self.conversations(movie_id), [], "", None, "", self.fast(movie_id))
 
-    def pick_conversation(conversation_id: int | None, movie_id: int | None) -> tuple:
+    def pick_conversation(self, conversation_id: int | None, movie_id: int | None) -> tuple:
         if not conversation_id:
-            return [], "", None, fast_choice(movie_id)
-        conv = engine.service.conversation(conversation_id)
-        turns = list(getattr(conv, "shown_turns", conv.turns))
-        messages = []
-        for t in turns:
-            messages += [{"role": "user", "content": t.question},
-                         {"role": "assistant", "content": t.answer + (" *(stopped)*" if t.stopped else "")}]
-        return (messages, moments_html(turns[-1].moments if turns else None), conversation_id,
-                fast_choice(movie_id, conversation_id))
+            return [], "", None, self.fast(movie_id)
+        kept = self.service.conversation(conversation_id)
+        turns = kept.shown_turns
+        return (views.chat_messages(turns), views.moments_html(turns[-1].moments if turns else None),
+                conversation_id, gr.update(**views.fast_choice(self.find_movie(movie_id), kept)))
 
-    def answer(request: Request, history: list, user_session: str) -> Iterator[tuple[list, str, str | None]]:
-        """Follow a request, yielding (chat, progress line, moments html or None for unchanged)."""
-        text = ""
-        history = [*history, {"role": "assistant", "content": ""}]
+    def _need_model(self) -> None:
+        if self.service.shown_model is None:
+            raise gr.Error("No model is installed yet: see the instructions at the top of the page.")
+
+    @staticmethod
+    def _ask(ask: Callable[[], AskStream]) -> AskStream:
         try:
-            for event in request:
-                line = progress_text(event)
-                if event.type == "text":
-                    text += event.text
-                    history[-1] = {"role": "assistant", "content": text}
-                    yield history, "", None
-                elif line is not None:
-                    yield history, line, None
-                elif event.type == "moments":
-                    yield history, "", moments_html([m.to_dict() for m in event.moments])
-                elif event.type == "error":
-                    note = "stopped" if event.kind == "cancelled" else f"error: {event.text}"
-                    history[-1] = {"role": "assistant", "content": f"{text}\n\n*({note})*".strip()}
-                    yield history, "", None
-        finally:
-            running.done(user_session, request)
-            if not request.finished:
-                request.cancel()
+            return ask()
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
 
-    def ask_movie(question: str, movie_id: int | None, conversation_id: int | None, history: list,
+    def follow(self, job: AskStream, history: list, session: str, tab: str) -> Iterator[tuple]:
+        """The question's updates (:func:`views.answer_updates`); Stop in ``tab`` cancels it, and so
+        does a page that goes away (the generator is closed)."""
+        self.running.start(session, tab, job)
+        try:
+            yield from views.answer_updates(job, history)
+        finally:
+            self.running.done(session, tab, job)
+            if not job.finished:
+                job.cancel()
+
+    def ask_movie(self, question: str, movie_id: int | None, conversation_id: int | None, history: list,
                   temperature: float, max_tokens: float, fast: bool, request: gr.Request) -> Iterator[tuple]:
         question = (question or "").strip()
         if not question:
             raise gr.Error("Type a question about the film.")
         if movie_id is None:
             raise gr.Error("Pick an indexed film first.")
-        if engine.model_name is None:
-            raise gr.Error("No model is installed yet: see the instructions at the top of the page.")
+        self._need_model()
         if not conversation_id:
-            conversation_id = engine.service.new_conversation(movie_id, title=short_title(question),
-                                                              fast=bool(fast)).id
-        try:
-            job = engine.submit(ConversationJob(question, sampling(temperature, max_tokens),
-                                                conversation_id=conversation_id))
-        except UserError as exc:
-            raise gr.Error(str(exc)) from None
-        user_session = session(request)
-        running.start(user_session, job)
-        history = [*history, {"role": "user", "content": question}]
+            conversation_id = self.service.new_conversation(movie_id, title=short_title(question),
+                                                            fast=bool(fast)).id
+        job = self._ask(lambda: self.service.ask(conversation_id, question, sampling(temperature, max_tokens)))
+        chat = history = [*history, {"role": "user", "content": question}]
         moments = gr.update()
-        fixed = fast_choice(movie_id, conversation_id)  # the conversation's mode, fixed from now on
-        for chat, line, found in answer(job, history, user_session):
-            if found is not None:
-                moments = found
+        fixed = self.fast(movie_id, conversation_id)  # the conversation's mode, fixed from now on
+        for chat, line, found in self.follow(job, history, session_of(request), MOVIE):
+            moments = moments if found is None else found
             yield chat, line, moments, conversation_id, "", gr.update(), fixed
-        yield chat, "", moments, conversation_id, "", conversation_choices(movie_id, conversation_id), fixed
+        yield chat, "", moments, conversation_id, "", self.conversations(movie_id, conversation_id), fixed
 
-    def stop(request: gr.Request) -> None:
-        running.stop(session(request))
-
-    def ask_quick(question: str, image: str | None, video: str | None, history: list, temperature: float,
+    def ask_quick(self, question: str, image: str | None, video: str | None, history: list, temperature: float,
                   max_tokens: float, request: gr.Request) -> Iterator[tuple]:
         question = (question or "").strip()
         if not question:
             raise gr.Error("Type a question about the picture or the video.")
-        if engine.model_name is None:
-            raise gr.Error("No model is installed yet: see the instructions at the top of the page.")
+        self._need_model()
         if image and video:
             raise gr.Error("Ask about the image or the video, not both: remove one of them.")
-        pairs = [(history[i]["content"], history[i + 1]["content"]) for i in range(0, len(history) - 1, 2)
-                 if history[i]["role"] == "user" and history[i + 1]["role"] == "assistant"]
-        try:
-            images = [load_image(image)] if image else []
-            job = engine.submit(DirectJob(question, sampling(temperature, max_tokens), images=images,
-                                          video=Path(video) if video else None, history=pairs))
-        except UserError as exc:
-            raise gr.Error(str(exc)) from None
-        user_session = session(request)
-        running.start(user_session, job)
+        # the image is read on the service's worker, once the question is admitted
+        job = self._ask(lambda: self.service.ask_about(
+            question, images=[image] if image else [], video=video or None, history=views.history_pairs(history),
+            options=sampling(temperature, max_tokens)))
         history = [*history, {"role": "user", "content": question}]
-        for chat, line, _ in answer(job, history, user_session):
+        for chat, line, _ in self.follow(job, history, session_of(request), QUICK):
             yield chat, line, ""
 
-    def forget_upload(path: str | None) -> None:
+    def stop_movie(self, request: gr.Request) -> None:
+        self.running.stop(session_of(request), MOVIE)
+
+    def stop_quick(self, request: gr.Request) -> None:
+        self.running.stop(session_of(request), QUICK)
+
+    def forget_upload(self, path: str | None) -> None:
         """An upload is deleted once it is replaced or removed (and Gradio sweeps what is left)."""
-        if path and Path(path).is_file() and Path(path).resolve().is_relative_to(upload_dir.resolve()):
+        if path and Path(path).is_file() and Path(path).resolve().is_relative_to(self.upload_dir.resolve()):
             Path(path).unlink(missing_ok=True)
 
-    def keep_upload(new: str | None, old: str | None) -> tuple[str | None, list]:
+    def keep_upload(self, new: str | None, old: str | None) -> tuple[str | None, list]:
         if old and old != new:
-            forget_upload(old)
+            self.forget_upload(old)
         return new, []  # a new picture starts a new quick chat
 
-    def add_folder(folder: str) -> tuple[str, str, str]:
+    # -- the library ------------------------------------------------------------------------------------
+    def add_folder(self, folder: str) -> tuple[str, str, str]:
         folder = (folder or "").strip()
         if not folder:
             raise gr.Error("Type the path of a folder of films on this computer.")
         try:
-            report = indexer.add_folder(folder)
+            report = self.indexer.add_folder(folder)
         except UserError as exc:
             raise gr.Error(str(exc)) from None
-        return library_html(), queue_markdown(), f"Added {folder}: {report.summary()}"
+        return self.library(), self.queue(), f"Added {folder}: {report.summary()}"
 
-    def start_indexing() -> tuple[str, str]:
-        if not indexer.start():
+    def start_indexing(self) -> tuple[str, str]:
+        if not self.indexer.start():
             gr.Info("Nothing to index (or the queue is paused: press Resume).")
-        return library_html(), queue_markdown()
+        return self.library(), self.queue()
 
-    def pause() -> str:
-        indexer.pause()
-        return queue_markdown()
+    def pause(self) -> str:
+        self.indexer.pause()
+        return self.queue()
 
-    def set_prepared(movie_id: int | None, wanted: bool) -> tuple:
+    def resume(self) -> tuple[str, str]:
+        self.indexer.resume()
+        return self.library(), self.queue()
+
+    def set_prepared(self, movie_id: int | None, wanted: bool) -> tuple:
         if movie_id is None:
             raise gr.Error("Pick a film first.")
         try:
-            message = engine.service.set_prepared(int(movie_id), wanted)
+            message = self.service.set_prepared(int(movie_id), wanted)
         except (KeyError, UserError) as exc:
-            raise gr.Error(str(exc.args[0] if isinstance(exc, KeyError) else exc)) from None
-        if wanted and not indexer.start():
-            message += " (the indexer starts when the queue is resumed)" if indexer.paused() else ""
+            raise _user_error(exc) from None
+        if wanted and not self.indexer.start():
+            message += " (the indexer starts when the queue is resumed)" if self.indexer.paused() else ""
         gr.Info(message)
-        return (library_html(), queue_markdown(), *prepare_controls(movie_id))
+        return self.library_panels(movie_id)
 
-    def resume() -> tuple[str, str]:
-        indexer.resume()
-        return library_html(), queue_markdown()
+    def prepare(self, movie_id: int | None) -> tuple:
+        return self.set_prepared(movie_id, True)
 
-    # -- the page -------------------------------------------------------------------------------------
+    def forget(self, movie_id: int | None) -> tuple:
+        return self.set_prepared(movie_id, False)
+
+
+# -- the page -----------------------------------------------------------------------------------------------
+class Header(NamedTuple):
+    model: Any
+    refresh: Any
+    status: Any
+    temperature: Any
+    max_tokens: Any
+
+
+class ChatArea(NamedTuple):
+    chat: Any
+    progress: Any
+    question: Any
+    ask: Any
+    stop: Any
+
+
+class MovieTab(NamedTuple):
+    film: Any
+    player: Any
+    moments: Any
+    conversation: Any
+    conversation_id: Any
+    fast: Any
+    chat: ChatArea
+
+
+class QuickTab(NamedTuple):
+    image: Any
+    video: Any
+    image_path: Any
+    video_path: Any
+    chat: ChatArea
+
+
+class LibraryTab(NamedTuple):
+    table: Any
+    queue: Any
+    index_now: Any
+    pause: Any
+    resume: Any
+    folder: Any
+    add: Any
+    added: Any
+    prepare_film: Any
+    prepare_info: Any
+    prepare: Any
+    forget: Any
+    ticker: Any
+
+    @property
+    def panels(self) -> list[Any]:
+        """What :meth:`Handlers.library_panels` fills."""
+        return [self.table, self.queue, self.prepare_info, self.prepare, self.forget]
+
+
+def build_ui(service: ChatService, indexer: Indexer, upload_dir: Path) -> Any:
+    """The Blocks (see the module docstring)."""
+    ui = Handlers(service, indexer, upload_dir)
     with gr.Blocks(title=f"{st.TITLE} - movie assistant", delete_cache=(1800, 3600)) as demo:
-        with gr.Row(equal_height=True):
-            gr.Markdown(f"# {st.TITLE}", elem_id="title")
-            model = gr.Dropdown(label="Model", elem_id="model", interactive=True, scale=0, min_width=280,
-                                **_update_args(model_choices()))
-            refresh = gr.Button("Refresh", elem_id="refresh", size="sm", scale=0, min_width=100)
-        status = gr.Markdown(setup_markdown(), elem_id="status")
-        with gr.Accordion("Answer settings", open=False, elem_id="answer-settings"):
-            with gr.Row():
-                temperature = gr.Slider(0, 1.5, value=SamplingOptions.temperature, step=0.05, label="Temperature",
-                                        info="0: always the most likely words", elem_id="temperature")
-                max_tokens = gr.Slider(1, 2048, value=SamplingOptions.max_new_tokens, step=1,
-                                       label="Longest answer (tokens)", elem_id="max-tokens")
-        initial_films = film_choices()
-        with gr.Tabs(selected="movie" if initial_films["value"] is not None else "library"):
-            with gr.Tab("Movie chat", id="movie"):
-                with gr.Row():
-                    with gr.Column(scale=3):
-                        film = gr.Dropdown(label="Film", elem_id="film", interactive=True,
-                                           **_update_args(initial_films))
-                        player = gr.HTML(player_html(initial_films["value"]), elem_id="player")
-                        moments = gr.HTML("", elem_id="moments")
-                    with gr.Column(scale=2):
-                        conversation = gr.Dropdown(label="Conversation", elem_id="conversation", interactive=True,
-                                                   **_update_args(conversation_choices(initial_films["value"])))
-                        conversation_id = gr.State(None)
-                        fast = gr.Checkbox(label="Fast answers", elem_id="fast-answers", info=FAST_INFO,
-                                           **_update_args(fast_choice(initial_films["value"])))
-                        movie_chat, movie_progress, movie_question, movie_ask, movie_stop = _chat_area(
-                            "movie", "Ask about the film (Shift+Enter for a new line)")
-            with gr.Tab("Quick chat", id="quick"):
-                with gr.Row():
-                    with gr.Column(scale=2):
-                        image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Image",
-                                         elem_id="quick-image")
-                        video = gr.File(file_types=["video"], type="filepath", label="Short video",
-                                        elem_id="quick-video")
-                        # the session's uploads: deleted when replaced, removed, or when the session ends
-                        image_path = gr.State(None, delete_callback=forget_upload)
-                        video_path = gr.State(None, delete_callback=forget_upload)
-                    with gr.Column(scale=3):
-                        quick_chat, quick_progress, quick_question, quick_ask, quick_stop = _chat_area(
-                            "quick", "Ask about the picture or the video")
-            with gr.Tab("Library", id="library"):
-                library = gr.HTML(library_html(), elem_id="library")
-                queue_line = gr.Markdown(queue_markdown(), elem_id="queue")
-                with gr.Row():
-                    index_now = gr.Button("Index now", elem_id="index-now")
-                    pause_button = gr.Button("Pause", elem_id="pause")
-                    resume_button = gr.Button("Resume", elem_id="resume")
-                with gr.Row():
-                    folder = gr.Textbox(label="Add a folder of films (on this computer)", elem_id="folder", scale=4)
-                    add = gr.Button("Add folder", elem_id="add-folder", scale=1)
-                added = gr.Markdown("", elem_id="added")
-                gr.Markdown("### Fast answers\nA prepared film has been read once ahead, so a new question about it "
-                            "is answered in seconds instead of minutes. It takes disk space (about 4 GB per hour "
-                            "of film for a 7B model).")
-                initial_prepare = prepare_choices()
-                with gr.Row():
-                    prepare_film = gr.Dropdown(label="Film", elem_id="prepare-film", interactive=True, scale=2,
-                                               **_update_args(initial_prepare))
-                    prepare_info = gr.Markdown(elem_id="prepare-info")
-                with gr.Row():
-                    prepare = gr.Button("Prepare for fast answers", elem_id="prepare", visible=False)
-                    forget = gr.Button("Forget prepared state", elem_id="forget-prepared", visible=False)
-                ticker = gr.Timer(5)
-
-        prepare_outputs = [prepare_info, prepare, forget]
-        everything = [status, model, film, player, conversation, fast, library, queue_line, prepare_film,
-                      *prepare_outputs]
-        demo.load(refresh_all, inputs=[film, prepare_film], outputs=everything)
-        refresh.click(refresh_all, inputs=[film, prepare_film], outputs=everything)
-        model.input(pick_model, inputs=model, outputs=status)
-        film.input(pick_film, inputs=film, outputs=[player, conversation, movie_chat, moments, conversation_id,
-                                                    movie_progress, fast])
-        conversation.input(pick_conversation, inputs=[conversation, film],
-                           outputs=[movie_chat, moments, conversation_id, fast])
-        ask_inputs = [movie_question, film, conversation_id, movie_chat, temperature, max_tokens, fast]
-        ask_outputs = [movie_chat, movie_progress, moments, conversation_id, movie_question, conversation, fast]
-        movie_ask.click(ask_movie, ask_inputs, ask_outputs, concurrency_limit=None)
-        movie_question.submit(ask_movie, ask_inputs, ask_outputs, concurrency_limit=None)
-        movie_stop.click(stop, None, None, concurrency_limit=None)
-        image.change(keep_upload, [image, image_path], [image_path, quick_chat])
-        video.change(keep_upload, [video, video_path], [video_path, quick_chat])
-        quick_inputs = [quick_question, image, video, quick_chat, temperature, max_tokens]
-        quick_outputs = [quick_chat, quick_progress, quick_question]
-        quick_ask.click(ask_quick, quick_inputs, quick_outputs, concurrency_limit=None)
-        quick_question.submit(ask_quick, quick_inputs, quick_outputs, concurrency_limit=None)
-        quick_stop.click(stop, None, None, concurrency_limit=None)
-        add.click(add_folder, folder, [library, queue_line, added])
-        index_now.click(start_indexing, None, [library, queue_line])
-        pause_button.click(pause, None, queue_line)
-        resume_button.click(resume, None, [library, queue_line])
-        prepare_film.input(prepare_controls, prepare_film, prepare_outputs)
-        prepare.click(lambda movie_id: set_prepared(movie_id, True), prepare_film,
-                      [library, queue_line, *prepare_outputs])
-        forget.click(lambda movie_id: set_prepared(movie_id, False), prepare_film,
-                     [library, queue_line, *prepare_outputs])
-        ticker.tick(lambda movie_id: (library_html(), queue_markdown(), *prepare_controls(movie_id)), prepare_film,
-                    [library, queue_line, *prepare_outputs], show_progress="hidden")
+        header = _header(ui)
+        films = ui.films()
+        with gr.Tabs(selected=MOVIE if films["value"] is not None else "library"):
+            movie = _movie_tab(ui, films)
+            quick = _quick_tab(ui)
+            library = _library_tab(ui)
+        _wire(demo, ui, header, movie, quick, library)
     return demo
 
 
-def _chat_area(name: str, placeholder: str) -> tuple[Any, Any, Any, Any, Any]:
+def _header(ui: Handlers) -> Header:
+    """The title, the model picker, Refresh, the model's line and the answer settings."""
+    with gr.Row(equal_height=True):
+        gr.Markdown(f"# {st.TITLE}", elem_id="title")
+        model = gr.Dropdown(label="Model", elem_id="model", interactive=True, scale=0, min_width=280, **ui.models())
+        refresh = gr.Button("Refresh", elem_id="refresh", size="sm", scale=0, min_width=100)
+    status = gr.Markdown(ui.setup(), elem_id="status")
+    with gr.Accordion("Answer settings", open=False, elem_id="answer-settings"):
+        with gr.Row():
+            temperature = gr.Slider(0, 1.5, value=SamplingOptions.temperature, step=0.05, label="Temperature",
+                                    info="0: always the most likely words", elem_id="temperature")
+            max_tokens = gr.Slider(1, 2048, value=SamplingOptions.max_new_tokens, step=1,
+                                   label="Longest answer (tokens)", elem_id="max-tokens")
+    return Header(model, refresh, status, temperature, max_tokens)
+
+
+def _chat_area(name: str, placeholder: str) -> ChatArea:
     """The answers, the progress line, the question box and Ask / Stop of one chat tab; element ids
     ``NAME-chat``, ``NAME-progress``, ``NAME-question``, ``NAME-ask``, ``NAME-stop`` (the browser tests
     find them by these)."""
@@ -510,17 +399,106 @@ def _chat_area(name: str, placeholder: str) -> tuple[Any, Any, Any, Any, Any]:
     with gr.Row():
         ask = gr.Button("Ask", variant="primary", elem_id=f"{name}-ask")
         stop = gr.Button("Stop", elem_id=f"{name}-stop")
-    return chat, progress, question, ask, stop
+    return ChatArea(chat, progress, question, ask, stop)
 
 
-def sampling(temperature: float, max_tokens: float) -> SamplingOptions:
-    return SamplingOptions(temperature=float(temperature), max_new_tokens=max(1, int(max_tokens)))
+def _movie_tab(ui: Handlers, films: dict[str, Any]) -> MovieTab:
+    """The film and its player with the moments under it; the conversation, Fast answers and the chat."""
+    chosen = films["value"]
+    with gr.Tab("Movie chat", id=MOVIE), gr.Row():
+        with gr.Column(scale=3):
+            film = gr.Dropdown(label="Film", elem_id="film", interactive=True, **films)
+            player = gr.HTML(views.player_html(chosen), elem_id="player")
+            moments = gr.HTML("", elem_id="moments")
+        with gr.Column(scale=2):
+            kept = views.conversation_choices(ui.service.conversations(chosen) if chosen is not None else [])
+            conversation = gr.Dropdown(label="Conversation", elem_id="conversation", interactive=True, **kept)
+            conversation_id = gr.State(None)
+            fast = gr.Checkbox(label="Fast answers", elem_id="fast-answers", info=views.FAST_INFO,
+                               **views.fast_choice(ui.find_movie(chosen)))
+            chat = _chat_area(MOVIE, "Ask about the film (Shift+Enter for a new line)")
+    return MovieTab(film, player, moments, conversation, conversation_id, fast, chat)
 
 
-def _update_args(update: dict) -> dict:
-    """A ``gr.update(...)`` as constructor arguments."""
-    return {k: v for k, v in update.items() if k in ("choices", "value", "visible", "interactive")}
+def _quick_tab(ui: Handlers) -> QuickTab:
+    """A picture or a short video uploaded from this browser, and the chat about it."""
+    with gr.Tab("Quick chat", id=QUICK), gr.Row():
+        with gr.Column(scale=2):
+            image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Image", elem_id="quick-image")
+            video = gr.File(file_types=["video"], type="filepath", label="Short video", elem_id="quick-video")
+            # the session's uploads: deleted when replaced, removed, or when the session ends
+            image_path = gr.State(None, delete_callback=ui.forget_upload)
+            video_path = gr.State(None, delete_callback=ui.forget_upload)
+        with gr.Column(scale=3):
+            chat = _chat_area(QUICK, "Ask about the picture or the video")
+    return QuickTab(image, video, image_path, video_path, chat)
 
 
-def time_label(stamp: float) -> str:
-    return time.strftime("%d %b %H:%M", time.localtime(stamp))
+def _library_tab(ui: Handlers) -> LibraryTab:
+    """The films and the queue, index now / pause / resume, add a folder, and fast answers per film."""
+    with gr.Tab("Library", id="library"):
+        table = gr.HTML(ui.library(), elem_id="library")
+        queue = gr.Markdown(ui.queue(), elem_id="queue")
+        with gr.Row():
+            index_now = gr.Button("Index now", elem_id="index-now")
+            pause = gr.Button("Pause", elem_id="pause")
+            resume = gr.Button("Resume", elem_id="resume")
+        with gr.Row():
+            folder = gr.Textbox(label="Add a folder of films (on this computer)", elem_id="folder", scale=4)
+            add = gr.Button("Add folder", elem_id="add-folder", scale=1)
+        added = gr.Markdown("", elem_id="added")
+        gr.Markdown("### Fast answers\nA prepared film has been read once ahead, so a new question about it "
+                    "is answered in seconds instead of minutes. It takes disk space (about 4 GB per hour "
+                    "of film for a 7B model).")
+        with gr.Row():
+            prepare_film = gr.Dropdown(label="Film", elem_id="prepare-film", interactive=True, scale=2,
+                                       **ui.prepare_films())
+            prepare_info = gr.Markdown(elem_id="prepare-info")
+        with gr.Row():
+            prepare = gr.Button("Prepare for fast answers", elem_id="prepare", visible=False)
+            forget = gr.Button(FORGET_PREPARED, elem_id="forget-prepared", visible=False)
+        ticker = gr.Timer(5)
+    return LibraryTab(table, queue, index_now, pause, resume, folder, add, added, prepare_film, prepare_info,
+                      prepare, forget, ticker)
+
+
+def _wire(demo: Any, ui: Handlers, header: Header, movie: MovieTab, quick: QuickTab, library: LibraryTab) -> None:
+    """Every event of the page: what it runs, reads and updates."""
+    everything = [header.status, header.model, movie.film, movie.player, movie.conversation, movie.fast,
+                  library.table, library.queue, library.prepare_film, library.prepare_info, library.prepare,
+                  library.forget]
+    for event in (demo.load, header.refresh.click):
+        event(ui.refresh_all, inputs=[movie.film, library.prepare_film], outputs=everything)
+    header.model.input(ui.pick_model, inputs=header.model, outputs=header.status)
+    settings = [header.temperature, header.max_tokens]
+
+    m = movie.chat
+    movie.film.input(ui.pick_film, inputs=movie.film, outputs=[movie.player, movie.conversation, m.chat,
+                                                               movie.moments, movie.conversation_id, m.progress,
+                                                               movie.fast])
+    movie.conversation.input(ui.pick_conversation, inputs=[movie.conversation, movie.film],
+                             outputs=[m.chat, movie.moments, movie.conversation_id, movie.fast])
+    ask_inputs = [m.question, movie.film, movie.conversation_id, m.chat, *settings, movie.fast]
+    ask_outputs = [m.chat, m.progress, movie.moments, movie.conversation_id, m.question, movie.conversation,
+                   movie.fast]
+    for event in (m.ask.click, m.question.submit):
+        event(ui.ask_movie, ask_inputs, ask_outputs, concurrency_limit=None)
+    m.stop.click(ui.stop_movie, None, None, concurrency_limit=None)
+
+    q = quick.chat
+    quick.image.change(ui.keep_upload, [quick.image, quick.image_path], [quick.image_path, q.chat])
+    quick.video.change(ui.keep_upload, [quick.video, quick.video_path], [quick.video_path, q.chat])
+    for event in (q.ask.click, q.question.submit):
+        event(ui.ask_quick, [q.question, quick.image, quick.video, q.chat, *settings],
+              [q.chat, q.progress, q.question], concurrency_limit=None)
+    q.stop.click(ui.stop_quick, None, None, concurrency_limit=None)
+
+    library.add.click(ui.add_folder, library.folder, [library.table, library.queue, library.added])
+    library.index_now.click(ui.start_indexing, None, [library.table, library.queue])
+    library.pause.click(ui.pause, None, library.queue)
+    library.resume.click(ui.resume, None, [library.table, library.queue])
+    library.prepare_film.input(ui.prepare_panel, library.prepare_film,
+                               [library.prepare_info, library.prepare, library.forget])
+    library.prepare.click(ui.prepare, library.prepare_film, library.panels)
+    library.forget.click(ui.forget, library.prepare_film, library.panels)
+    library.ticker.tick(ui.library_panels, library.prepare_film, library.panels, show_progress="hidden")

@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from typing import Protocol, TypeVar
 
 from llamavid.files import CONFIG, EVA_FILE, VOCAB_FILE
 
 __all__ = [
     "BASE_LLMS",
     "BERT_VOCAB",
+    "CHAT_KINDS",
     "CatalogEntry",
     "EVA",
     "EVA_URL_ENV",
@@ -39,6 +42,8 @@ __all__ = [
     "SHARED_PARTS",
     "SPEECH_MODELS",
     "SharedPart",
+    "can_chat",
+    "chat_models",
     "entries",
     "get",
     "names",
@@ -48,6 +53,14 @@ __all__ = [
 
 GB = 1_000_000_000
 MB = 1_000_000
+
+
+class _HasKind(Protocol):
+    @property
+    def kind(self) -> str: ...
+
+
+_Kinded = TypeVar("_Kinded", bound=_HasKind)
 
 #: What each kind of checkpoint is for (shown by ``llamavid models list --available``).
 KINDS: dict[str, str] = {
@@ -59,6 +72,25 @@ KINDS: dict[str, str] = {
     "base-llm": "base Vicuna-v1.5 LLM that the stage-1 projectors were trained against",
     "speech": "speech recognition for the indexer (faster-whisper), used on films without text subtitles",
 }
+
+#: The kinds of KINDS a chat can load: a LLaMA-VID checkpoint with its vision side and a chat LLM.
+#: Not ``pretrain`` (a stage-1 projector alone), ``base-llm`` (no vision side) nor ``speech``.
+CHAT_KINDS = ("image", "video", "long-video")
+
+
+def can_chat(kind: str | None) -> bool:
+    """Whether an installed model of this kind can answer questions (the chat model lists of every
+    front end offer it). The kinds of :data:`CHAT_KINDS` can; the other catalogue kinds cannot. A
+    kind that is none of them (``"unknown"``: a registered folder that is gone, or whose
+    config.json cannot be read; None) can: the list shows it with its status, and loading it says
+    what is wrong, instead of the model vanishing without a word."""
+    return kind in CHAT_KINDS or kind not in KINDS
+
+
+def chat_models(models: Iterable[_Kinded]) -> list[_Kinded]:
+    """The models (catalogue or installed entries, anything with a ``kind``) one can chat with, in order."""
+    return [m for m in models if can_chat(m.kind)]
+
 
 #: Environment variable that replaces the LAVIS URL of eva_vit_g.pth (a mirror, or a
 #: ``file:///.../eva_vit_g.pth`` URL for a copy you already have).

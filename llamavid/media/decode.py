@@ -16,7 +16,7 @@ ahead: when a keyframe shown no later than the next target is already in sight, 
 it are dropped undecoded (exact: nothing kept is shown before that keyframe, and nothing after it
 refers back). That removes the tail of every GOP (and, at the end of the file, everything shown
 after the last target), and makes sparse sampling or short GOPs cost little more than their
-keyframes. Measured on 1080p H.264 (``python -m llamavid.bench.decode --rounds 3``, 2 cores): 5 % less
+keyframes. Measured on 1080p H.264 (``llamavid bench decode --rounds 3``, 2 cores): 5 % less
 CPU than plain NONREF with 10 s GOPs, 33 % less with 2 s GOPs.
 
 With ``workers > 1`` the film is cut into segments on the sampling grid, and worker processes

@@ -23,9 +23,10 @@ import torch
 from transformers import AutoTokenizer
 
 from llamavid.errors import CheckpointError
-from llamavid.files import TOKENIZER_FILES
+from llamavid.files import EVA_FILE, TOKENIZER_FILES, find_part
 from llamavid.media.load import load_video
 from llamavid.media.preprocess import preprocess_frame, preprocess_images
+from llamavid.model.eva import EvaVisionTower
 from llamavid.model.layout import drop_cls
 from llamavid.model.loading import LoadReport, load_llamavid, place
 from llamavid.model.modeling import LlamaVidForCausalLM, VisualTokens
@@ -72,6 +73,7 @@ class LlamaVid:
         self.backend = backend or TransformersBackend(model)
         self.rates = Rates()  # Q-Former frames/s and prefill tokens/s measured here, for estimates
         self.vision_engines = vision_engines  # None: EVA and the Q-Former run as loaded (float32 on a CPU)
+        self.search_dirs: list[Path] = []  # shared folders the parts were looked for in (attach_vision)
 
     @classmethod
     def load(cls, model: str | Path, *, device: str | torch.device | None = "auto", dtype: Any = "auto",
@@ -111,7 +113,9 @@ class LlamaVid:
             engine = LlamaCppBackend(find_gguf(Path(model), gguf_type), n_ctx=n_ctx, kv_type=kv_type, threads=threads)
         tokenizer = load_llm_tokenizer(Path(model)) or (load_llm_tokenizer(Path(base)) if base else None)
         engines = VisionEngines(vision_engine) if isinstance(vision_engine, str) else vision_engine
-        return cls(net, tokenizer, load_qformer_tokenizer(report.vocab_file), report, engine, engines)
+        lv = cls(net, tokenizer, load_qformer_tokenizer(report.vocab_file), report, engine, engines)
+        lv.search_dirs = [Path(d) for d in search_dirs]
+        return lv
 
     @property
     def config(self):
@@ -216,6 +220,24 @@ class LlamaVid:
             video, times = video[::stride], times[::stride]
         pixels = video if torch.is_tensor(video) else self.preprocess(video, mode="crop")
         return Visual("video", self.encode(pixels), times, notes=notes)
+
+    def attach_vision(self) -> None:
+        """Give a model loaded without EVA (``load_vision=False``: films come with cached features)
+        its vision tower, for a question about an image or a clip. The weights are found as loading
+        finds them (the checkpoint folder, then the shared folders it was loaded with); the tower
+        runs where the model runs, in its dtype. Does nothing when the tower is there already."""
+        inner = self.model.model
+        if inner.vision_tower is not None:
+            return
+        path = find_part(EVA_FILE, self.report.folder, None, self.search_dirs)
+        if path is None:
+            fetch = f"`llamavid models pull` fetches them into {self.search_dirs[0]}, or " if self.search_dirs else ""
+            raise CheckpointError(f"no vision weights ({EVA_FILE}) for images and videos: {fetch}put the file in "
+                                  f"{self.report.folder}")
+        anchor = inner.vlm_att_query
+        inner.vision_tower = EvaVisionTower.from_file(path, image_size=self.image_size, device=anchor.device,
+                                                      dtype=anchor.dtype)
+        self.config.mm_vision_tower = EVA_FILE
 
     def chat(self, **inputs: Any) -> Chat:
         """A multi-turn conversation about ``images``, a ``video`` or film ``features``."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from llamavid.errors import ContextOverflow, NotEnoughMemory, UserError
+from llamavid.errors import CheckpointError, ContextOverflow, NotEnoughMemory, UserError
 from llamavid.model.layout import IMAGE_TOKEN
 from llamavid.prompt.builders import image_prompt, movie_prompt
 from llamavid.prompt.subtitles import interleave_subtitles
@@ -295,10 +295,45 @@ class Chat:
                               on_prefill=(lambda n, total, t=tracker: t.update(n)) if tracker else None)
             for token in kept.answer_ids[:-1]:
                 self.backend.feed(self.state, [token])
-            self.state.seen_ids.append(kept.answer_ids[-1])
-            self.state.pending = [kept.answer_ids[-1]]
-            self.last_token = kept.answer_ids[-1]
-            self.turns.append(replace(kept, answer_ids=list(kept.answer_ids)))
+            self._end_turn(replace(kept, answer_ids=list(kept.answer_ids)))
+
+    def replay(self, history: Sequence[tuple[str, str]], control: Control | None = None) -> None:
+        """Read earlier (question, answer) turns that another chat answered (an OpenAI-style message
+        list) into this new chat's cache, as if it had answered them: each turn's prompt and the
+        given answer in one prefill, ending as a generated answer ends (the end-of-sequence token).
+        Unlike :meth:`restore`, the answers are text: their tokens are the tokenizer's, not the
+        model's own choices."""
+        if self.turns:
+            raise ValueError("replay() starts a new chat; this one already has turns")
+        tokenizer, limit = self.lv.tokenizer, self.backend.context_length()
+        if history and tokenizer is None:
+            raise CheckpointError(f"{self.lv.report.folder}: no LLaMA tokenizer (tokenizer.model) in the "
+                                  "checkpoint folder")
+        for question, answer in history:
+            if control:
+                control.check()
+            plan = self.plan(question)
+            answer_ids = tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_id]
+            needed = self.state.length + plan.tokens + len(answer_ids)
+            if needed + 1 > limit:
+                raise ContextOverflow(f"the earlier messages need {needed} tokens, more than the model's "
+                                      f"{limit}-token context; send fewer of them", needed=needed, limit=limit)
+            slots = self._slots(question, control)
+            tracker = control.phase("prefill", len(plan.ids) + len(answer_ids) - 1 + len(self.state.pending),
+                                    "tokens") if control else None
+            self.backend.feed(self.state, plan.ids + answer_ids[:-1], slots,
+                              on_prefill=(lambda n, total, t=tracker: t.update(n)) if tracker else None)
+            if tracker:
+                tracker.finish()
+            self._end_turn(Turn(question, answer, len(answer_ids), False, answer_ids))
+
+    def _end_turn(self, turn: Turn) -> None:
+        """Keep a turn read from outside: its last token (end of sequence) waits to be fed with the next."""
+        last = turn.answer_ids[-1]
+        self.state.seen_ids.append(last)
+        self.state.pending = [last]
+        self.last_token = last
+        self.turns.append(turn)
 
 
 def ordinal(n: int) -> str:

@@ -32,11 +32,12 @@ class Progress:
     def describe(self) -> str:
         """One line for a status bar: "reading the film: 1,200 / 3,600 frames, about 3 min left"."""
         what = {"visual": "reading the film", "prefill": "reading the prompt", "answer": "answering"}[self.phase]
-        left = "" if self.eta_seconds is None else f", about {_duration(self.eta_seconds)} left"
+        left = "" if self.eta_seconds is None else f", about {rough_duration(self.eta_seconds)} left"
         return f"{what}: {self.done:,} / {self.total:,} {self.unit}{left}"
 
 
-def _duration(seconds: float) -> str:
+def rough_duration(seconds: float) -> str:
+    """"40 s" under a minute and a half, else "3 min": how long a wait is, for a person."""
     if seconds < 90:
         return f"{max(1, round(seconds))} s"
     return f"{round(seconds / 60)} min"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from llamavid.errors import NotEnoughMemory, UserError
 from llamavid.files import gguf_files, is_stage1
@@ -18,9 +19,10 @@ from llamavid.hub.installed import resolve_model, search_dirs
 from llamavid.paths import resolve_data_dir
 from llamavid.prompt.templates import get_template
 from llamavid.runtime.api import LlamaVid
+from llamavid.runtime.options import BACKENDS, LoadOptions
 from llamavid.runtime.vision_engines import VisionEngines
 
-BACKENDS = ("auto", "transformers", "llama.cpp")
+__all__ = ["BACKENDS", "LoadOptions", "base_model_of", "load_model", "pick_backend"]
 
 
 def base_model_of(name: str) -> str:
@@ -40,43 +42,34 @@ def pick_backend(folder: Path, backend: str = "auto") -> str:
     return backend
 
 
-def load_model(model: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None, *, device: str = "auto",
-               dtype: str = "auto", bits: int | None = None, backend: str = "auto", base: str | None = None,
-               vision: str | os.PathLike[str] | None = None, template: str | None = None,
-               load_vision: bool = True, gguf_type: str | None = None, kv_type: str = "f16",
-               n_ctx: int | None = None, threads: int | None = None, vision_engine: str | None = None) -> LlamaVid:
+def load_model(model: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None,
+               options: LoadOptions | None = None, **overrides: Any) -> LlamaVid:
     """Load an installed model name, a registered name or a checkpoint folder, ready to chat.
 
     Args:
         model: what ``--model`` says; resolved with :func:`llamavid.hub.installed.resolve_model`.
         data_dir: the data folder (installed models, the shared ``eva_vit_g.pth`` and vocabulary);
             None: ``$LLAMAVID_DATA_DIR``, else the platform's default, as the command line chooses.
-        bits: 4 or 8 quantizes the LLM with bitsandbytes (transformers backend).
-        backend: ``auto`` (see :func:`pick_backend`), ``transformers`` or ``llama.cpp``.
-        base: base LLM (name or folder) of a stage-1 projector; default: the catalogue's.
-        vision: an ``eva_vit_g.pth`` to use instead of the installed one.
-        template: conversation template; default: the one the checkpoint was trained with.
-        load_vision: False for chats about indexed films, whose EVA features are cached.
-        gguf_type, kv_type, n_ctx, threads: llama.cpp's GGUF file, KV cache type, context, threads.
-        vision_engine: how EVA and the Q-Former run on a CPU (``auto``, ``int8``, ``eva=openvino,qformer=bf16``...,
-            see :mod:`llamavid.runtime.vision_engines`); None: ``vision_engine`` of ``<data>/settings.json``,
-            else ``auto`` (measured once per machine and cached in ``<data>/cache``).
+        options: how to load it (:class:`LoadOptions`: device, dtype, bits, backend, base, vision,
+            template, load_vision, gguf_type, kv_type, n_ctx, threads, vision_engine); None: the defaults.
+        overrides: :class:`LoadOptions` fields laid over ``options``
+            (``load_model(name, device="cpu", dtype="fp32")``).
     """
-    if bits not in (None, 4, 8):
-        raise UserError(f"bits must be 4 or 8, got {bits}")
-    if template is not None:
+    opts = (options or LoadOptions()).replace(**overrides)
+    if opts.template is not None:
         try:
-            get_template(template)
+            get_template(opts.template)
         except ValueError as exc:
             raise UserError(str(exc)) from None
     data_dir = resolve_data_dir(data_dir)
-    engines = VisionEngines.for_data(data_dir, vision_engine)
+    engines = VisionEngines.for_data(data_dir, opts.vision_engine)
     folder = resolve_model(model, data_dir)
-    base_folder = resolve_model(base or base_model_of(os.fspath(model)), data_dir) if is_stage1(folder) else None
+    base_folder = resolve_model(opts.base or base_model_of(os.fspath(model)), data_dir) if is_stage1(folder) else None
     try:
-        lv = LlamaVid.load(folder, device=device, dtype=dtype, vision=vision, search_dirs=search_dirs(data_dir),
-                           load_vision=load_vision, bits=bits, backend=pick_backend(folder, backend),
-                           gguf_type=gguf_type, kv_type=kv_type, n_ctx=n_ctx, threads=threads, base=base_folder,
+        lv = LlamaVid.load(folder, device=opts.device, dtype=opts.dtype, vision=opts.vision,
+                           search_dirs=search_dirs(data_dir), load_vision=opts.load_vision, bits=opts.bits,
+                           backend=pick_backend(folder, opts.backend), gguf_type=opts.gguf_type,
+                           kv_type=opts.kv_type, n_ctx=opts.n_ctx, threads=opts.threads, base=base_folder,
                            vision_engine=engines)
     except UserError:
         raise
@@ -84,6 +77,6 @@ def load_model(model: str | os.PathLike[str], data_dir: str | os.PathLike[str] |
         raise NotEnoughMemory(str(exc)) from None
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise UserError(str(exc)) from None
-    if template is not None:
-        lv.template = template
+    if opts.template is not None:
+        lv.template = opts.template
     return lv

@@ -8,7 +8,7 @@ costs only its own tokens.
 
 The price: the film's context tokens are conditioned on the neutral question, not on the user's,
 as the later turns of the long-video model's multi-turn training data are. The exact mode (the
-user's question first) stays available; ``python -m llamavid.bench.film --prepared`` times both and
+user's question first) stays available; ``llamavid bench film --prepared`` times both and
 the evaluation runners can score both ways.
 """
 from __future__ import annotations
@@ -40,7 +40,3 @@ def prepare(chat: Chat, control: Control | None = None) -> None:
     if chat.turns:
         raise ValueError("prepare() starts a new chat; this one already has turns")
     chat.restore([neutral_turn(chat)], control)
-
-
-def is_prepared(chat: Chat) -> bool:
-    return bool(chat.turns) and chat.turns[0].question == PREPARED_QUESTION

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import cli
 from app.chat_service import ChatService
 from app.conversations import ConversationStore
 from app.moments import CueHit, rank_moments
 from indexer import library
-from llamavid import cli
 from llamavid.errors import Cancelled, ContextOverflow
 from llamavid.media.synthetic import clock, srt_text, write_video
 from llamavid.model.tiny import write_tiny_checkpoint
@@ -24,6 +24,7 @@ from llamavid.runtime.api import LlamaVid
 from llamavid.runtime.chat import Chat
 from llamavid.runtime.control import Control
 from llamavid.runtime.generate import SamplingOptions
+from llamavid.runtime.options import LoadOptions
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +134,7 @@ def test_only_the_chosen_subtitle_track_is_in_the_prompt(data_dir, lv, film):
 
 
 def test_moments_lie_in_the_film_are_ranked_and_include_the_matching_cue(data_dir, checkpoint):
-    service = ChatService(data_dir, model=str(checkpoint), language="en", device="cpu", dtype="fp32")
+    service = ChatService(data_dir, model=str(checkpoint), language="en", load=LoadOptions(device="cpu", dtype="fp32"))
     try:
         conv = service.new_conversation("Harbor.mkv")
         events = list(service.ask(conv.id, "The treasure is buried under the old lighthouse?", GREEDY))
@@ -179,7 +180,7 @@ def test_two_clients_are_answered_in_order_and_never_mixed(data_dir, checkpoint,
             events = []
             for event in stream:
                 if name == "second" and event.type != "queued" and not started_after_first:
-                    started_after_first.append(first.finished.is_set())
+                    started_after_first.append(first.finished)
                 events.append(event)
             results[name] = events
 
@@ -217,8 +218,9 @@ import json, sys
 from app.chat_service import ChatService
 from app.conversations import ConversationStore
 from llamavid.runtime.generate import SamplingOptions
+from llamavid.runtime.options import LoadOptions
 data, model, conv, question = sys.argv[1:5]
-service = ChatService(data, model=model, language="en", device="cpu", dtype="fp32")
+service = ChatService(data, model=model, language="en", load=LoadOptions(device="cpu", dtype="fp32"))
 if conv == "new":
     conv = service.new_conversation("Harbor.mkv").id
 events = list(service.ask(int(conv), question, SamplingOptions(temperature=0, max_new_tokens=6)))

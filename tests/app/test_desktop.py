@@ -17,12 +17,10 @@ import pytest
 
 pytest.importorskip("PySide6.QtWidgets", reason="PySide6 is part of the install; doctor says why it fails")
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from desktop_fixtures import ROOT, open_window, processes_using  # noqa: E402
 from PySide6.QtGui import QImage  # noqa: E402
 
 from app import status as st  # noqa: E402
+from tests.support.desktop import ROOT, open_window, processes_using  # noqa: E402
 
 
 def _distinct_colours(image: QImage, step: int = 3) -> int:

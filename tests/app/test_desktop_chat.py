@@ -4,9 +4,9 @@ streamed from the chat service; fast answers (a checkbox of the chat, the librar
 Forget). Runs offscreen (tests/conftest.py); test_desktop.py runs the moment test again under Xvfb."""
 from __future__ import annotations
 
+import queue
 import re
 import shutil
-import sys
 import threading
 from pathlib import Path
 
@@ -14,9 +14,22 @@ import pytest
 
 pytest.importorskip("PySide6.QtMultimedia", reason="PySide6-Addons (QtMultimedia) is part of the install")
 
-sys.path.insert(0, str(Path(__file__).parent))
+from PySide6.QtGui import QGuiApplication, QImage  # noqa: E402
+from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox  # noqa: E402
 
-from desktop_fixtures import (  # noqa: E402
+import cli  # noqa: E402
+from app.chat_service import AskStream, ChatEvent, ChatService  # noqa: E402
+from app.desktop.chat import STOPPED_NOTE, ChatPane  # noqa: E402
+from app.desktop.library import FORGET_PREPARED  # noqa: E402
+from app.settings import load_settings  # noqa: E402
+from indexer import library  # noqa: E402
+from indexer.store import LibraryStore  # noqa: E402
+from llamavid.runtime.api import LlamaVid  # noqa: E402
+from llamavid.runtime.chat import Chat  # noqa: E402
+from llamavid.runtime.generate import SamplingOptions  # noqa: E402
+from llamavid.runtime.prepared import PREPARED_QUESTION, neutral_turn  # noqa: E402
+from llamavid.storage import human_size  # noqa: E402
+from tests.support.desktop import (  # noqa: E402
     ARTIFACTS,
     EN,
     TINY,
@@ -28,22 +41,6 @@ from desktop_fixtures import (  # noqa: E402
     save_test_settings,
     wait_for_films,
 )
-from PySide6.QtGui import QGuiApplication, QImage  # noqa: E402
-from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox  # noqa: E402
-
-from app.chat_service import AskStream, ChatService  # noqa: E402
-from app.desktop.chat import STOPPED_NOTE  # noqa: E402
-from app.desktop.library import FORGET_PREPARED  # noqa: E402
-from app.settings import load_settings  # noqa: E402
-from indexer import library  # noqa: E402
-from indexer.store import LibraryStore  # noqa: E402
-from llamavid import cli  # noqa: E402
-from llamavid.model.tiny import write_tiny_checkpoint  # noqa: E402
-from llamavid.runtime.api import LlamaVid  # noqa: E402
-from llamavid.runtime.chat import Chat  # noqa: E402
-from llamavid.runtime.generate import SamplingOptions  # noqa: E402
-from llamavid.runtime.prepared import PREPARED_QUESTION, neutral_turn  # noqa: E402
-from llamavid.storage import human_size  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -51,16 +48,11 @@ QUESTION = "The treasure is buried under the old lighthouse?"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / TINY)
-
-
-@pytest.fixture(scope="module")
-def indexed(tmp_path_factory, checkpoint: Path) -> Path:
+def indexed(tmp_path_factory, tiny_checkpoint: Path) -> Path:
     """A data folder whose library holds Harbor.mkv (60 s, English subtitle file) and Forest.mp4, indexed."""
     films, data = tmp_path_factory.mktemp("films"), tmp_path_factory.mktemp("data")
     make_films(films)
-    install_tiny(data, checkpoint)
+    install_tiny(data, tiny_checkpoint)
     assert cli.main(["--data-dir", str(data), "index", "add", str(films)]) == 0
     assert cli.main(["--data-dir", str(data), "index", "run", "--speech", "never", "--quiet"]) == 0
     return data
@@ -142,8 +134,8 @@ def test_clicking_a_moment_seeks_the_player_and_shows_that_subtitle(qtbot, data:
 
 
 @pytest.fixture(scope="module")
-def lv(checkpoint: Path) -> LlamaVid:
-    return LlamaVid.load(checkpoint, device="cpu", dtype="fp32", load_vision=False)
+def lv(tiny_checkpoint: Path) -> LlamaVid:
+    return LlamaVid.load(tiny_checkpoint, device="cpu", dtype="fp32", load_vision=False)
 
 
 class Gate:
@@ -379,3 +371,109 @@ def test_the_library_prepares_a_film_for_fast_answers_and_forgets_it(qtbot, data
     qtbot.waitUntil(lambda: not pane.row_by_name("Forest.mp4").prepared.isVisible(), timeout=30_000)
     assert not state.exists() and pane.prepare_button.text() == offer
     assert "no longer prepared" in window.message.text()
+
+
+class _Stream:
+    """A question's events as the test hands them over; Stop ends it as the service does."""
+
+    def __init__(self) -> None:
+        self.events: queue.Queue[ChatEvent] = queue.Queue()
+        self.cancelled = False
+
+    def put(self, event: ChatEvent) -> None:
+        self.events.put(event)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.put(ChatEvent("error", text="cancelled", kind="cancelled"))
+
+    def __iter__(self):
+        while True:
+            event = self.events.get(timeout=60)
+            yield event
+            if event.type in ("done", "error"):
+                return
+
+
+class _AboutService:
+    """Just what the chat pane calls, recording each stateless question (``ChatService.ask_about``)."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+        self.streams: list[_Stream] = []
+
+    def ask_about(self, question, *, images=(), video=None, history=(), options=None, time_budget=None):
+        self.calls.append({"question": question, "images": list(images), "video": video, "history": list(history),
+                           "options": options})
+        stream = _Stream()
+        stream.put(ChatEvent("queued", position=1))
+        self.streams.append(stream)
+        return stream
+
+    def conversations(self, movie_id=None) -> list:
+        return []
+
+
+def test_asking_about_a_picture_or_a_clip(qtbot, monkeypatch, tmp_path: Path) -> None:
+    """The chat pane's "Ask about a picture or clip…": the file chosen, each question sent with the
+    earlier ones through ask_about, the answer streamed into the transcript, Stop, and back to the film."""
+    service = _AboutService()
+    pane = ChatPane()
+    qtbot.addWidget(pane)
+    pane.show()
+    pane.set_service(service, None)
+    pane.options = lambda: "sampling"
+    shown: list[str] = []
+    pane.progress_shown.connect(shown.append)
+    movie = library.Movie(id=1, path=str(tmp_path / "Harbor.mkv"), rel_path="Harbor.mkv", library=str(tmp_path),
+                          state="done", error=None, warning=None, stage=None, progress=(0, None), eta_seconds=None,
+                          duration=60.0, width=320, height=180, rotation=0, fps=1.0, frames=60,
+                          features_complete=True, feature_path=None, feature_shape=None, vision_id=None,
+                          cache_bytes=0, cue_count=3, subtitle_sources=["sidecar"])
+    pane.set_movie(movie)
+    qtbot.keyClicks(pane.question, "Who is the captain?")  # a question about the film, left as a draft
+    picture, clip = tmp_path / "boat.png", tmp_path / "storm.mp4"
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(picture), ""))
+    click(qtbot, pane.about_button)
+    assert pane.about == picture and pane.about_label.text() == "Asking about boat.png (not kept)"
+    assert pane.question.text() == "" and not pane.new_button.isEnabled() and not pane.conversations.isEnabled()
+
+    def answer(stream: _Stream, *pieces: str) -> None:
+        for piece in pieces:
+            stream.put(ChatEvent("text", text=piece))
+        stream.put(ChatEvent("done"))
+        qtbot.waitUntil(lambda: not pane.busy, timeout=10_000)
+
+    qtbot.keyClicks(pane.question, "What colour is the boat?")
+    click(qtbot, pane.ask_button)
+    qtbot.waitUntil(lambda: "waiting for the model: 1 question ahead" in shown, timeout=10_000)
+    assert pane.busy and pane.stop_button.isEnabled() and not pane.about_button.isEnabled()
+    assert service.calls == [{"question": "What colour is the boat?", "images": [str(picture)], "video": None,
+                              "history": [], "options": "sampling"}]
+    answer(service.streams[0], "Red", " and white.")
+    (turn,) = pane.turns
+    assert turn.text() == "Red and white." and "about <i>boat.png</i>" in turn.question.text()
+
+    qtbot.keyClicks(pane.question, "Is it moving?")  # a follow-up carries the earlier turn
+    click(qtbot, pane.ask_button)
+    qtbot.waitUntil(lambda: len(service.calls) == 2)
+    assert service.calls[1]["history"] == [("What colour is the boat?", "Red and white.")]
+    click(qtbot, pane.stop_button)
+    qtbot.waitUntil(lambda: not pane.busy, timeout=10_000)
+    assert service.streams[1].cancelled and pane.turns[-1].note.text() == STOPPED_NOTE
+    assert pane.question.text() == "Is it moving?"  # back in the box
+
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(clip), ""))
+    click(qtbot, pane.about_button)  # another file: a fresh start
+    assert pane.turns == [] and pane.about == clip
+    pane.question.clear()
+    qtbot.keyClicks(pane.question, "What happens?")
+    click(qtbot, pane.ask_button)
+    qtbot.waitUntil(lambda: len(service.calls) == 3)
+    assert (service.calls[2]["video"], service.calls[2]["images"], service.calls[2]["history"]) == (str(clip), [], [])
+    answer(service.streams[2], "A storm.")
+
+    click(qtbot, pane.about_done)  # back to the film: its draft and controls return, nothing was kept
+    assert pane.about is None and pane.turns == [] and not pane.about_label.isVisible()
+    assert pane.question.text() == "Who is the captain?" and pane.new_button.isEnabled()
+    pane.finish_close()

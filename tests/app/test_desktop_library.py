@@ -4,7 +4,6 @@ the window while a film is indexed, then opening it again."""
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +11,13 @@ import pytest
 
 pytest.importorskip("PySide6.QtMultimedia", reason="PySide6-Addons (QtMultimedia) is part of the install")
 
-sys.path.insert(0, str(Path(__file__).parent))
+from PySide6.QtWidgets import QFileDialog, QMessageBox  # noqa: E402
 
-from desktop_fixtures import (  # noqa: E402
-    TINY,
+from app.desktop.thumbnails import thumbnail_dir  # noqa: E402
+from indexer.library import frame_times, get_movie, list_movies, open_library  # noqa: E402
+from indexer.store import LibraryStore  # noqa: E402
+from llamavid.model.eva import EvaVisionTower  # noqa: E402
+from tests.support.desktop import (  # noqa: E402
     alive,
     click,
     click_film,
@@ -26,30 +28,18 @@ from desktop_fixtures import (  # noqa: E402
     save_test_settings,
     wait_for_films,
 )
-from PySide6.QtWidgets import QFileDialog, QMessageBox  # noqa: E402
-
-from app.desktop.thumbnails import thumbnail_dir  # noqa: E402
-from indexer.library import frame_times, get_movie, list_movies, open_library  # noqa: E402
-from indexer.store import LibraryStore  # noqa: E402
-from llamavid.model.eva import EvaVisionTower  # noqa: E402
-from llamavid.model.tiny import write_tiny_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 INDEXING = 300_000  # ms: a cold start of the indexer process on a busy two-core machine is slow
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / TINY)
-
-
 @pytest.fixture
-def setup(tmp_path: Path, checkpoint: Path):
+def setup(tmp_path: Path, tiny_checkpoint: Path):
     """An empty library with the tiny model installed (its EVA indexes) and a folder of two films."""
     data = tmp_path / "data"
     data.mkdir()
-    install_tiny(data, checkpoint)
+    install_tiny(data, tiny_checkpoint)
     films = make_films(tmp_path / "films", seconds=40)
     return data, tmp_path / "films", films
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -18,9 +17,6 @@ import pytest
 
 pytest.importorskip("PySide6.QtMultimedia", reason="PySide6-Addons (QtMultimedia) is part of the install")
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from desktop_fixtures import TINY, alive, click, install_tiny, open_window, processes_using  # noqa: E402
 from PySide6.QtCore import Qt  # noqa: E402
 
 from app import hardware  # noqa: E402
@@ -28,7 +24,8 @@ from app.hardware import GiB, Gpu, Hardware, recommend  # noqa: E402
 from app.settings import Settings, load_settings, save_settings  # noqa: E402
 from llamavid.errors import UserError  # noqa: E402
 from llamavid.hub import catalog, download  # noqa: E402
-from llamavid.model.tiny import write_tiny_checkpoint  # noqa: E402
+from llamavid.runtime.options import LoadOptions  # noqa: E402
+from tests.support.desktop import TINY, alive, click, install_tiny, open_window, processes_using  # noqa: E402
 
 MODEL = "llama-vid-7b-full-224-long-video"
 SEVEN_B = 15_890_000_000
@@ -81,12 +78,14 @@ def test_settings_keep_unknown_keys_and_refuse_bad_values(tmp_path: Path) -> Non
     path.write_text("{broken")
     with pytest.raises(UserError, match="cannot be read"):
         load_settings(tmp_path)
-    assert Settings().load_options() == {"backend": "auto", "bits": None, "device": "auto"}
+    assert Settings().load_options() == LoadOptions()
+    assert s.load_options() == LoadOptions(bits=4)  # the file's backend, bits and device; the rest: defaults
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / TINY)
+def checkpoint(tiny_checkpoint: Path) -> Path:
+    """The session's tiny checkpoint (tests/support/fixtures.py): registered, served by the fake hub; never changed."""
+    return tiny_checkpoint
 
 
 @pytest.mark.slow

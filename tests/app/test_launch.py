@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llamavid.cli.app import display_problem, qt_problem
+from cli.app import display_problem, qt_problem
 
 
 @pytest.mark.parametrize(

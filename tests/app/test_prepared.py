@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load as load_tensors
 
+import cli
 from app.chat_service import ChatService
 from indexer import library
 from indexer.prepare import prepared_size_estimate
 from indexer.prepared_size import estimate_prepared_bytes, film_tokens, llm_shape
 from indexer.store import LibraryStore
-from llamavid import cli
 from llamavid.media.synthetic import clock, write_video
 from llamavid.model.eva import EvaVisionTower
 from llamavid.model.tiny import write_tiny_checkpoint
@@ -26,6 +26,7 @@ from llamavid.runtime.api import LlamaVid
 from llamavid.runtime.chat import Chat
 from llamavid.runtime.generate import SamplingOptions
 from llamavid.runtime.gguf_export import convert
+from llamavid.runtime.options import LoadOptions
 from llamavid.runtime.prepared import PREPARED_QUESTION, neutral_turn, prepare
 from llamavid.storage import human_size
 
@@ -181,7 +182,7 @@ def test_the_size_shown_before_preparing_is_the_kv_cache_a_prepared_film_holds(d
     db = library.open_library(data_dir)
     assert film_tokens(db, library.find_movie(db, "Boat.mkv"), "en")[0] == frames
     # the service says the same before its model is loaded as once it is (one rule)
-    unloaded = ChatService(data_dir, model=str(checkpoint), language="en", device="cpu", dtype="fp32")
+    unloaded = ChatService(data_dir, model=str(checkpoint), language="en", load=LoadOptions(device="cpu", dtype="fp32"))
     loaded = ChatService(data_dir, model=str(checkpoint), language="en", lv=lv)
     try:
         movie = loaded.movie("Boat.mkv")
@@ -225,7 +226,7 @@ def _status_lines(data_dir: Path, capsys, name: str) -> list[str]:
 
 
 def test_the_service_asks_the_indexer_to_prepare_a_film_and_forgets_it(data_dir, checkpoint, capsys):
-    service = ChatService(data_dir, model=str(checkpoint), language="en", device="cpu", dtype="fp32")
+    service = ChatService(data_dir, model=str(checkpoint), language="en", load=LoadOptions(device="cpu", dtype="fp32"))
     try:
         boat = service.movie("Boat.mkv")
         assert not boat.prepare_wanted and boat.prepared_bytes == 0
@@ -252,12 +253,13 @@ def test_the_service_asks_the_indexer_to_prepare_a_film_and_forgets_it(data_dir,
 
 
 def test_the_indexer_loads_the_model_as_the_service_does_so_its_state_is_used(data_dir, checkpoint):
-    service = ChatService(data_dir, model=str(checkpoint), language="en", device="cpu", dtype="bf16")
+    service = ChatService(data_dir, model=str(checkpoint), language="en", load=LoadOptions(device="cpu", dtype="bf16"))
     try:
         boat = service.movie("Boat.mkv")
         service.set_prepared(boat.id, True)
         with LibraryStore.open(data_dir / "library.db") as store:
-            assert json.loads(store.setting("chat_load_options")) == {"device": "cpu", "dtype": "bf16"}
+            assert json.loads(store.setting("chat_load_options")) == {"backend": "auto", "device": "cpu",
+                                                                      "dtype": "bf16", "kv_type": "f16"}
         assert cli.main(["--data-dir", str(data_dir), "index", "run", "--vision", str(checkpoint / "eva_vit_g.pth"),
                          "--speech", "never", "--quiet"]) == 0
         made = service.movie(boat.id).prepared_bytes

@@ -24,6 +24,7 @@ from llamavid.runtime.api import LlamaVid
 from llamavid.runtime.chat import Chat
 from llamavid.runtime.generate import SamplingOptions
 from llamavid.runtime.gguf_export import convert
+from llamavid.runtime.options import LoadOptions
 from llamavid.runtime.prepared import PREPARED_QUESTION, neutral_turn
 
 pytestmark = pytest.mark.slow
@@ -41,7 +42,7 @@ def library(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def server(library) -> Running:
     data, _ = library
-    settings = ServerSettings(data_dir=data, port=0, ui=False, load_options={"device": "cpu", "dtype": "fp32"})
+    settings = ServerSettings(data_dir=data, port=0, ui=False, load_options=LoadOptions(device="cpu", dtype="fp32"))
     running = start(settings)
     try:
         yield running
@@ -186,7 +187,7 @@ def test_fast_answers_start_from_the_prepared_film_and_keep_their_mode(client, h
     movie = film_id(http)
     before = http.get(f"/v1/movies/{movie}").json()
     assert before["prepared"] == 0 and before["prepare_estimate_bytes"] > 0 and not before["prepare_wanted"]
-    expected = _neutral_first(data, movie, TREASURE, server.app.state.engine.service.language)
+    expected = _neutral_first(data, movie, TREASURE, server.app.state.service.language)
     exact_first = client.chat.completions.create(model=MODEL, messages=movie_message(TREASURE, movie), **LONGER)
     assert exact_first.choices[0].message.content != expected, "the modes differ, so the text tells them apart"
 
@@ -214,7 +215,7 @@ def test_fast_answers_start_from_the_prepared_film_and_keep_their_mode(client, h
     # a history no conversation holds starts a fast one after the hidden neutral turn
     unknown = [*history[:1], {"role": "assistant", "content": "Under the old lighthouse."}, history[2]]
     seeded = client.chat.completions.create(model=MODEL, messages=unknown, extra_body={"fast": True}, **LONGER)
-    turns = server.app.state.engine.service.conversation(extra(seeded, "conversation_id")).turns
+    turns = server.app.state.service.conversation(extra(seeded, "conversation_id")).turns
     assert [(t.question, t.hidden) for t in turns] == [(PREPARED_QUESTION, True), (TREASURE, False),
                                                        ("Who is speaking?", False)]
 
@@ -245,7 +246,7 @@ def test_a_short_video_as_a_data_url(client, server, tmp_path) -> None:
             model=MODEL, messages=[{"role": "user", "content": [{"type": "text", "text": "What happens?"}, part]}],
             **GREEDY)
         assert answer.choices[0].message.content and answer.usage.prompt_tokens > 4
-    assert list(server.app.state.engine.temp_dir.iterdir()) == [], "uploaded videos are deleted after use"
+    assert list(server.app.state.temp_dir.iterdir()) == [], "uploaded videos are deleted after use"
 
 
 def test_bad_input_gets_a_4xx_and_the_server_keeps_answering(client, http) -> None:
@@ -277,8 +278,7 @@ def test_bad_input_gets_a_4xx_and_the_server_keeps_answering(client, http) -> No
 
 
 def test_a_client_that_disconnects_frees_the_model_for_the_next_request(client, http, server) -> None:
-    engine = server.app.state.engine
-    before = engine.status()
+    before = server.app.state.service.status()
     stream = client.chat.completions.create(model=MODEL, stream=True, temperature=0, max_tokens=3000,
                                             messages=[{"role": "user", "content": "Tell me a long story."}])
     for chunk in stream:
@@ -368,7 +368,7 @@ def gguf_server(library) -> Running:
     shared.mkdir(exist_ok=True)
     (shared / "eva_vit_g.pth").symlink_to(data / "models" / MODEL / "eva_vit_g.pth")
     running = start(ServerSettings(data_dir=data, model="llama-vid-tiny-gguf", port=0, ui=False,
-                                   load_options={"device": "cpu", "dtype": "fp32", "kv_type": "f32"}))
+                                   load_options=LoadOptions(device="cpu", dtype="fp32", kv_type="f32")))
     try:
         yield running
     finally:
@@ -390,4 +390,4 @@ def test_llama_cpp_a_stateless_chat_between_two_turns_leaves_the_conversation_in
         return second.choices[0].message.content
 
     assert two_turns(between=True) == two_turns(between=False)
-    assert gguf_server.app.state.engine.status()["failed"] == 0
+    assert gguf_server.app.state.service.status()["failed"] == 0

@@ -19,11 +19,12 @@ from fastapi.testclient import TestClient
 from app.server.app import Running, create_app, start, upload_dir
 from app.server.sample import FILM, MODEL, make_library
 from app.server.settings import ServerSettings
+from llamavid.runtime.options import LoadOptions
 
 pytestmark = pytest.mark.slow
 
 KEY = "correct-horse-battery"
-CPU = {"device": "cpu", "dtype": "fp32"}
+CPU = LoadOptions(device="cpu", dtype="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +211,7 @@ def test_cors_only_for_the_origins_given(library) -> None:
                                                   "Access-Control-Request-Method": "GET"})
     assert "access-control-allow-origin" not in other.headers
     assert client.get("/v1/models", headers={"Origin": "http://app.example"}).status_code == 200
-    client.app.state.engine.close()
+    client.app.state.service.close()
 
 
 def test_bodies_and_uploads_over_the_limit_are_refused(open_local, keyed) -> None:

@@ -18,12 +18,14 @@ from app.server.app import Running, start
 from app.server.sample import make_library
 from app.server.settings import ServerSettings
 from llamavid.media.synthetic import clock, write_video
+from llamavid.runtime.options import LoadOptions
 from llamavid.storage import human_size
 
 pytestmark = pytest.mark.slow
 
 TREASURE = "The treasure is buried under the old lighthouse?"
-PREPARED = re.compile(r"^prepared \(")  # the library's Fast answers column for a prepared film
+PREPARED = re.compile(r"^prepared for fast answers \(")  # the library's Fast answers column for a prepared film
+READY = "ready to chat"  # the library's Index column for an indexed film (app.film_words.index_state)
 LAST_ANSWER = "() => { const b = document.querySelectorAll('#movie-chat .bot'); " \
               "return b.length ? b[b.length - 1].innerText : ''; }"
 
@@ -31,7 +33,7 @@ LAST_ANSWER = "() => { const b = document.querySelectorAll('#movie-chat .bot'); 
 @pytest.fixture(scope="module")
 def web(tmp_path_factory) -> Running:
     data, _ = make_library(tmp_path_factory.mktemp("web"))
-    running = start(ServerSettings(data_dir=data, port=0, load_options={"device": "cpu", "dtype": "fp32"}))
+    running = start(ServerSettings(data_dir=data, port=0, load_options=LoadOptions(device="cpu", dtype="fp32")))
     try:
         yield running
     finally:
@@ -118,7 +120,7 @@ def test_the_library_tab_lists_the_indexed_film(page: Any) -> None:
     page.get_by_role("tab", name="Library").click()
     table = page.locator("#library table")
     table.wait_for(timeout=60_000)
-    assert "Harbor" in table.inner_text() and "done" in table.inner_text()
+    assert "Harbor" in table.inner_text() and READY in table.inner_text()
     assert "Queue:" in page.locator("#queue").inner_text()
 
 
@@ -179,7 +181,7 @@ def test_the_library_tab_adds_a_folder_and_indexes_it_after_a_pause(page: Any, t
     page.locator("#add-folder").click()
     page.locator("#added").get_by_text("1 new").wait_for(timeout=120_000)
     row = page.locator("#library tr", has_text="Lighthouse")
-    assert "done" not in row.inner_text(), "a paused queue indexes nothing"
+    assert READY not in row.inner_text(), "a paused queue indexes nothing"
     page.locator("#resume").click()
     page.wait_for_function("() => !document.querySelector('#queue').innerText.includes('paused')", timeout=60_000)
-    page.locator("#library tr", has_text="Lighthouse").get_by_text("done").wait_for(timeout=600_000)
+    page.locator("#library tr", has_text="Lighthouse").get_by_text(READY).wait_for(timeout=600_000)

@@ -1,8 +1,8 @@
 """Items per minute of ``llamavid eval`` on this machine: an image benchmark (GQA format) and a
 long-video benchmark (Video-MME format, films from the indexer), with the tiny LLM and full-size vision
 (EVA-ViT-g, 39 blocks, and a BERT-base-sized Q-Former) with random weights. Not a test (it takes
-minutes); run ``python tests/evaluation/measure_throughput.py [WORK_DIR [FILM_SECONDS]]``. A run folder
-already there is resumed, so a second call measures only what is missing.
+minutes); run ``python -m tests.evaluation.measure_throughput [WORK_DIR [FILM_SECONDS]]`` from the
+repository's root. A run folder already there is resumed, so a second call measures only what is missing.
 """
 from __future__ import annotations
 
@@ -12,25 +12,22 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import eval_fixtures as fx  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-
-from evaluation.answering import Answerer  # noqa: E402
-from evaluation.benchmarks import BENCHMARKS, Options  # noqa: E402
-from evaluation.films import Films, index_videos  # noqa: E402
-from evaluation.runner import RunSettings, run_benchmark  # noqa: E402
-from evaluation.visuals import VisualLoader  # noqa: E402
-from llamavid.bench.harness import random_eva  # noqa: E402
-from llamavid.media.synthetic import film, write_video  # noqa: E402
-from llamavid.model.eva import EvaConfig, random_eva_state  # noqa: E402
-from llamavid.model.tiny import bert_vocab, random_model, tiny_config, write_tiny_checkpoint  # noqa: E402
-from llamavid.runtime.api import LlamaVid  # noqa: E402
-from llamavid.runtime.load import load_model  # noqa: E402
+from cli.bench.harness import random_eva
+from evaluation.answering import Answerer
+from evaluation.benchmarks import BENCHMARKS, Options
+from evaluation.films import Films, index_videos
+from evaluation.runner import RunSettings, run_benchmark
+from evaluation.visuals import VisualLoader
+from llamavid.media.synthetic import film, write_video
+from llamavid.model.eva import EvaConfig, random_eva_state
+from llamavid.model.tiny import bert_vocab, random_model, tiny_config, write_tiny_checkpoint
+from llamavid.runtime.api import LlamaVid
+from llamavid.runtime.load import load_model
+from tests.support import benchmark_data as fx
 
 
 def full_vision_model(work: Path) -> LlamaVid:

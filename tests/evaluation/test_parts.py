@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import eval_fixtures as fx
 import pytest
 import torch
 
@@ -12,6 +11,7 @@ from evaluation.judge import Judge, JudgeSettings, parse_verdict
 from evaluation.normalize import evalai_answer, mme_label, pope_label, vqa_accuracy
 from evaluation.records import AnswerLog
 from llamavid.errors import UserError
+from tests.support import benchmark_data as fx
 
 
 def test_vqa_normalisation_applies_only_where_humans_disagree():

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-import eval_fixtures as fx
 import pytest
 
+from cli import main
 from evaluation.records import AnswerLog
-from llamavid.cli import main
+from tests.support import benchmark_data as fx
 
 pytestmark = pytest.mark.slow
 

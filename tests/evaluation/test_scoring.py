@@ -5,12 +5,12 @@ from __future__ import annotations
 import csv
 import json
 
-import eval_fixtures as fx
 import pytest
 from openpyxl import load_workbook
 
 from evaluation.benchmarks import BENCHMARKS, Options
 from evaluation.benchmarks.prompts import LETTER_ANSWER, SHORT_ANSWER
+from tests.support import benchmark_data as fx
 
 
 def bench(name, root, **options):

@@ -2,15 +2,15 @@
 and helpers that run the CLI in this process or as a real subprocess."""
 from __future__ import annotations
 
-import sys
+import shutil
+import tempfile
 from pathlib import Path
 
 import ctranslate2
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # media.py, tiny_whisper.py
-
-from indexer_cli_helper import REPO, TINY_WIDTH  # noqa: E402,F401
+from tests.support.indexer_cli import TINY_WIDTH, Cli
+from tests.support.tiny_whisper import build_tiny_whisper
 
 
 @pytest.fixture(autouse=True)
@@ -30,14 +30,19 @@ def tiny_eva(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_whisper(request, tmp_path_factory) -> Path:
-    """Converted once and kept in the pytest cache (about 10 s to build)."""
-    from tiny_whisper import build_tiny_whisper
-
+    """Converted once and kept in the pytest cache (about 10 s to build). Built in a folder of its own and
+    then renamed into place, so that two pytest-xdist workers building it at once do not mix their files."""
     cache = getattr(request.config, "cache", None)  # absent with -p no:cacheprovider
-    folder = Path(cache.mkdir("llamavid-tiny-whisper-v1") if cache else tmp_path_factory.mktemp("whisper"))
+    folder = Path(cache.mkdir("llamavid-tiny-whisper-v2") if cache else tmp_path_factory.mktemp("whisper"))
     model = folder / "ct2"
     if not (model / "model.bin").is_file():
-        build_tiny_whisper(folder)
+        built = build_tiny_whisper(Path(tempfile.mkdtemp(prefix="build-", dir=folder)))
+        try:
+            built.rename(model)
+        except OSError:  # another worker's model is already there
+            if not (model / "model.bin").is_file():
+                raise
+        shutil.rmtree(built.parent, ignore_errors=True)
     return model
 
 
@@ -51,9 +56,6 @@ def movies(tmp_path) -> Path:
     folder = tmp_path / "movies"
     folder.mkdir()
     return folder
-
-
-from indexer_cli_helper import Cli  # noqa: E402
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from llamavid.bench.decode import benchmark, make_clip, repeat_clip
+from cli.bench.decode import benchmark, make_clip, repeat_clip
 from llamavid.media.probe import probe
 
 

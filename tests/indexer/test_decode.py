@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from media import make_audio_only, make_undecodable, make_video, rotate_mp4, truncate
 
 from llamavid.errors import BadMedia
 from llamavid.media.decode import DecodeStats, SampleStream, decode_segment, video_spec
 from llamavid.media.probe import probe
+from tests.support.media import make_audio_only, make_undecodable, make_video, rotate_mp4, truncate
 
 
 def _sample(path, fps=1.0, start_k=0):

@@ -7,10 +7,10 @@ import shutil
 
 import numpy as np
 import pytest
-from indexer_cli_helper import TINY_WIDTH
-from media import make_audio_only, make_undecodable, make_video, rotate_mp4, truncate, write_srt
 
 from indexer import library as lib
+from tests.support.indexer_cli import TINY_WIDTH
+from tests.support.media import make_audio_only, make_undecodable, make_video, rotate_mp4, truncate, write_srt
 
 CUES = [(0.5, 1.5, "The hero enters"), (2.0, 3.0, "Nobody expected the llama")]
 

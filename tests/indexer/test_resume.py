@@ -7,10 +7,11 @@ import signal
 
 import numpy as np
 import pytest
-from helpers import wait_for
-from media import make_video
 
 from indexer import library
+from tests.support.indexer_cli import Cli
+from tests.support.media import make_video
+from tests.support.wait import wait_for
 
 RUN = ("run", "--speech", "never", "--quiet", "--batch-size", "2")
 
@@ -32,8 +33,6 @@ def _features(cli):
 
 @pytest.mark.slow
 def test_kill_9_mid_film_resumes_to_identical_features(cli, movies, tiny_eva, tmp_path, capsys):
-    from indexer_cli_helper import Cli
-
     make_video(movies / "Film.mkv", seconds=24, fps=25, size=(128, 96), gop=60)
     cli("add", movies)
     proc = cli.spawn(*RUN, "--vision", tiny_eva, "--idle", "0.5")  # slow enough to be caught mid-film

@@ -5,13 +5,13 @@ import os
 import shutil
 
 import pytest
-from media import make_video
 
 from indexer import db as dbmod
 from indexer import scan as scanmod
 from indexer.store import LibraryStore
 from llamavid import fingerprint as fpmod
 from llamavid.errors import UserError
+from tests.support.media import make_video
 
 
 @pytest.fixture

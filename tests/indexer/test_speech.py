@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from media import make_video
 
 from indexer import library
 from indexer.whisper import SAMPLE_RATE, audio_windows
+from tests.support.media import make_video
 
 
 def test_audio_windows_resume_at_a_window(tmp_path):
@@ -100,7 +100,7 @@ def test_a_speech_model_that_is_not_installed_is_never_downloaded(cli, movies, t
 def test_speech_models_in_the_model_manager(tiny_whisper, tmp_path, capsys):
     import shutil
 
-    from llamavid.cli import main
+    from cli import main
     from llamavid.hub import catalog
     from llamavid.hub.installed import list_models
     from llamavid.hub.verify import verify_model

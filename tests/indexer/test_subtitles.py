@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from media import make_video, write_srt
 
 from indexer.subtitle_sources import embedded_tracks, parse_sidecar_name, read_sidecar, sidecar_files
 from llamavid.media.probe import probe
+from tests.support.media import make_video, write_srt
 
 
 @pytest.mark.parametrize("name, expected", [

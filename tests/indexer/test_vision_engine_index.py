@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from media import make_video
 
 from indexer import library as lib
 from indexer.encoder import split_vision_id
@@ -13,6 +12,7 @@ from llamavid.media.decode import DecodeStats, decode_segment, video_spec
 from llamavid.media.preprocess import preprocess_images
 from llamavid.media.probe import probe
 from llamavid.model.eva import EvaVisionTower
+from tests.support.media import make_video
 
 RUN = ("run", "--speech", "never", "--quiet", "--batch-size", "2")
 

@@ -7,11 +7,11 @@ import signal
 import time
 
 import pytest
-from helpers import wait_for
-from media import make_video
 
 from indexer.watch import Watcher
 from llamavid.paths import DataDir
+from tests.support.media import make_video
+from tests.support.wait import wait_for
 
 
 def _paths(cli) -> set[str]:

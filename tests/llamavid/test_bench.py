@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llamavid import cli
-from llamavid.bench.vision import reference_attention_in
+import cli
+from cli.bench.vision import reference_attention_in
 from llamavid.model.eva import Attention, EvaConfig, EvaVisionTower, random_eva_state
 from llamavid.model.quantize_vision import quantize_vision, quantized_linears
 from llamavid.model.tiny import random_model, tiny_config
@@ -70,7 +70,7 @@ def test_smoke_bench_through_the_cli(llamavid_cmd: list[str]) -> None:
 
 
 def test_preprocess_stage_times_full_hd_frames_per_size_and_mode(capsys, monkeypatch) -> None:
-    import llamavid.bench.preprocess as stage
+    import cli.bench.preprocess as stage
 
     calls = []
     real = stage.preprocess_frame
@@ -102,8 +102,26 @@ def test_bad_stage_is_a_one_line_user_error(capsys: pytest.CaptureFixture[str]) 
     assert err.startswith("llamavid: error: --only: unknown stage(s) nope") and err.count("\n") == 1
 
 
+def test_other_benchmarks_are_bench_subcommands(llamavid_cmd: list[str]) -> None:
+    """`llamavid bench decode|film|server` parse their own options (and the global ones) once named;
+    without a name `llamavid bench` times the stages."""
+    from cli.bench import BENCHMARKS
+
+    parser = cli.build_parser()
+    stages = parser.parse_args(["bench", "--only", "eva", "--smoke"])
+    assert stages.benchmark is None and stages.only == ["eva"]
+    film = parser.parse_args(["--data-dir", "/d", "bench", "film", "--frames", "6", "--prepared"])
+    assert (film.benchmark, film.frames, film.prepared, film.data_dir) == ("film", 6, True, "/d")
+    served = parser.parse_args(["bench", "server", "--model", "m", "--data-dir", "/e"])
+    assert (served.benchmark, served.model, served.data_dir, served.tokens) == ("server", "m", "/e", 300)
+    for name in BENCHMARKS:
+        proc = subprocess.run([*llamavid_cmd, "bench", name, "--help"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and proc.stdout.startswith(f"usage: llamavid bench {name}"), proc.stderr
+        assert "--data-dir" in proc.stdout
+
+
 def test_engines_option_limits_the_engines_timed_and_names_unknown_ones(capsys) -> None:
-    from llamavid.cli.bench import add_arguments, make_plan
+    from cli.bench import add_arguments, make_plan
 
     def plan(*argv: str):
         import argparse
@@ -199,14 +217,14 @@ def test_quantize_refuses_what_it_cannot_do() -> None:
 def test_film_bench_times_a_new_question_and_a_follow_up_on_the_engine_asked_for() -> None:
     import io
 
-    from llamavid.bench import film
+    from cli.bench import film
 
     out = io.StringIO()
-    records = film.run(frames=6, llm_size="tiny", threads=1, stream=out, vision_engine="int8")
+    records = film.time_film(frames=6, llm_size="tiny", threads=1, stream=out, vision_engine="int8")
     assert [json.loads(line) for line in out.getvalue().splitlines()] == records
     new, follow = records
     assert new["question"] == "new question" and follow["question"] == "follow-up"
     assert new["qformer_engine"] == follow["qformer_engine"] == "int8"
     assert new["qformer_s"] > 0 and follow["qformer_s"] == 0  # only the first question reads the film
     assert new["prompt_tokens"] >= 2 * 6 and follow["prompt_tokens"] > new["prompt_tokens"]
-    assert film.run(frames=6, llm_size="tiny", threads=1, stream=io.StringIO())[0]["qformer_engine"] == "fp32"
+    assert film.time_film(frames=6, llm_size="tiny", threads=1, stream=io.StringIO())[0]["qformer_engine"] == "fp32"

@@ -26,7 +26,7 @@ def cli(*args: str, stdin: str | None = None, data_dir: Path | None = None) -> s
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if data_dir:
         env["LLAMAVID_DATA_DIR"] = str(data_dir)
-    return subprocess.run([sys.executable, "-m", "llamavid", "chat", *args], input=stdin, text=True,
+    return subprocess.run([sys.executable, "-m", "cli", "chat", *args], input=stdin, text=True,
                           capture_output=True, env=env, timeout=300)
 
 

@@ -23,8 +23,7 @@ from llamavid.model.qformer import load_qformer_tokenizer, tokenize_prompts
 from llamavid.prompt.builders import movie_prompt
 from llamavid.prompt.subtitles import interleave_subtitles
 from llamavid.runtime.generate import SamplingOptions, stream
-
-from .golden import run_arrays, run_input, runs, text, weight_keys, write_checkpoint
+from tests.support.golden import read_runs, run_arrays, run_input, runs, text, weight_keys, write_checkpoint
 
 _MODELS: dict = {}
 _CHECKPOINTS: dict = {}
@@ -130,7 +129,7 @@ def visual_features(model, run: dict, inputs, case: Path, expected: Expected) ->
 
 
 def run_case(case: Path, name: str, tmp_path_factory) -> Expected:
-    spec = json.loads((case / "runs.json").read_text())
+    spec = read_runs(case)
     run = spec["runs"][name]
     expected = Expected(case, name, spec.get("tolerance", {}))
     model, report = model_for(case, run, tmp_path_factory)

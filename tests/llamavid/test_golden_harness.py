@@ -17,21 +17,23 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .golden import BUNDLED, GoldenDirError, case_dirs, recipe_for
+from tests.support.golden import BUNDLED, GoldenDirError, case_dirs, recipe_for, runs
+
 from .test_golden import check_run
 
 SOURCE = BUNDLED / "tiny-224-video"
 SHARED = ("config.json", "qformer_config.json", "bert_vocab.txt", "keys.json", "inputs.npz")
 
 
-def make_case(folder: Path, runs: dict, outputs: dict[str, torch.Tensor]) -> Path:
-    """A case folder: the bundled case's model and inputs, these runs and these stored outputs."""
+def make_case(folder: Path, runs: dict, outputs: dict[str, torch.Tensor], **top) -> Path:
+    """A case folder: the bundled case's model and inputs, these runs and these stored outputs
+    (``top``: more or other top-level fields of runs.json)."""
     folder.mkdir(parents=True)
     for name in SHARED:
         shutil.copy(SOURCE / name, folder / name)
     shutil.copy(BUNDLED / "recipe.py", folder / "recipe.py")
     spec = json.loads((SOURCE / "runs.json").read_text())
-    (folder / "runs.json").write_text(json.dumps({**spec, "case": folder.name, "runs": runs}, indent=1))
+    (folder / "runs.json").write_text(json.dumps({**spec, "case": folder.name, **top, "runs": runs}, indent=1))
     save_file({k: v.contiguous() for k, v in outputs.items()}, str(folder / "outputs.safetensors"))
     return folder
 
@@ -106,3 +108,32 @@ def test_golden_folder_without_a_case_is_an_error(tmp_path, monkeypatch):
     found = case_dirs()
     assert (empty / "copied").resolve() in found and SOURCE.resolve() in found
     assert len(found) == 2  # the bundled case listed again is not run twice
+
+
+def test_notes_at_any_level_of_runs_json_are_ignored_and_the_run_still_compared(tmp_path, tmp_path_factory,
+                                                                               monkeypatch):
+    """A ``note`` annotates a case for people, at any level of runs.json: the top level, the runs object,
+    a run, and the objects nested in them (tolerance, config_overrides). None is read as a field, a run
+    or a config override, and every stored output of the run is still compared."""
+    source = json.loads((SOURCE / "runs.json").read_text())
+    stored = {k: v for k, v in load_file(SOURCE / "outputs.safetensors").items() if k.startswith("image1.")}
+    run = {**source["runs"]["image1"], "note": "the third image, padded",
+           "config_overrides": {"note": "nothing overridden: this object holds only a note"}}
+    annotated = {"runs": {"note": "one run", "image1": run}, "note": "a copy of the bundled case",
+                 "tolerance": {**source["tolerance"], "note": "absolute tolerances"}}
+
+    case = make_case(tmp_path / "notes", outputs=stored, **annotated)
+    written = json.loads((case / "runs.json").read_text())
+    assert written["note"] and written["tolerance"]["note"] and written["runs"]["note"]  # the notes are there
+    assert written["runs"]["image1"]["note"] and written["runs"]["image1"]["config_overrides"]["note"]
+    assert check_run(case, "image1", tmp_path_factory).checked == {k.split(".", 1)[1] for k in stored}
+    monkeypatch.setenv("LLAMAVID_GOLDEN_DIRS", str(case))
+    assert [name for c, name in runs() if c == case.resolve()] == ["image1"]  # a note is no run
+
+    # negative control: the same annotated case with one expected value changed fails, by name
+    changed = dict(stored)
+    changed["image1.logits"] = stored["image1.logits"].clone()
+    changed["image1.logits"][0, -1, 0] += 0.01
+    wrong = make_case(tmp_path / "notes-changed", outputs=changed, **annotated)
+    with pytest.raises(AssertionError, match=r"image1\.logits: max \|diff\| 0\.01"):
+        check_run(wrong, "image1", tmp_path_factory)

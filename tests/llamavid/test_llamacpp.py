@@ -35,17 +35,15 @@ K_WIDE = dict(heads=4, hidden_size=256, intermediate_size=512)  # head size 64, 
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from llamavid.model.tiny import write_tiny_checkpoint
-
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("cpp") / "tiny-vid", heads=2)  # head size 32
+def checkpoint(tiny_checkpoint_2heads):
+    """The session's tiny checkpoint with 2 heads of 32 (tests/support/fixtures.py)."""
+    return tiny_checkpoint_2heads
 
 
 @pytest.fixture(scope="module")
-def converted(checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("gguf") / "tiny-vid-gguf"
-    convert(checkpoint, out, types=("f32", "f16", "q8_0", "q4_K_M"))
-    return out
+def converted(tiny_gguf_2heads):
+    """``checkpoint`` converted to GGUF in f32, f16, q8_0 and q4_K_M, once per session."""
+    return tiny_gguf_2heads
 
 
 @pytest.fixture(scope="module")
@@ -382,7 +380,7 @@ def test_cli_convert_verify_and_chat(checkpoint, tmp_path):
     env = {**os.environ, "LLAMAVID_DATA_DIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
     def llamavid(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "llamavid", *args], env=env, text=True,
+        return subprocess.run([sys.executable, "-m", "cli", *args], env=env, text=True,
                               capture_output=True, timeout=300)
 
     assert llamavid("models", "add", "tiny", str(checkpoint)).returncode == 0

@@ -7,23 +7,18 @@ import pytest
 import torch
 
 from llamavid.errors import Cancelled
-from llamavid.model.tiny import write_tiny_checkpoint
 from llamavid.runtime.api import LlamaVid
 from llamavid.runtime.chat import Chat
 from llamavid.runtime.control import Control
 from llamavid.runtime.generate import SamplingOptions
-from llamavid.runtime.gguf_export import convert
 from llamavid.runtime.inputs import Visual
 
 GREEDY = SamplingOptions(max_new_tokens=6, temperature=0, stop_ids=())
 
 
 @pytest.fixture(scope="module")
-def cpp(tmp_path_factory) -> LlamaVid:
-    checkpoint = write_tiny_checkpoint(tmp_path_factory.mktemp("turns") / "tiny-vid", heads=2)
-    out = tmp_path_factory.mktemp("turns-gguf") / "tiny-vid-gguf"
-    convert(checkpoint, out, types=("f32",))
-    return LlamaVid.load(out, device="cpu", backend="llama.cpp", gguf_type="f32", kv_type="f32")
+def cpp(tiny_gguf_2heads) -> LlamaVid:
+    return LlamaVid.load(tiny_gguf_2heads, device="cpu", backend="llama.cpp", gguf_type="f32", kv_type="f32")
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from llamavid import cli
+import cli
 from llamavid.errors import UserError
 from llamavid.files import MANIFEST
 from llamavid.hub import catalog, download, verify

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def llamavid(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "LLAMAVID_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "llamavid", *args], env=env, text=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], env=env, text=True,
                           capture_output=True, timeout=600)
 
 

@@ -1,7 +1,6 @@
 """CLIP preprocessing: golden pixel parity, an independent arithmetic cross-check, bad input."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +17,14 @@ from llamavid.media.preprocess import (
     preprocess_images,
     resize_shortest_side,
 )
-
-from .golden import case_dirs as golden_case_dirs
+from tests.support.golden import case_dirs as golden_case_dirs
+from tests.support.golden import read_runs
 
 
 def pixel_runs() -> list[tuple[Path, str]]:
     out = []
     for case in golden_case_dirs():
-        runs = json.loads((case / "runs.json").read_text())["runs"]
+        runs = read_runs(case)["runs"]
         out += [(case, name) for name, run in runs.items()
                 if run.get("mode") in ("image", "video") and isinstance(run.get("input"), str)]
     return out
@@ -53,7 +52,7 @@ def test_golden_cases_found():
 
 @pytest.mark.parametrize("case,name", pixel_runs(), ids=lambda v: v.name if isinstance(v, Path) else v)
 def test_golden_pixel_parity(case: Path, name: str):
-    meta = json.loads((case / "runs.json").read_text())
+    meta = read_runs(case)
     run = meta["runs"][name]
     expected = _load_expected(case, name, run, meta["runs"])
     if expected is None:

@@ -18,10 +18,9 @@ from llamavid.prompt.builders import (
     video_prompt,
 )
 from llamavid.prompt.subtitles import assign_subtitle_frames, assign_subtitles, interleave_subtitles
-
-from .golden import BUNDLED as GOLDEN_ROOT
-from .golden import case_dirs as golden_case_dirs
-from .golden import recipe_for, run_arrays
+from tests.support.golden import BUNDLED as GOLDEN_ROOT
+from tests.support.golden import case_dirs as golden_case_dirs
+from tests.support.golden import case_runs, recipe_for, run_arrays
 
 VICUNA = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
           "helpful, detailed, and polite answers to the user's questions.")
@@ -41,14 +40,14 @@ def golden_runs(field: str):
     out = [pytest.param(DOCUMENTED, name, id=f"{DOCUMENTED}-{name}")
            for name, has in DOCUMENTED_RUNS.items() if has == field]
     for case in golden_case_dirs():
-        runs = json.loads((case / "runs.json").read_text())["runs"]
+        runs = case_runs(case)
         out += [pytest.param(case, name, id=f"{case.name}-{name}") for name, run in runs.items() if run.get(field)]
     return out
 
 
 def load_run(case: Path, name: str) -> tuple[dict, dict]:
     """A run and the inputs.npz entries it names, under the names runs.json gives."""
-    run = json.loads((case / "runs.json").read_text())["runs"][name]
+    run = case_runs(case)[name]
     return run, run_arrays(case, run)
 
 
@@ -71,7 +70,8 @@ def documented_case(tmp_path_factory) -> Path:
     No movie case ships with the project, so its expected texts are the ones this file derives by
     hand from the reference's rules (``PER_FRAME``, ``MOVIE_PROMPT`` below); its files carry names
     that differ from the run's, as runs.json allows. ``image0_again`` is the bundled image0 run
-    under another name, reading image0's files.
+    under another name, reading image0's files. Notes sit beside the fields at every level, as
+    the format allows: nothing may read them.
     """
     source = GOLDEN_ROOT / "tiny-224-video"
     folder = tmp_path_factory.mktemp("golden") / DOCUMENTED
@@ -88,8 +88,10 @@ def documented_case(tmp_path_factory) -> Path:
     runs = json.loads((source / "runs.json").read_text())["runs"]
     film = {"mode": "features", "llm_prompt": "clip.llm_prompt", "qformer_prompts": "clip.qformer_prompts",
             "movie_prompt": {"frame_time": "clip.frame_time", "subtitles": "clip.subtitles",
-                             "per_frame_text": "clip.per_frame_text"}}
-    (folder / "runs.json").write_text(json.dumps({"runs": {"image0_again": runs["image0"], "film": film}}))
+                             "per_frame_text": "clip.per_frame_text", "note": "texts derived by hand"},
+            "note": "no stored tensors: only the prompt texts are checked"}
+    (folder / "runs.json").write_text(json.dumps({"note": "written by test_prompts.py", "runs": {
+        "note": "two runs", "image0_again": runs["image0"], "film": film}}))
     return folder
 
 

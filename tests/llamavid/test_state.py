@@ -5,11 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llamavid.model.tiny import write_tiny_checkpoint
 from llamavid.runtime.api import LlamaVid
 from llamavid.runtime.chat import Chat
 from llamavid.runtime.generate import SamplingOptions
-from llamavid.runtime.gguf_export import convert
 from llamavid.runtime.inputs import Visual
 from llamavid.runtime.state import StateCorrupt, StateMismatch, load_chat, read_header, save_chat, state_key
 
@@ -18,13 +16,10 @@ QUESTIONS = ("What happens in the film?", "And then?", "Why?")
 
 
 @pytest.fixture(scope="module")
-def engines(tmp_path_factory) -> dict[str, LlamaVid]:
-    checkpoint = write_tiny_checkpoint(tmp_path_factory.mktemp("state") / "tiny-vid", heads=2)
-    out = tmp_path_factory.mktemp("state-gguf") / "tiny-vid-gguf"
-    convert(checkpoint, out, types=("f32",))
-    return {"transformers": LlamaVid.load(checkpoint, device="cpu", dtype="fp32", load_vision=False),
-            "llama.cpp": LlamaVid.load(out, device="cpu", backend="llama.cpp", gguf_type="f32", kv_type="f32",
-                                       load_vision=False)}
+def engines(tiny_checkpoint_2heads, tiny_gguf_2heads) -> dict[str, LlamaVid]:
+    return {"transformers": LlamaVid.load(tiny_checkpoint_2heads, device="cpu", dtype="fp32", load_vision=False),
+            "llama.cpp": LlamaVid.load(tiny_gguf_2heads, device="cpu", backend="llama.cpp", gguf_type="f32",
+                                       kv_type="f32", load_vision=False)}
 
 
 @pytest.fixture(scope="module")

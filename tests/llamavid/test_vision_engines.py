@@ -91,7 +91,16 @@ def test_each_eva_engine_stays_within_the_feature_bound_of_fp32(name, tower, pix
     got, want = engine(pixels), tower(pixels)
     assert isinstance(engine, EvaEngine) and engine.engine == name
     assert got.dtype == torch.float32 and got.shape == want.shape
-    assert worst_cosine(got, want) >= BOUNDS["eva"]
+    cosine = worst_cosine(got, want)
+    assert cosine >= 0.99, "far off fp32: a broken engine (the bound the calibration enforces is tighter)"
+    if cosine < BOUNDS["eva"]:
+        # This CPU's kernels for the engine lose more than the bound (int8 without VNNI, say): features
+        # from it are never stored here, because the calibration measures the same and refuses it.
+        others = ",".join(f"-{n}" for n in EVA_ENGINES if n not in ("fp32", name))
+        calibrated = VisionEngines(f"qformer=fp32,eva=auto,{others}", worth_parameters=0,
+                                   timer=FakeTimer({"fp32": 1.0, name: 0.1}))
+        assert calibrated.eva(tower, "w", pixels)[1] == "fp32"
+        assert calibrated.calibrations["eva"].trial(name).status == "refused"
     assert next(tower.parameters()).dtype == torch.float32  # the reference is left as it was
     assert capsys.readouterr().out == ""  # stdout stays clean (the bench writes JSON lines there)
 
@@ -296,8 +305,8 @@ def test_a_loaded_model_runs_the_chosen_engines(tiny_checkpoint):
 def test_the_bench_times_each_engine_beside_fp32():
     import io
 
-    from llamavid.bench.model import run_bench
-    from llamavid.bench.plan import BenchPlan
+    from cli.bench.model import run_bench
+    from cli.bench.plan import BenchPlan
 
     plan = BenchPlan(stages=("eva", "qformer"), device=torch.device("cpu"), dtype=torch.float32, repeats=1,
                      sizes=(224,), batches=(1,), frames=4, question_tokens=8, llm_size="tiny", smoke=True,

@@ -6,17 +6,13 @@ subprocess runs get OMP_NUM_THREADS=1 too, which also keeps their results bit-co
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from llamavid.runtime.api import load_llm_tokenizer
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-import train_helpers as helpers  # noqa: E402
+from tests.support import train_data
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -28,13 +24,20 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
+def tiny_init(tiny_checkpoint: Path) -> Path:
+    """A previous stage's output to start a run from (``--init``): the session's tiny checkpoint in the
+    released layout (tests/support/fixtures.py). Runs read it and write their output elsewhere."""
+    return tiny_checkpoint
+
+
+@pytest.fixture(scope="session")
 def components(tmp_path_factory) -> dict[str, Path]:
-    return helpers.write_components(tmp_path_factory.mktemp("components"))
+    return train_data.write_components(tmp_path_factory.mktemp("components"))
 
 
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory) -> dict[str, Path]:
-    return helpers.write_dataset(tmp_path_factory.mktemp("data"))
+    return train_data.write_dataset(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from llamavid.model.loading import load_llamavid
-from llamavid.model.tiny import write_tiny_checkpoint
 from llamavid.runtime.api import LlamaVid
 from llamavid.runtime.generate import SamplingOptions
 
@@ -24,15 +23,10 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def tiny_init(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("init") / "stage1")
-
-
 def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
     """``llamavid train run`` under torchrun, or as one plain process with ``processes=1``."""
     launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] if processes == 2 else []
-    cmd = [sys.executable, *launch, "-m", "llamavid", "train", "run", *args]
+    cmd = [sys.executable, *launch, "-m", "cli", "train", "run", *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -54,10 +48,10 @@ def test_ddp_two_processes_train_and_save_a_model_that_chats(tiny_init, dataset,
 
 
 @pytest.fixture(scope="module")
-def init_without_dropout(tmp_path_factory) -> Path:
-    """The tiny checkpoint with the Q-Former's dropout off: dropout draws its masks from each rank's
-    own seed, so with it two processes cannot compute what one does."""
-    folder = write_tiny_checkpoint(tmp_path_factory.mktemp("init") / "no-dropout")
+def init_without_dropout(tiny_init: Path, tmp_path_factory) -> Path:
+    """A copy of the tiny checkpoint with the Q-Former's dropout off: dropout draws its masks from each
+    rank's own seed, so with it two processes cannot compute what one does."""
+    folder = shutil.copytree(tiny_init, tmp_path_factory.mktemp("init") / "no-dropout")
     qformer = folder / "qformer_config.json"
     qformer.write_text(json.dumps({**json.loads(qformer.read_text()), "hidden_dropout_prob": 0.0,
                                    "attention_probs_dropout_prob": 0.0}))

@@ -7,7 +7,6 @@ import torch
 
 from llamavid.model.config import LlamaVidConfig
 from llamavid.model.loading import load_llamavid
-from llamavid.model.tiny import write_tiny_checkpoint
 from llamavid.runtime.api import LlamaVid
 from llamavid.runtime.generate import SamplingOptions
 from train.config import TrainArgs
@@ -16,11 +15,6 @@ from train.trainer import run
 
 LORA = dict(stage=2, max_steps=12, batch_size=2, grad_accum=1, learning_rate=5e-3, num_workers=0, save_steps=100,
             lora_r=4, lora_alpha=8, lora_dropout=0.0)
-
-
-@pytest.fixture(scope="module")
-def tiny_init(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("init") / "stage1")
 
 
 def plain_name(name: str) -> str:

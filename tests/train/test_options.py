@@ -6,20 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import gpt, human
 
 from llamavid.errors import UserError
-from llamavid.model.tiny import write_tiny_checkpoint
+from tests.support.train_data import gpt, human
 from train.config import TrainArgs
 from train.init import build_model
 from train.trainer import prepare_args, run
 
 QUICK = dict(stage=2, max_steps=2, batch_size=2, grad_accum=1, num_workers=0, save_steps=100)
-
-
-@pytest.fixture(scope="module")
-def tiny_init(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("init") / "stage1")
 
 
 @pytest.fixture

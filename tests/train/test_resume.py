@@ -18,22 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from llamavid import cli
+import cli
 from llamavid.errors import UserError
 from llamavid.model.loading import load_llamavid
-from llamavid.model.tiny import write_tiny_checkpoint
 from train.config import TrainArgs
 from train.progress import Progress
 from train.trainer import run
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMON = dict(stage=2, max_steps=10, batch_size=2, grad_accum=2, save_steps=3, learning_rate=2e-3, seed=7)
-
-
-@pytest.fixture(scope="module")
-def tiny_init(tmp_path_factory) -> Path:
-    """A previous stage's output in the released layout (random tiny weights)."""
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("init") / "stage1")
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +53,7 @@ def logged_step(output: Path) -> int:
 @pytest.mark.slow
 def test_sigkilled_run_resumes_to_the_same_weights(tiny_init, dataset, straight, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "llamavid", "train", "run", "--stage", "2", "--data", str(dataset["stage2"]),
+    cmd = [sys.executable, "-m", "cli", "train", "run", "--stage", "2", "--data", str(dataset["stage2"]),
            "--init", str(tiny_init), "--output", str(out), "--max-steps", "10", "--batch-size", "2",
            "--grad-accum", "2", "--save-steps", "3", "--lr", "2e-3", "--seed", "7", "--num-workers", "1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

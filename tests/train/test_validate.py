@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from train_helpers import gpt, human
 
-from llamavid import cli
+import cli
 from llamavid.model.tiny import write_tiny_checkpoint
+from tests.support.train_data import gpt, human
 from train.validate import CheckOptions, use_model, validate
 
 

@@ -1,3 +1,0 @@
-from llamavid.cli import main
-
-raise SystemExit(main())

@@ -1,0 +1,283 @@
+"""What the web UI's panels show (app.server.views), without a browser and without Gradio running:
+the library table, the film and conversation pickers, Fast answers, the queue line, a kept
+conversation, a question's updates as it streams; on a real tiny library (a film indexed by the
+real indexer) and on plain films and conversations. Also: each chat tab's Stop stops only its own
+question (app.server.ui)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from app import status as st
+from app.chat_service import ChatService
+from app.conversations import Conversation, StoredTurn
+from app.moments import Moment
+from app.questions import AskStream, ChatEvent
+from app.server import views
+from app.server.sample import MODEL, make_library
+from app.server.ui import Handlers, UiState
+from llamavid.runtime.control import Progress
+from llamavid.storage import human_size
+from tests.support.movies import movie
+
+ROOT = Path(__file__).resolve().parents[2]
+GB = 1_200_000_000
+
+
+
+
+def conversation(id: int, updated_at: float, title: str = "Where is the treasure?", fast: bool = False,
+                 turns: list[StoredTurn] | None = None) -> Conversation:
+    return Conversation(id=id, movie_id=1, movie_path="/films/Harbor.mkv", title=title, model=MODEL,
+                        track_id=None, language="en", stride=None, fast=fast, created_at=updated_at,
+                        updated_at=updated_at, turns=turns or [])
+
+
+def turn(id: int, question: str, answer: str, stopped: bool = False, hidden: bool = False) -> StoredTurn:
+    return StoredTurn(id=id, question=question, answer=answer, answer_ids=[], stopped=stopped,
+                      moments=[{"start": 40.0, "end": 44.0, "score": 1.0, "why": ["treasure"]}], created_at=0.0,
+                      hidden=hidden)
+
+
+def row(table: str, title: str) -> str:
+    """The text of the library row of ``title``, tags stripped."""
+    found = next(r for r in table.split("<tr>") if f"<td>{title}</td>" in r)
+    return re.sub(r"<[^>]+>", " ", found)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[ChatService]:
+    """A chat service on a real tiny library: the tiny model installed, Harbor indexed (no model loaded)."""
+    data, _ = make_library(tmp_path_factory.mktemp("views"), seconds=20)
+    service = ChatService(data, model=MODEL, language="en")
+    try:
+        yield service
+    finally:
+        service.close()
+
+
+def test_the_views_module_imports_no_gradio() -> None:
+    code = "import sys, app.server.views; print(sorted(m for m in sys.modules if m.split('.')[0] == 'gradio'))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# -- on the real library ------------------------------------------------------------------------------------
+def test_the_library_table_shows_an_indexed_film_ready_with_its_length_subtitles_and_fast_answers(
+        served: ChatService) -> None:
+    table = views.library_html(served.movies(), {}, paused=False)
+    text = row(table, "Harbor")
+    assert "ready to chat" in text and "0:00:20" in text
+    assert "subtitles: subtitle files (en)" in text and "not prepared" in text
+    assert '<td class="good">' in table and "<progress" not in table, "a finished film has no bar"
+
+
+def test_film_choices_offer_the_indexed_film(served: ChatService) -> None:
+    (movie,) = served.movies()
+    assert views.film_choices(served.movies()) == {"choices": [("Harbor", movie.id)], "value": movie.id}
+    assert views.prepare_choices(served.movies(), current=999)["value"] == movie.id
+
+
+def test_prepare_controls_show_the_size_preparing_will_take_before_the_click(served: ChatService) -> None:
+    (movie,) = served.movies()
+    estimate = served.prepare_estimate(movie)
+    assert estimate, "the installed tiny model sizes the film"
+    line, prepare, forget = views.prepare_controls(movie, estimate)
+    assert line.startswith("**Harbor** is not prepared") and f"about {human_size(estimate)}" in line
+    assert prepare == {"value": f"Prepare for fast answers (about {human_size(estimate)})", "visible": True}
+    assert forget == {"value": "Forget prepared state", "visible": False}
+
+
+def test_conversation_choices_list_the_film_conversations_newest_first_after_new_conversation(
+        served: ChatService) -> None:
+    (movie,) = served.movies()
+    older = served.new_conversation(movie.id, title="Who is the captain?")
+    newer = served.new_conversation(movie.id, title="Where is the treasure?")
+    served.store.db.execute("UPDATE conversations SET updated_at = updated_at + 60 WHERE id = ?", [newer.id])
+    choices = views.conversation_choices(served.conversations(movie.id), current=older.id)
+    assert [i for _, i in choices["choices"]] == [views.NEW, newer.id, older.id]
+    assert choices["choices"][0][0] == "New conversation"
+    assert choices["choices"][1][0].startswith("Where is the treasure? (")
+    assert choices["value"] == older.id
+
+
+def test_setup_markdown_names_the_model_or_says_how_to_get_one(served: ChatService, data_dir: Path) -> None:
+    shown = views.setup_markdown(served, st.collect_status(served.data.root))
+    assert f"**Model:** `{MODEL}` (loads with the first question)" in shown and str(served.data.root) in shown
+    empty = ChatService(data_dir)
+    try:
+        text = views.setup_markdown(empty, st.collect_status(data_dir))
+    finally:
+        empty.close()
+    assert text.startswith(st.TAGLINE) and st.GET_MODELS_HEADING in text and str(data_dir) in text
+
+
+# -- the library, on plain films ------------------------------------------------------------------------------
+def test_the_library_table_shows_a_running_films_percent_and_eta() -> None:
+    running = movie(state="running", stage="features", progress=(120, 2400), eta_seconds=200)
+    text = row(views.library_html([running], {}), "Harbor")
+    assert "indexing, reading frames: 120 / 2,400 frames, about 3 min left" in text and "5%" in text
+    assert '<progress value="5" max="100">' in views.library_html([running], {})
+
+
+def test_the_library_table_shows_a_failed_films_error() -> None:
+    table = views.library_html([movie(state="failed", error="decoder error")], {})
+    assert '<td class="bad">failed: decoder error</td>' in table
+
+
+def test_the_library_table_says_paused_for_a_queued_film_while_the_queue_is_paused() -> None:
+    queued = movie(state="queued", progress=(120, 2400), features_complete=False)
+    assert "paused at 120 / 2,400" in row(views.library_html([queued], {}, paused=True), "Harbor")
+    assert "waiting to resume" in row(views.library_html([queued], {}, paused=False), "Harbor")
+
+
+def test_the_library_table_shows_the_prepared_label_with_the_size_or_the_estimate() -> None:
+    prepared = movie(id=1, prepared_bytes=GB)
+    wanted = movie(id=2, rel_path="Lighthouse.mkv", prepare_wanted=True)
+    table = views.library_html([prepared, wanted], {2: 2 * GB})
+    assert f"prepared for fast answers ({human_size(GB)})" in row(table, "Harbor")
+    assert f"to be prepared for fast answers (about {human_size(2 * GB)})" in row(table, "Lighthouse")
+
+
+def test_the_library_table_escapes_film_names_and_says_when_it_is_empty() -> None:
+    assert "&lt;b&gt;Harbor" in views.library_html([movie(rel_path="<b>Harbor.mkv")], {})
+    assert views.library_html([], {}) == "<p>The library is empty: add a folder of films below.</p>"
+
+
+def test_film_choices_keep_the_current_indexed_film_else_the_first() -> None:
+    movies = [movie(id=1), movie(id=2, rel_path="Lighthouse.mkv"), movie(id=3, features_complete=False)]
+    assert views.film_choices(movies, current=2) == {"choices": [("Harbor", 1), ("Lighthouse", 2)], "value": 2}
+    assert views.film_choices(movies, current=3)["value"] == 1, "a film not indexed cannot be chatted about"
+    assert views.film_choices([], current=1) == {"choices": [], "value": None}
+
+
+def test_conversation_choices_are_newest_first_and_fall_back_to_new_conversation() -> None:
+    kept = [conversation(1, 1_000.0, "first"), conversation(2, 3_000.0, "third"), conversation(3, 2_000.0, "second")]
+    choices = views.conversation_choices(kept, current=42)
+    assert [i for _, i in choices["choices"]] == [views.NEW, 2, 3, 1] and choices["value"] == views.NEW
+    assert views.conversation_choices([]) == {"choices": [("New conversation", views.NEW)], "value": views.NEW}
+
+
+def test_fast_answers_default_to_the_films_prepared_state_and_a_kept_conversation_fixes_its_mode() -> None:
+    assert views.fast_choice(movie(prepared_bytes=GB)) == {"value": True, "interactive": True}
+    assert views.fast_choice(movie()) == {"value": False, "interactive": True}
+    assert views.fast_choice(None) == {"value": False, "interactive": True}
+    assert views.fast_choice(movie(), conversation(1, 0.0, fast=True)) == {"value": True, "interactive": False}
+
+
+def test_prepare_controls_for_a_prepared_a_waiting_and_no_film() -> None:
+    line, prepare, forget = views.prepare_controls(movie(prepared_bytes=GB), 2 * GB)
+    assert line == f"**Harbor** is prepared for fast answers: {human_size(GB)} on disk."
+    assert prepare == {"visible": False} and forget["visible"]
+    line, prepare, forget = views.prepare_controls(movie(prepare_wanted=True), 2 * GB)
+    assert line == f"**Harbor** is waiting for the indexer to prepare it (about {human_size(2 * GB)})."
+    assert prepare == {"visible": False} and forget["visible"]
+    assert views.prepare_controls(movie(), None)[1] == {"value": "Prepare for fast answers", "visible": True}
+    assert views.prepare_controls(None, None) == ("", {"visible": False}, {"visible": False})
+
+
+def test_queue_markdown_counts_films_per_state_and_says_running_and_paused() -> None:
+    assert views.queue_markdown({"done": 2, "queued": 1, "failed": 0}, running=True, paused=False) == \
+        "Queue: 2 done, 1 queued · indexer running"
+    assert views.queue_markdown({}, running=False, paused=True) == "Queue: empty · indexer idle · **paused**"
+
+
+def test_model_choices_show_the_picker_with_two_models_only() -> None:
+    assert views.model_choices(["a"], "a") == {"choices": ["a"], "value": "a", "visible": False}
+    assert views.model_choices(["a", "b"], "a")["visible"]
+    assert views.model_choices(["a"], "/models/mine")["choices"] == ["/models/mine", "a"]
+
+
+# -- the chat ---------------------------------------------------------------------------------------------------
+def test_chat_messages_show_a_kept_conversation_and_mark_a_stopped_answer() -> None:
+    turns = [turn(1, "Where?", "Under the lighthouse."), turn(2, "And then?", "They sail", stopped=True)]
+    assert views.chat_messages(turns) == [
+        {"role": "user", "content": "Where?"}, {"role": "assistant", "content": "Under the lighthouse."},
+        {"role": "user", "content": "And then?"}, {"role": "assistant", "content": "They sail *(stopped)*"}]
+
+
+def test_moments_html_links_seek_the_player_with_short_clocks() -> None:
+    out = views.moments_html([{"start": 40.0, "end": 44.5, "why": ['says "treasure"']},
+                              {"start": 3723.0, "end": 3730.0}])
+    assert 'data-seek="40.000"' in out and "0:40&ndash;0:44" in out and "1:02:03&ndash;1:02:10" in out
+    assert 'title="says &quot;treasure&quot;"' in out
+    assert views.moments_html([]) == views.moments_html(None) == ""
+
+
+def test_player_html_feeds_the_video_by_film_id() -> None:
+    assert 'src="/v1/movies/3/video"' in views.player_html(3) and 'id="llamavid-player"' in views.player_html(3)
+    assert views.player_html(None) == "<p>Pick an indexed film.</p>"
+
+
+def progress(phase: str, done: int, total: int) -> Progress:
+    return Progress(phase=phase, done=done, total=total, unit="frames", eta_seconds=200)
+
+
+def test_answer_updates_stream_the_answer_with_the_queue_line_progress_and_moments() -> None:
+    history = [{"role": "user", "content": "Where is the treasure?"}]
+    events = [ChatEvent("queued", position=2), ChatEvent("queued", position=0),
+              ChatEvent("progress", progress=progress("visual", 10, 20)), ChatEvent("text", "Under the "),
+              ChatEvent("text", "lighthouse."), ChatEvent("moments", moments=(Moment(40.0, 44.0, 1.0, ["treasure"]),)),
+              ChatEvent("done", turn_id=1)]
+    updates = list(views.answer_updates(events, history))
+    assert [line for _, line, _ in updates[:3]] == [
+        "Waiting for the model: 2 questions ahead", "Starting…", "Reading the film: 10 / 20 frames, about 3 min left"]
+    assert [chat[-1]["content"] for chat, _, _ in updates[3:5]] == ["Under the ", "Under the lighthouse."]
+    chat, line, moments = updates[-1]
+    assert chat == [*history, {"role": "assistant", "content": "Under the lighthouse."}] and line == ""
+    assert 'data-seek="40.000"' in moments
+    assert all(found is None for _, _, found in updates[:-1]), "None: the moments are left as they are"
+    assert history == [{"role": "user", "content": "Where is the treasure?"}], "the caller's history is not changed"
+
+
+def test_answer_updates_turn_a_cancelled_stream_into_stopped_and_a_failure_into_its_error() -> None:
+    stream = AskStream("Where?", job=None)
+    for event in (ChatEvent("text", "Under the"), ChatEvent("error", "cancelled", kind="cancelled")):
+        stream.put(event)
+    *_, (chat, _, _) = views.answer_updates(stream, [])
+    assert chat[-1] == {"role": "assistant", "content": "Under the\n\n*(stopped)*"}
+    *_, (chat, _, _) = views.answer_updates([ChatEvent("error", "the film is not indexed", kind="user")], [])
+    assert chat[-1]["content"] == "*(error: the film is not indexed)*"
+
+
+def test_history_pairs_read_a_chats_questions_and_answers() -> None:
+    history = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+               {"role": "user", "content": "c"}]
+    assert views.history_pairs(history) == [("a", "b")]
+
+
+# -- Stop, per tab ------------------------------------------------------------------------------------------------
+def test_each_chat_tabs_stop_stops_only_its_own_question(served: ChatService, tmp_path: Path) -> None:
+    handlers = Handlers(served, indexer=None, upload_dir=tmp_path)
+    browser, other_browser = SimpleNamespace(session_hash="s1"), SimpleNamespace(session_hash="s2")
+    movie, quick, elsewhere = AskStream("film?", job=None), AskStream("picture?", job=None), AskStream("x", job=None)
+    followed = [handlers.follow(movie, [], "s1", "movie"), handlers.follow(quick, [], "s1", "quick"),
+                handlers.follow(elsewhere, [], "s2", "movie")]
+    for job, updates in zip((movie, quick, elsewhere), followed, strict=True):
+        job.put(ChatEvent("queued", position=1))
+        next(updates)  # following it: the tab's question under way
+    handlers.stop_movie(browser)
+    assert movie.cancelled and not quick.cancelled and not elsewhere.cancelled
+    handlers.stop_quick(browser)
+    assert quick.cancelled and not elsewhere.cancelled
+    handlers.stop_movie(other_browser)
+    assert elsewhere.cancelled
+    for updates in followed:
+        updates.close()
+
+
+def test_a_finished_question_leaves_its_tab_and_a_newer_one_stays_stoppable(tmp_path: Path) -> None:
+    state, first, second = UiState(), AskStream("a", job=None), AskStream("b", job=None)
+    state.start("s", "movie", first)
+    state.start("s", "movie", second)
+    state.done("s", "movie", first)  # the older question ended after the newer one began
+    state.stop("s", "quick")
+    assert not second.cancelled
+    state.stop("s", "movie")
+    assert second.cancelled and not first.cancelled
