@@ -51,11 +51,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sqlite_utils
 
 from app.conversations import Conversation, ConversationStore, short_title
 from app.live_chat import LiveChats
 from app.questions import AskStream, ChatEvent
 from indexer import library
+from indexer.db import ThreadConnections
 from indexer.prepare import forget_prepared, loaded_kv_bytes, mark_for_preparing, model_kv_shape
 from indexer.prepared_size import LlmShape, estimate_prepared_bytes, film_tokens
 from indexer.store import LibraryStore
@@ -157,8 +159,10 @@ class ChatService:
         self._lv = lv
         self._kv_shape: tuple[LlmShape, float] | None = None  # the unloaded model's, for size estimates
         self._models_cache: tuple[float, list[InstalledEntry]] | None = None
-        self._db = library.open_library(self.data.root)  # WAL: reads while the indexer writes
-        self._chats = LiveChats(self.data, self.store, self._db, self.model)
+        # WAL: reads while the indexer writes; a connection per thread (the worker, each front end's)
+        self._library = ThreadConnections(self.data.database)
+        self._chats = LiveChats(self.data, self.store, self._library, self.model)
+        self._detach_gone()
         self._queue: queue.Queue[AskStream | None] = queue.Queue()
         self._waiting: list[AskStream] = []
         self._current: AskStream | None = None
@@ -178,6 +182,11 @@ class ChatService:
     def shown_model(self) -> str | None:
         """:attr:`model_name` as a person and an API client see it (a folder by its name)."""
         return _shown_name(self.model_name)
+
+    @property
+    def _db(self) -> sqlite_utils.Database:
+        """The library database, through the calling thread's own connection."""
+        return self._library.get()
 
     @property
     def model_loaded(self) -> bool:
@@ -276,7 +285,17 @@ class ChatService:
                                  title, track_id, self.language, fast=fast and found is not None)
 
     def conversations(self, movie_id: int | None = None) -> list[Conversation]:
+        self._detach_gone()
         return self.store.recent(movie_id)
+
+    def _detach_gone(self) -> None:
+        """Detach the conversations whose film has left the library (removed by the indexer, the
+        app or ``llamavid index rm``, in any process): they are kept, and never attach to another
+        film (a removed film's id is never reused)."""
+        gone = self.store.movie_ids() - LibraryStore(self._db).movie_ids()
+        if gone:
+            log.info("films %s left the library: %d conversations detached", sorted(gone),
+                     self.store.detach_movies(gone))
 
     def conversation(self, conversation_id: int) -> Conversation:
         return self.store.get(conversation_id)
@@ -393,6 +412,7 @@ class ChatService:
         self._worker.join(timeout=600)
         self._chats.release()
         self.store.close()
+        self._library.close()
 
     # -- the worker ---------------------------------------------------------------------------------
     def _serve(self) -> None:
@@ -457,7 +477,7 @@ class ChatService:
         turn_id = self._chats.keep(live, turn, moments)
         if live.movie is not None:
             stream.put(ChatEvent("moments", moments=tuple(moments)))
-        stream.put(ChatEvent("done", turn_id=turn_id, stopped=turn.stopped))
+        stream.put(ChatEvent("done", turn_id=turn_id, stopped=turn.stopped, notes=tuple(live.chat.notes)))
 
     def _answer_media(self, stream: AskStream, job: _AboutMedia, lv: LlamaVid) -> None:
         control = stream.control
@@ -477,7 +497,7 @@ class ChatService:
         chat.replay(job.history, control)
         for piece in chat.ask(stream.question, stream.options, control=control, time_budget=stream.time_budget):
             stream.put(ChatEvent("text", text=piece))
-        stream.put(ChatEvent("done", stopped=chat.turns[-1].stopped))
+        stream.put(ChatEvent("done", stopped=chat.turns[-1].stopped, notes=tuple(chat.notes)))
 
     def _film_conversation(self, job: _AboutFilm, question: str) -> int:
         """The kept conversation a message list about a film continues (see :meth:`ask_film`)."""

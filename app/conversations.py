@@ -6,6 +6,12 @@ migrations; the connection, WAL mode and the migration runner are the library da
 (:func:`indexer.db.connect`). Every turn keeps the token ids of its answer: rebuilding a
 conversation after a restart feeds exactly those tokens back, so the model's state is the one it
 had (re-tokenizing the text could differ), and the frame stride its film was read with.
+
+The store is used from several threads at once (the chat service's worker, the web server's and
+the desktop app's threads): each thread gets its own connection (:class:`indexer.db.ThreadConnections`).
+Ids are never reused (``AUTOINCREMENT`` since version 2), and a conversation whose film left the
+library is detached (``movie_id`` NULL, its ``movie_path`` kept): it can be read and exported, and
+asking in it says the film is gone (:class:`FilmGone`).
 """
 from __future__ import annotations
 
@@ -16,7 +22,8 @@ from pathlib import Path
 
 import sqlite_utils
 
-from indexer.db import atomic, connect
+from indexer.db import ThreadConnections, atomic, rebuild_autoincrement
+from llamavid.errors import UserError
 
 _SCHEMA_V1 = """
 CREATE TABLE conversations (
@@ -53,7 +60,25 @@ def _v1(db: sqlite_utils.Database) -> None:
     db.executescript(_SCHEMA_V1)
 
 
-MIGRATIONS = [_v1]
+def _v2(db: sqlite_utils.Database) -> None:
+    """Ids never reused: a deleted conversation's id (and its state file's name) is not given to
+    the next one."""
+    rebuild_autoincrement(db, "conversations")
+    rebuild_autoincrement(db, "turns")
+
+
+MIGRATIONS = [_v1, _v2]
+
+
+class FilmGone(UserError):
+    """The conversation's film is no longer in the library: it can be read, not continued."""
+
+    kind = "not_found"
+
+    def __init__(self, conversation: Conversation):
+        name = Path(conversation.movie_path).name if conversation.movie_path else "its film"
+        super().__init__(f"{name} is no longer in the library, so this conversation cannot go on; it can still "
+                         "be read and exported. Add the film to the library again and start a new conversation")
 
 
 @dataclass
@@ -84,6 +109,11 @@ class Conversation:
     turns: list[StoredTurn] = field(default_factory=list)
 
     @property
+    def film_gone(self) -> bool:
+        """A conversation about a film that has left the library (detached from it)."""
+        return self.movie_id is None and self.movie_path is not None
+
+    @property
     def shown_turns(self) -> list[StoredTurn]:
         """The turns a person asked (without the hidden first turn of a fast conversation)."""
         return [t for t in self.turns if not t.hidden]
@@ -93,10 +123,15 @@ class ConversationStore:
     """The conversations database of one data folder."""
 
     def __init__(self, path: str | Path):
-        self.db = connect(path, migrations=MIGRATIONS)
+        self._connections = ThreadConnections(path, migrations=MIGRATIONS)
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """The calling thread's connection."""
+        return self._connections.get()
 
     def close(self) -> None:
-        self.db.conn.close()
+        self._connections.close()
 
     def create(self, model: str, movie_id: int | None = None, movie_path: str | None = None,
                title: str | None = None, track_id: int | None = None, language: str | None = None,
@@ -129,7 +164,13 @@ class ConversationStore:
         if movie_id is not None:
             sql, params = sql + " WHERE movie_id = ?", [movie_id]
         ids = [r[0] for r in self.db.execute(sql + " ORDER BY updated_at DESC, id DESC", params)]
-        return [self.get(i) for i in ids]
+        found = []
+        for i in ids:
+            try:
+                found.append(self.get(i))
+            except KeyError:  # deleted by another thread since the listing
+                continue
+        return found
 
     def add_turn(self, conversation_id: int, question: str, answer: str, answer_ids: list[int], stopped: bool,
                  moments: list[dict], stride: int | None = None, hidden: bool = False) -> int:
@@ -146,6 +187,21 @@ class ConversationStore:
             self.db.execute("UPDATE conversations SET updated_at = ?, stride = COALESCE(stride, ?) WHERE id = ?",
                             [now, stride, conversation_id])
         return cur.lastrowid
+
+    def movie_ids(self) -> set[int]:
+        """The films conversations are about (by library id)."""
+        return {r[0] for r in self.db.execute("SELECT DISTINCT movie_id FROM conversations WHERE movie_id IS NOT NULL")}
+
+    def detach_movies(self, movie_ids: set[int] | list[int]) -> int:
+        """These films left the library: their conversations are kept, no longer attached to them
+        (``movie_id`` NULL; ``movie_path`` still names the film). Returns how many were detached."""
+        ids = sorted(set(movie_ids))
+        if not ids:
+            return 0
+        with atomic(self.db):
+            cur = self.db.execute(f"UPDATE conversations SET movie_id = NULL WHERE movie_id IN"
+                                  f" ({', '.join('?' * len(ids))})", ids)
+        return cur.rowcount
 
     def rename(self, conversation_id: int, title: str) -> None:
         if not title.strip():

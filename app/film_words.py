@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from indexer.library import Movie
+from llamavid.runtime.chat import ordinal
 from llamavid.runtime.control import rough_duration
 from llamavid.storage import human_size
 
@@ -131,3 +132,14 @@ def queue_position(ahead: int) -> str:
     if not ahead:
         return "starting…"
     return f"waiting for the model: {ahead} question{'s' if ahead != 1 else ''} ahead"
+
+
+def reading_note(notes: tuple[str, ...] | list[str] = (), stride: int | None = None) -> str:
+    """How an answer's film or clip was read, when it was not read whole, for a line under the answer:
+    the runtime's notes ("...using every 3rd frame (1,200 frames)"), or for a kept conversation its
+    stride. Empty when every frame was read."""
+    if notes:
+        return "(" + "; ".join(notes) + ")"
+    if stride and stride > 1:
+        return f"(the film was read with every {ordinal(stride)} frame: it has more frames than fit)"
+    return ""

@@ -6,6 +6,10 @@ another conversation saves the live one's state (``<data>/states/conversation-N.
 :mod:`llamavid.runtime.state`) and reads the other's back, or rebuilds it from its kept turns when
 its state is missing, damaged or made for another model or film: the next answer is the one an
 uninterrupted chat would give. A fast conversation begins from its film's prepared state.
+
+A state is a cache of what the kept turns rebuild: failing to write one (a full disk, no memory
+left) never fails a question whose answer is kept; it is logged, and the state rebuilt next time.
+A conversation whose film has left the library is refused with :class:`FilmGone` (and detached).
 """
 from __future__ import annotations
 
@@ -14,16 +18,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.conversations import Conversation, ConversationStore, StoredTurn
+from app.conversations import Conversation, ConversationStore, FilmGone, StoredTurn, short_title
 from app.moments import CueHit, Moment, rank_moments
 from indexer import library
-from indexer.prepare import film_chat, film_identity, make_prepared, open_prepared, prepared_key
+from indexer.db import ThreadConnections
+from indexer.prepare import film_chat, film_identity, keep_prepared, open_prepared, prepared_key
 from indexer.store import LibraryStore
 from llamavid.paths import DataDir
 from llamavid.runtime.api import LlamaVid
 from llamavid.runtime.chat import Chat, Turn
 from llamavid.runtime.control import Control
 from llamavid.runtime.inputs import Visual
+from llamavid.runtime.prepared import PREPARED_QUESTION, prepare
 from llamavid.runtime.state import StateError, StateMismatch, load_chat, save_chat, state_key
 
 log = logging.getLogger(__name__)
@@ -47,8 +53,13 @@ class LiveChats:
     """The live conversation of a chat service (see the module docstring)."""
 
     def __init__(self, data: DataDir, store: ConversationStore, db, model: Callable[[], LlamaVid]):
-        self.data, self.store, self.db, self.model = data, store, db, model
+        """``db``: the library database, or the service's :class:`ThreadConnections` to it."""
+        self.data, self.store, self._db, self.model = data, store, db, model
         self.live: Live | None = None
+
+    @property
+    def db(self):
+        return self._db.get() if isinstance(self._db, ThreadConnections) else self._db
 
     def state_path(self, conversation_id: int) -> Path:
         return self.data.root / "states" / f"conversation-{conversation_id}.state"
@@ -97,11 +108,20 @@ class LiveChats:
     def save(self, live: Live) -> None:
         if not live.chat.turns:
             return
+        path = self.state_path(live.conversation_id)
         try:
-            save_chat(live.chat, self.state_path(live.conversation_id), live.key)
+            save_chat(live.chat, path, live.key)
             live.saved_length = live.chat.state.length
-        except OSError as exc:  # a full disk must not lose the answer; the state is rebuilt next time
-            log.warning("could not save the state of conversation %s: %s", live.conversation_id, exc)
+        except Exception as exc:  # noqa: BLE001 - the answer is kept: a full disk or no memory must not lose it
+            if isinstance(exc, (OSError, MemoryError)):
+                log.warning("could not save the state of conversation %s (rebuilt next time): %r",
+                            live.conversation_id, exc)
+            else:
+                log.exception("could not save the state of conversation %s (rebuilt next time)", live.conversation_id)
+            try:  # an older state holds fewer turns: it would be read and refused; no need to keep it
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
 
     def moments(self, live: Live, turn: Turn) -> list[Moment]:
         """Where in the film the answer rests: the question's frame relevance and matching cues."""
@@ -113,14 +133,21 @@ class LiveChats:
                 found[(hit.start_time, hit.text)] = CueHit(hit.start_time, hit.end_time, hit.text)
         relevance = chat.relevance.tolist() if chat.relevance is not None else None
         return rank_moments(chat.visual.frame_times, relevance, list(found.values()), turn.question, turn.answer,
-                            live.movie.duration)
+                            live.movie.duration, weighed_by=weighed_by(chat, turn))
 
     def _open(self, conv: Conversation) -> Live:
+        if conv.film_gone:
+            raise FilmGone(conv)
         lv = self.model()
         if conv.movie_id is None:
             chat = Chat(lv, Visual("none"))
             return Live(conv.id, chat, state_key(chat, film=None))
-        movie = library.get_movie(self.db, conv.movie_id)
+        try:
+            movie = library.get_movie(self.db, conv.movie_id)
+        except KeyError:  # removed from the library (its id is never reused): detached, and said so
+            self.store.detach_movies([conv.movie_id])
+            self.state_path(conv.id).unlink(missing_ok=True)
+            raise FilmGone(conv) from None
         chat, track_id = film_chat(lv, LibraryStore(self.db), movie, conv.language, conv.track_id, conv.stride)
         return Live(conv.id, chat, state_key(chat, film=film_identity(movie), track=track_id), movie, track_id)
 
@@ -146,10 +173,25 @@ class LiveChats:
         store, movie, chat = LibraryStore(self.db), live.movie, live.chat
         key = prepared_key(chat, movie, live.track_id)
         if not open_prepared(chat, store, self.data, movie, key):
-            make_prepared(chat, store, self.data, movie, key, control)
+            prepare(chat, control)
+            try:
+                keep_prepared(chat, store, self.data, movie, key)
+            except (OSError, MemoryError) as exc:  # the film is read: this question goes on without keeping it
+                log.warning("could not keep the prepared state of %s: %r", movie.rel_path, exc)
         neutral = chat.turns[0]
         self.store.add_turn(conv.id, neutral.question, neutral.answer, neutral.answer_ids, False, [],
                             chat.stride, hidden=True)
+
+
+def weighed_by(chat: Chat, turn: Turn) -> str:
+    """Whose question the film's frame weights come from, for a moment's reason: the film is read
+    once, with the conversation's first question (a neutral one in a fast conversation)."""
+    first = chat.turns[0] if chat.turns else turn
+    if first is turn:
+        return "the question"
+    if first.question == PREPARED_QUESTION:
+        return "the film's first reading (a neutral question, read ahead for fast answers)"
+    return f"the conversation's first question (\"{short_title(first.question)}\")"
 
 
 def _turn(stored: StoredTurn) -> Turn:

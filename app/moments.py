@@ -53,7 +53,7 @@ def words(text: str) -> set[str]:
 
 
 def frame_moments(times: Sequence[float], relevance: Sequence[float], top_frames: int = 8,
-                  gap: float | None = None) -> list[Moment]:
+                  gap: float | None = None, weighed_by: str = "the question") -> list[Moment]:
     """Runs of frames the question weighed far above the film's average (see the module docstring)."""
     t, r = np.asarray(times, dtype=np.float64), np.asarray(relevance, dtype=np.float64)
     if len(t) < 3 or r.std() == 0:
@@ -69,7 +69,7 @@ def frame_moments(times: Sequence[float], relevance: Sequence[float], top_frames
         else:
             moments.append(Moment(float(t[i]), float(t[i] + step), float(z[i])))
     for m in moments:
-        m.why.append(f"the question weighed these frames most ({m.score:.1f} standard deviations above the film)")
+        m.why.append(f"{weighed_by} weighed these frames most ({m.score:.1f} standard deviations above the film)")
     return moments
 
 
@@ -101,11 +101,14 @@ def merge(moments: Sequence[Moment], gap: float = 2.0) -> list[Moment]:
 
 
 def rank_moments(frame_times: Sequence[float], relevance: Sequence[float] | None, cue_hits: Sequence[CueHit],
-                 question: str, answer: str = "", duration: float | None = None, k: int = 5) -> list[Moment]:
-    """The ``k`` best moments for a question and its answer, best first, inside the film."""
+                 question: str, answer: str = "", duration: float | None = None, k: int = 5,
+                 weighed_by: str = "the question") -> list[Moment]:
+    """The ``k`` best moments for a question and its answer, best first, inside the film.
+    ``weighed_by`` names the question whose Q-Former pass made ``relevance`` (a film is read once,
+    with its conversation's first question: a follow-up's frames were weighed by that one)."""
     found = cue_moments(cue_hits, question, answer)
     if relevance is not None and len(relevance) == len(frame_times):
-        found += frame_moments(frame_times, relevance)
+        found += frame_moments(frame_times, relevance, weighed_by=weighed_by)
     end = duration if duration is not None else (max(frame_times) + 1.0 if len(frame_times) else None)
     ranked = sorted(merge(found), key=lambda m: -m.score)[:k]
     for m in ranked:

@@ -36,6 +36,7 @@ class ChatEvent:
     kind: str = ""  # error: the error's kind (llamavid.errors.error_kind); "internal" for a bug
     turn_id: int | None = None  # done: the kept turn (None when the turn was not kept)
     stopped: bool = False  # done: the answer was cut short by the caller
+    notes: tuple[str, ...] = ()  # done: what a person should know about how it was read (every 3rd frame...)
 
     @classmethod
     def failure(cls, exc: BaseException) -> ChatEvent:
@@ -57,7 +58,7 @@ class ChatEvent:
         if self.type == "error":
             out["kind"] = self.kind
         if self.type == "done":
-            out.update(turn_id=self.turn_id, stopped=self.stopped)
+            out.update(turn_id=self.turn_id, stopped=self.stopped, notes=list(self.notes))
         return out
 
 

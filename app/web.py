@@ -16,9 +16,10 @@ __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "serve", "settings_for", "start"]
 
 def settings_for(data_dir: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, open_browser: bool = False,
                  api_key: str | None = None, model: str | None = None, cors_origins: Sequence[str] = (),
-                 ui: bool = True) -> ServerSettings:
+                 ui: bool = True, allow_add_folders: bool | None = None) -> ServerSettings:
     return ServerSettings(data_dir=Path(data_dir), model=model, host=host, port=port, api_key=api_key,
-                          cors_origins=tuple(cors_origins), ui=ui, open_browser=open_browser)
+                          cors_origins=tuple(cors_origins), ui=ui, open_browser=open_browser,
+                          allow_add_folders=allow_add_folders)
 
 
 def start(data_dir: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, **options: Any) -> Any:

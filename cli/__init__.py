@@ -32,6 +32,7 @@ default; see :mod:`llamavid.paths`), ``args.verbose`` (0, 1, 2...) and
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import logging
 import os
@@ -146,8 +147,20 @@ def _setup_logging(verbose: int) -> None:
             logging.getLogger(name).setLevel(logging.INFO)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``llamavid`` console script; returns the exit status."""
+#: Commands that have saved and closed everything when they return (the servers): the process they
+#: run in ends at once instead of waiting seconds for the interpreter to tear down torch, Gradio
+#: and OpenVINO after a Ctrl+C or SIGTERM.
+QUICK_EXIT = ("web", "serve", "app")
+
+
+def console() -> None:
+    """The ``llamavid`` program (console script and ``python -m cli``): :func:`main` owning its process."""
+    sys.exit(main(process=True))
+
+
+def main(argv: Sequence[str] | None = None, process: bool = False) -> int:
+    """Run one command; returns the exit status. ``process``: the caller owns the process (the
+    program itself), so a server command may end it without the interpreter's teardown."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
@@ -159,7 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     try:
         args.data_dir = resolve_data_dir(args.data_dir)
-        return int(args._run(args) or 0)
+        status = int(args._run(args) or 0)
+        if process and args.command in QUICK_EXIT:
+            _exit_now(status)
+        return status
     except UserError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
@@ -172,5 +188,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _exit_now(status: int) -> None:
+    """End the process as ``sys.exit`` would (exit handlers run, output flushed) but skip the
+    interpreter's teardown: everything the command wrote is saved and closed by now."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -1,6 +1,4 @@
 """``python -m cli``: the ``llamavid`` command without its console script (child processes use it)."""
-import sys
+from cli import console
 
-from cli import main
-
-sys.exit(main())
+console()

@@ -35,6 +35,10 @@ def add_server_arguments(parser: argparse.ArgumentParser, browser: bool = True) 
     parser.add_argument("--cors-origin", metavar="URL", action="append", default=[],
                         help="a web page origin allowed to call the API from a browser (repeat for several); "
                              "none by default")
+    parser.add_argument(
+        "--allow-add-folders", action=argparse.BooleanOptionalAction, default=None,
+        help="let the web UI add library folders (whose films every client may then play); default: on for "
+             "127.0.0.1 without a key, off with --api-key or another --host")
     if browser:
         parser.add_argument("--open-browser", action="store_true", help="open the web UI in the default browser")
 
@@ -53,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def server_options(args: argparse.Namespace) -> dict:
     """The keyword arguments of :func:`app.web.serve` from the parsed options."""
     return {"api_key": args.api_key or api_key_from_env(), "cors_origins": tuple(args.cors_origin),
-            "model": getattr(args, "model", None)}
+            "model": getattr(args, "model", None), "allow_add_folders": getattr(args, "allow_add_folders", None)}
 
 
 def run(args: argparse.Namespace) -> int:

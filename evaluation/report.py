@@ -14,7 +14,7 @@ from evaluation.judge import Judge
 from evaluation.judge_prompts import templates
 from evaluation.records import AnswerLog
 from llamavid.errors import UserError
-from llamavid.storage import write_json_atomic
+from llamavid.storage import atomic_write, write_json_atomic
 
 
 def _frames(identity: dict[str, Any], kind: str) -> str:
@@ -96,9 +96,9 @@ def markdown(results: dict[str, Any]) -> str:
 
 def write_results(out: Path, results: dict[str, Any]) -> None:
     write_json_atomic(out / "results.json", results)
-    tmp = out / "results.md.tmp"
-    tmp.write_text(markdown(results), encoding="utf-8")
-    tmp.replace(out / "results.md")
+    text = markdown(results)
+    with atomic_write(out / "results.md", "w", encoding="utf-8") as fh:
+        fh.write(text)
 
 
 def load_results(path: str | Path) -> dict[str, Any]:

@@ -8,11 +8,22 @@ rather than silently misread.
 
 Connections run in autocommit mode; every write that must be atomic goes through ``atomic()``,
 which starts ``BEGIN IMMEDIATE`` (takes the write lock up front, so two writers queue on the busy
-timeout instead of failing on a lock upgrade) and nests as savepoints.
+timeout instead of failing on a lock upgrade) and nests as savepoints. A connection serves one
+thread at a time: code used from several threads at once (the chat service, its conversations)
+takes one connection per thread from :class:`ThreadConnections`.
+
+Row ids are never reused (movies, and the app's conversations and turns, are ``AUTOINCREMENT``
+since version 3): a conversation kept about a removed film can never point at the next film added.
+Migrations run with foreign keys off (a table rebuilt by :func:`rebuild_autoincrement` is dropped
+and renamed; with them on, dropping it would cascade into its children) and commit only if
+``PRAGMA foreign_key_check`` finds no reference they broke.
 """
 from __future__ import annotations
 
+import re
 import sqlite3
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -129,7 +140,41 @@ def _v2(db: sqlite_utils.Database) -> None:
     """)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
+def rebuild_autoincrement(db: sqlite_utils.Database, table: str) -> None:
+    """Make ``table``'s ``id INTEGER PRIMARY KEY`` an ``AUTOINCREMENT`` one (ids never reused),
+    keeping its rows, their ids, its indexes and triggers: SQLite cannot alter a primary key, so
+    the table is made again under a new name from its own SQL, filled, dropped and renamed. Run
+    it inside a migration (foreign keys off, see :func:`apply_migrations`)."""
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", [table]).fetchone()
+    if sql is None:
+        raise DatabaseError(f"no table {table} to rebuild")
+    sql = sql[0]
+    if re.search(r"\bAUTOINCREMENT\b", sql, re.IGNORECASE):
+        return
+    new_sql, n = re.subn(r"\bid\s+INTEGER\s+PRIMARY\s+KEY\b", "id INTEGER PRIMARY KEY AUTOINCREMENT", sql,
+                         count=1, flags=re.IGNORECASE)
+    if n != 1:
+        raise DatabaseError(f"table {table} has no 'id INTEGER PRIMARY KEY' column")
+    staged = f"_{table}_autoincrement"
+    new_sql = re.sub(r"^\s*CREATE\s+TABLE\s+(\"[^\"]+\"|\[[^\]]+\]|[^\s(]+)", f'CREATE TABLE "{staged}"', new_sql,
+                     count=1, flags=re.IGNORECASE)
+    extras = [r[0] for r in db.execute("SELECT sql FROM sqlite_master WHERE tbl_name = ? AND type IN"
+                                       " ('index', 'trigger') AND sql IS NOT NULL ORDER BY type, name", [table])]
+    db.execute(new_sql)
+    db.execute(f'INSERT INTO "{staged}" SELECT * FROM "{table}"')  # same columns, same order: its own SQL
+    db.execute(f'DROP TABLE "{table}"')
+    db.execute(f'ALTER TABLE "{staged}" RENAME TO "{table}"')
+    for extra in extras:  # dropped with the old table
+        db.execute(extra)
+
+
+def _v3(db: sqlite_utils.Database) -> None:
+    """A removed film's id is never given to another: conversations kept about it (which name the
+    film by id, in another database) must not attach to the next film added."""
+    rebuild_autoincrement(db, "movies")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -157,26 +202,80 @@ def connect(path: str | Path, migrate: bool = True, migrations: Migrations | Non
     return db
 
 
+class ThreadConnections:
+    """One connection per thread to one database file, for code that several threads use at once
+    (one sqlite3 connection shared by threads mixes their transactions and cursors). Each is opened
+    by :func:`connect` with the same settings; the first (made here) creates or upgrades the schema.
+    A thread's connection closes when the thread ends or at :meth:`close`."""
+
+    def __init__(self, path: str | Path, migrations: Migrations | None = None):
+        self.path = Path(path)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: weakref.WeakSet[sqlite_utils.Database] = weakref.WeakSet()
+        self._closed = False
+        self._remember(connect(self.path, migrations=migrations))
+
+    def get(self) -> sqlite_utils.Database:
+        """This thread's connection (opened on first use)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            if self._closed:
+                raise sqlite3.ProgrammingError(f"{self.path} is closed")
+            db = self._remember(connect(self.path, migrate=False))
+        return db
+
+    def _remember(self, db: sqlite_utils.Database) -> sqlite_utils.Database:
+        self._local.db = db
+        with self._lock:
+            self._open.add(db)
+        return db
+
+    def close(self) -> None:
+        """Close every thread's connection; later use raises ``sqlite3.ProgrammingError``."""
+        with self._lock:
+            self._closed = True
+            dbs = list(self._open)
+        for db in dbs:
+            db.close()
+
+
 def schema_version(db: sqlite_utils.Database) -> int:
     return int(db.execute("PRAGMA user_version").fetchone()[0])
 
 
 def apply_migrations(db: sqlite_utils.Database, migrations: Migrations | None = None) -> int:
-    """Bring the schema to ``len(migrations)`` (default: the library's); returns how many ran."""
+    """Bring the schema to ``len(migrations)`` (default: the library's); returns how many ran.
+
+    Each migration runs in its own transaction with foreign keys off (so that a table can be
+    rebuilt without its children's ON DELETE CASCADE firing) and commits only if
+    ``PRAGMA foreign_key_check`` finds no reference it broke."""
     migrations = MIGRATIONS if migrations is None else migrations
     applied, latest = 0, len(migrations)
-    while True:
-        with atomic(db):
-            version = schema_version(db)
-            if version > latest:
-                raise DatabaseError(
-                    f"{db_path(db)} has schema version {version}, newer than this llamavid "
-                    f"understands ({latest}); upgrade llamavid or use another --data-dir")
-            if version == latest:
-                return applied
-            migrations[version](db)
-            db.execute(f"PRAGMA user_version = {version + 1}")
-            applied += 1
+    if schema_version(db) == latest:
+        return 0
+    foreign_keys = db.execute("PRAGMA foreign_keys").fetchone()[0]
+    db.execute("PRAGMA foreign_keys = OFF")  # only outside a transaction does this take effect
+    try:
+        while True:
+            with atomic(db):
+                version = schema_version(db)
+                if version > latest:
+                    raise DatabaseError(
+                        f"{db_path(db)} has schema version {version}, newer than this llamavid "
+                        f"understands ({latest}); upgrade llamavid or use another --data-dir")
+                if version == latest:
+                    return applied
+                before = set(db.execute("PRAGMA foreign_key_check").fetchall())
+                migrations[version](db)
+                broken = set(db.execute("PRAGMA foreign_key_check").fetchall()) - before
+                if broken:
+                    raise DatabaseError(f"{db_path(db)}: migration to version {version + 1} would break "
+                                        f"{len(broken)} references (one: {min(broken)})")
+                db.execute(f"PRAGMA user_version = {version + 1}")
+                applied += 1
+    finally:
+        db.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
 
 
 def db_path(db: sqlite_utils.Database) -> str:

@@ -25,6 +25,7 @@ import sqlite_utils
 
 from indexer.db import connect
 from indexer.features import PARTIAL_SUFFIX
+from indexer.scan import is_video
 from indexer.store import LibraryStore, prepare_choice
 from llamavid.model.layout import drop_cls
 from llamavid.paths import DataDir, resolve_data_dir
@@ -32,8 +33,8 @@ from llamavid.prompt.subtitles import Cue
 from llamavid.runtime.inputs import Visual
 
 __all__ = ["Movie", "Cue", "SearchHit", "FeaturesNotReady", "open_library", "list_movies", "get_movie",
-           "find_movie", "open_features", "frame_times", "subtitles", "search_subtitles", "film_visual", "choose_track",
-           "matching_cues",
+           "find_movie", "film_file", "open_features", "frame_times", "subtitles", "search_subtitles", "film_visual",
+           "choose_track", "matching_cues",
            "cache_bytes"]
 
 
@@ -163,6 +164,32 @@ def find_movie(db: LibraryDb, ref: str) -> Movie:
         raise KeyError(f"{ref}: {'no' if not rows else 'more than one'} movie in the library matches; "
                        "use its id or full path (`llamavid index status` lists them)")
     return _movie(store, rows[0])
+
+
+def film_file(db: LibraryDb, movie: Movie) -> Path | None:
+    """The film's file as a player may be given it, with links resolved; None when it may not be.
+
+    A film's file is served only when all of these hold (the one rule for every front end that
+    hands a film's bytes to someone else, the server's ``/v1/movies/{id}/video`` first):
+
+    - the indexer's probe found a video stream in it: its width and height are known (only a
+      probe that decoded a frame writes them, and a changed file is reset until probed again), so a
+      file that merely has a video suffix (a TypeScript ``.ts``, a renamed document) never is;
+    - it is present (not ``missing``) and was found under a video name (:func:`indexer.scan.is_video`);
+    - its real path (every link resolved, ``os.path.realpath``) is a regular file strictly inside
+      the real path of one of the library's folders: a link in a folder to a film in the same or
+      another library folder is served, one that leads out of every folder is not, and neither is a
+      stored path that a stale or edited database points elsewhere.
+    """
+    if movie.state == "missing" or not (movie.width and movie.height) or not is_video(Path(movie.path)):
+        return None
+    real = Path(os.path.realpath(movie.path))
+    roots = [Path(os.path.realpath(p)) for p in _store(db).library_paths()]
+    try:
+        inside = any(real != root and real.is_relative_to(root) for root in roots) and real.is_file()
+    except OSError:  # a folder on the way that this user may not read
+        return None
+    return real if inside else None
 
 
 def open_features(movie: Movie) -> np.memmap:

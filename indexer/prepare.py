@@ -67,6 +67,12 @@ def make_prepared(chat: Chat, store: LibraryStore, data: DataDir, movie: Movie, 
                   control: Control | None = None) -> Path:
     """Read the film with the neutral turn, save the state, record it, keep the cache under its cap."""
     prepare(chat, control)
+    return keep_prepared(chat, store, data, movie, key)
+
+
+def keep_prepared(chat: Chat, store: LibraryStore, data: DataDir, movie: Movie, key: dict) -> Path:
+    """Save a chat that has just read the film with the neutral turn as the film's prepared state,
+    record it and keep the cache under its cap (OSError or MemoryError: nothing is kept)."""
     path = prepared_path(data, movie)
     size = save_chat(chat, path, key)
     store.record_prepared(movie.id, json.dumps(key, sort_keys=True), str(path), size)

@@ -34,6 +34,7 @@ class ScanReport:
     returned: list[str] = field(default_factory=list)
     subtitles: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)
+    not_video: list[str] = field(default_factory=list)  # named like a film, but text (text_named_ts)
     unchanged: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -44,6 +45,8 @@ class ScanReport:
             parts.append(f"{len(self.subtitles)} with new subtitle files")
         if self.busy:
             parts.append(f"{len(self.busy)} still being written")
+        if self.not_video:
+            parts.append(f"{len(self.not_video)} text files with a video suffix skipped")
         if self.errors:
             parts.append(f"{len(self.errors)} unreadable")
         return ", ".join(parts)
@@ -51,6 +54,26 @@ class ScanReport:
 
 def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(".")
+
+
+def text_named_ts(path: Path) -> bool:
+    """A ``.ts`` file that is text, not an MPEG transport stream: TypeScript source shares the suffix.
+
+    A transport stream starts with the sync byte 0x47 (at byte 4 in a 192-byte-packet stream) and
+    its tables are full of zero bytes; source code has neither in its first 4 KiB. Cheap (one small
+    read) and only for ``.ts``: every other file, and anything this does not settle, is left to
+    the indexer's probe, which fails what is no video."""
+    if path.suffix.lower() != ".ts":
+        return False
+    with path.open("rb") as f:
+        head = f.read(4096)
+    if not head or head[:1] == b"\x47" or head[4:5] == b"\x47" or b"\0" in head:
+        return False  # empty (the probe says "not copied completely"), a stream, or binary
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a character cut at 4 KiB is still text
+        return exc.start >= len(head) - 3
+    return True
 
 
 def walk_videos(root: Path) -> list[Path]:
@@ -138,6 +161,9 @@ def _scan_file(store: LibraryStore, library: dict, path: Path, row: dict | None,
         else:
             report.unchanged += 1
         _check_sidecars(store, row, path, report)
+        return
+    if row is None and text_named_ts(path):  # TypeScript, not a film: never queued
+        report.not_video.append(str(path))
         return
     fp = fingerprint(path)
     if row is not None:

@@ -134,6 +134,10 @@ class LibraryStore:
             raise KeyError(movie_id)
         return row
 
+    def movie_ids(self) -> set[int]:
+        """The ids of every movie of the library (a removed movie's id is never reused)."""
+        return {r[0] for r in self.db.execute("SELECT id FROM movies")}
+
     def library_movies(self, library_id: int) -> list[dict]:
         return list(self.db.query("SELECT * FROM movies WHERE library_id = ?", [library_id]))
 
@@ -176,7 +180,8 @@ class LibraryStore:
         with atomic(self.db):
             self.db.execute("DELETE FROM frames WHERE movie_id = ?", [movie_id])
             self.db.execute("DELETE FROM subtitle_tracks WHERE movie_id = ?", [movie_id])
-            self.db["movies"].update(movie_id, dict(STAGE_COLUMNS, **identity, changed_at=time.time()))
+            self.db["movies"].update(movie_id, dict(STAGE_COLUMNS, **PREPARED_COLUMNS, **identity,
+                                                    changed_at=time.time()))
 
     def reread_subtitles(self, movie_id: int, reason: str, redo_speech: bool) -> None:
         """Sidecar files changed: queue the subtitle stage again (and the speech stage if asked)."""

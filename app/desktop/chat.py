@@ -49,7 +49,7 @@ from PySide6.QtWidgets import (
 from app.chat_service import AskStream, ChatEvent, ChatService, fast_by_default
 from app.conversations import Conversation
 from app.desktop.common import FlowLayout, Tasks, describe_error, hbox, heading
-from app.film_words import queue_position, short_clock
+from app.film_words import queue_position, reading_note, short_clock
 from indexer.library import Movie
 from indexer.scan import VIDEO_EXTENSIONS, is_video
 
@@ -432,7 +432,7 @@ class ChatPane(QWidget):
         if self.movie is None or conv.movie_id != self.movie.id or self.busy or self.about is not None:
             return
         self._show_conversation(conv.id, [(t.question, t.answer, t.moments, t.stopped) for t in conv.shown_turns],
-                                conv.title, conv.fast)
+                                conv.title, conv.fast, conv.stride)
         index = self.conversations.findData(conv.id)
         if index >= 0:
             self.conversations.setCurrentIndex(index)
@@ -446,15 +446,18 @@ class ChatPane(QWidget):
         self.conversations.setCurrentIndex(0)
 
     def _show_conversation(self, conversation_id: int | None, turns: list[tuple], title: str = "",
-                           fast: bool = False) -> None:
+                           fast: bool = False, stride: int | None = None) -> None:
         self.conversation_id, self.conversation_title = conversation_id, title
         self._fast_chosen = False
         self.fast.setChecked(fast if conversation_id is not None else fast_by_default(self.movie))
         self._clear_turns()
-        for question, answer, moments, stopped in turns:
+        for i, (question, answer, moments, stopped) in enumerate(turns):
             view = self._add_turn(question, answer, moments)
+            note = reading_note(stride=stride) if i == 0 else ""  # the film was read (thinned) with the first
             if stopped:
-                view.set_note("(the answer was cut short)")
+                note = f"{note} (the answer was cut short)".strip()
+            if note:
+                view.set_note(note)
         self._restore_draft()
         self._refresh_controls()
 
@@ -605,8 +608,9 @@ class ChatPane(QWidget):
         elif event.type == "moments":
             live.set_moments([m.to_dict() for m in event.moments])
         elif event.type == "done":
-            if event.stopped:
-                live.set_note("(the answer was cut short)")
+            notes = [*event.notes, *(["the answer was cut short"] if event.stopped else [])]
+            if notes:
+                live.set_note(reading_note(notes))
             if self._live_about:
                 self.about_turns.append((self._pending_question, live.text()))
                 self._end()

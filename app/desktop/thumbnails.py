@@ -19,6 +19,7 @@ from PIL import Image
 
 from llamavid.media.decode import DecodeStats, decode_segment, video_spec
 from llamavid.media.probe import probe
+from llamavid.storage import atomic_write
 
 SIZE = (192, 108)
 DARK = 24.0  # mean brightness (0-255) under which a frame counts as dark
@@ -88,9 +89,8 @@ def make_thumbnail(data_root: Path, movie_id: int, path: str, times: list[float]
     picture.thumbnail(SIZE)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_thumbnails(data_root, movie_id)
-    tmp = out.with_suffix(".tmp")
-    picture.save(tmp, format="JPEG", quality=85)
-    os.replace(tmp, out)
+    with atomic_write(out) as fh:
+        picture.save(fh, format="JPEG", quality=85)
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -30,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from app.chat_service import ChatService, chat_models
-from app.server.errors import ApiError, bad_request, from_error
+from app.server.errors import ApiError, bad_request, from_error, from_kind
 from app.server.indexing import Indexer
 from app.server.routes import api
 from app.server.security import Guard
@@ -77,7 +78,7 @@ def create_app(settings: ServerSettings, service: ChatService | None = None) -> 
     is made from ``settings`` (:func:`make_service`) and closed when the app shuts down."""
     own_service = service is None
     service = service or make_service(settings)
-    indexer = Indexer(service.data)
+    indexer = Indexer(service.data, may_add_folders=bool(settings.allow_add_folders))
     temp_dir = Path(tempfile.mkdtemp(prefix="llamavid-server-"))  # videos sent in requests, briefly
 
     @contextlib.asynccontextmanager
@@ -106,6 +107,7 @@ def create_app(settings: ServerSettings, service: ChatService | None = None) -> 
         def index() -> dict[str, Any]:
             return {"name": "llamavid", "api": "/v1", "models": "/v1/models", "movies": "/v1/movies",
                     "health": "/health", "openapi": "/openapi.json"}
+    app.add_middleware(_Bugs)  # the innermost: a route's unexpected exception still answers in OpenAI's shape
     # the last added is the outermost: the guard stands in front of the API and Gradio alike, and CORS
     # (only with --cors-origin) in front of the guard, since a browser's preflight carries no key
     app.add_middleware(Guard, settings=settings, upload_dir=uploads)
@@ -129,28 +131,95 @@ def _mount_ui(app: FastAPI, service: ChatService, indexer: Indexer, settings: Se
                         server_name=settings.host, server_port=settings.port)
 
 
+class ErrorResponse(JSONResponse):
+    """An error in OpenAI's shape, as ASCII JSON: whatever text a client sent (a lone surrogate
+    escape) and an error message quotes, the body can be written."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def _problem(problem: ApiError, headers: dict[str, str] | None = None) -> ErrorResponse:
+    return ErrorResponse(problem.body(), status_code=problem.status, headers=headers)
+
+
+#: where FastAPI says a request's part was found: the param an error names leaves it out
+_LOCATIONS = {"body", "path", "query", "header", "cookie"}
+
+
 def _error_handlers(app: FastAPI) -> None:
+    """Every error a route or the framework raises, in OpenAI's shape: a refused request (a bad body,
+    path or query, malformed JSON, a wrong content type) is a 400 naming the field, an unknown route
+    a 404, a wrong method a 405, and a bug a 500 ``internal_error`` (logged with its traceback)."""
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return _problem(exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-        message = f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid request")
-        return JSONResponse(bad_request(message, where).body(), status_code=400)
+        if first.get("type") == "json_invalid":
+            why = (first.get("ctx") or {}).get("error", "malformed")
+            return _problem(bad_request(f"the body is not valid JSON ({why})"))
+        loc = list(first.get("loc", ()))
+        if loc and loc[0] in _LOCATIONS:
+            loc = loc[1:]
+        where = ".".join(str(p) for p in loc) or None
+        message = str(first.get("msg", "invalid value"))
+        if first.get("type") == "model_attributes_type" and not loc:
+            message = "the body must be a JSON object (Content-Type: application/json)"
+        return _problem(bad_request(f"{where}: {message}" if where else message, where))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return JSONResponse(ApiError(exc.status_code, str(exc.detail), code=code).body(), status_code=exc.status_code)
+        code = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        message = str(exc.detail)  # a 400: FastAPI could not read the body (not UTF-8, ...)
+        if exc.status_code == 404:
+            message = f"not found: no route {request.url.path} (the API is under /v1)"
+        elif exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return _problem(ApiError(exc.status_code, message, kind, code=code), headers=exc.headers)
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError) -> JSONResponse:
         problem = from_error(exc)
-        headers = {"Retry-After": "5"} if problem.code == "queue_full" else None
-        return JSONResponse(problem.body(), status_code=problem.status, headers=headers)
+        return _problem(problem, {"Retry-After": "5"} if problem.code == "queue_full" else None)
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the traceback (it raises the exception again after this answer is sent)
+        return _problem(from_kind("internal", f"internal error ({type(exc).__name__}); the server log has the details"))
+
+
+class _Bugs:
+    """A route's unexpected exception as a 500 ``internal_error`` in OpenAI's shape, logged with its
+    traceback, on a connection that stays usable (Starlette's handler for ``Exception`` answers too,
+    but raises again, and uvicorn then drops the client's keep-alive connection). An exception after
+    the response has begun goes on up: only closing the connection can tell the client then."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            log.exception("internal error answering %s %s", scope.get("method"), scope.get("path"))
+            problem = from_kind("internal", f"internal error ({type(exc).__name__}); the server log has the details")
+            await _problem(problem)(scope, receive, send)
 
 
 # -- running it ------------------------------------------------------------------------------------------
@@ -214,7 +283,9 @@ def serve(settings: ServerSettings, what: str = "web UI and API") -> int:
         else None
     try:
         while running.thread.is_alive():
-            running.thread.join(timeout=0.5)
+            # not thread.join(): a KeyboardInterrupt raised inside join() marks the thread as ended while
+            # it still runs (CPython 3.11), and stop() then returned before the service saved its work
+            time.sleep(0.1)
     except KeyboardInterrupt:
         pass
     finally:

@@ -11,7 +11,8 @@ A stream, in order (every ``data:`` line a ``chat.completion.chunk``, as OpenAI'
    ``progress`` object (``phase`` queued, visual or prefill, ``done``, ``total``, ``unit``,
    ``eta_seconds``, ``message``): OpenAI clients see an empty delta and go on;
 3. the answer's text, piece by piece;
-4. the last chunk: ``finish_reason``, and for a film the ``moments`` the answer rests on;
+4. the last chunk: ``finish_reason``, for a film the ``moments`` the answer rests on, and ``notes`` when
+   the film or clip was not read whole ("...using every 3rd frame");
 5. with ``stream_options.include_usage``, a chunk with ``usage`` and no choices; then ``[DONE]``.
 
 A failure after the stream has begun is one ``data: {"error": ...}`` event and ``[DONE]``. A
@@ -150,6 +151,7 @@ class _Answer:
         self.text: list[str] = []
         self.moments: list[dict] | None = None
         self.turn_id: int | None = None
+        self.notes: list[str] = []  # how the film or clip was read when not whole (every 3rd frame...)
         self.prompt_tokens = 0
         self.answer_tokens = 0
         self.answer_budget = 0
@@ -167,7 +169,7 @@ class _Answer:
         elif event.type == "moments":
             self.moments = [m.to_dict() for m in event.moments]
         elif event.type == "done":
-            self.turn_id = event.turn_id
+            self.turn_id, self.notes = event.turn_id, list(event.notes)
 
     @property
     def finish_reason(self) -> str:
@@ -184,6 +186,8 @@ class _Answer:
             out["turn_id"] = self.turn_id
         if self.moments is not None:
             out["moments"] = self.moments
+        if self.notes:
+            out["notes"] = self.notes
         return out
 
     def completion(self) -> dict[str, Any]:

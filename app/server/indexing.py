@@ -19,16 +19,26 @@ from pathlib import Path
 from indexer import controls
 from indexer.scan import ScanReport
 from indexer.store import LibraryStore
+from llamavid.errors import UserError
 from llamavid.paths import DataDir
 
 log = logging.getLogger(__name__)
 
 
-class Indexer:
-    """One ``llamavid index run`` child at a time, for one data folder."""
+#: Why the web UI may not add a folder (``ServerSettings.allow_add_folders`` is off).
+ADD_FOLDERS_OFF = ("this server does not add library folders from the web page (it has a key or listens beyond "
+                   "this computer); add the folder on the computer itself (`llamavid index add FOLDER` or the "
+                   "desktop app), or restart the server with --allow-add-folders")
 
-    def __init__(self, data: DataDir):
+
+class Indexer:
+    """One ``llamavid index run`` child at a time, for one data folder. ``may_add_folders``: whether
+    :meth:`add_folder` may register folders (the server's ``allow_add_folders``; off, a client can
+    only index, pause and resume the folders this computer's user added)."""
+
+    def __init__(self, data: DataDir, may_add_folders: bool = False):
         self.data = data
+        self.may_add_folders = may_add_folders
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
 
@@ -57,7 +67,10 @@ class Indexer:
             return True
 
     def add_folder(self, folder: str) -> ScanReport:
-        """Register a folder, scan it and start indexing what it holds (UserError for a bad folder)."""
+        """Register a folder, scan it and start indexing what it holds (UserError for a bad folder, or
+        when this server may not add folders)."""
+        if not self.may_add_folders:
+            raise UserError(ADD_FOLDERS_OFF)
         with self._store() as store:
             report = controls.add_folders(store, [folder]).report
         self.start()

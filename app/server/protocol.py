@@ -13,6 +13,11 @@ The OpenAI fields are taken as OpenAI defines them; llamavid's own are few and d
   state), ``top_k``, ``repetition_penalty`` and ``time_budget`` (seconds a film question may take).
 
 Images and videos come inside the request, never by URL: this server fetches nothing.
+
+Every field is bounded here, where it is read, so that nothing a client sends reaches the model or the
+database as a value they cannot take (a 400 in OpenAI's shape instead): ids (:data:`Id`, also the
+routes' path and query ids) are SQLite's positive integers, ``seed`` is what ``torch.Generator``
+takes, floats are finite, and the sampling values are those whose probabilities stay numbers.
 """
 from __future__ import annotations
 
@@ -23,11 +28,12 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import annotated_types
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from app.server.errors import ApiError, bad_request
 from llamavid.runtime.generate import SamplingOptions
@@ -36,6 +42,20 @@ MAX_IMAGES = 8
 MAX_IMAGE_PIXELS = 64_000_000  # a decompression bomb is refused before it is decoded
 VIDEO_TYPES = {"mp4": ".mp4", "webm": ".webm", "quicktime": ".mov", "mov": ".mov", "x-matroska": ".mkv",
                "mkv": ".mkv", "x-msvideo": ".avi", "avi": ".avi", "mpeg": ".mpg", "ogg": ".ogv"}
+#: the largest id of a film, a subtitle track or a conversation: SQLite's INTEGER is a signed 64-bit number
+MAX_ID = 2**63 - 1
+#: an id, in a body, a path (``/v1/movies/{movie_id}``) or a query: one that cannot exist is a 400
+Id = Annotated[int, annotated_types.Interval(ge=1, le=MAX_ID)]
+_ID = TypeAdapter(Id)
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0..2**64-1
+MAX_TOKENS = 2**20  # an answer's length; the model's context limits it further (llamavid.runtime.chat)
+#: the lowest temperature above 0 (0 is greedy): the float32 scores divided by less overflow to inf,
+#: and inf - inf is a NaN probability
+MIN_TEMPERATURE = 1e-6
+#: repetition penalties outside this range make the penalised scores 0/0 or inf (NaN probabilities)
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 100.0
+MAX_TOP_K = 2**31 - 1
+MAX_TIME_BUDGET = 1e7  # seconds (about four months)
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,(?P<data>.*)$", re.DOTALL)
 
 
@@ -48,7 +68,7 @@ class ChatCompletionRequest(BaseModel):
     """OpenAI's chat completion request; unknown fields are accepted and ignored, as OpenAI's
     own clients send some a server may not know."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)  # NaN and inf (1e999) are refused
 
     model: str | None = None
     messages: list[dict[str, Any]] = Field(min_length=1)
@@ -56,20 +76,27 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    seed: int | None = None
-    repetition_penalty: float | None = Field(None, gt=0)
-    n: int = Field(1, ge=1)
+    top_k: int | None = Field(None, ge=0, le=MAX_TOP_K)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    repetition_penalty: float | None = Field(None, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)
+    n: int = Field(1, ge=1, le=128)
     stop: str | list[str] | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
     logprobs: bool | None = None
-    conversation_id: int | None = None
+    conversation_id: Id | None = None
     fast: bool | None = None  # None: exact mode for a new film conversation; a kept one keeps its own mode
-    time_budget: float | None = Field(None, gt=0)
+    time_budget: float | None = Field(None, gt=0, le=MAX_TIME_BUDGET)
+
+    @field_validator("temperature")
+    @classmethod
+    def _sampled_or_greedy(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}")
+        return value
 
     def check_supported(self) -> None:
         """Refuse what this server cannot do, naming the field, rather than ignore it."""
@@ -173,7 +200,7 @@ def _texts(content: Any, where: str, role: str, found: ChatInput, max_bytes: int
     if content is None:
         return []
     if isinstance(content, str):
-        return [content]
+        return [_unicode(content, where)]
     if not isinstance(content, list):
         raise bad_request(f"{where} must be a string or a list of content parts", where)
     texts = []
@@ -183,7 +210,7 @@ def _texts(content: Any, where: str, role: str, found: ChatInput, max_bytes: int
         if kind == "text":
             if not isinstance(part.get("text"), str):
                 raise bad_request(f"{here}.text must be a string", f"{here}.text")
-            texts.append(part["text"])
+            texts.append(_unicode(part["text"], f"{here}.text"))
             continue
         if role != "user":
             raise bad_request(f"{here}: only user messages may carry images, videos or films", here)
@@ -206,6 +233,16 @@ def _texts(content: Any, where: str, role: str, found: ChatInput, max_bytes: int
     return texts
 
 
+def _unicode(text: str, where: str) -> str:
+    """``text`` if it can be written as UTF-8: JSON's ``"\\ud800"`` (a lone surrogate) cannot, and
+    would fail in the tokenizer and the database."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_request(f"{where}: the text is not valid Unicode (it has a lone surrogate escape)", where) from None
+    return text
+
+
 def _media_once(found: ChatInput, kind: Literal["image", "video", "movie"], where: str) -> None:
     """One kind of visual input per request: images, or one video, or one film."""
     have = "image" if found.images else "video" if found.video is not None else \
@@ -217,11 +254,14 @@ def _media_once(found: ChatInput, kind: Literal["image", "video", "movie"], wher
 
 
 def _int(value: Any, where: str, required: bool) -> int | None:
+    """An :data:`Id` in a content part: an integer (not a string, a float or a bool) in 1..2**63-1."""
     if value is None and not required:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_request(f"{where} must be an integer id (GET /v1/movies lists them)", where)
-    return value
+    try:
+        return _ID.validate_python(value, strict=True)
+    except ValidationError:
+        raise bad_request(f"{where} must be an integer id from 1 to {MAX_ID} (GET /v1/movies lists them)",
+                          where) from None
 
 
 def _video(spec: Any, where: str, max_bytes: int) -> Video:
@@ -278,5 +318,5 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
     except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise ApiError(400, f"{where}: not an image this server can read (send JPEG, PNG or WebP)", param=where,
                        code="bad_media") from None
-    except OSError as exc:
+    except Exception as exc:  # a damaged file: Pillow raises OSError, SyntaxError, ValueError, struct.error...
         raise ApiError(400, f"{where}: the image cannot be read ({exc})", param=where, code="bad_media") from None

@@ -17,9 +17,9 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from app.chat_service import ChatService, no_model_hint
 from app.server.completions import chat_completions
 from app.server.errors import ApiError, not_found
+from app.server.protocol import Id
 from app.server.security import SESSION_COOKIE, login_page, safe_next, session_token
-from indexer.library import Movie
-from indexer.scan import is_video
+from indexer.library import Movie, film_file
 from indexer.store import LibraryStore
 
 api = APIRouter()
@@ -83,7 +83,7 @@ def movies(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": [served_movie(service, m) for m in service.movies()]}
 
 
-def _movie(service: ChatService, movie_id: int) -> Movie:
+def _movie(service: ChatService, movie_id: Id) -> Movie:
     try:
         return service.movie(movie_id)
     except KeyError:
@@ -91,37 +91,38 @@ def _movie(service: ChatService, movie_id: int) -> Movie:
 
 
 @api.get("/v1/movies/{movie_id}", summary="one film")
-def movie(movie_id: int, request: Request) -> dict[str, Any]:
+def movie(movie_id: Id, request: Request) -> dict[str, Any]:
     service = _service(request)
     return served_movie(service, _movie(service, movie_id))
 
 
 @api.get("/v1/movies/{movie_id}/video", summary="the film's file, with HTTP Range requests (a player seeks)")
-def movie_video(movie_id: int, request: Request) -> FileResponse:
+def movie_video(movie_id: Id, request: Request) -> FileResponse:
     service = _service(request)
-    path = library_file(service, _movie(service, movie_id))
-    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    if path.suffix.lower() == ".mkv":
+    film = _movie(service, movie_id)
+    path = library_file(service, film)
+    name = Path(film.path)  # the type by the name the indexer found it under (a link's target may have none)
+    media_type = mimetypes.guess_type(name.name)[0] or "application/octet-stream"
+    if name.suffix.lower() == ".mkv":
         media_type = "video/x-matroska"
     return FileResponse(path, media_type=media_type, headers={"Cache-Control": "no-store"},
                         content_disposition_type="inline")
 
 
 def library_file(service: ChatService, movie: Movie) -> Path:
-    """The film's file, only if it is a video file inside one of the library's folders, as the
-    indexer found it (no ``..``; a link the user put in the folder is followed, as the indexer did)."""
-    path = Path(movie.path)
+    """The film's file (links resolved), only if :func:`indexer.library.film_file` allows it: the
+    indexer probed a video stream in it and its real path lies inside one of the library's folders.
+    Anything else is a 404, whatever the reason (a client learns nothing about the disk)."""
     with LibraryStore.open(service.data.database) as store:
-        roots = [Path(p) for p in store.library_paths()]
-    inside = any(path.is_relative_to(root) for root in roots) and ".." not in path.parts
-    if not inside or not is_video(path) or not path.is_file():
-        raise not_found(f"the file of movie {movie.id} is not in the library any more", "movie_id",
-                        "movie_file_missing")
+        path = film_file(store, movie)
+    if path is None:
+        raise not_found(f"movie {movie.id} has no video file this server may serve (not probed as a video, "
+                        "or not in the library any more)", "movie_id", "movie_file_missing")
     return path
 
 
 @api.get("/v1/conversations", summary="kept conversations, newest first (movie_id: one film's)")
-def conversations(request: Request, movie_id: int | None = None) -> dict[str, Any]:
+def conversations(request: Request, movie_id: Id | None = None) -> dict[str, Any]:
     found = _service(request).conversations(movie_id)
     return {"object": "list", "data": [{"id": c.id, "object": "conversation", "title": c.title,
                                         "movie_id": c.movie_id, "model": c.model, "fast": c.fast,
@@ -130,7 +131,7 @@ def conversations(request: Request, movie_id: int | None = None) -> dict[str, An
 
 
 @api.get("/v1/conversations/{conversation_id}", summary="one conversation with its turns")
-def conversation(conversation_id: int, request: Request) -> dict[str, Any]:
+def conversation(conversation_id: Id, request: Request) -> dict[str, Any]:
     try:
         conv = _service(request).conversation(conversation_id)
     except KeyError:
@@ -143,7 +144,7 @@ def conversation(conversation_id: int, request: Request) -> dict[str, Any]:
 
 
 @api.delete("/v1/conversations/{conversation_id}", summary="delete a conversation")
-def delete_conversation(conversation_id: int, request: Request) -> dict[str, Any]:
+def delete_conversation(conversation_id: Id, request: Request) -> dict[str, Any]:
     try:
         _service(request).delete(conversation_id)
     except KeyError:

@@ -34,7 +34,11 @@ from app.server.settings import ServerSettings, is_loopback
 SESSION_COOKIE = "llamavid_session"
 OPEN_PATHS = ("/login",)  # reachable without the key: the page that asks for it
 _CLOSED = re.compile(r"/(proxy=|monitoring|gradio_api/mcp|mcp/|vibe-|run-history|runs/?$|gradio_api/dev/|"
-                     r"dev/reload)", re.IGNORECASE)
+                     r"dev/reload|"
+                     # unused by this page: recordings run ffmpeg on an upload; deep links; the client API's
+                     # direct calls (the page asks through the queue, gradio_api/queue/join)
+                     r"gradio_api/process_recording|gradio_api/deep_link|gradio_api/call/|gradio_api/run/|"
+                     r"gradio_api/api/)", re.IGNORECASE)
 _FILE_ROUTE = re.compile(r"/file(=|/)(?P<rest>.*)$", re.IGNORECASE | re.DOTALL)
 
 

@@ -38,10 +38,16 @@ class ServerSettings:
     load_options: LoadOptions = field(default_factory=LoadOptions)
     language: str | None = None  # the subtitle language; None: settings.json, else the locale's
     open_browser: bool = False
+    # the web UI may add library folders (``--allow-add-folders``); None: only on loopback without a key,
+    # where every client is this computer's user; a folder added is a folder whose films anyone with the
+    # key may download, so a server open to others adds none unless its owner says so here
+    allow_add_folders: bool | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
         self.cors_origins = tuple(self.cors_origins)
+        if self.allow_add_folders is None:
+            self.allow_add_folders = is_loopback(self.host) and not self.api_key
         if self.api_key is not None and not self.api_key.strip():
             raise UserError("--api-key is empty; give a key of at least 8 characters")
         if self.api_key is not None and len(self.api_key) < 8:

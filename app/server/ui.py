@@ -26,7 +26,6 @@ import gradio as gr
 
 from app import status as st
 from app.chat_service import ChatService
-from app.conversations import short_title
 from app.film_words import FORGET_PREPARED
 from app.questions import AskStream
 from app.server import views
@@ -216,16 +215,19 @@ class Handlers:
         if movie_id is None:
             raise gr.Error("Pick an indexed film first.")
         self._need_model()
-        if not conversation_id:
-            conversation_id = self.service.new_conversation(movie_id, title=short_title(question),
-                                                            fast=bool(fast)).id
-        job = self._ask(lambda: self.service.ask(conversation_id, question, sampling(temperature, max_tokens)))
+        options = sampling(temperature, max_tokens)
+        if conversation_id:
+            job = self._ask(lambda: self.service.ask(conversation_id, question, options))
+        else:  # a new conversation is made on the worker once the question is admitted: a refused one leaves none
+            job = self._ask(lambda: self.service.ask_film(int(movie_id), question, fast=bool(fast), options=options))
         chat = history = [*history, {"role": "user", "content": question}]
         moments = gr.update()
-        fixed = self.fast(movie_id, conversation_id)  # the conversation's mode, fixed from now on
         for chat, line, found in self.follow(job, history, session_of(request), MOVIE):
             moments = moments if found is None else found
-            yield chat, line, moments, conversation_id, "", gr.update(), fixed
+            fixed = self.fast(movie_id, job.conversation_id) if job.conversation_id else gr.update(interactive=False)
+            yield chat, line, moments, job.conversation_id, "", gr.update(), fixed
+        conversation_id = job.conversation_id
+        fixed = self.fast(movie_id, conversation_id)  # a kept conversation's mode is fixed from now on
         yield chat, "", moments, conversation_id, "", self.conversations(movie_id, conversation_id), fixed
 
     def ask_quick(self, question: str, image: str | None, video: str | None, history: list, temperature: float,
@@ -444,8 +446,11 @@ def _library_tab(ui: Handlers) -> LibraryTab:
             pause = gr.Button("Pause", elem_id="pause")
             resume = gr.Button("Resume", elem_id="resume")
         with gr.Row():
-            folder = gr.Textbox(label="Add a folder of films (on this computer)", elem_id="folder", scale=4)
-            add = gr.Button("Add folder", elem_id="add-folder", scale=1)
+            allowed = ui.indexer.may_add_folders
+            folder = gr.Textbox(label="Add a folder of films (on this computer)", elem_id="folder", scale=4,
+                                interactive=allowed, placeholder=None if allowed else
+                                "this server adds no folders from the page: `llamavid index add FOLDER` on it")
+            add = gr.Button("Add folder", elem_id="add-folder", scale=1, interactive=allowed)
         added = gr.Markdown("", elem_id="added")
         gr.Markdown("### Fast answers\nA prepared film has been read once ahead, so a new question about it "
                     "is answered in seconds instead of minutes. It takes disk space (about 4 GB per hour "

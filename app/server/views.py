@@ -150,6 +150,9 @@ def answer_updates(events: Iterable[ChatEvent], history: Sequence[dict]
             note = STOPPED if event.kind == "cancelled" else f"error: {event.text}"
             chat = [*chat[:-1], {"role": "assistant", "content": f"{text}\n\n*({note})*".strip()}]
             yield chat, "", None
+        elif event.type == "done" and event.notes:  # the film was thinned: the answer says so
+            chat = [*chat[:-1], {"role": "assistant", "content": f"{text}\n\n*{words.reading_note(event.notes)}*"}]
+            yield chat, "", None
 
 
 # -- the library ----------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import torch
 from llamavid.files import CONFIG, INDEX_FILES, QFORMER_CONFIG
 from llamavid.model.config import LlamaVidConfig
 from llamavid.model.modeling import LlamaVidForCausalLM
+from llamavid.storage import atomic_write
 
 
 def released_config(config: LlamaVidConfig, dtype: torch.dtype = torch.bfloat16) -> dict:
@@ -51,8 +52,8 @@ def save_released(model: LlamaVidForCausalLM, folder: str | Path, dtype: torch.d
     weight_map = {}
     for i, shard in enumerate(shards, 1):
         name = f"pytorch_model-{i:05d}-of-{len(shards):05d}.bin"
-        torch.save(shard, folder / (name + ".tmp"))
-        (folder / (name + ".tmp")).replace(folder / name)
+        with atomic_write(folder / name) as fh:
+            torch.save(shard, fh)
         weight_map.update({k: name for k in shard})
     total = sum(t.numel() * t.element_size() for t in state.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}

@@ -7,7 +7,8 @@ model's weights, and what the caller adds: the film's fingerprint, the frame str
 track) and a state whose key differs is refused (:class:`StateMismatch`), so the caller rebuilds.
 The payload's length and BLAKE2 digest are checked before anything is loaded, so a truncated or
 damaged file is detected (:class:`StateCorrupt`) instead of answering from garbage. Files are
-written under a temporary name, fsynced and renamed: a crash leaves the old file or none.
+written with :func:`llamavid.storage.atomic_write` (a unique temporary name, fsynced and renamed,
+removed when the write fails): a crash or a full disk leaves the old file or none.
 
 Layout: ``MAGIC``, an 8-byte little-endian header length, the JSON header, then the payload: the
 backend's cache bytes (safetensors for transformers, ``llama_state_seq_get_data`` for llama.cpp).
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import torch
 from llamavid.files import weight_index
 from llamavid.fingerprint import fingerprint
 from llamavid.runtime.chat import Chat, Turn
-from llamavid.storage import fsync_dir
+from llamavid.storage import atomic_write
 from llamavid.system import llamavid_version
 
 MAGIC = b"LLAMAVID-STATE\x00\x01"
@@ -82,18 +82,13 @@ def save_chat(chat: Chat, path: str | Path, key: dict[str, Any]) -> int:
     payload = chat.backend.export_cache(chat.state)
     header = json.dumps({"key": key, "chat": _chat_fields(chat), "payload_bytes": len(payload),
                          "payload_blake2b": hashlib.blake2b(payload).hexdigest()}).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_write(path) as fh:
         fh.write(MAGIC + len(header).to_bytes(8, "little") + header)
         view = memoryview(payload)
         for start in range(0, len(view), CHUNK):
             fh.write(view[start:start + CHUNK])
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-    return path.stat().st_size
+        size = fh.tell()
+    return size
 
 
 def read_header(path: str | Path) -> dict[str, Any]:

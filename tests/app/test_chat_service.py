@@ -267,3 +267,38 @@ def test_closing_the_service_cancels_the_question_being_answered(data_dir, check
     rest = list(events)
     assert rest[-1].type == "error" and rest[-1].kind == "cancelled"
     assert ConversationStore(data_dir / "conversations.db").get(conv.id).turns == []
+
+
+def test_a_thinned_film_says_so_with_the_answer_and_a_whole_one_does_not(data_dir, checkpoint, lv):
+    service = ChatService(data_dir, model=str(checkpoint), language="en", lv=lv)
+    try:
+        thinned, whole = service.new_conversation("Harbor.mkv"), service.new_conversation("Harbor.mkv")
+        service.store.db.execute("UPDATE conversations SET stride = 3 WHERE id = ?", [thinned.id])
+        service.store.db.conn.commit()
+        done = [e for e in service.ask(thinned.id, "Where is the treasure?", GREEDY) if e.type == "done"]
+        assert len(done) == 1 and any("every 3rd frame" in n for n in done[0].notes), done
+        assert "every 3rd frame" in " ".join(done[0].to_dict()["notes"])
+        done = [e for e in service.ask(whole.id, "Where is the treasure?", GREEDY) if e.type == "done"]
+        assert done[0].notes == ()  # negative control: every frame read, nothing to say
+    finally:
+        service.close()
+
+
+def test_a_moment_names_the_question_that_weighed_its_frames():
+    from app.live_chat import weighed_by
+    from llamavid.runtime.chat import Turn
+    from llamavid.runtime.prepared import PREPARED_QUESTION
+
+    class _Chat:
+        def __init__(self, *questions):
+            self.turns = [Turn(q) for q in questions]
+
+    first = _Chat("Where is the treasure?")
+    assert weighed_by(first, first.turns[0]) == "the question"
+    follow = _Chat("Where is the treasure?", "And who hid it?")
+    assert weighed_by(follow, follow.turns[1]) == 'the conversation\'s first question ("Where is the treasure?")'
+    fast = _Chat(PREPARED_QUESTION, "Who hid it?")
+    assert "neutral question" in weighed_by(fast, fast.turns[1])
+    moments = rank_moments([float(t) for t in range(20)], [0.0] * 9 + [9.0] + [0.0] * 10, [], "Who hid it?",
+                           weighed_by=weighed_by(follow, follow.turns[1]))
+    assert moments and moments[0].why[0].startswith("the conversation's first question")

@@ -136,6 +136,16 @@ def test_remote_urls_are_never_fetched(keyed) -> None:
         assert status == 404, path
 
 
+def test_gradio_routes_the_page_does_not_use_are_closed(keyed) -> None:
+    auth = {"Authorization": f"Bearer {KEY}"}
+    for path in ("/gradio_api/process_recording", "/gradio_api/deep_link", "/gradio_api/call/ask_movie",
+                 "/gradio_api/run/predict", "/gradio_api/api/predict", "/monitoring"):
+        status, _, _ = raw_get(keyed, path, auth)
+        assert status == 404, path
+    status, _, _ = raw_get(keyed, "/config", auth)
+    assert status == 200  # negative control: the page's own routes stay open
+
+
 def test_the_film_is_served_with_range_requests(keyed, library) -> None:
     _, films = library
     auth = {"Authorization": f"Bearer {KEY}"}

@@ -171,15 +171,20 @@ def test_web_command_serves_until_stopped(
     tmp_path: Path,
     wait_http: Callable[..., int],
 ) -> None:
-    log = tmp_path / "web.log"
-    proc = _start_cli([*llamavid_cmd, "web", "--port", str(free_port)], dict(os.environ), log)
+    log, temp = tmp_path / "web.log", tmp_path / "tmp"
+    temp.mkdir()
+    proc = _start_cli([*llamavid_cmd, "web", "--port", str(free_port)], {**os.environ, "TMPDIR": str(temp)}, log)
     try:
         assert wait_http(f"http://127.0.0.1:{free_port}/", is_alive=lambda: proc.poll() is None) == 200
         banner = _wait_for_output(log, "running at")
+        assert list(temp.glob("llamavid-uploads-*")), "the page's private upload folder exists while it runs"
     finally:
         _stop(proc)
     assert f"http://127.0.0.1:{free_port}/" in banner
     assert str(data_dir) in banner, "the web UI must use $LLAMAVID_DATA_DIR"
+    # SIGTERM ends it cleanly: status 0 and its exit handlers ran (the quick exit skips only the teardown)
+    assert proc.returncode == 0, log.read_text(errors="replace")
+    assert not list(temp.glob("llamavid-*")), "the upload and request folders are removed at exit"
 
 
 @pytest.mark.slow

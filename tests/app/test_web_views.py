@@ -281,3 +281,20 @@ def test_a_finished_question_leaves_its_tab_and_a_newer_one_stays_stoppable(tmp_
     assert not second.cancelled
     state.stop("s", "movie")
     assert second.cancelled and not first.cancelled
+
+
+def test_a_question_the_queue_refuses_leaves_no_conversation_behind(served: ChatService, tmp_path: Path) -> None:
+    import gradio as gr
+
+    handlers = Handlers(served, indexer=None, upload_dir=tmp_path)
+    film = served.movies()[0]
+    before = [c.id for c in served.conversations(film.id)]
+    limit = served.max_waiting
+    served.max_waiting = 0  # every question is refused at the door
+    try:
+        with pytest.raises(gr.Error, match="already waiting"):
+            next(handlers.ask_movie("Where is the treasure?", film.id, None, [], 0.0, 4, False,
+                                    SimpleNamespace(session_hash="s1")))
+    finally:
+        served.max_waiting = limit
+    assert [c.id for c in served.conversations(film.id)] == before
