@@ -394,6 +394,7 @@ class ChatService:
             if model is not None and model != self.shown_model:
                 self._wanted = self._full_names.get(model, model)
             stream.model = self.model_name
+            stream.on_end = lambda last, ended=stream: self._ended(ended, last)
             stream.control.rates = self._lv.rates if self._lv is not None else stream.control.rates
             position = len(self._waiting) + (self._current is not None)
             self._waiting.append(stream)
@@ -433,13 +434,14 @@ class ChatService:
                     self._current = None
                 if isinstance(stream.job, _AboutMedia):
                     stream.job.finish()
-                self._count(stream)
 
-    def _count(self, stream: AskStream) -> None:
-        if isinstance(stream.job, _Load):
-            return
-        last = stream.last
-        if last is None or last.type == "done":
+    def _ended(self, stream: AskStream, last: ChatEvent) -> None:
+        """A question's end in the stats and the queue's state, before its asker sees it: a health
+        check made once an answer has arrived agrees with it."""
+        with self._lock:
+            if self._current is stream:
+                self._current = None
+        if last.type == "done":
             self.stats.answered += 1
         elif last.kind == "cancelled":
             self.stats.cancelled += 1

@@ -73,7 +73,10 @@ class AskStream:
     _ids = itertools.count(1)
 
     def __init__(self, question: str, job: Any, model: str | None = None, options: Any = None,
-                 time_budget: float | None = None, conversation_id: int | None = None, rates: Rates | None = None):
+                 time_budget: float | None = None, conversation_id: int | None = None, rates: Rates | None = None,
+                 on_end: Callable[[ChatEvent], None] | None = None):
+        """``on_end`` runs with the last event (done or error) before any reader sees it: a count
+        kept by the asker is already up to date when the stream ends."""
         self.id = next(self._ids)
         self.question, self.job, self.model = question, job, model
         self.options, self.time_budget = options, time_budget
@@ -82,12 +85,15 @@ class AskStream:
         self._events: list[ChatEvent] = []
         self._cond = threading.Condition()
         self._listeners: list[Callable[[], None]] = []
+        self.on_end = on_end
 
     # -- the worker's side ---------------------------------------------------------------------------
     def put(self, event: ChatEvent) -> None:
         with self._cond:
             if self._events and self._events[-1].type in FINAL:
                 return  # the stream has ended; nothing may follow its last event
+            if event.type in FINAL and self.on_end is not None:
+                self.on_end(event)
             self._events.append(event)
             self._cond.notify_all()
             listeners = list(self._listeners)

@@ -34,7 +34,7 @@ from app.chat_service import ChatService, chat_models
 from app.server.errors import ApiError, bad_request, from_error, from_kind
 from app.server.indexing import Indexer
 from app.server.routes import api
-from app.server.security import Guard
+from app.server.security import Guard, ResponseWatch
 from app.server.settings import ServerSettings
 from app.settings import load_settings
 from llamavid.errors import UserError, require
@@ -205,17 +205,11 @@ class _Bugs:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        watched = ResponseWatch(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, watched)
         except Exception as exc:
-            if started:
+            if watched.started:
                 raise
             log.exception("internal error answering %s %s", scope.get("method"), scope.get("path"))
             problem = from_kind("internal", f"internal error ({type(exc).__name__}); the server log has the details")

@@ -42,6 +42,18 @@ _CLOSED = re.compile(r"/(proxy=|monitoring|gradio_api/mcp|mcp/|vibe-|run-history
 _FILE_ROUTE = re.compile(r"/file(=|/)(?P<rest>.*)$", re.IGNORECASE | re.DOTALL)
 
 
+class ResponseWatch:
+    """An ASGI ``send`` that notes when the response has begun: until then a failure can still be
+    answered with an error response of its own; after, the connection can only be closed."""
+
+    def __init__(self, send: Any):
+        self.send, self.started = send, False
+
+    async def __call__(self, message: dict) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self.send(message)
+
+
 def session_token(api_key: str) -> str:
     """What the login cookie holds: derived from the key, so the key itself never sits in a cookie."""
     return hmac.new(api_key.encode(), b"llamavid web session", hashlib.sha256).hexdigest()
@@ -76,17 +88,11 @@ class Guard:
             if length is not None and length.isdigit() and int(length) > self.max_body:
                 return await _send_error(send, self._too_large(), scope)
             receive = self._counting(receive)
-        started = False
-
-        async def tracking_send(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        watched = ResponseWatch(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, watched)
         except _TooLarge:
-            if not started:
+            if not watched.started:
                 await _send_error(send, self._too_large(), scope)
 
     def _too_large(self) -> ApiError:

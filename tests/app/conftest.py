@@ -87,3 +87,20 @@ def browser() -> Iterator[Any]:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """The real ``openai`` client on the module's ``server`` fixture (a running server on 127.0.0.1)."""
+    import openai
+
+    return openai.OpenAI(base_url=server.url + "v1", api_key="unused", max_retries=0, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    """An ``httpx`` client on the module's ``server`` fixture, for raw requests."""
+    import httpx
+
+    with httpx.Client(base_url=server.url, timeout=600) as c:
+        yield c

@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -45,20 +46,13 @@ def server(library) -> Running:
     settings = ServerSettings(data_dir=data, port=0, ui=False, load_options=LoadOptions(device="cpu", dtype="fp32"))
     running = start(settings)
     try:
+        with httpx.Client(base_url=running.url, timeout=60) as c:  # the model loads in the background at start
+            deadline = time.monotonic() + 300
+            while c.get("/health").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
         yield running
     finally:
         running.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server: Running) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "v1", api_key="unused", max_retries=0, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def http(server: Running) -> httpx.Client:
-    with httpx.Client(base_url=server.url, timeout=600) as c:
-        yield c
 
 
 def png_url(seed: int = 0, size: int = 48) -> str:

@@ -90,17 +90,6 @@ def server(library) -> Running:
         running.stop()
 
 
-@pytest.fixture(scope="module")
-def client(server: Running) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "v1", api_key="unused", max_retries=0, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def http(server: Running) -> httpx.Client:
-    with httpx.Client(base_url=server.url, timeout=600) as c:
-        yield c
-
-
 def refused(call, status: int = 400, param: str | None = "any") -> dict:
     """The error of an ``openai`` call that must fail with a 4xx in OpenAI's shape."""
     with pytest.raises(openai.APIStatusError) as caught:
