@@ -52,14 +52,15 @@ class Live:
 class LiveChats:
     """The live conversation of a chat service (see the module docstring)."""
 
-    def __init__(self, data: DataDir, store: ConversationStore, db, model: Callable[[], LlamaVid]):
-        """``db``: the library database, or the service's :class:`ThreadConnections` to it."""
-        self.data, self.store, self._db, self.model = data, store, db, model
+    def __init__(self, data: DataDir, store: ConversationStore, library_db: ThreadConnections,
+                 model: Callable[[], LlamaVid]):
+        """``library_db``: the service's connections to the library database (one per thread)."""
+        self.data, self.store, self._library, self.model = data, store, library_db, model
         self.live: Live | None = None
 
     @property
     def db(self):
-        return self._db.get() if isinstance(self._db, ThreadConnections) else self._db
+        return self._library.get()
 
     def state_path(self, conversation_id: int) -> Path:
         return self.data.root / "states" / f"conversation-{conversation_id}.state"

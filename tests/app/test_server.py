@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import socket
-import time
 from pathlib import Path
 
 import httpx
@@ -27,6 +26,7 @@ from llamavid.runtime.generate import SamplingOptions
 from llamavid.runtime.gguf_export import convert
 from llamavid.runtime.options import LoadOptions
 from llamavid.runtime.prepared import PREPARED_QUESTION, neutral_turn
+from tests.support.served import serving
 
 pytestmark = pytest.mark.slow
 
@@ -43,16 +43,9 @@ def library(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def server(library) -> Running:
     data, _ = library
-    settings = ServerSettings(data_dir=data, port=0, ui=False, load_options=LoadOptions(device="cpu", dtype="fp32"))
-    running = start(settings)
-    try:
-        with httpx.Client(base_url=running.url, timeout=60) as c:  # the model loads in the background at start
-            deadline = time.monotonic() + 300
-            while c.get("/health").status_code != 200 and time.monotonic() < deadline:
-                time.sleep(0.2)
+    with serving(ServerSettings(data_dir=data, port=0, ui=False,
+                                load_options=LoadOptions(device="cpu", dtype="fp32"))) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def png_url(seed: int = 0, size: int = 48) -> str:

@@ -16,7 +16,7 @@ import schemathesis
 import torch
 from schemathesis.generation import GenerationMode
 
-from app.server.app import Running, start
+from app.server.app import Running
 from app.server.protocol import (
     MAX_ID,
     MAX_REPETITION_PENALTY,
@@ -28,6 +28,7 @@ from app.server.sample import MODEL, make_library
 from app.server.settings import ServerSettings
 from llamavid.runtime.generate import SamplingOptions, apply_repetition_penalty, make_generator, sample
 from llamavid.runtime.options import LoadOptions
+from tests.support.served import serving
 
 ERROR_FIELDS = {"message", "type", "param", "code"}
 HUGE = "99999999999999999999"  # past 2**64 as well as SQLite's 2**63-1
@@ -78,16 +79,9 @@ def library(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def server(library) -> Running:
     data, _ = library
-    running = start(ServerSettings(data_dir=data, port=0, ui=False,
-                                   load_options=LoadOptions(device="cpu", dtype="fp32")))
-    try:
-        with httpx.Client(base_url=running.url, timeout=60) as c:  # the model loads in the background
-            deadline = time.monotonic() + 300
-            while c.get("/health").status_code != 200 and time.monotonic() < deadline:
-                time.sleep(0.2)
+    with serving(ServerSettings(data_dir=data, port=0, ui=False,
+                                load_options=LoadOptions(device="cpu", dtype="fp32"))) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def refused(call, status: int = 400, param: str | None = "any") -> dict:
