@@ -25,14 +25,20 @@ conversation or a stateless question takes its place, when the service closes, a
 that read a long prompt; asking in it again reads that state back instead of reading the film
 again. A state that does not match (another model, a re-indexed film) or is damaged is dropped and
 the conversation rebuilt from its kept turns, with progress, so it continues exactly where it stopped.
+A right state that does not fit the memory free now is kept, and the question refused with
+:class:`~llamavid.errors.MemoryInUse` saying what to free. A conversation runs in the context and
+reads its film with the stride it was made with; a new one takes its film's plan for the model,
+kept in the library (:func:`indexer.prepare.film_plan`), as the indexer does.
 
 A "fast answers" conversation (``new_conversation(..., fast=True)``) begins from the film's
 prepared state (:mod:`indexer.prepare`): the film was read once with a neutral first question,
 and the user's question is the next turn. Without a prepared state the first question prepares
 the film (and keeps the state for the next conversation). :meth:`ChatService.prepare_estimate`
 says what a prepared film will take on disk before it is made, and
-:meth:`ChatService.set_prepared` asks the indexer to prepare a film with this service's model
-(or forgets its state).
+:meth:`ChatService.set_prepared` prepares a film with this service's model, in its own queue
+(:meth:`ChatService.prepare_film`, with progress, stoppable), or forgets its state. While the
+service holds a model it says so (:func:`indexer.sharing.holding`), and the background indexer
+leaves preparing films with that model to it: no second copy is loaded.
 
 The model answering can change between questions (:meth:`ChatService.select_model`, or a
 question's ``model``): questions already waiting keep the model they were asked of.
@@ -50,21 +56,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import sqlite_utils
 
 from app.conversations import Conversation, ConversationStore, short_title
+from app.film_words import queue_position
 from app.live_chat import LiveChats
 from app.questions import AskStream, ChatEvent
 from indexer import library
 from indexer.db import ThreadConnections
-from indexer.prepare import forget_prepared, loaded_kv_bytes, mark_for_preparing, model_kv_shape
+from indexer.prepare import (
+    film_chat,
+    forget_prepared,
+    is_current,
+    loaded_kv_bytes,
+    make_prepared,
+    mark_for_preparing,
+    model_kv_shape,
+    prepared_key,
+)
 from indexer.prepared_size import LlmShape, estimate_prepared_bytes, film_tokens
+from indexer.sharing import answering, holding
 from indexer.store import LibraryStore
 from llamavid.errors import UserError
 from llamavid.hub.catalog import can_chat
 from llamavid.hub.installed import InstalledEntry, list_models
-from llamavid.media.load import load_image
 from llamavid.paths import DataDir
 from llamavid.runtime.api import LlamaVid
 from llamavid.runtime.chat import Chat
@@ -126,6 +141,13 @@ class _AboutMedia:
 
 
 @dataclass(frozen=True)
+class _Prepare:
+    """Read a film ahead for fast answers with the model this service holds (see :meth:`ChatService.prepare_film`)."""
+
+    movie_id: int
+
+
+@dataclass(frozen=True)
 class _Load:
     """Load the model before the first question (a server's start, a new model picked)."""
 
@@ -165,6 +187,8 @@ class ChatService:
         self._detach_gone()
         self._queue: queue.Queue[AskStream | None] = queue.Queue()
         self._waiting: list[AskStream] = []
+        self._preparing: dict[int, AskStream] = {}  # films read ahead in this queue (prepare_film)
+        self._held: tuple[str, Any] | None = None  # the model this process says it holds, and its marker
         self._current: AskStream | None = None
         self._lock = threading.Lock()
         self._worker = threading.Thread(target=self._serve, name="llamavid-chat", daemon=True)
@@ -246,7 +270,24 @@ class ChatService:
                 self.load_error = str(exc)
                 raise
             self.load_error = None
+        self._hold()
         return self._lv
+
+    def _hold(self) -> None:
+        """Say that this process holds its model (:func:`indexer.sharing.holding`): the indexer then
+        leaves preparing films with it to this service's queue instead of loading a second copy."""
+        if self._held is not None and self._held[0] == self._model:
+            return
+        self._let_go()
+        if self._model:
+            marker = holding(self.data.root, self._model)
+            marker.__enter__()
+            self._held = (self._model, marker)
+
+    def _let_go(self) -> None:
+        if self._held is not None:
+            self._held[1].__exit__(None, None, None)
+            self._held = None
 
     def status(self) -> dict[str, Any]:
         """What a health check shows: the model, whether it is loaded, the queue and the counts."""
@@ -261,6 +302,7 @@ class ChatService:
         if name is None or name == self._model:
             return
         self._chats.release()
+        self._let_go()
         self._lv, self._kv_shape, self._model, self.load_error = None, None, name, None
         gc.collect()  # the old weights go before the new ones load
         with self._lock:
@@ -282,7 +324,8 @@ class ChatService:
         if found is not None and track_id is not None:
             library.choose_track(found, track_id=track_id)  # a track the film does not have: KeyError now
         return self.store.create(self.model_name or "", found.id if found else None, found.path if found else None,
-                                 title, track_id, self.language, fast=fast and found is not None)
+                                 title, track_id, self.language,
+                                 fast=fast and found is not None and found.features_complete)
 
     def conversations(self, movie_id: int | None = None) -> list[Conversation]:
         self._detach_gone()
@@ -335,13 +378,15 @@ class ChatService:
         return self._kv_shape
 
     def set_prepared(self, movie_id: int, wanted: bool) -> str:
-        """Ask the indexer to prepare a film for fast answers with this service's model (and its
-        language, which picks the subtitles), or stop preparing it and delete its prepared state.
-        Returns what was done, in words for a person."""
+        """Prepare a film for fast answers with this service's model (and its language, which picks
+        the subtitles), in this service's queue (:meth:`prepare_film`: no second copy of the model),
+        and keep the choice (the indexer prepares it again after a re-index when no app holds the
+        model); or stop preparing it, and delete its prepared state. Returns what was done, in words."""
         movie = self.movie(movie_id)
         name = Path(movie.rel_path).name
         with LibraryStore.open(self.data.database) as store:
             if not wanted:
+                self._stop_preparing(movie.id)
                 forget_prepared(store, [movie.id])
                 return f"{name} is no longer prepared: new fast conversations prepare it again"
             if not self.model_name:
@@ -349,7 +394,36 @@ class ChatService:
             mark_for_preparing(store, [movie.id], self.model_name, self.language, self.load_options)
         size = self.prepare_estimate(movie)
         about = f" (about {human_size(size)} on disk)" if size else ""
-        return f"{name} will be prepared for fast answers{about} by the indexer"
+        if not movie.features_complete:
+            return f"{name} will be prepared for fast answers{about} once its frames are indexed"
+        self.prepare_film(movie.id)
+        return f"{name} is being prepared for fast answers{about}: it takes its turn after the questions waiting"
+
+    def prepare_film(self, movie_id: int, model: str | None = None) -> AskStream:
+        """Queue the reading ahead of a film for fast answers with the model this service holds: it
+        takes its turn like a question, reports its progress (:meth:`preparing`) and can be stopped
+        (the stream's ``cancel``, or ``set_prepared(id, False)``); no second copy of the model loads."""
+        movie = self.movie(movie_id)
+        if not movie.features_complete:
+            raise library.FeaturesNotReady(f"{movie.rel_path} is not indexed yet: it can be prepared once its "
+                                           "frames are read")
+        stream = self._submit(AskStream(f"prepare {movie.rel_path}", _Prepare(movie.id)), model)
+        with self._lock:
+            self._preparing[movie.id] = stream
+        return stream
+
+    def preparing(self) -> dict[int, str]:
+        """The films this service is preparing or will prepare, with where each stands, in words."""
+        with self._lock:
+            streams = {i: s for i, s in self._preparing.items() if not s.finished}
+            self._preparing = streams
+        return {i: _where(s) for i, s in streams.items()}
+
+    def _stop_preparing(self, movie_id: int) -> None:
+        with self._lock:
+            stream = self._preparing.pop(movie_id, None)
+        if stream is not None and not stream.finished:
+            stream.cancel()
 
     # -- questions ------------------------------------------------------------------------------
     def ask(self, conversation_id: int, question: str, options: SamplingOptions | None = None,
@@ -412,6 +486,7 @@ class ChatService:
         self._queue.put(None)
         self._worker.join(timeout=600)
         self._chats.release()
+        self._let_go()
         self.store.close()
         self._library.close()
 
@@ -423,7 +498,8 @@ class ChatService:
                     self._waiting.remove(stream)
                 self._current = stream
             try:
-                self._run(stream)
+                with answering(self.data.root):  # an indexer on this machine waits meanwhile (indexer.sharing)
+                    self._run(stream)
             except BaseException as exc:  # noqa: BLE001 - every failure becomes an event
                 event = ChatEvent.failure(exc)
                 if event.kind == "internal":
@@ -460,6 +536,9 @@ class ChatService:
         if isinstance(job, _AboutMedia):
             self._answer_media(stream, job, lv)
             return
+        if isinstance(job, _Prepare):
+            self._prepare(stream, job, lv)
+            return
         if isinstance(job, _AboutFilm):
             stream.conversation_id = self._film_conversation(job, stream.question)
         self._answer(stream)
@@ -481,16 +560,30 @@ class ChatService:
             stream.put(ChatEvent("moments", moments=tuple(moments)))
         stream.put(ChatEvent("done", turn_id=turn_id, stopped=turn.stopped, notes=tuple(live.chat.notes)))
 
+    def _prepare(self, stream: AskStream, job: _Prepare, lv: LlamaVid) -> None:
+        """Read the film with the neutral first turn and keep the state, as the indexer would."""
+        if isinstance(lv.backend, LlamaCppBackend):
+            self._chats.release()  # a llama.cpp context holds one sequence: the live one goes to disk first
+        store = LibraryStore(self._db)
+        movie = library.get_movie(store, job.movie_id)
+        chat, track = film_chat(lv, store, movie, self.language)
+        key = prepared_key(chat, movie, track)
+        if not is_current(store, movie.id, key):
+            make_prepared(chat, store, self.data, movie, key, stream.control)
+        size = library.get_movie(store, movie.id).prepared_bytes
+        stream.put(ChatEvent("done", notes=(f"{Path(movie.rel_path).name} is prepared for fast answers "
+                                            f"({human_size(size)})",)))
+
     def _answer_media(self, stream: AskStream, job: _AboutMedia, lv: LlamaVid) -> None:
         control = stream.control
         if isinstance(lv.backend, LlamaCppBackend):
             self._chats.release()  # a llama.cpp context holds one sequence: the live one goes to disk first
         if job.images or job.video is not None:
             lv.attach_vision()
-        if job.images:
-            visual = lv.visual(images=[_picture(i) for i in job.images])
+        if job.images:  # decoded one at a time, now that the question's turn has come
+            visual = lv.visual(images=job.images, check=control.check)
         elif job.video is not None:
-            visual = lv.visual(video=job.video, max_frames=self.max_video_frames)
+            visual = lv.visual(video=job.video, max_frames=self.max_video_frames, check=control.check)
             job.finish()  # its frames are read: a request's copy goes before the answer is sent
         else:
             visual = Visual("none")
@@ -528,6 +621,14 @@ class ChatService:
             ids = tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_id]
             self.store.add_turn(conv.id, question, answer, ids, False, [])
 
+def _where(stream: AskStream) -> str:
+    """Where a queued piece of work stands, in words: its place in the queue, or its progress."""
+    last = stream.last
+    if last is not None and last.type == "progress" and last.progress is not None:
+        return last.progress.describe()
+    return queue_position(last.position if last is not None and last.type == "queued" else 0)
+
+
 def fast_by_default(movie: library.Movie | None) -> bool:
     """Whether a new conversation about the film starts in fast-answers mode unless the person
     says otherwise: yes for a prepared film (answers in seconds), no otherwise (a fast
@@ -549,11 +650,6 @@ def chat_models(data: DataDir) -> list[InstalledEntry]:
 def _shown_name(name: str | None) -> str | None:
     """A model as a person sees it: a folder (``--model /path/to/llama-vid-7b``) by its name."""
     return Path(name).name if name and ("/" in name or os.sep in name) else name
-
-
-def _picture(image: Any) -> np.ndarray:
-    """A picture to ask about: an RGB array as it is, a file read as one."""
-    return image if isinstance(image, np.ndarray) else load_image(image)
 
 
 def no_model_hint(data: DataDir) -> str:

@@ -5,7 +5,9 @@ that one; a person's conversations must survive it). This module owns the schema
 migrations; the connection, WAL mode and the migration runner are the library database's
 (:func:`indexer.db.connect`). Every turn keeps the token ids of its answer: rebuilding a
 conversation after a restart feeds exactly those tokens back, so the model's state is the one it
-had (re-tokenizing the text could differ), and the frame stride its film was read with.
+had (re-tokenizing the text could differ), and the frame stride its film was read with and the
+context it ran in (``n_ctx``, since version 3): reopened later, it runs in that context whatever
+memory is free then.
 
 The store is used from several threads at once (the chat service's worker, the web server's and
 the desktop app's threads): each thread gets its own connection (:class:`indexer.db.ThreadConnections`).
@@ -67,7 +69,13 @@ def _v2(db: sqlite_utils.Database) -> None:
     rebuild_autoincrement(db, "turns")
 
 
-MIGRATIONS = [_v1, _v2]
+def _v3(db: sqlite_utils.Database) -> None:
+    """The context a conversation runs in, fixed by its first turn as its stride is: reopening it
+    uses that context, never one sized from the memory free at the time."""
+    db.execute("ALTER TABLE conversations ADD COLUMN n_ctx INTEGER")
+
+
+MIGRATIONS = [_v1, _v2, _v3]
 
 
 class FilmGone(UserError):
@@ -106,6 +114,7 @@ class Conversation:
     fast: bool
     created_at: float
     updated_at: float
+    n_ctx: int | None = None  # the context it runs in (tokens), fixed by its first turn
     turns: list[StoredTurn] = field(default_factory=list)
 
     @property
@@ -173,8 +182,9 @@ class ConversationStore:
         return found
 
     def add_turn(self, conversation_id: int, question: str, answer: str, answer_ids: list[int], stopped: bool,
-                 moments: list[dict], stride: int | None = None, hidden: bool = False) -> int:
-        """Append a turn (and fix the film's stride with the first one), in one transaction."""
+                 moments: list[dict], stride: int | None = None, hidden: bool = False,
+                 n_ctx: int | None = None) -> int:
+        """Append a turn (and fix the film's stride and the context with the first one), in one transaction."""
         now = time.time()
         with atomic(self.db):
             idx = self.db.execute("SELECT COUNT(*) FROM turns WHERE conversation_id = ?",
@@ -184,8 +194,8 @@ class ConversationStore:
                 " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [conversation_id, idx, question, answer, json.dumps(answer_ids), int(stopped), json.dumps(moments),
                  int(hidden), now])
-            self.db.execute("UPDATE conversations SET updated_at = ?, stride = COALESCE(stride, ?) WHERE id = ?",
-                            [now, stride, conversation_id])
+            self.db.execute("UPDATE conversations SET updated_at = ?, stride = COALESCE(stride, ?),"
+                            " n_ctx = COALESCE(n_ctx, ?) WHERE id = ?", [now, stride, n_ctx, conversation_id])
         return cur.lastrowid
 
     def movie_ids(self) -> set[int]:

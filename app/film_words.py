@@ -11,18 +11,21 @@ one on its own.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from indexer.library import Movie
-from llamavid.runtime.chat import ordinal
+from indexer.library import DIALOGUE_NOTE, Movie
+from llamavid.runtime.chat import DIALOGUE_ONLY, ordinal
 from llamavid.runtime.control import rough_duration
 from llamavid.storage import human_size
 
-__all__ = ["FORGET_PREPARED", "STAGES", "UNITS", "IndexState", "clock", "index_state", "prepare_action",
-           "prepared_label", "queue_position", "short_clock", "subtitle_summary", "time_left"]
+__all__ = ["FORGET_PREPARED", "NO_LINE", "STAGES", "UNITS", "IndexState", "clock", "index_state", "prepare_action",
+           "prepared_label", "queue_position", "search_label", "short_clock", "subtitle_summary", "time_left"]
 
 #: What the indexer is doing in each stage of a film's job, and what its progress counts.
 STAGES = {"probe": "reading the file", "subtitles": "reading subtitles", "speech": "recognising speech",
-          "features": "reading frames", "prepare": "preparing for fast answers"}
+          "features": "reading frames", "prepare": "preparing for fast answers",
+          "waiting": "waiting while a question is answered"}
 UNITS = {"features": "frames", "speech": "windows", "prepare": "tokens"}
 FORGET_PREPARED = "Forget prepared state"
 
@@ -140,6 +143,18 @@ def reading_note(notes: tuple[str, ...] | list[str] = (), stride: int | None = N
     stride. Empty when every frame was read."""
     if notes:
         return "(" + "; ".join(notes) + ")"
+    if stride == DIALOGUE_ONLY:
+        return f"({DIALOGUE_NOTE})"
     if stride and stride > 1:
         return f"(the film was read with every {ordinal(stride)} frame: it has more frames than fit)"
     return ""
+
+
+# -- the dialogue search ----------------------------------------------------------------------------------
+NO_LINE = "No line of the library's subtitles says that."
+
+
+def search_label(match: Any) -> str:
+    """A dialogue search result (:class:`indexer.search.CueMatch`) in one line: "Harbor · 0:00:40 · the line"."""
+    said = " / ".join(part.strip() for part in match.text.splitlines() if part.strip())
+    return f"{Path(match.rel_path).stem} · {clock(match.start)} · {said}"

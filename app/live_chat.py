@@ -7,6 +7,12 @@ another conversation saves the live one's state (``<data>/states/conversation-N.
 its state is missing, damaged or made for another model or film: the next answer is the one an
 uninterrupted chat would give. A fast conversation begins from its film's prepared state.
 
+A conversation runs in the context and reads its film with the stride it was made with (kept with
+it; a new one takes its film's plan, :func:`indexer.prepare.film_plan`), never in one sized from
+the memory free now. A state is deleted only when it is wrong (another model, a re-indexed film, a
+damaged file); one that does not fit the memory free now is kept, and the question is refused with
+:class:`~llamavid.errors.MemoryInUse`, which says what to free: asking again later reads it.
+
 A state is a cache of what the kept turns rebuild: failing to write one (a full disk, no memory
 left) never fails a question whose answer is kept; it is logged, and the state rebuilt next time.
 A conversation whose film has left the library is refused with :class:`FilmGone` (and detached).
@@ -23,12 +29,14 @@ from app.moments import CueHit, Moment, rank_moments
 from indexer import library
 from indexer.db import ThreadConnections
 from indexer.prepare import film_chat, film_identity, keep_prepared, open_prepared, prepared_key
+from indexer.search import search_cues
 from indexer.store import LibraryStore
 from llamavid.paths import DataDir
 from llamavid.runtime.api import LlamaVid
 from llamavid.runtime.chat import Chat, Turn
 from llamavid.runtime.control import Control
 from llamavid.runtime.inputs import Visual
+from llamavid.runtime.memory import FilmPlan
 from llamavid.runtime.prepared import PREPARED_QUESTION, prepare
 from llamavid.runtime.state import StateError, StateMismatch, load_chat, save_chat, state_key
 
@@ -98,7 +106,8 @@ class LiveChats:
         chat = live.chat
         try:
             turn_id = self.store.add_turn(live.conversation_id, turn.question, turn.answer, turn.answer_ids,
-                                          turn.stopped, [m.to_dict() for m in moments], chat.stride)
+                                          turn.stopped, [m.to_dict() for m in moments], chat.stride,
+                                          n_ctx=chat.context_length())
         except BaseException:
             self.live = None  # the chat holds a turn the store does not: rebuild from the store next time
             raise
@@ -129,9 +138,11 @@ class LiveChats:
         if live.movie is None:
             return []
         chat, found = live.chat, {}
-        for text in (turn.question, turn.answer):  # FTS5 finds the candidates; rank_moments scores them
-            for hit in library.matching_cues(self.db, live.movie, text, live.track_id):
-                found[(hit.start_time, hit.text)] = CueHit(hit.start_time, hit.end_time, hit.text)
+        for text in (turn.question, turn.answer):  # the subtitle search finds and scores the lines
+            for hit in search_cues(self.db, text, live.movie.id, live.track_id):
+                kept = found.get((hit.start, hit.text))
+                if kept is None or kept.closeness < hit.score:
+                    found[(hit.start, hit.text)] = CueHit(hit.start, hit.end, hit.text, hit.score)
         relevance = chat.relevance.tolist() if chat.relevance is not None else None
         return rank_moments(chat.visual.frame_times, relevance, list(found.values()), turn.question, turn.answer,
                             live.movie.duration, weighed_by=weighed_by(chat, turn))
@@ -140,8 +151,9 @@ class LiveChats:
         if conv.film_gone:
             raise FilmGone(conv)
         lv = self.model()
+        kept = FilmPlan(conv.stride or 1, conv.n_ctx) if conv.n_ctx else None  # its stride and context
         if conv.movie_id is None:
-            chat = Chat(lv, Visual("none"))
+            chat = Chat(lv, Visual("none"), plan=kept)
             return Live(conv.id, chat, state_key(chat, film=None))
         try:
             movie = library.get_movie(self.db, conv.movie_id)
@@ -149,11 +161,13 @@ class LiveChats:
             self.store.detach_movies([conv.movie_id])
             self.state_path(conv.id).unlink(missing_ok=True)
             raise FilmGone(conv) from None
-        chat, track_id = film_chat(lv, LibraryStore(self.db), movie, conv.language, conv.track_id, conv.stride)
-        return Live(conv.id, chat, state_key(chat, film=film_identity(movie), track=track_id), movie, track_id)
+        chat, track_id = film_chat(lv, LibraryStore(self.db), movie, conv.language, conv.track_id, conv.stride,
+                                   plan=kept)
+        return Live(conv.id, chat, state_key(chat, film=film_identity(movie, chat), track=track_id), movie, track_id)
 
     def _load(self, live: Live, conv: Conversation) -> bool:
-        """Read the conversation's saved state if it matches it exactly (key and kept turns)."""
+        """Read the conversation's saved state if it matches it exactly (key and kept turns); a wrong
+        one is deleted, one that does not fit the memory free now is kept (MemoryInUse is raised)."""
         path = self.state_path(conv.id)
         if not path.is_file():
             return False
@@ -181,7 +195,7 @@ class LiveChats:
                 log.warning("could not keep the prepared state of %s: %r", movie.rel_path, exc)
         neutral = chat.turns[0]
         self.store.add_turn(conv.id, neutral.question, neutral.answer, neutral.answer_ids, False, [],
-                            chat.stride, hidden=True)
+                            chat.stride, hidden=True, n_ctx=chat.context_length())
 
 
 def weighed_by(chat: Chat, turn: Turn) -> str:

@@ -57,7 +57,7 @@ def _have(remote: download.Remote) -> int:
     return 0
 
 
-def _stop_like_ctrl_c(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+def stop_like_ctrl_c(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
     raise KeyboardInterrupt
 
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("name", help="a catalogue name (llamavid models list --available)")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
+    signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     entry = catalog.get(args.name)
     if entry is None:
         emit(event="error", message=f"{args.name!r} is not in the catalogue")

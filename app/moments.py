@@ -3,30 +3,39 @@ text the model writes (a model asked for timestamps makes them up).
 
 Two kinds of evidence, put on one scale so they can be ranked together:
 
+* Subtitle lines that say what the question (or the answer) says, found and scored by the
+  library's one subtitle search (:func:`indexer.search.search_cues`): words stemmed as the
+  full-text index stems them, irregular forms joined ("hid", "hide"), stop words out, each word
+  weighted by how rare it is in the film. A line scores ``1 + 4 x closeness`` (closeness 0 to 1,
+  the F2 of the share of the question's words it says and the share of its words the question
+  says): a line the question quotes scores 5, one it closely paraphrases 3.5 to 4.5, one that
+  shares one word of the question's five about 2.
 * Frames the question weighed. The Q-Former pass that made the film's visual tokens kept, per
   frame, how strongly the question's queries attended to it (``Chat.relevance``). A frame counts
-  when it stands out from the film: its score is a z-score against all frames, and only frames at
-  least ``FRAME_Z`` standard deviations above the mean (the ``top_frames`` best of them) are used.
-  Frames less than ``gap`` seconds apart merge into one moment; its score is its best frame's z.
-* Subtitle cues that share words with the question or the answer, found with FTS5 (any word).
-  A cue scores ``1 + 2 x coverage``, coverage being the share of the question's (or answer's)
-  distinct words of three letters or more that the cue contains: a cue that says the question
-  word for word scores 3, above all but exceptional frames; one shared rare word scores little.
+  when it stands out from the film: its z-score against all frames is at least ``FRAME_Z`` (the
+  ``top_frames`` best of them). Frames less than ``gap`` seconds apart merge into one moment, which
+  scores ``3 - 2 x FRAME_Z / z`` for its best frame's z: 1 at the threshold, 2 at twice it, never 3.
+  Attention says what the question weighed, not where the answer is said: no frame cluster alone
+  outranks a line the question quotes or closely paraphrases (closeness 0.5 or more).
 
-Moments that overlap (or lie within ``gap`` seconds) merge: the span of both, the higher score
-plus half the lower one (two kinds of evidence agreeing count for more than either), and both
-reasons. The ``k`` best are returned, best first, clipped to the film.
+A run of frames that overlaps a line (or lies within ``gap`` seconds of it) joins that line's
+moment: the span of both, the higher score plus half the lower one (evidence that agrees counts for
+more than either part alone), and both reasons. Lines stay apart, each its own moment, however
+close the next line is said: the moment of the line a question quotes starts where that line does.
+The ``k`` best are returned, best first, inside the film: a line that starts after the film's end
+is dropped, one that runs past it is cut at the end.
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from indexer.search import closeness
+from indexer.terms import query_terms
+
 FRAME_Z = 1.5
-_WORD = re.compile(r"\w{3,}", re.UNICODE)
 
 
 @dataclass
@@ -35,6 +44,7 @@ class Moment:
     end: float
     score: float
     why: list[str] = field(default_factory=list)
+    kind: str = "frames"  # what it rests on first: "line" (a subtitle line) or "frames"
 
     def to_dict(self) -> dict:
         return {"start": round(self.start, 3), "end": round(self.end, 3), "score": round(self.score, 3),
@@ -43,13 +53,23 @@ class Moment:
 
 @dataclass(frozen=True)
 class CueHit:
+    """A subtitle line found for a question; ``closeness``: its score from the subtitle search (0 to 1),
+    None to score it here from its words alone (every word weighing the same)."""
+
     start: float
     end: float
     text: str
+    closeness: float | None = None
 
 
-def words(text: str) -> set[str]:
-    return {w.lower() for w in _WORD.findall(text)}
+def cue_score(closeness: float) -> float:
+    """A line's moment score on the frames' scale (see the module docstring)."""
+    return 1 + 4 * closeness
+
+
+def frame_score(z: float) -> float:
+    """A frame cluster's moment score for its best frame's z-score (see the module docstring)."""
+    return 3 - 2 * FRAME_Z / z
 
 
 def frame_moments(times: Sequence[float], relevance: Sequence[float], top_frames: int = 8,
@@ -63,41 +83,57 @@ def frame_moments(times: Sequence[float], relevance: Sequence[float], top_frames
     z = (r - r.mean()) / r.std()
     picked = sorted(i for i in np.argsort(-z)[:top_frames] if z[i] >= FRAME_Z)
     moments: list[Moment] = []
-    for i in picked:
+    for i in picked:  # scored by z while the runs are made, then put on the moments' scale
         if moments and t[i] - moments[-1].end <= gap:
             moments[-1].end, moments[-1].score = t[i] + step, max(moments[-1].score, float(z[i]))
         else:
-            moments.append(Moment(float(t[i]), float(t[i] + step), float(z[i])))
+            moments.append(Moment(float(t[i]), float(t[i] + step), float(z[i]), kind="frames"))
     for m in moments:
         m.why.append(f"{weighed_by} weighed these frames most ({m.score:.1f} standard deviations above the film)")
+        m.score = frame_score(m.score)
     return moments
 
 
 def cue_moments(hits: Sequence[CueHit], *texts: str) -> list[Moment]:
-    """Cues that share words with any of ``texts`` (the question, the answer), scored by the
-    largest share of one text's words they contain."""
-    wanted = [w for w in map(words, texts) if w]
+    """A moment per line that says something of ``texts`` (the question, the answer): scored by the
+    closeness the subtitle search gave it, else by its words' closeness to the nearest text."""
+    wanted = [t for t in map(query_terms, texts) if t]
     out = []
     for hit in hits:
-        said = words(hit.text)
-        coverage = max((len(w & said) / len(w) for w in wanted), default=0.0)
-        if coverage > 0:
-            out.append(Moment(hit.start, hit.end, 1 + 2 * coverage, [f'subtitle: "{hit.text}"']))
+        near = hit.closeness
+        if near is None:
+            said = query_terms(hit.text)
+            near = max((closeness(w, said) for w in wanted), default=0.0)
+        if near > 0:
+            out.append(Moment(hit.start, hit.end, cue_score(near), [f'subtitle: "{hit.text}"'], "line"))
     return out
 
 
+def inside(moments: Sequence[Moment], end: float | None) -> list[Moment]:
+    """The moments cut to the film ``[0, end]``; one that starts at or after its end is dropped."""
+    if end is None:
+        return [Moment(max(0.0, m.start), m.end, m.score, list(m.why), m.kind) for m in moments]
+    return [Moment(max(0.0, m.start), min(end, m.end), m.score, list(m.why), m.kind) for m in moments
+            if m.start < end]
+
+
 def merge(moments: Sequence[Moment], gap: float = 2.0) -> list[Moment]:
-    """Overlapping or close moments become one (see the module docstring)."""
-    merged: list[Moment] = []
-    for m in sorted(moments, key=lambda m: (m.start, m.end)):
-        last = merged[-1] if merged else None
-        if last is not None and m.start - last.end <= gap:
-            high, low = max(last.score, m.score), min(last.score, m.score)
-            last.end, last.score = max(last.end, m.end), high + 0.5 * low
-            last.why += [w for w in m.why if w not in last.why]
-        else:
-            merged.append(Moment(m.start, m.end, m.score, list(m.why)))
-    return merged
+    """Frames that agree with a line join its moment (see the module docstring): each run of frames
+    joins the best line it overlaps or lies within ``gap`` seconds of. Lines never merge with each
+    other, so a moment is one line, however close the next one is said."""
+    lines = [Moment(m.start, m.end, m.score, list(m.why)) for m in moments if m.kind == "line"]
+    out = list(lines)
+    for frames in (m for m in moments if m.kind != "line"):
+        near = [m for m in lines if frames.start - m.end <= gap and m.start - frames.end <= gap]
+        if not near:
+            out.append(Moment(frames.start, frames.end, frames.score, list(frames.why), frames.kind))
+            continue
+        line = max(near, key=lambda m: (m.score, -abs(m.start - frames.start)))
+        high, low = max(line.score, frames.score), min(line.score, frames.score)
+        line.start, line.end = min(line.start, frames.start), max(line.end, frames.end)
+        line.score = high + 0.5 * low
+        line.why += [w for w in frames.why if w not in line.why]
+    return out
 
 
 def rank_moments(frame_times: Sequence[float], relevance: Sequence[float] | None, cue_hits: Sequence[CueHit],
@@ -106,12 +142,8 @@ def rank_moments(frame_times: Sequence[float], relevance: Sequence[float] | None
     """The ``k`` best moments for a question and its answer, best first, inside the film.
     ``weighed_by`` names the question whose Q-Former pass made ``relevance`` (a film is read once,
     with its conversation's first question: a follow-up's frames were weighed by that one)."""
-    found = cue_moments(cue_hits, question, answer)
+    end = duration if duration is not None else (max(frame_times) + 1.0 if len(frame_times) else None)
+    found = inside(cue_moments(cue_hits, question, answer), end)  # a line past the end extends nothing
     if relevance is not None and len(relevance) == len(frame_times):
         found += frame_moments(frame_times, relevance, weighed_by=weighed_by)
-    end = duration if duration is not None else (max(frame_times) + 1.0 if len(frame_times) else None)
-    ranked = sorted(merge(found), key=lambda m: -m.score)[:k]
-    for m in ranked:
-        m.start = max(0.0, m.start)
-        m.end = min(end, m.end) if end is not None else m.end
-    return ranked
+    return sorted(inside(merge(found), end), key=lambda m: -m.score)[:k]

@@ -22,13 +22,15 @@ from llamavid.storage import write_json_atomic
 @dataclass
 class Settings:
     model: str | None = None  # an installed model name, a registered name or a folder
-    backend: str = "auto"  # see llamavid.runtime.load.pick_backend
+    backend: str = "auto"  # see llamavid.runtime.load.choose_engine
     bits: int | None = None  # 4 or 8: the LLM quantized with bitsandbytes
     device: str = "auto"  # the chat model's, and the indexer's EVA
     language: str | None = None  # two letters; None: the system's locale
     temperature: float | None = None  # None: the model's default (0.2); 0: greedy
     max_new_tokens: int | None = None  # None: the default answer budget (512 tokens)
     index_idle: float = 0.0  # seconds the indexer rests between chunks (a lighter load on a laptop)
+    index_priority: str = "low"  # low: nice 19, and it waits while a question is answered; normal: neither
+    index_skip_similar: bool = True  # frames of a static shot reuse the last encoded frame's features
     last_movie: int | None = None  # the film the desktop window had open
     drafts: dict[str, str] = field(default_factory=dict)  # conversation id ("new-<movie id>"): unsent question
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
@@ -57,6 +59,10 @@ def _check(path: Path, s: Settings) -> None:
         problems.append("max_new_tokens must be a whole number >= 1 or null")
     if not isinstance(s.index_idle, (int, float)) or s.index_idle < 0:
         problems.append("index_idle must be a number of seconds >= 0")
+    if s.index_priority not in ("low", "normal"):
+        problems.append("index_priority must be low or normal")
+    if not isinstance(s.index_skip_similar, bool):
+        problems.append("index_skip_similar must be true or false")
     if not isinstance(s.drafts, dict):
         problems.append("drafts must be an object")
     if problems:

@@ -54,6 +54,7 @@ SUBCOMMANDS: dict[str, str] = {
     "app": "cli.app",
     "web": "cli.web",
     "serve": "cli.serve",
+    "mcp": "cli.mcp",
     "chat": "cli.chat",
     "index": "cli.index",
     "doctor": "cli.doctor",
@@ -150,7 +151,7 @@ def _setup_logging(verbose: int) -> None:
 #: Commands that have saved and closed everything when they return (the servers): the process they
 #: run in ends at once instead of waiting seconds for the interpreter to tear down torch, Gradio
 #: and OpenVINO after a Ctrl+C or SIGTERM.
-QUICK_EXIT = ("web", "serve", "app")
+QUICK_EXIT = ("web", "serve", "app", "mcp")
 
 
 def console() -> None:

@@ -53,18 +53,18 @@ def load(args: argparse.Namespace) -> LlamaVid:
 
 def visual_input(lv: LlamaVid, args: argparse.Namespace) -> Visual:
     """Encode the chosen input once; EVA features stay cached for the whole chat."""
-    from indexer.library import FeaturesNotReady, film_visual, find_movie, open_library
-    from llamavid.media.load import load_image
+    from indexer.library import FeaturesNotReady, dialogue_visual, film_visual, find_movie, open_library
 
     if args.image:
-        return lv.visual(images=[load_image(p) for p in args.image])
+        return lv.visual(images=[Path(p) for p in args.image])
     if args.video:
         return lv.visual(video=Path(args.video), fps=args.fps, max_frames=args.max_frames,
                          answer_tokens=args.max_new_tokens)
     if args.movie:
         db = open_library(args.data_dir)
         try:
-            return film_visual(db, find_movie(db, args.movie))
+            movie = find_movie(db, args.movie)
+            return film_visual(db, movie) if movie.features_complete else dialogue_visual(db, movie)
         except (KeyError, FeaturesNotReady) as exc:
             raise UserError(str(exc).strip("'\"")) from None
     return lv.visual()

@@ -106,7 +106,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _quantization(args: argparse.Namespace, lv: Any) -> str:
     if lv.backend.name == "llama.cpp":
-        return f"GGUF {Path(getattr(lv.backend, 'path', '')).name}, KV {args.kv_type}"
+        return f"GGUF {Path(getattr(lv.backend, 'path', '')).name}, KV {getattr(lv.backend, 'kv_type', args.kv_type)}"
     return "4-bit NF4 (bitsandbytes)" if args.load_4bit else "8-bit (bitsandbytes)" if args.load_8bit else "none"
 
 

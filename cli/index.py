@@ -6,6 +6,7 @@ Examples:
   llamavid index status --json         one JSON object per movie, for scripts
   llamavid index watch                 index, then follow the folders for changes
   llamavid index pause / resume        stop and continue the queue (from another terminal too)
+  llamavid index first MOVIE           index this film next (the status lists the order and how long)
 
 The indexer's own modules are imported inside the commands: ``llamavid --help`` imports this
 module, and they load sqlite-utils (which imports pandas), PyAV or torch.
@@ -48,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        ("resume", "resume paused or cancelled movies (none given: the whole queue)"),
                        ("cancel", "stop indexing movies and take them out of the queue"),
                        ("retry", "queue failed movies again (none given: all failed ones, and those whose speech "
-                                 "recognition failed)")):
+                                 "recognition failed)"),
+                       ("first", "index these movies next (the one being indexed yields at its next chunk)"),
+                       ("last", "index these movies after all the others")):
         p = sub.add_parser(name, help=text)
         p.add_argument("movies", nargs="*", metavar="MOVIE", help="id or path")
     p = sub.add_parser("prepare", help="fast answers: read films ahead with a chat model so a new question "
@@ -60,11 +63,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="NAME", help="the chat model to prepare with (kept for later runs)")
     p.add_argument("--language", metavar="XX", help="subtitle language to prefer (two letters; kept)")
     p.add_argument("--cap-gb", type=float, help="disk space for prepared films; the least recently used go first")
+    p.add_argument("--memory-gb", type=float,
+                   help="memory for a film's context (its KV cache): decides how many frames a film keeps and "
+                        "its context, once per film; 0: the default, half of the memory beside the model")
     p = sub.add_parser("rm", help="remove a library folder or a movie from the index (files are kept)")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p = sub.add_parser("search", help="full-text search in the subtitles of the library")
-    p.add_argument("query")
-    p.add_argument("--limit", type=int, default=20)
+    p = sub.add_parser("search", help="find the lines of dialogue that say something: a quote, a paraphrase, "
+                                      "a question (the film, the time and the line, best first)")
+    p.add_argument("query", help="what the line says, in any word forms (\"who hid the map\" finds \"I'll hide "
+                                 "the map\")")
+    p.add_argument("--limit", type=int, default=20, help="at most this many lines (1 to 1000)")
+    p.add_argument("--movie", metavar="MOVIE", help="only this film (id or path)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line: movie_id, path (relative to its library folder), start, end, "
+                        "text, score (0 to 1: 1 says the query word for word)")
 
 
 def _with_data_dir(add_parser):
@@ -91,6 +103,16 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-vad", action="store_true", help="transcribe silence and music too")
     p.add_argument("--decode-workers", type=int, default=0, help="parallel decoding processes (0: auto)")
     p.add_argument("--idle", type=float, default=0.0, help="seconds to rest between chunks (lighter load)")
+    p.add_argument("--priority", choices=("low", "normal"), default=None,
+                   help="low (default, or `index_priority` in settings.json): nice 19, lowest disk priority, and "
+                        "wait while a question is answered on this machine; normal: compete like any program")
+    p.add_argument("--skip-similar", dest="skip_similar", action="store_true", default=None,
+                   help="frames of a static shot reuse the features of the last frame EVA encoded (default, or "
+                        "`index_skip_similar` in settings.json; docs/indexer.md gives the accuracy bound)")
+    p.add_argument("--no-skip-similar", dest="skip_similar", action="store_false",
+                   help="run EVA on every sampled frame")
+    p.add_argument("--frames-first", action="store_true",
+                   help="index each film whole in turn, instead of every film's dialogue (subtitles, speech) first")
     p.add_argument("--max-attempts", type=int, default=3, help="tries before a failing movie is given up")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -126,7 +148,31 @@ def options_from(args: argparse.Namespace):
                         dtype=args.dtype, vision_engine=args.vision_engine, speech=args.speech,
                         decode_workers=args.decode_workers, idle=args.idle, max_attempts=args.max_attempts,
                         whisper=SpeechOptions(model=args.whisper_model, vad=not args.no_vad,
-                                              beam_size=args.whisper_beam))
+                                              beam_size=args.whisper_beam),
+                        skip_similar=args.skip_similar, yield_to_chat=args.priority == "low",
+                        dialogue_first=not args.frames_first)
+
+
+def _indexer_settings(args: argparse.Namespace, data: DataDir) -> None:
+    """Fill ``--priority`` and ``--skip-similar`` left unsaid: the priority from
+    ``$LLAMAVID_INDEX_PRIORITY``, then ``<data>/settings.json`` (the apps' ``index_priority`` and
+    ``index_skip_similar``), else their defaults: low, on."""
+    import logging
+    import os
+
+    from app.settings import Settings, load_settings
+
+    try:
+        settings = load_settings(data)
+    except UserError as exc:  # a damaged file: the apps say so; the indexer keeps its defaults
+        logging.getLogger(__name__).warning("%s", exc)
+        settings = Settings()
+    if getattr(args, "priority", None) is None:
+        args.priority = os.environ.get("LLAMAVID_INDEX_PRIORITY") or settings.index_priority
+        if args.priority not in ("low", "normal"):
+            raise UserError(f"LLAMAVID_INDEX_PRIORITY={args.priority}: use low or normal")
+    if getattr(args, "skip_similar", None) is None:
+        args.skip_similar = settings.index_skip_similar
 
 
 def cmd_add(args, data: DataDir) -> int:
@@ -155,6 +201,14 @@ def cmd_run(args, data: DataDir, wait=None, stop=None) -> int:
     from indexer.progress import Progress
     from indexer.runner import run_queue
 
+    _indexer_settings(args, data)
+    if args.priority == "low":
+        from indexer.sharing import lower_priority
+
+        lowered = lower_priority()  # before torch and FFmpeg start their threads: they inherit it
+        if not args.quiet:
+            print(f"indexer: low priority ({', '.join(lowered) or 'not permitted here'}); "
+                  "it waits while a question is answered", file=sys.stderr)
     options = options_from(args)
     if _has_work(data):
         find_vision_weights(data, options.vision)  # fail before the first film, not in the middle
@@ -267,7 +321,8 @@ def cmd_rm(args, data: DataDir) -> int:
 
 def cmd_prepare(args, data: DataDir) -> int:
     """Mark films for preparation (or not) and queue them; `index run` does the work."""
-    from indexer.prepare import chat_load_options, choose_chat_model, delete_prepared, model_kv_shape
+    from indexer.prepare import budget_words, chat_load_options, choose_chat_model, delete_prepared, model_kv_shape
+    from llamavid.runtime.memory import BUDGET_SETTING
 
     wanted = not args.off
     kv_shape = None
@@ -281,6 +336,8 @@ def cmd_prepare(args, data: DataDir) -> int:
             store.set_setting("language", args.language)
         if args.cap_gb is not None:
             store.set_setting("prepared_cap_bytes", str(int(args.cap_gb * 1e9)))
+        if args.memory_gb is not None:
+            store.set_setting(BUDGET_SETTING, str(int(args.memory_gb * 1e9)) if args.memory_gb > 0 else None)
         model = store.setting("chat_model")
         if wanted and (args.all or args.folder or args.movies) and not model:
             raise UserError("preparing needs a chat model: add --model NAME (an installed chat model)")
@@ -295,7 +352,7 @@ def cmd_prepare(args, data: DataDir) -> int:
         for outcome, n in store.control_jobs(ids, "retry").items():
             print(f"{n} {outcome}")
         if ids:
-            print(f"films are prepared with {model} by `llamavid index run`")
+            print(f"films are prepared with {model} by `llamavid index run`; {budget_words(store)}")
     return 0
 
 
@@ -348,16 +405,22 @@ def _prepared_size_line(store, ids: list[int], model: str, kv_shape: tuple) -> s
 
 
 def cmd_search(args, data: DataDir) -> int:
-    from app.film_words import clock
-    from indexer.library import search_subtitles
+    """The library's lines closest to the query (``indexer.search``, as the server's /v1/search)."""
+    from indexer.search import MAX_LIMIT, search_cues
 
+    if not 1 <= args.limit <= MAX_LIMIT:
+        raise UserError(f"--limit must be from 1 to {MAX_LIMIT}, got {args.limit}")
     with _open(data) as store:
-        hits = search_subtitles(store, args.query, limit=args.limit)
-    for hit in hits:
-        print(f"{clock(hit.start_time)}  {Path(hit.path).name}  {hit.snippet.replace(chr(10), ' / ')}")
+        movie_id = _find(store, args.movie).id if args.movie else None
+        found = search_cues(store, args.query, movie_id=movie_id, limit=args.limit)
+    for hit in found:
+        print(json.dumps(hit.to_dict(), ensure_ascii=False) if args.json else hit.describe())
+    if not found and not args.json:
+        print("no line of the library's subtitles says that", file=sys.stderr)
     return 0
 
 
 COMMANDS = {"add": cmd_add, "scan": cmd_scan, "run": cmd_run, "status": cmd_status, "watch": cmd_watch,
             "pause": _control("pause"), "resume": _control("resume"), "cancel": _control("cancel"),
-            "retry": _control("retry"), "rm": cmd_rm, "search": cmd_search, "prepare": cmd_prepare}
+            "retry": _control("retry"), "first": _control("first"), "last": _control("last"), "rm": cmd_rm,
+            "search": cmd_search, "prepare": cmd_prepare}

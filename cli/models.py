@@ -17,7 +17,8 @@ from pathlib import Path
 from llamavid.errors import UserError
 from llamavid.hub import catalog, installed, pull, verify
 from llamavid.paths import DataDir
-from llamavid.storage import human_size
+from llamavid.runtime.llm_choice import CPU_GGUF_TYPE, conversion_disk_bytes, converted_folder  # no torch
+from llamavid.storage import check_free_space, free_bytes, human_size
 
 HELP = "manage model checkpoints: list, pull (download), verify, rm, path, add a local folder"
 
@@ -65,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="download every file again, even complete ones")
     p.add_argument("--retries", type=int, default=5, metavar="N",
                    help="attempts in a row without progress before giving up on a file")
+    p.add_argument("--convert", action=argparse.BooleanOptionalAction, default=None,
+                   help="where the chat runs on llama.cpp (no GPU that holds the model in fp16), also make its "
+                        "q4_K_M conversion (convert-gguf) now; default: ask on a terminal, else say the command")
     _common(p)
 
     p = sub.add_parser("verify", help="check every file of an installed model, file by file",
@@ -91,12 +95,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--shared", action="store_true", help="print the shared-parts folder instead")
     _common(p)
 
-    p = sub.add_parser("convert-gguf", help="write a model's LLM as GGUF for the llama.cpp backend",
-                       description="Write the LLM of an installed model as GGUF (f16, q8_0, q4_K_M; q8_0/q4_K_M "
-                                   "through llama.cpp's quantizer) with the vision side in fp16 next to it, into "
-                                   "<data>/models/<NAME>-gguf/. Chat with it: llamavid chat --model NAME-gguf.")
+    p = sub.add_parser("convert-gguf", help="write a model's LLM as GGUF for the llama.cpp backend (resumable)",
+                       description="Write the LLM of an installed model as GGUF (q4_K_M by default; f32, f16, q8_0 "
+                                   "too; quantized through llama.cpp's quantizer) with the vision side in fp16 next "
+                                   "to it, into <data>/models/<NAME>-gguf/, saying the disk space first. Where no "
+                                   "GPU holds the model in fp16, `llamavid chat --model NAME` then runs on it by "
+                                   "itself. Interrupted (Ctrl-C), it goes on from the files already complete when "
+                                   "run again.")
     p.add_argument("name", metavar="NAME", help="installed model name or checkpoint folder")
-    p.add_argument("--types", default="f16,q8_0,q4_K_M", help="comma-separated: f32, f16, q8_0, q4_K_M")
+    p.add_argument("--types", default=CPU_GGUF_TYPE,
+                   help=f"comma-separated: f32, f16, q8_0, q4_K_M (default {CPU_GGUF_TYPE})")
     p.add_argument("--output", metavar="NAME_OR_FOLDER", help="output name (default NAME-gguf) or folder")
     _common(p)
 
@@ -189,6 +197,8 @@ def _pull(args: argparse.Namespace, dd: DataDir) -> int:
               f"({human_size(plan.needed_bytes)}), {len(plan.present)} already complete")
         pull.pull(plan, retries=args.retries)
         print(f"{entry.name}: ready in {plan.folder}; check it with `llamavid models verify {entry.name}`")
+        if catalog.can_chat(entry.kind):
+            _offer_conversion(args, dd, entry.name)
         if entry.base_model and not (dd.models / entry.base_model / "config.json").is_file():
             print(f"note: {entry.name} is a stage-1 projector ({catalog.KINDS['pretrain']}); get its LLM with "
                   f"`llamavid models pull {entry.base_model}`")
@@ -263,22 +273,77 @@ def _add(args: argparse.Namespace, dd: DataDir) -> int:
     return 0
 
 
-def _convert_gguf(args: argparse.Namespace, dd: DataDir) -> int:
-    from llamavid.runtime.gguf_export import convert  # torch: only for this action
+def _offer_conversion(args: argparse.Namespace, dd: DataDir, name: str) -> None:
+    """After a pull: where the chat would run this model on llama.cpp (load_model's own choice) and
+    its conversion is not made, make it (--convert), ask on a terminal, or say the command."""
+    from llamavid.runtime.load import choose_engine  # torch: only after a pull of a chat model
+    from llamavid.runtime.options import LoadOptions
 
-    source = installed.resolve_model(args.name, dd)
-    default = f"{Path(args.name).name if '/' in args.name else args.name}-gguf"
-    out = Path(args.output) if args.output and "/" in args.output else dd.models / (args.output or default)
-    types = tuple(t.strip() for t in args.types.split(",") if t.strip())
+    folder = installed.resolve_model(name, dd)
+    engine = choose_engine(name, folder, LoadOptions(), dd.root)
+    if engine.convert_to is None or args.convert is False:
+        return
     try:
-        files = convert(source, out, types, search_dirs=installed.search_dirs(dd),
-                        progress=lambda name: print(f"  {name}", file=sys.stderr) if args.verbose else None)
+        size = f"about {human_size(conversion_disk_bytes(folder, dd))} of disk, "
+    except ValueError:
+        size = ""
+    what = (f"{name} chats through llama.cpp on this computer ({engine.why}), from a q4_K_M copy of its LLM "
+            f"made once ({size}{human_size(free_bytes(engine.convert_to.parent))} free)")
+    if args.convert is None and not sys.stdin.isatty():
+        print(f"note: {what}: run `llamavid models convert-gguf {name}` (or pull with --convert)")
+        return
+    if args.convert is None and input(f"{what}. Convert it now? [Y/n] ").strip().lower() not in ("", "y", "yes"):
+        print(f"not converted; `llamavid models convert-gguf {name}` does it later")
+        return
+    _convert(dd, name, folder, engine.convert_to, (CPU_GGUF_TYPE,), verbose=False)
+
+
+def _convert(dd: DataDir, name: str, source: Path, out: Path, types: tuple[str, ...], verbose: bool) -> int:
+    """Plan (the disk space said and checked first), convert with progress, going on from an
+    earlier run's complete files; Ctrl-C keeps them and says how to go on."""
+    from llamavid.runtime.gguf_export import plan_conversion, run_conversion  # torch: only for this action
+
+    try:
+        plan = plan_conversion(source, out, types, search_dirs=installed.search_dirs(dd))
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    kept = f", {human_size(plan.present)} already done" if plan.present else ""
+    print(f"{name} -> {out}: {', '.join(types)}; about {human_size(plan.needed)} to write "
+          f"({human_size(free_bytes(out))} free){kept}")
+    check_free_space(out, plan.needed, f"converting {name} for llama.cpp")
+    total = plan.total
+    show = sys.stderr.isatty()
+
+    def tick(done: int) -> None:
+        if show:
+            print(f"\r\033[K  {human_size(min(done, total))} of about {human_size(total)}", end="", file=sys.stderr,
+                  flush=True)
+
+    try:
+        files = run_conversion(plan, tick, progress=lambda t: print(f"  {t}", file=sys.stderr) if verbose else None)
+    except KeyboardInterrupt:
+        print(f"\nstopped: {human_size(plan.kept())} of complete files kept in {out}; run the same command again "
+              f"to go on from there", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise UserError(str(exc)) from None
+    finally:
+        if show:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
     for path in files:
         print(f"{path}  {human_size(path.stat().st_size)}")
-    print(f"chat with it: llamavid chat --model {out.name if out.parent == dd.models else out}")
+    via = f" (or --model {name}, which runs on it where no GPU holds {name} in fp16)" if \
+        out == converted_folder(dd, name) else ""
+    print(f"chat with it: llamavid chat --model {out.name if out.parent == dd.models else out}{via}")
     return 0
+
+
+def _convert_gguf(args: argparse.Namespace, dd: DataDir) -> int:
+    source = installed.resolve_model(args.name, dd)
+    out = Path(args.output) if args.output and "/" in args.output else \
+        (dd.models / args.output if args.output else converted_folder(dd, args.name))
+    types = tuple(t.strip() for t in args.types.split(",") if t.strip())
+    return _convert(dd, args.name, source, out, types, bool(getattr(args, "verbose", 0)))
 
 
 _ACTIONS = {"list": _list, "pull": _pull, "verify": _verify, "rm": _rm, "path": _path, "add": _add,

@@ -16,7 +16,7 @@ from llamavid.errors import UserError
 from llamavid.runtime.options import BACKENDS, LoadOptions
 
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_K_M")
-KV_TYPES = ("f16", "q8_0", "q4_0", "f32")
+KV_TYPES = ("auto", "f16", "q8_0", "q4_0", "f32")
 
 #: LoadOptions field -> (flag, argparse keywords), in the order --help lists them. ``bits`` is the
 #: two flags --load-4bit and --load-8bit (see :func:`add_load_arguments`).
@@ -32,11 +32,14 @@ FLAGS: dict[str, tuple[str, dict[str, Any]]] = {
     "base": ("--base", {"metavar": "MODEL", "help": "base LLM of a stage-1 *-pretrain-* checkpoint "
                                                     "(default: the catalogue's, e.g. vicuna-7b-v1.5)"}),
     "backend": ("--backend", {"choices": BACKENDS, "default": "auto",
-                              "help": "LLM engine; auto = llama.cpp for a folder from `llamavid models convert-gguf`"}),
+                              "help": "LLM engine; auto = llama.cpp for a folder from `llamavid models convert-gguf`, "
+                                      "and for a 7B on a machine whose GPU cannot hold it in fp16 (or without one: "
+                                      "its q4_K_M conversion), else transformers"}),
     "gguf_type": ("--gguf-type", {"choices": GGUF_TYPES,
                                   "help": "which GGUF file of a converted folder (default: the smallest)"}),
-    "kv_type": ("--kv-type", {"choices": KV_TYPES, "default": "f16",
-                              "help": "llama.cpp KV cache type (q8_0 halves its memory)"}),
+    "kv_type": ("--kv-type", {"choices": KV_TYPES, "default": "auto",
+                              "help": "llama.cpp KV cache type (default auto: q8_0, half of f16's memory, where the "
+                                      "model's head size allows it, else f16)"}),
     "n_ctx": ("--ctx", {"type": int, "metavar": "TOKENS",
                         "help": "llama.cpp context length (default: the model's, at most 8192)"}),
     "threads": ("--threads", {"type": int, "help": "llama.cpp threads (default: the CPU cores, at most 8)"}),

@@ -30,7 +30,7 @@ __all__ = ["ACTIONS", "FoldersAdded", "FolderRemoved", "Reindexed", "add_folders
            "has_work", "indexer_command", "indexer_log", "open_store", "remove_folder", "reindex"]
 
 #: What ``control`` does to films (``llamavid index pause|resume|cancel|retry``).
-ACTIONS = ("pause", "resume", "cancel", "retry")
+ACTIONS = ("pause", "resume", "cancel", "retry", "first", "last")
 
 
 def _films(n: int) -> str:
@@ -44,13 +44,17 @@ def open_store(data: DataDir) -> LibraryStore:
 
 # -- the indexer child --------------------------------------------------------------------------------
 def indexer_command(data: DataDir, *, device: str = "auto", idle: float = 0.0, quiet: bool = True,
-                    python: str | None = None) -> list[str]:
+                    python: str | None = None, priority: str | None = None) -> list[str]:
     """The command line of the indexer child: ``llamavid index run`` on this data folder, on
     ``device``, resting ``idle`` seconds between chunks, without progress bars when ``quiet`` (its
-    output goes to :func:`indexer_log`, not a terminal)."""
+    output goes to :func:`indexer_log`, not a terminal). The child runs at low priority and waits
+    while a question is answered (:mod:`indexer.sharing`) unless ``priority`` is ``"normal"``
+    (None: ``index_priority`` in the data folder's settings.json, else low)."""
     argv = [python or sys.executable, "-m", "cli", "--data-dir", str(data.root), "index", "run"]
     if quiet:
         argv.append("--quiet")
+    if priority is not None:
+        argv += ["--priority", priority]
     return [*argv, "--device", device or "auto", "--idle", f"{max(0.0, idle):g}"]
 
 
@@ -164,7 +168,8 @@ def reindex(store: LibraryStore, movie_id: int, reason: str = "re-index asked fo
 
 
 def control(store: LibraryStore, action: str, movie_ids: list[int] | None = None) -> dict[str, int]:
-    """Pause, resume, cancel or retry films; returns how many had each outcome ("queued": 2...).
+    """Pause, resume, cancel, retry films, or move them first or last in the queue; returns how many
+    had each outcome ("queued": 2...).
 
     Without films (``None``), the whole queue: ``pause`` pauses it (the film being indexed stops
     after its current chunk), ``resume`` runs it again and puts every paused film back in it,
@@ -172,6 +177,10 @@ def control(store: LibraryStore, action: str, movie_ids: list[int] | None = None
     films."""
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+    if action in ("first", "last"):
+        if not movie_ids:
+            raise UserError(f"`llamavid index {action}` needs the films to move (ids or paths)")
+        return _reorder(store, action, movie_ids)
     if movie_ids is None:
         if action == "pause":
             store.pause_queue(True)
@@ -184,3 +193,25 @@ def control(store: LibraryStore, action: str, movie_ids: list[int] | None = None
         else:
             raise UserError(f"`llamavid index {action}` needs the films to {action} (ids or paths)")
     return store.control_jobs(movie_ids, action) if movie_ids else {}
+
+
+def _reorder(store: LibraryStore, action: str, movie_ids: list[int]) -> dict[str, int]:
+    """``first``: the films go to the front in the order given (the first named is indexed first; the
+    film being indexed yields at its next chunk); ``last``: to the back."""
+    counts: dict[str, int] = {}
+    ordered = reversed(movie_ids) if action == "first" else movie_ids
+    for movie_id in ordered:
+        moved = store.bring_forward(movie_id) if action == "first" else store.send_back(movie_id)
+        outcome = f"moved {action}" if moved else ("already " + action if _queued(store, movie_id) else "not queued")
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
+
+
+def _queued(store: LibraryStore, movie_id: int) -> bool:
+    return movie_id in store.queue_order()
+
+
+def open_film(store: LibraryStore, movie_id: int) -> bool:
+    """A person opened a film or asked about it, in any front end: if it still waits to be indexed,
+    it goes first (the film being indexed yields to it at its next chunk). True when it moved."""
+    return store.bring_forward(movie_id)

@@ -174,7 +174,55 @@ def _v3(db: sqlite_utils.Database) -> None:
     rebuild_autoincrement(db, "movies")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
+def _v4(db: sqlite_utils.Database) -> None:
+    """A film's plan for a model (:class:`llamavid.runtime.memory.FilmPlan`): the frame stride and
+    the context it is read with, decided once from the model's trained context and the film memory
+    budget and then used by every process (the chat service, the indexer), so their keys agree."""
+    db.executescript("""
+        CREATE TABLE film_plans (
+            movie_id INTEGER NOT NULL REFERENCES movies(id) ON DELETE CASCADE,
+            model TEXT NOT NULL,                -- the engine: backend, KV type, weights fingerprint
+            track INTEGER NOT NULL,             -- the subtitle track in the prompt; 0: none
+            film TEXT NOT NULL,                 -- the film's features when planned (indexer.prepare.film_identity)
+            budget INTEGER NOT NULL,            -- the film memory budget (bytes) it was planned for
+            stride INTEGER NOT NULL,            -- every k-th frame
+            n_ctx INTEGER NOT NULL,             -- the context (tokens) it is read in
+            planned_at REAL NOT NULL,
+            PRIMARY KEY (movie_id, model, track)
+        ) WITHOUT ROWID;
+    """)
+
+
+#: The subtitle index's tokenizer since version 5: words stemmed (Porter), so "hiding" finds "hides".
+CUES_TOKENIZER = "porter unicode61 remove_diacritics 2"
+
+
+def _v5(db: sqlite_utils.Database) -> None:
+    """Subtitle search by stem (``indexer.terms``, ``indexer.search``): the full-text index of the
+    cues made again with the Porter tokenizer and filled from the stored cues. Its triggers (on
+    ``cues``, by table name) stay as they are."""
+    db.execute("DROP TABLE cues_fts")
+    db.execute(f"""CREATE VIRTUAL TABLE "cues_fts" USING FTS5 (
+    "text",
+    tokenize='{CUES_TOKENIZER}',
+    content="cues"
+)""")
+    db.execute("INSERT INTO cues_fts (cues_fts) VALUES ('rebuild')")
+
+
+def _v6(db: sqlite_utils.Database) -> None:
+    """The order of work: a film a person opens or asks about goes first (highest priority), and the
+    one being indexed yields to it at its next chunk (:meth:`indexer.store.LibraryStore.bring_forward`)."""
+    db.execute("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
+
+
+def _v7(db: sqlite_utils.Database) -> None:
+    """Which frames reuse the features of an earlier, near-identical frame (a static shot,
+    :mod:`indexer.similar`) instead of their own EVA pass; frames indexed before read as not reused."""
+    db.execute("ALTER TABLE frames ADD COLUMN reused INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -6,7 +6,8 @@ that, any job still marked ``running`` when the lock is taken belongs to a proce
 (kill -9, power loss), and is put back in the queue to resume (``LibraryStore.recover_stale_jobs``).
 A job that is running when another process asks to pause or cancel it gets a ``request``; the
 pipeline checks it between chunks and stops cleanly. A global pause makes the runner put its
-current job back in the queue and exit.
+current job back in the queue and exit. A film put before the running one (a person opened it)
+makes the running job yield at its next chunk: it goes back in the queue, its finished chunks kept.
 """
 from __future__ import annotations
 
@@ -58,3 +59,5 @@ def check_control(store: LibraryStore, job_id: int) -> None:
         raise Interrupted("cancelled")
     if store.queue_paused():
         raise Interrupted("queued")
+    if store.outranked(job_id):
+        raise Interrupted("yielded")

@@ -8,7 +8,9 @@ each of the T rows, and ``subtitles`` the cues to interleave with them.
     movie = list_movies(db)[0]
     feats = open_features(movie)             # np.memmap (T, 257, 1408)
     times = frame_times(db, movie)           # np.ndarray (T,) seconds
+    reused = reused_frames(db, movie)        # np.ndarray (T,) bool: features copied from a still frame before
     cues = subtitles(db, movie)              # [Cue(start_time, end_time, text, language, source)]
+    lines = search_cues(db, "who hid the map")   # [CueMatch]: the lines closest to a text, best first
 
 Every function taking ``db`` accepts the database ``open_library`` returns or a ``LibraryStore``
 (store.py), which holds the queries.
@@ -26,6 +28,7 @@ import sqlite_utils
 from indexer.db import connect
 from indexer.features import PARTIAL_SUFFIX
 from indexer.scan import is_video
+from indexer.search import CueMatch, search_cues
 from indexer.store import LibraryStore, prepare_choice
 from llamavid.model.layout import drop_cls
 from llamavid.paths import DataDir, resolve_data_dir
@@ -34,7 +37,7 @@ from llamavid.runtime.inputs import Visual
 
 __all__ = ["Movie", "Cue", "SearchHit", "FeaturesNotReady", "open_library", "list_movies", "get_movie",
            "find_movie", "film_file", "open_features", "frame_times", "subtitles", "search_subtitles", "film_visual",
-           "choose_track", "matching_cues",
+           "choose_track", "search_cues", "CueMatch", "reused_frames",
            "cache_bytes"]
 
 
@@ -209,6 +212,13 @@ def frame_times(db: LibraryDb, movie: Movie) -> np.ndarray:
     return np.array(_store(db).frame_times(movie.id), dtype=np.float64)
 
 
+def reused_frames(db: LibraryDb, movie: Movie) -> np.ndarray:
+    """(T,) bool, in row order: True where a frame's features are a copy of an earlier, near-identical
+    frame's (a static shot, :mod:`indexer.similar`) rather than its own EVA pass. Frames indexed
+    before this was recorded read as False."""
+    return np.array(_store(db).reused_frames(movie.id), dtype=bool)
+
+
 def subtitles(db: LibraryDb, movie: Movie, sources: list[str] | None = None,
               language: str | None = None, track_id: int | None = None) -> list[Cue]:
     """Cues of the movie in time order, optionally only some sources, one language or one track."""
@@ -245,13 +255,6 @@ def search_subtitles(db: LibraryDb, query: str, movie_id: int | None = None,
     return [SearchHit(r[0], r[1], r[2], r[3], r[4], r[6], r[5], r[7]) for r in rows]
 
 
-def matching_cues(db: LibraryDb, movie: Movie, text: str, track_id: int | None = None,
-                  limit: int = 20) -> list[SearchHit]:
-    """The movie's cues sharing any word with ``text``, best FTS5 (bm25) matches first."""
-    rows = _store(db).search_cues(text, movie.id, limit, track_id=track_id, any_word=True)
-    return [SearchHit(r[0], r[1], r[2], r[3], r[4], r[6], r[5], r[7]) for r in rows]
-
-
 def film_visual(db: LibraryDb, movie: Movie, language: str | None = None, track_id: int | None = None) -> Visual:
     """A library film as a chat input: its features (memory-mapped, CLS dropped as the long-video
     model reads them), frame times and the cues of one subtitle track (:func:`choose_track`): two
@@ -259,6 +262,26 @@ def film_visual(db: LibraryDb, movie: Movie, language: str | None = None, track_
     track = choose_track(movie, language, track_id)
     cues = subtitles(db, movie, track_id=track["id"]) if track else []
     return Visual("film", drop_cls(open_features(movie)), frame_times(db, movie).tolist(), cues)
+
+
+#: said next to every answer given from a film's dialogue alone
+DIALOGUE_NOTE = "answered from the film's dialogue alone: its pictures are not indexed yet"
+
+
+def askable(movie: Movie) -> bool:
+    """Whether a chat can be about the film now: its frames are read, or at least its dialogue is
+    (the indexer reads every film's subtitles before any film's frames), and then the answers say so."""
+    return movie.features_complete or movie.cue_count > 0
+
+
+def dialogue_visual(db: LibraryDb, movie: Movie, language: str | None = None, track_id: int | None = None) -> Visual:
+    """A film whose frames are not read yet as a chat input: the lines of one subtitle track alone."""
+    track = choose_track(movie, language, track_id)
+    cues = subtitles(db, movie, track_id=track["id"]) if track else []
+    if not cues:
+        raise FeaturesNotReady(f"{movie.rel_path} is not indexed yet (state {movie.state}) and has no dialogue "
+                               "to go by; wait for the indexer, or run `llamavid index run`")
+    return Visual("dialogue", subtitles=cues, notes=[DIALOGUE_NOTE])
 
 
 def cache_bytes(db: LibraryDb) -> int:

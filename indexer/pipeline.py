@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -18,17 +19,27 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer import jobs, movies
+from indexer import jobs, movies, sharing
 from indexer.encoder import Encoder, features_reusable, find_vision_weights
 from indexer.errors import FileChanged
 from indexer.features import FeatureWriter
 from indexer.library import get_movie
 from indexer.prepare import chat_load_options, film_chat, is_current, make_prepared, prepared_key
+from indexer.similar import DEFAULT_THRESHOLD, Anchor, FrameSkipper, encode_chunk, thumbnail
 from indexer.store import LibraryStore
 from indexer.subtitle_sources import Track, embedded_tracks, read_sidecar, sidecar_files, sidecar_signature
 from indexer.whisper import SpeechOptions, audio_windows, load_speech_model, transcribe_window
 from llamavid.errors import BadMedia, UserError
-from llamavid.media.decode import DecodeStats, SampleStream, decode_segment, next_target, prepare_frame, video_spec
+from llamavid.media.decode import (
+    EPS,
+    DecodeStats,
+    SampleStream,
+    VideoSpec,
+    decode_segment,
+    next_target,
+    prepare_frame,
+    video_spec,
+)
 from llamavid.media.probe import ProbeInfo, StreamInfo, probe
 from llamavid.runtime.control import Control
 from llamavid.runtime.load import load_model
@@ -38,6 +49,7 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[dict, str, int, "int | None"], None]
 SPEECH_FAILED = "speech recognition failed"
 PREPARE_FAILED = "not prepared for fast answers"
+WAITING = "waiting"  # the job's stage while a question is answered on this machine (indexer.sharing)
 
 
 @dataclass
@@ -55,6 +67,11 @@ class IndexOptions:
     decode_workers: int = 0             # 0: 1 on CPU (EVA dominates), up to 4 processes on a GPU
     idle: float = 0.0                   # seconds to sleep between chunks, to leave the CPU to others
     max_attempts: int = 3
+    dialogue_first: bool = True         # every film's subtitles (and speech) before any film's frames
+    skip_similar: bool = True           # a frame of a static shot reuses the last encoded one's features
+    similar_threshold: float = DEFAULT_THRESHOLD  # indexer.similar.difference, grey levels
+    yield_to_chat: bool = True          # wait between chunks while a question is answered (indexer.sharing)
+    yield_max_wait: float = sharing.MAX_WAIT_S
 
 
 class Pipeline:
@@ -69,6 +86,7 @@ class Pipeline:
         self._whisper = None
         self._whisper_error: str | None = None
         self._chat_model: tuple[tuple[str, str], object] | None = None
+        self.waited = 0.0  # seconds spent stepping aside for the chat
 
     def vision_engines(self) -> VisionEngines:
         if self._vision_engines is None:
@@ -99,8 +117,29 @@ class Pipeline:
         jobs.check_control(self.store, job["id"])
         if self.options.idle:
             time.sleep(self.options.idle)
+        self._step_aside(job, movie)
 
-    def run(self, job: dict) -> None:
+    def _step_aside(self, job: dict, movie: dict) -> None:
+        """While a question is being answered on this machine, wait (bounded; pause and cancel still
+        work): the chat gets the CPU. The job's stage reads ``waiting`` meanwhile."""
+        if not self.options.yield_to_chat or not sharing.answering_now(self.data.root):
+            return
+        row = self.store.job(job["id"])
+        self.store.job_progress(job["id"], WAITING, row["done"], row["total"])
+        log.info("a question is being answered on this machine: indexing waits")
+
+        def check() -> None:
+            self.check_file(movie)
+            jobs.check_control(self.store, job["id"])
+
+        try:
+            self.waited += sharing.wait_while_answering(self.data.root, check, max_wait=self.options.yield_max_wait)
+        finally:
+            self.store.job_progress(job["id"], row["stage"], row["done"], row["total"])
+
+    def run(self, job: dict, first_pass: bool = False) -> None:
+        """The stages of one film that are not done yet; ``first_pass``: only the cheap ones (probe,
+        subtitles, speech where chosen), so that every film's dialogue is there before any frames."""
         movie = self.store.movie(job["movie_id"])
         self.check_file(movie)
         if not movie["probed"]:
@@ -112,6 +151,8 @@ class Pipeline:
         movie = self.store.movie(movie["id"])
         if movie["speech_state"] is None or movie["speech_state"].startswith("error"):
             self.speech_stage(job, movie, info)
+        if first_pass:
+            return
         movie = self.store.movie(movie["id"])
         self.feature_stage(job, movie, info)
         self.prepare_stage(job, self.store.movie(movie["id"]))
@@ -203,6 +244,10 @@ class Pipeline:
         if not model_name:
             self._note(movie, f"{PREPARE_FAILED}: no chat model chosen; run `llamavid index prepare --model NAME`")
             return
+        if sharing.holders(self.data.root, model_name):  # an app holds it: no second copy here
+            log.info("%s: not prepared here: an app on this machine holds %s and prepares with it",
+                     movie["rel_path"], model_name)
+            return
         film = get_movie(self.store, movie["id"])
         chat, track = film_chat(self.chat_model(model_name), self.store, film, self.store.setting("language"))
         key = prepared_key(chat, film, track)
@@ -212,6 +257,7 @@ class Pipeline:
         def progress(p) -> None:
             jobs.check_control(self.store, job["id"])
             self.store.job_progress(job["id"], "prepare", p.done, p.total)
+            self._step_aside(job, movie)
 
         make_prepared(chat, self.store, self.data, film, key, Control(on_progress=progress))
 
@@ -238,6 +284,7 @@ class Pipeline:
             movies.clear_features(self.store, movie["id"])
             movie = self.store.movie(movie["id"])
         writer, done, batch = self._open_writer(movie, info, encoder)
+        skipper = self._skipper(movie, info, writer, done, encoder.image_size)
         last = self.store.frame_time(movie["id"], done - 1)
         start = next_target(last, fps) if last is not None else 0
         # Decoding runs in a worker while EVA runs; it reads ahead one chunk at most, so the frames in
@@ -245,21 +292,44 @@ class Pipeline:
         stream = SampleStream(video_spec(movie["path"], info), fps, start, encoder.image_size,
                               self._decode_workers(encoder), prefetch=batch)
         total = info.expected_samples(fps) - 1
-        started, first_done = time.monotonic(), done
+        started, first_done, waited = time.monotonic(), done, self.waited
         pending: list = []
         try:
             for sample in stream:
                 pending.append(sample)
                 if len(pending) == batch:
+                    working = max(1e-9, time.monotonic() - started - (self.waited - waited))
                     done = self._commit(job, movie, writer, encoder, pending, done,
-                                        (done + batch - first_done) / (time.monotonic() - started), total)
+                                        (done + batch - first_done) / working, total, skipper)
                     pending = []
                     self._between_chunks(job, movie)
             if pending:
-                done = self._commit(job, movie, writer, encoder, pending, done, None, total)
+                done = self._commit(job, movie, writer, encoder, pending, done, None, total, skipper)
         finally:
             writer.close()
+        if skipper is not None:
+            log.info("%s: %d frames encoded, %d reused from a near-identical frame before (this run)",
+                     movie["rel_path"], skipper.encoded, skipper.reused)
         self._finish_features(job, movie, info, writer, done, stream.stats)
+
+    def _skipper(self, movie: dict, info: ProbeInfo, writer: FeatureWriter, done: int,
+                 image_size: int) -> FrameSkipper | None:
+        """What decides which frames EVA skips (None: skipping is off). A resumed film gets its anchor
+        back, the last frame encoded before the resume point, decoded again, with its stored features:
+        the rest of the film then makes the decisions, and the EVA batches, of an uninterrupted run."""
+        if not self.options.skip_similar:
+            return None
+        skipper = FrameSkipper(self.options.similar_threshold)
+        last = self.store.last_encoded_frame(movie["id"], done) if done else None
+        if last is not None:
+            idx, time_ = last
+            pixels = frame_pixels(video_spec(movie["path"], info), self.options.fps, time_, image_size)
+            if pixels is None:  # the next frame is then encoded, whatever it looks like
+                log.warning("%s: frame %d (%.2f s) could not be decoded again; resuming without it",
+                            movie["rel_path"], idx, time_)
+            else:
+                skipper.anchor = Anchor(thumbnail(pixels), np.array(writer.array[idx]))
+        return skipper
 
     def _decode_workers(self, encoder: Encoder) -> int:
         if self.options.decode_workers:
@@ -285,14 +355,15 @@ class Pipeline:
         return writer, 0, batch
 
     def _commit(self, job: dict, movie: dict, writer: FeatureWriter, encoder: Encoder, samples: list,
-                done: int, rate: float | None, total: int) -> int:
-        """Encode one chunk, make it durable, then record it: the order that makes resume safe."""
-        rows = encoder(np.stack([s.pixels for s in samples]))
+                done: int, rate: float | None, total: int, skipper: FrameSkipper | None = None) -> int:
+        """Encode one chunk (EVA skipping the frames ``skipper`` finds near-identical to the one it last
+        encoded), make it durable, then record it: the order that makes resume safe."""
+        rows, reused = encode_chunk(encoder, np.stack([s.pixels for s in samples]), skipper)
         writer.write(done, rows)
         writer.flush()
         end = done + len(samples)
         self.store.add_frames(job["id"], movie["id"], done, [s.time for s in samples], writer.capacity,
-                              max(total, end), rate)
+                              max(total, end), rate, reused.tolist())
         self.on_progress(movie, "features", end, max(total, end))
         return end
 
@@ -333,6 +404,17 @@ def sample_pixels(movie: dict, info: ProbeInfo, image_size: int,
         except Exception as exc:  # noqa: BLE001 - a sample is a nicety; the feature stage reports bad media
             log.debug("no calibration frame at %d s of %s: %s", k, movie["path"], exc)
     return np.stack(rows) if rows else None
+
+
+def frame_pixels(spec: VideoSpec, fps: float, time_: float, image_size: int) -> np.ndarray | None:
+    """The preprocessed pixels of the frame the sampling rule kept at ``time_`` (decoded again from
+    the keyframe before it: bit-identical to the first decode), or None if it does not come back."""
+    try:
+        for t, image in decode_segment(spec, fps, math.floor(time_ * fps + EPS), None, DecodeStats()):
+            return prepare_frame(image, image_size) if abs(t - time_) < 1e-6 else None
+    except Exception as exc:  # noqa: BLE001 - the film decoded a moment ago; a failure here only costs a frame
+        log.debug("frame at %.3f s of %s: %s", time_, spec.path, exc)
+    return None
 
 
 def probe_info(movie: dict) -> ProbeInfo:

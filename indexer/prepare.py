@@ -3,9 +3,15 @@ first use), found again by the chat service, kept under a size cap with least-re
 
 A prepared film is the state of a chat that has read the whole film prompt with the neutral first
 turn (:mod:`llamavid.runtime.prepared`), saved under ``<data>/cache/prepared/``. Its key ties it to
-the model's weights, the film's content and features, the frame stride, the subtitle track and the
-project version; a key that no longer matches (another model chosen, the film re-indexed) makes the
-state useless, and it is rebuilt.
+the model's weights, the film's content and features, the frame stride and context, the subtitle
+track and the project version; a key that no longer matches (another model chosen, the film
+re-indexed) makes the state useless, and it is rebuilt.
+
+The stride and the context are the film's plan for the model (:func:`film_plan`), decided once from
+the model's trained context and the film memory budget (the library setting ``film_memory_bytes``,
+``llamavid index prepare --memory-gb``; by default half of the memory beside the model) and kept in
+the library (``film_plans``): the chat service and the indexer read a film the same way whatever
+memory each sees free, so the state one makes is the state the other looks for.
 
 Its size is known before it is made (:mod:`indexer.prepared_size`, torch-free: from the model's
 config.json or its GGUF header, with no weights loaded): the KV cache of two rows per frame plus
@@ -19,34 +25,90 @@ import json
 import logging
 from pathlib import Path
 
-from indexer.library import Movie, choose_track, film_visual
+from indexer.library import Movie, choose_track, dialogue_visual, film_visual
 from indexer.prepared_size import DEFAULT_TEXT_TOKENS, LlmShape, estimate_prepared_bytes, kv_bytes_per_value, llm_shape
 from indexer.store import LibraryStore
 from llamavid.hub.installed import resolve_model
 from llamavid.paths import DataDir
-from llamavid.runtime.chat import Chat
+from llamavid.runtime.chat import DIALOGUE_ONLY, Chat, plan_film
 from llamavid.runtime.control import Control
 from llamavid.runtime.device import pick_device, pick_dtype
-from llamavid.runtime.load import pick_backend
+from llamavid.runtime.inputs import Visual
+from llamavid.runtime.load import choose_engine
+from llamavid.runtime.memory import BUDGET_SETTING, FilmPlan, default_budget
 from llamavid.runtime.options import KEY_OPTIONS, LoadOptions
 from llamavid.runtime.prepared import PREPARED_QUESTION, prepare
-from llamavid.runtime.state import StateError, load_chat, save_chat, state_key
+from llamavid.runtime.state import StateError, load_chat, save_chat, state_key, weights_fingerprint
+from llamavid.storage import human_size
 
 log = logging.getLogger(__name__)
 DEFAULT_CAP_BYTES = 50 * 10**9  # settings key "prepared_cap_bytes" overrides
 
 
-def film_identity(movie: Movie) -> str:
-    """The film as its features were made: its content, the vision weights and the frame count."""
+def film_identity(movie: Movie, chat: Chat | None = None) -> str:
+    """The film as its features were made: its content, the vision weights and the frame count (for
+    a ``chat`` about its dialogue alone: its content)."""
+    if chat is not None and chat.visual.kind == "dialogue":
+        return f"{movie.fingerprint}:dialogue"
     return f"{movie.fingerprint}:{movie.vision_id}:{movie.frames}"
 
 
 def film_chat(lv, store: LibraryStore, movie: Movie, language: str | None = None, track_id: int | None = None,
-              stride: int | None = None) -> tuple[Chat, int | None]:
-    """A chat about a library film with the subtitle track chosen as the service chooses it."""
+              stride: int | None = None, plan: FilmPlan | None = None) -> tuple[Chat, int | None]:
+    """A chat about a library film with the subtitle track chosen as the service chooses it, read
+    as ``plan`` says (a kept conversation's stride and context), else as the film's plan for this
+    model (:func:`film_plan`; ``stride``: a conversation kept before plans were, read with it)."""
     track = choose_track(movie, language, track_id)
     chosen = track["id"] if track else None
-    return Chat(lv, film_visual(store, movie, language, chosen), stride=stride), chosen
+    if stride == DIALOGUE_ONLY or not movie.features_complete:  # its frames are not read (or were not then)
+        return Chat(lv, dialogue_visual(store, movie, language, chosen), plan=plan), chosen
+    visual = film_visual(store, movie, language, chosen)
+    if plan is None:
+        plan = film_plan(lv, store, movie, visual, chosen)
+        if stride is not None:
+            plan = FilmPlan(stride, plan.n_ctx)
+    return Chat(lv, visual, plan=plan), chosen
+
+
+def engine_id(lv) -> str:
+    """The model as a film's plan depends on it: the backend, its KV cache's type, the weights."""
+    backend = lv.backend
+    return f"{backend.name}:{getattr(backend, 'kv_type', str(lv.model.dtype))}:{weights_fingerprint(lv)}"
+
+
+def film_budget(store: LibraryStore, backend) -> int:
+    """The film memory budget in bytes: the library's ``film_memory_bytes`` setting, else half of the
+    device's memory beside the model's weights (the machine and the model, never what is free now)."""
+    try:
+        value = int(store.setting(BUDGET_SETTING) or 0)
+    except ValueError:
+        value = 0
+    return value if value > 0 else default_budget(backend.total_memory(), backend.weights_bytes())
+
+
+def budget_words(store: LibraryStore) -> str:
+    """The film memory budget as the library keeps it, in words (no model needed)."""
+    try:
+        value = int(store.setting(BUDGET_SETTING) or 0)
+    except ValueError:
+        value = 0
+    where = "`llamavid index prepare --memory-gb` sets it"
+    if value > 0:
+        return f"film memory budget {human_size(value)} ({where})"
+    return f"film memory budget: half of the memory beside the model ({where})"
+
+
+def film_plan(lv, store: LibraryStore, movie: Movie, visual: Visual, track_id: int | None) -> FilmPlan:
+    """The film's plan for this model and subtitle track: the one kept in the library, else planned
+    now (:func:`llamavid.runtime.chat.plan_film`) and kept. Planned again only when the film's
+    features or the budget changed; whichever process plans first, every other reads its plan."""
+    budget = film_budget(store, lv.backend)
+    model, identity = engine_id(lv), film_identity(movie)
+    kept = store.film_plan(movie.id, model, track_id)
+    if kept is None or (kept["film"], kept["budget"]) != (identity, budget):
+        plan = plan_film(lv, visual, budget)
+        kept = store.keep_film_plan(movie.id, model, track_id, identity, budget, plan.stride, plan.n_ctx)
+    return FilmPlan(kept["stride"], kept["n_ctx"], kept["budget"])
 
 
 def prepared_key(chat: Chat, movie: Movie, track_id: int | None) -> dict:
@@ -87,7 +149,7 @@ def open_prepared(chat: Chat, store: LibraryStore, data: DataDir, movie: Movie, 
     if not path.is_file():
         return False
     try:
-        load_chat(chat, path, key)
+        load_chat(chat, path, key, "this film's prepared state")  # MemoryInUse: kept, the question refused
     except StateError as exc:
         log.info("prepared state of %s not used: %s", movie.rel_path, exc)
         return False
@@ -132,14 +194,14 @@ def model_kv_shape(model: str, data_root: str | Path, options: LoadOptions | Non
     read from its folder (config.json or GGUF header) without loading it: what a size estimate needs
     before anything is prepared."""
     options = options or LoadOptions()
-    folder = resolve_model(model, data_root)
-    backend = pick_backend(folder, options.backend)
-    if backend == "llama.cpp":
-        kv_bytes = kv_bytes_per_value(backend, options.kv_type)
+    engine = choose_engine(model, resolve_model(model, data_root), options, data_root)  # as load_model chooses
+    shape = llm_shape(engine.folder)
+    if engine.backend == "llama.cpp":
+        kv_bytes = kv_bytes_per_value(engine.backend, options.kv_type, head_dim=shape.head_dim)
     else:
         dtype = pick_dtype(options.dtype, pick_device(options.device))
-        kv_bytes = kv_bytes_per_value(backend, dtype_bytes=dtype.itemsize)
-    return llm_shape(folder), kv_bytes
+        kv_bytes = kv_bytes_per_value(engine.backend, dtype_bytes=dtype.itemsize)
+    return shape, kv_bytes
 
 
 # -- asking the indexer -------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ A prepared state is a KV cache: K and V for every layer over the film's prompt, 
 plus the text (the template, the subtitles, the neutral turn). The LLM's shape comes from the
 checkpoint's config.json, else from its GGUF file's header (:func:`llm_shape`); the bytes per cached
 value from the backend (:func:`kv_bytes_per_value`: llama.cpp's KV type, q8_0 being 34 bytes per
-32 values; the transformers dtype). About 4 GB per hour of film for a 7B model with a q8_0 cache.
+32 values and the default, chosen by :func:`llamavid.runtime.kv_size.llamacpp_kv_type` as the
+cache itself is; the transformers dtype). About 4 GB per hour of film for a 7B model with a q8_0 cache.
 :func:`indexer.prepare.prepared_size_estimate` says the same for a loaded model.
 """
 from __future__ import annotations
@@ -24,12 +25,12 @@ from indexer.library import LibraryDb, Movie, choose_track
 from indexer.store import LibraryStore
 from llamavid.files import gguf_files
 from llamavid.hub.installed import config_of
-from llamavid.runtime.kv_size import BYTES_PER_VALUE, kv_cache_bytes
+from llamavid.runtime.kv_size import BYTES_PER_VALUE, QUANT_BLOCK, kv_cache_bytes, llamacpp_kv_type
+from llamavid.runtime.llm_choice import prefers_llamacpp, weights_bytes
 
 DEFAULT_TEXT_TOKENS = 2000  # a film prompt's text when its subtitles are not counted
 PROMPT_TOKENS = 128  # the template, the film's intro and outro, the neutral question and its answer
 CHARS_PER_TOKEN = 3.5  # dialogue in LLaMA's tokenizer, rounded down: an estimate should not fall short
-DEFAULT_KV_TYPE = "f16"  # llama.cpp's KV cache when nothing asks for another (load_model's kv_type)
 FALLBACK_FPS = 1.0  # the indexer's frame rate, for a film whose features have not started
 
 
@@ -94,15 +95,21 @@ def gguf_shape(path: str | os.PathLike[str]) -> LlmShape:
     return _shape_from(shape, path)
 
 
-def kv_bytes_per_value(backend: str, kv_type: str | None = None, dtype_bytes: int = 4) -> float:
-    """Bytes one cached K or V value takes: llama.cpp's KV type (q8_0: 34 bytes per block of 32
-    values), else the transformers backend's compute dtype (fp32 on a CPU, fp16 on a GPU)."""
+def kv_bytes_per_value(backend: str, kv_type: str | None = None, dtype_bytes: int = 4,
+                       head_dim: int | None = None) -> float:
+    """Bytes one cached K or V value takes: llama.cpp's KV type (``auto`` or None: the type
+    :func:`~llamavid.runtime.kv_size.llamacpp_kv_type` gives a model of ``head_dim``, q8_0 when it
+    is not known), else the transformers backend's compute dtype (fp32 on a CPU, fp16 on a GPU)."""
     if backend == "llama.cpp":
-        kind = kv_type or DEFAULT_KV_TYPE
-        if kind not in BYTES_PER_VALUE:
-            raise ValueError(f"KV cache type must be one of {', '.join(BYTES_PER_VALUE)}, got {kind!r}")
-        return BYTES_PER_VALUE[kind]
+        return BYTES_PER_VALUE[llamacpp_kv_type(kv_type, QUANT_BLOCK if head_dim is None else head_dim)]
     return float(dtype_bytes)
+
+
+def default_backend(folder: Path) -> str:
+    """The backend a folder runs on by default on a CPU: llama.cpp for a GGUF folder, and for a
+    checkpoint the CPU default converts (:func:`~llamavid.runtime.llm_choice.prefers_llamacpp`),
+    else transformers."""
+    return "llama.cpp" if gguf_files(folder) or prefers_llamacpp(weights_bytes(folder), None) else "transformers"
 
 
 def estimate_prepared_bytes(model: str | os.PathLike[str] | Mapping[str, Any] | Any, frames: int,
@@ -112,12 +119,14 @@ def estimate_prepared_bytes(model: str | os.PathLike[str] | Mapping[str, Any] | 
 
     ``model``: a checkpoint folder, a config.json dict or a loaded config (see :func:`llm_shape`).
     ``kv_bytes``: bytes per cached value (:func:`kv_bytes_per_value`); None: what a folder runs
-    with by default on a CPU (llama.cpp's f16 cache for a GGUF folder, else fp32).
+    with by default on a CPU (:func:`default_backend`: llama.cpp's default cache, else fp32).
     """
+    shape = llm_shape(model)
     if kv_bytes is None:
         folder = Path(model) if isinstance(model, (str, os.PathLike)) else None
-        kv_bytes = kv_bytes_per_value("llama.cpp" if folder is not None and gguf_files(folder) else "transformers")
-    return kv_cache_bytes(llm_shape(model), 2 * max(0, frames) + max(0, text_tokens), kv_bytes)
+        backend = default_backend(folder) if folder is not None else "transformers"
+        kv_bytes = kv_bytes_per_value(backend, head_dim=shape.head_dim)
+    return kv_cache_bytes(shape, 2 * max(0, frames) + max(0, text_tokens), kv_bytes)
 
 
 def film_tokens(db: LibraryDb, movie: Movie, language: str | None = None,

@@ -56,7 +56,7 @@ def _work(store: LibraryStore, pipeline: Pipeline, options: IndexOptions, summar
         if store.queue_paused():
             summary.stopped = "queue paused; `llamavid index resume` to continue"
             return
-        job = store.claim_next_job()
+        job = store.claim_next_job(first_pass=options.dialogue_first)
         if job is None:
             if wait is None:
                 return
@@ -76,10 +76,14 @@ def _work(store: LibraryStore, pipeline: Pipeline, options: IndexOptions, summar
 def run_job(pipeline: Pipeline, store: LibraryStore, job: dict, options: IndexOptions) -> tuple[str, str | None]:
     """Run one job and record how it ended; returns (outcome, message)."""
     job_id = job["id"]
+    first_pass = bool(job.get("first_pass"))
     try:
-        pipeline.run(job)
+        pipeline.run(job, first_pass=first_pass)
     except Interrupted as exc:
-        store.finish_job(job_id, exc.state, keep_error=True)
+        if exc.state == "yielded":
+            store.yield_job(job_id)
+        else:
+            store.finish_job(job_id, exc.state, keep_error=True)
         return exc.state, None
     except BadMedia as exc:
         store.finish_job(job_id, "failed", str(exc))
@@ -105,6 +109,9 @@ def run_job(pipeline: Pipeline, store: LibraryStore, job: dict, options: IndexOp
         state = "failed" if job["attempts"] >= options.max_attempts else "queued"
         store.finish_job(job_id, state, message)
         return ("failed" if state == "failed" else "retrying"), message
+    if first_pass:  # its dialogue can be searched and asked about; its frames come in their turn
+        store.yield_job(job_id)
+        return "dialogue ready", None
     store.finish_job(job_id, "done", None)
     return "done", None
 

@@ -1,6 +1,8 @@
 """The human-readable ``llamavid index status`` table."""
 from __future__ import annotations
 
+from indexer.estimate import library_estimate
+from indexer.library import list_movies
 from indexer.store import LibraryStore
 from llamavid.storage import human_size
 
@@ -26,16 +28,6 @@ def _folder_bytes(folder) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
-def queue_eta(store: LibraryStore, movies) -> float:
-    """Seconds until the queue is done, at the last measured feature rate (frames per second)."""
-    rate = store.last_rate()
-    if not rate:
-        return 0.0
-    frames = sum(max(0.0, (m.duration or 0) * (m.fps or 1.0) - m.frames)
-                 for m in movies if m.state in ("queued", "running"))
-    return frames / rate
-
-
 def print_table(store: LibraryStore, movies, cache_dir=None) -> None:
     print(f"{'ID':>4} {'STATE':<9} {'FRAMES':>7} {'CUES':>6} {'SUBTITLES':<18} {'CACHE':>9}  PATH")
     for m in movies:
@@ -52,9 +44,10 @@ def print_table(store: LibraryStore, movies, cache_dir=None) -> None:
                 print(f"{'':>6}subtitles: {track['message']}")
     counts = store.queue_counts()
     total = sum(m.cache_bytes for m in movies)
-    remaining = queue_eta(store, movies)
     disk = _folder_bytes(cache_dir) if cache_dir else total
     queue = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "empty"
     paused = " (queue paused)" if store.queue_paused() else ""
-    print(f"\n{len(movies)} movies, cache {human_size(total)} (on disk: {human_size(disk)}); "
-          f"jobs: {queue}{paused}" + (f"; queue {_eta(remaining)}" if remaining else ""))
+    print(f"\n{len(movies)} movies, cache {human_size(total)} (on disk: {human_size(disk)}); jobs: {queue}{paused}")
+    estimate = library_estimate(store, list_movies(store))
+    if estimate.films:
+        print(estimate.describe() + " (`llamavid index first MOVIE` changes the order)")

@@ -61,6 +61,13 @@ def prepare_choice(own: int | None, folder: int | None, everything: str | None) 
     return bool(folder) or everything == "1"
 
 
+#: the order jobs are claimed in: a film brought forward first, retries after fresh jobs, then as found
+QUEUE_ORDER = "jobs.priority DESC, jobs.attempts, jobs.id"
+#: a film whose cheap stages are not all done: the first pass reads its dialogue before any frames
+NO_DIALOGUE_YET = ("(movies.probed = 0 OR movies.subtitles_done = 0 OR movies.speech_state IS NULL"
+                   " OR movies.speech_state LIKE 'error%')")
+
+
 class LibraryStore:
     """The library database of one data folder (a sqlite-utils ``Database`` from ``db.connect``)."""
 
@@ -255,13 +262,16 @@ class LibraryStore:
             self.db["movies"].update(movie_id, values)
 
     def add_frames(self, job_id: int, movie_id: int, start: int, times: list[float], capacity: int,
-                   total: int, rate: float | None) -> None:
-        """One durable chunk: the times of rows ``start...``, the movie's frame count and the job's
-        progress, together (the features themselves must be flushed before)."""
+                   total: int, rate: float | None, reused: list[bool] | None = None) -> None:
+        """One durable chunk: the times of rows ``start...`` (and which of them reuse an earlier frame's
+        features, :mod:`indexer.similar`), the movie's frame count and the job's progress, together
+        (the features themselves must be flushed before)."""
         end = start + len(times)
+        flags = [int(bool(r)) for r in reused] if reused is not None else [0] * len(times)
         with atomic(self.db):
-            self.db.conn.executemany("INSERT OR REPLACE INTO frames (movie_id, idx, time) VALUES (?, ?, ?)",
-                                     [(movie_id, start + i, t) for i, t in enumerate(times)])
+            self.db.conn.executemany("INSERT OR REPLACE INTO frames (movie_id, idx, time, reused) VALUES (?, ?, ?, ?)",
+                                     [(movie_id, start + i, t, r) for i, (t, r) in enumerate(zip(times, flags,
+                                                                                              strict=True))])
             self.db.execute("UPDATE movies SET frames_done = ?, frames_capacity = ? WHERE id = ?",
                             [end, capacity, movie_id])
             self.job_progress(job_id, "features", end, total, rate)
@@ -269,6 +279,12 @@ class LibraryStore:
     def frame_time(self, movie_id: int, idx: int) -> float | None:
         row = self.db.execute("SELECT time FROM frames WHERE movie_id = ? AND idx = ?", [movie_id, idx]).fetchone()
         return row[0] if row else None
+
+    def last_encoded_frame(self, movie_id: int, before: int) -> tuple[int, float] | None:
+        """(row, time) of the last frame before row ``before`` whose features are its own (not reused)."""
+        row = self.db.execute("SELECT idx, time FROM frames WHERE movie_id = ? AND idx < ? AND reused = 0"
+                              " ORDER BY idx DESC LIMIT 1", [movie_id, before]).fetchone()
+        return (row[0], row[1]) if row else None
 
     def clear_features(self, movie_id: int) -> None:
         """Forget the features (frame times and cache columns) so the feature stage starts over."""
@@ -300,19 +316,69 @@ class LibraryStore:
                                   " reason = 'resumed after an interrupted run' WHERE state = 'running'")
             return cur.rowcount
 
-    def claim_next_job(self) -> dict | None:
-        """Take the oldest queued job of a present movie and mark it running (by this process)."""
+    def claim_next_job(self, first_pass: bool = False) -> dict | None:
+        """Take the next queued job of a present movie and mark it running (by this process).
+
+        ``first_pass``: cheap passes first. Unless the next film was put first by a person, a film
+        whose dialogue is not read yet (probe, subtitles, speech) comes before any film's frames; the
+        job then has ``first_pass`` set: run only those stages, and yield (:meth:`yield_job`)."""
         with atomic(self.db):
-            job = next(self.db.query(
-                "SELECT jobs.* FROM jobs JOIN movies ON movies.id = jobs.movie_id"
-                " WHERE jobs.state = 'queued' AND movies.missing = 0"
-                " ORDER BY jobs.attempts, jobs.id LIMIT 1"), None)  # retries after fresh jobs
+            queued = ("SELECT jobs.* FROM jobs JOIN movies ON movies.id = jobs.movie_id"
+                      " WHERE jobs.state = 'queued' AND movies.missing = 0")
+            job = next(self.db.query(f"{queued} ORDER BY {QUEUE_ORDER} LIMIT 1"), None)
+            cheap = None
+            if job is not None and first_pass and job["priority"] <= 0:
+                cheap = next(self.db.query(f"{queued} AND {NO_DIALOGUE_YET} ORDER BY {QUEUE_ORDER} LIMIT 1"), None)
+            job = cheap or job
             if job is None:
                 return None
             t = time.time()
             self.db.execute("UPDATE jobs SET state = 'running', pid = ?, request = NULL, attempts = attempts + 1,"
                             " started_at = ?, updated_at = ? WHERE id = ?", [os.getpid(), t, t, job["id"]])
-        return self.job(job["id"])
+        return {**self.job(job["id"]), "first_pass": cheap is not None}
+
+    def queue_order(self) -> list[int]:
+        """The films still to index, in the order they will be: the running one, then the queue."""
+        return [r[0] for r in self.db.execute(
+            "SELECT jobs.movie_id FROM jobs JOIN movies ON movies.id = jobs.movie_id"
+            " WHERE jobs.state IN ('running', 'queued') AND movies.missing = 0"
+            f" ORDER BY jobs.state = 'running' DESC, {QUEUE_ORDER}")]
+
+    def bring_forward(self, movie_id: int) -> bool:
+        """Put a queued film first (a person opened it or asked about it); True when it moved. The
+        running job yields to it at its next chunk (:meth:`outranked`). A paused, cancelled or
+        finished film is left as it is: the person decided that."""
+        return self._reorder(movie_id, "MAX", +1)
+
+    def send_back(self, movie_id: int) -> bool:
+        """Put a queued film last; True when it moved."""
+        return self._reorder(movie_id, "MIN", -1)
+
+    def _reorder(self, movie_id: int, extreme: str, step: int) -> bool:
+        with atomic(self.db):
+            row = self.db.execute("SELECT id, priority FROM jobs WHERE movie_id = ? AND state = 'queued'",
+                                  [movie_id]).fetchone()
+            if row is None:
+                return False
+            others = self.db.execute(f"SELECT {extreme}(priority) FROM jobs WHERE state IN ('queued', 'running')"
+                                     " AND id != ?", [row[0]]).fetchone()[0]
+            if others is None or (row[1] - others) * step > 0:
+                return False  # already ahead of (or behind) every other film
+            self.db.execute("UPDATE jobs SET priority = ? WHERE id = ?", [others + step, row[0]])
+        return True
+
+    def outranked(self, job_id: int) -> bool:
+        """A queued film of a present movie comes before this (running) job: it should yield."""
+        return self.db.execute(
+            "SELECT 1 FROM jobs JOIN movies ON movies.id = jobs.movie_id WHERE jobs.state = 'queued'"
+            " AND movies.missing = 0 AND jobs.priority > (SELECT priority FROM jobs WHERE id = ?) LIMIT 1",
+            [job_id]).fetchone() is not None
+
+    def yield_job(self, job_id: int) -> None:
+        """Back in the queue for a film put before it, its finished chunks kept; not a failed attempt."""
+        t = time.time()
+        self.db.execute("UPDATE jobs SET state = 'queued', pid = NULL, request = NULL, updated_at = ?,"
+                        " attempts = MAX(0, attempts - 1) WHERE id = ?", [t, job_id])
 
     def job(self, job_id: int) -> dict:
         return next(self.db.query("SELECT * FROM jobs WHERE id = ?", [job_id]))
@@ -433,6 +499,25 @@ class LibraryStore:
         return list(self.db.query("SELECT id, rel_path, prepared_key, prepared_path, prepared_bytes, prepared_used_at"
                                   " FROM movies WHERE prepared_path IS NOT NULL ORDER BY prepared_used_at, id"))
 
+    def film_plan(self, movie_id: int, model: str, track: int | None) -> dict | None:
+        """The plan kept for a film, a model and a subtitle track (see ``db._v4``), or None."""
+        row = self.db.execute("SELECT film, budget, stride, n_ctx FROM film_plans WHERE movie_id = ? AND model = ?"
+                              " AND track = ?", [movie_id, model, track or 0]).fetchone()
+        return dict(zip(("film", "budget", "stride", "n_ctx"), row, strict=True)) if row else None
+
+    def keep_film_plan(self, movie_id: int, model: str, track: int | None, film: str, budget: int, stride: int,
+                       n_ctx: int) -> dict:
+        """Keep a film's plan unless one for the same film and budget is already kept (another process
+        planned it first: the same plan, kept once); returns the plan kept."""
+        with atomic(self.db):
+            kept = self.film_plan(movie_id, model, track)
+            if kept is None or (kept["film"], kept["budget"]) != (film, budget):
+                self.db.execute("INSERT OR REPLACE INTO film_plans (movie_id, model, track, film, budget, stride,"
+                                " n_ctx, planned_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                [movie_id, model, track or 0, film, budget, stride, n_ctx, time.time()])
+                kept = {"film": film, "budget": budget, "stride": stride, "n_ctx": n_ctx}
+        return kept
+
     def movie_views(self) -> list[dict]:
         """Every movie with its library, job and cue count, ordered by library and relative path."""
         return list(self.db.query(_MOVIE_VIEW + " ORDER BY libraries.path, movies.rel_path"))
@@ -448,6 +533,11 @@ class LibraryStore:
         """Seconds of each stored frame, in row order."""
         rows = self.db.execute("SELECT time FROM frames WHERE movie_id = ? ORDER BY idx", [movie_id]).fetchall()
         return [r[0] for r in rows]
+
+    def reused_frames(self, movie_id: int) -> list[bool]:
+        """Whether each stored frame's features are a copy of an earlier frame's, in row order."""
+        rows = self.db.execute("SELECT reused FROM frames WHERE movie_id = ? ORDER BY idx", [movie_id]).fetchall()
+        return [bool(r[0]) for r in rows]
 
     def cues(self, movie_id: int, sources: list[str] | None = None, language: str | None = None,
              track_id: int | None = None) -> list[tuple[float, float, str, str | None, str]]:
@@ -489,6 +579,44 @@ class LibraryStore:
             params.append(track_id)
         return self.db.execute(sql + " ORDER BY rank LIMIT ?", params + [limit]).fetchall()
 
+    def match_cues(self, match: str, movie_id: int | None = None, track_id: int | None = None,
+                   limit: int = 200) -> list[dict]:
+        """The cues an FTS5 query matches, FTS5's best (bm25, lower is better) first, with their film:
+        id, movie_id, path, rel_path, track_id, start, end, text, source, bm25. ``match`` is an FTS5
+        query of quoted words (``indexer.search`` builds it), never a person's text as typed."""
+        found, params = self._fts_matches(match, movie_id, track_id)
+        if movie_id is None and track_id is None:  # the library's best only: bm25 is not joined for every match
+            found, params = found + " ORDER BY bm25 LIMIT ?", params + [limit]
+        sql = (f"WITH found AS ({found}) SELECT cues.id, cues.movie_id, movies.path, movies.rel_path, cues.track_id,"
+               ' cues.start, cues."end" AS "end", cues.text, cues.source, found.bm25'
+               " FROM found JOIN cues ON cues.id = found.rowid JOIN movies ON movies.id = cues.movie_id WHERE 1")
+        sql, params = _cue_scope(sql, params, movie_id, track_id)
+        return list(self.db.query(sql + " ORDER BY found.bm25, cues.id LIMIT ?", params + [limit]))
+
+    def count_cues(self, match: str | None = None, movie_id: int | None = None,
+                   track_id: int | None = None) -> int:
+        """How many cues (of a film, or one of its tracks) an FTS5 query matches; None: how many there are."""
+        if match is None:
+            sql, params = _cue_scope("SELECT COUNT(*) FROM cues WHERE 1", [], movie_id, track_id)
+        elif movie_id is None and track_id is None:
+            sql, params = "SELECT COUNT(*) FROM cues_fts WHERE cues_fts MATCH ?", [match]
+        else:
+            found, params = self._fts_matches(match, movie_id, track_id)
+            sql, params = _cue_scope(f"WITH found AS ({found}) SELECT COUNT(*) FROM found JOIN cues"
+                                     " ON cues.id = found.rowid WHERE 1", params, movie_id, track_id)
+        return int(self.db.execute(sql, params).fetchone()[0])
+
+    def _fts_matches(self, match: str, movie_id: int | None, track_id: int | None) -> tuple[str, list]:
+        """The SQL (and its parameters) of the rowids and bm25 of the cues an FTS5 query matches; for a
+        film or a track, only within the range of its cues' ids (a film's cues are written together):
+        FTS5 seeks that range instead of the whole library's matches (milliseconds, not a second)."""
+        sql, params = "SELECT rowid, bm25(cues_fts) AS bm25 FROM cues_fts WHERE cues_fts MATCH ?", [match]
+        if movie_id is not None or track_id is not None:
+            bounds, bound_params = _cue_scope("SELECT MIN(id), MAX(id) FROM cues WHERE 1", [], movie_id, track_id)
+            low, high = self.db.execute(bounds, bound_params).fetchone()
+            sql, params = sql + " AND rowid BETWEEN ? AND ?", params + [low or 0, high or -1]
+        return sql, params
+
     def cue_chars(self, movie_id: int, track_id: int) -> int:
         """Characters of a subtitle track's cues, each with the space that joins it to the next in a
         prompt: what a film prompt's dialogue costs, counted without a tokenizer."""
@@ -499,3 +627,14 @@ class LibraryStore:
     def cache_bytes(self) -> int:
         """Total size of the complete feature caches."""
         return int(self.db.execute("SELECT COALESCE(SUM(cache_bytes), 0) FROM movies").fetchone()[0])
+
+
+def _cue_scope(sql: str, params: list, movie_id: int | None, track_id: int | None) -> tuple[str, list]:
+    """``sql`` (over ``cues``) narrowed to one film and one subtitle track when they are given."""
+    if movie_id is not None:
+        sql += " AND cues.movie_id = ?"
+        params = [*params, movie_id]
+    if track_id is not None:
+        sql += " AND cues.track_id = ?"
+        params = [*params, track_id]
+    return sql, params

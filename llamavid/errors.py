@@ -13,8 +13,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["BadMedia", "Cancelled", "CheckpointError", "ContextOverflow", "NotEnoughMemory", "UserError",
-           "error_kind", "error_message", "require"]
+__all__ = ["BadMedia", "Cancelled", "CheckpointError", "ContextOverflow", "MemoryInUse", "NotEnoughMemory",
+           "UserError", "error_kind", "error_message", "require"]
 
 
 class UserError(Exception):
@@ -57,6 +57,19 @@ class NotEnoughMemory(UserError, MemoryError):
     """The request would not fit the free memory of the device; checked before any work starts."""
 
     kind = "not_enough_memory"
+
+
+class MemoryInUse(NotEnoughMemory):
+    """What was asked fits this machine but not the memory free *now* (a kept conversation's saved
+    state, the context its film was planned with): nothing is dropped, the question is refused and
+    the message says how much is needed, how much is free and what to free; asking again once
+    memory is free works (``needed`` and ``available`` in bytes)."""
+
+    kind = "memory_in_use"
+
+    def __init__(self, message: str, needed: int = 0, available: int = 0):
+        super().__init__(message)
+        self.needed, self.available = needed, available
 
 
 class Cancelled(Exception):

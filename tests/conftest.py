@@ -31,6 +31,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+# `llamavid index run` lowers its own priority (nice 19) unless told otherwise: the suite runs it
+# in-process, and pytest itself must not end up reniced (tests that check the priority unset it).
+os.environ["LLAMAVID_INDEX_PRIORITY"] = "normal"
 
 pytest_plugins = ["tests.support.fixtures"]  # tiny_checkpoint and the other session fixtures
 

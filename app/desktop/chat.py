@@ -50,7 +50,7 @@ from app.chat_service import AskStream, ChatEvent, ChatService, fast_by_default
 from app.conversations import Conversation
 from app.desktop.common import FlowLayout, Tasks, describe_error, hbox, heading
 from app.film_words import queue_position, reading_note, short_clock
-from indexer.library import Movie
+from indexer.library import Movie, askable
 from indexer.scan import VIDEO_EXTENSIONS, is_video
 
 __all__ = ["ChatPane", "StreamReader", "TurnView"]
@@ -356,9 +356,9 @@ class ChatPane(QWidget):
                 problem = f"{self.model_problem[0].upper()}{self.model_problem[1:]}: open Settings to choose a model."
         elif movie is None:
             problem = "Choose a film in the library to chat about it."
-        elif not movie.features_complete:
+        elif not askable(movie):
             problem = (f"{Path(movie.rel_path).name} is not indexed yet ({movie.state}); "
-                       "you can ask about it once indexing is done.")
+                       "you can ask about it once its dialogue or its pictures are read.")
         elif self.model_problem:
             problem = f"{self.model_problem[0].upper()}{self.model_problem[1:]}: open Settings to choose a model."
         self.notice.setText(problem or "")

@@ -4,6 +4,7 @@ The model manager downloads resumably; run in a child process it can be stopped 
 without a trace beyond its ``.part`` files, from which the next download resumes, and the window
 never waits on the network. The window owns one :class:`ModelDownload`, so a download goes on
 while the settings dialog is closed, and stops (keeping what arrived) when the window closes.
+:class:`ModelConvert` runs a model's llama.cpp conversion (:mod:`app.model_convert`) the same way.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Signal, Slot
 from llamavid.paths import DataDir
 from llamavid.storage import human_size
 
-__all__ = ["ModelDownload"]
+__all__ = ["ModelConvert", "ModelDownload"]
 
 
 class ModelDownload(QObject):
@@ -26,6 +27,8 @@ class ModelDownload(QObject):
 
     progress = Signal(int, int, str)  # bytes here, bytes wanted, what is being fetched
     finished = Signal(str, str, str)  # model name, outcome (done, cancelled, error), message
+    MODULE = "app.model_pull"  # the child: python -m MODULE --data-dir DIR NAME, JSON lines out
+    NOUN, DONE = "download", "downloaded"  # its words: "download of NAME stopped", "NAME is downloaded"
 
     def __init__(self, data: DataDir, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -51,7 +54,7 @@ class ModelDownload(QObject):
         self.errors, self._buffer = deque(maxlen=20), b""
         proc = QProcess(self)
         proc.setProgram(sys.executable)
-        proc.setArguments(["-m", "app.model_pull", "--data-dir", str(self.data.root), name])
+        proc.setArguments(["-m", self.MODULE, "--data-dir", str(self.data.root), name])
         env = QProcessEnvironment.systemEnvironment()
         env.insert("PYTHONUNBUFFERED", "1")
         proc.setProcessEnvironment(env)
@@ -82,13 +85,17 @@ class ModelDownload(QObject):
         if kind in ("plan", "progress"):
             self.done_bytes, self.total_bytes = int(event.get("done", 0)), int(event.get("total", 0))
             if kind == "plan":
-                self.label = f"{event.get('files', 0)} file(s) to fetch"
+                self.label = self.plan_label(event)
         elif kind == "file":
             self.label = f"file {event.get('index')} of {event.get('count')}: {event.get('label')}"
         else:
             self.last = event
             return
         self.progress.emit(self.done_bytes, self.total_bytes, self.label)
+
+    def plan_label(self, event: dict) -> str:
+        """What the plan event says, until the first file starts."""
+        return f"{event.get('files', 0)} file(s) to fetch"
 
     @Slot()
     def _read_errors(self) -> None:
@@ -102,17 +109,17 @@ class ModelDownload(QObject):
         self._read_errors()
         last = self.last
         if last.get("event") == "done":
-            outcome, message = "done", f"{self.name} is downloaded ({last.get('folder')})"
+            outcome, message = "done", f"{self.name} is {self.DONE} ({last.get('folder')})"
         elif last.get("event") == "cancelled" or code == 130:
             kept = int(last.get("kept", 0))
             outcome = "cancelled"
-            message = (f"download of {self.name} stopped; {human_size(kept)} kept, and the next download "
+            message = (f"{self.NOUN} of {self.name} stopped; {human_size(kept)} kept, and the next {self.NOUN} "
                        f"resumes from there")
         elif last.get("event") == "error":
             outcome, message = "error", str(last.get("message"))
         else:
             outcome = "error"
-            message = f"the download stopped unexpectedly (exit status {code}): " + (
+            message = f"the {self.NOUN} stopped unexpectedly (exit status {code}): " + (
                 self.errors[-1] if self.errors else "no message")
         self.finished.emit(self.name, outcome, message)
 
@@ -135,3 +142,15 @@ class ModelDownload(QObject):
             os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+class ModelConvert(ModelDownload):
+    """``python -m app.model_convert``: a downloaded model's llama.cpp conversion, with the same
+    progress, cancel (the complete files stay, the next conversion goes on from them) and words."""
+
+    MODULE = "app.model_convert"
+    NOUN, DONE = "conversion", "converted for llama.cpp"
+
+    def plan_label(self, event: dict) -> str:
+        return (f"about {human_size(int(event.get('needed', 0)))} to write "
+                f"({human_size(int(event.get('free', 0)))} free)")

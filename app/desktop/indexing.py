@@ -28,11 +28,12 @@ from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Signal, Slot
 
 from app.desktop.thumbnails import remove_thumbnails
 from indexer import controls
+from indexer.estimate import LibraryEstimate, library_estimate
 from indexer.library import Movie, list_movies
 from indexer.store import LibraryStore
 from llamavid.paths import DataDir
 
-__all__ = ["IndexerProcess", "LibraryReader", "LibrarySnapshot", "add_folder", "indexer_lock_holder",
+__all__ = ["IndexerProcess", "LibraryReader", "LibrarySnapshot", "add_folder", "indexer_lock_holder", "open_film",
            "remove_folder", "reindex", "set_paused"]
 
 
@@ -43,6 +44,7 @@ class LibrarySnapshot:
     paused: bool
     counts: dict[str, int] = field(default_factory=dict)
     lock_holder: int | None = None  # pid of the process indexing this data folder, if any
+    estimate: LibraryEstimate | None = None  # the films still to index, in order, and how long they take
 
     @property
     def waiting(self) -> int:
@@ -82,8 +84,9 @@ class LibraryReader:
             self.data.create()
             self.store = LibraryStore.open(self.data.database)
         store = self.store
-        return LibrarySnapshot(list_movies(store), store.libraries(), store.queue_paused(), store.queue_counts(),
-                               indexer_lock_holder(self.data.root))
+        movies = list_movies(store)
+        return LibrarySnapshot(movies, store.libraries(), store.queue_paused(), store.queue_counts(),
+                               indexer_lock_holder(self.data.root), library_estimate(store, movies))
 
     def close(self) -> None:
         if self.store is not None:
@@ -92,6 +95,12 @@ class LibraryReader:
 
 
 # -- what the buttons do (worker threads): the library controls of every front end, plus thumbnails --
+def open_film(data: DataDir, movie_id: int) -> bool:
+    """The film opened in the window goes first in the indexing queue if it still waits there."""
+    with controls.open_store(data) as store:
+        return controls.open_film(store, movie_id)
+
+
 def add_folder(data: DataDir, path: str) -> str:
     """Register a folder and scan it now: its films are queued. Returns what was found."""
     with controls.open_store(data) as store:

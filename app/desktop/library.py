@@ -1,8 +1,10 @@
 """The library pane: folders, a row per film (thumbnail, title, duration, index state and progress,
-subtitle sources, whether it is prepared for fast answers), and the indexing controls. It only
-shows what it is given: the window reads the library on a worker thread
-(:mod:`app.desktop.indexing`) and hands each snapshot in, and the size a film's prepared state
-would take (:meth:`LibraryPane.set_estimate`), which the Prepare button and menu show before the click.
+subtitle sources, whether it is prepared for fast answers), the indexing controls, and "Search the
+dialogue" above the films: a line found in any film's subtitles (film · time · line), which opens
+that film at the line when picked. It only shows what it is given (the window searches): the
+window reads the library on a worker thread (:mod:`app.desktop.indexing`) and hands each snapshot
+in, and the size a film's prepared state would take (:meth:`LibraryPane.set_estimate`), which the
+Prepare button and menu show before the click.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from PySide6.QtGui import QColor, QFont, QPixmap
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QMenu,
@@ -24,8 +27,18 @@ from PySide6.QtWidgets import (
 
 from app.desktop.common import hbox, heading
 from app.desktop.indexing import LibrarySnapshot
-from app.film_words import FORGET_PREPARED, clock, index_state, prepare_action, prepared_label, subtitle_summary
+from app.film_words import (
+    FORGET_PREPARED,
+    NO_LINE,
+    clock,
+    index_state,
+    prepare_action,
+    prepared_label,
+    search_label,
+    subtitle_summary,
+)
 from indexer.library import Movie
+from indexer.search import CueMatch
 
 __all__ = ["FORGET_PREPARED", "FilmRow", "LibraryPane"]
 
@@ -119,6 +132,8 @@ class LibraryPane(QWidget):
     reindex_clicked = Signal(int)  # movie id
     pause_clicked = Signal(bool)  # True: pause
     prepare_clicked = Signal(int, bool)  # movie id; True: prepare for fast answers, False: forget its state
+    search_requested = Signal(str)  # the words to find in the library's subtitles
+    result_chosen = Signal(int, float)  # a search result picked: movie id, the line's start (seconds)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -131,6 +146,7 @@ class LibraryPane(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(heading("Library"))
         self._build_folders(layout)
+        self._build_search(layout)
         self._build_films(layout)
         self._build_indexing(layout)
         self._refresh_buttons()
@@ -148,6 +164,47 @@ class LibraryPane(QWidget):
         self.remove_button.clicked.connect(self._remove_clicked)
         layout.addWidget(self.folders)
         layout.addLayout(hbox(self.add_button, self.remove_button, None))
+
+    def _build_search(self, layout: QVBoxLayout) -> None:
+        """Search the dialogue (Enter searches), what it found, and its results (hidden while none)."""
+        self.search = QLineEdit()
+        self.search.setObjectName("searchDialogue")
+        self.search.setPlaceholderText("Search the dialogue…")
+        self.search.setToolTip("A line you remember, found in the subtitles of every film; pick a result to "
+                               "watch it")
+        self.search.setClearButtonEnabled(True)
+        self.search.returnPressed.connect(lambda: self.search_requested.emit(self.search.text().strip()))
+        self.search_note = QLabel()
+        self.search_note.setObjectName("searchNote")
+        self.search_note.setStyleSheet("color: #555555;")
+        self.search_note.hide()
+        self.results = QListWidget()
+        self.results.setObjectName("searchResults")
+        self.results.setMaximumHeight(140)
+        self.results.setWordWrap(True)
+        self.results.itemClicked.connect(self._result_picked)
+        self.results.itemActivated.connect(self._result_picked)
+        self.results.hide()
+        layout.addWidget(self.search)
+        layout.addWidget(self.search_note)
+        layout.addWidget(self.results)
+
+    def show_results(self, query: str, found: list[CueMatch]) -> None:
+        """The search's results, best first: "film · 0:00:40 · the line" (none: it says so)."""
+        self.results.clear()
+        for m in found:
+            item = QListWidgetItem(search_label(m))
+            item.setToolTip(m.rel_path)
+            item.setData(Qt.ItemDataRole.UserRole, (m.movie_id, m.start))
+            self.results.addItem(item)
+        self.results.setVisible(bool(found))
+        self.search_note.setText("" if found or not query else NO_LINE)
+        self.search_note.setVisible(bool(query) and not found)
+
+    @Slot(QListWidgetItem)
+    def _result_picked(self, item: QListWidgetItem) -> None:
+        movie_id, start = item.data(Qt.ItemDataRole.UserRole)
+        self.result_chosen.emit(movie_id, start)
 
     def _build_films(self, layout: QVBoxLayout) -> None:
         """The list of films (a row each, a context menu), and what it says while empty."""

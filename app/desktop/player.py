@@ -166,6 +166,7 @@ class PlayerPane(QWidget):
         self.player.mediaStatusChanged.connect(self._status_changed)
         self.player.errorOccurred.connect(self._error)
         self._loading_preview = False
+        self._pending_seek: float | None = None  # a seek asked for while the film opens
         self._set_enabled(False)
 
     # -- the film -----------------------------------------------------------------------------------
@@ -180,7 +181,7 @@ class PlayerPane(QWidget):
         self.player.stop()
         self.cues, self._starts = [], []
         self.view.clear("Opening the film…")
-        self._loading_preview = True
+        self._loading_preview, self._pending_seek = True, None
         self.player.setSource(QUrl.fromLocalFile(movie.path))
         self._set_enabled(True)
 
@@ -222,6 +223,9 @@ class PlayerPane(QWidget):
     def seek(self, seconds: float) -> None:
         """Go to ``seconds`` into the film (playing on if it was playing; a paused film shows the frame)."""
         if self.movie is None:
+            return
+        if self._loading_preview:  # the film is still opening: it opens there
+            self._pending_seek = seconds
             return
         self.player.setPosition(max(0, int(seconds * 1000)))
 
@@ -280,6 +284,9 @@ class PlayerPane(QWidget):
             self._loading_preview = False
             if self.player.playbackState() == QMediaPlayer.PlaybackState.StoppedState:
                 self.player.pause()  # paused at the start, showing the first frame
+            if self._pending_seek is not None:
+                self.player.setPosition(max(0, int(self._pending_seek * 1000)))
+                self._pending_seek = None
 
     @Slot(QMediaPlayer.Error, str)
     def _error(self, error: QMediaPlayer.Error, message: str) -> None:

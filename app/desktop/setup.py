@@ -5,7 +5,10 @@ Cancel; choose the backend, quantization and device, which start from what fits 
 (:func:`app.hardware.recommend`: the hardware and the memory free now, for the chosen model's
 size) until you change them; the language of the subtitles a film prompt prefers; how hard the
 background indexer may work. Everything is saved in ``<data>/settings.json`` (:mod:`app.settings`).
-Looking at the models folder, the hardware and a model's size runs off the GUI thread.
+Where the model runs on llama.cpp (no GPU that holds it in fp16) and its q4_K_M conversion is not
+made yet, the dialog offers it (:func:`app.model_convert.conversion_offer`): the disk space first,
+then progress and Cancel, in a child process of the window (:class:`~app.desktop.download.ModelConvert`).
+Looking at the models folder, the hardware, a model's size and its conversion runs off the GUI thread.
 """
 from __future__ import annotations
 
@@ -33,11 +36,13 @@ from PySide6.QtWidgets import (
 from app import hardware
 from app import status as st
 from app.desktop.common import Tasks, describe_error, hbox
-from app.desktop.download import ModelDownload
+from app.desktop.download import ModelConvert, ModelDownload
+from app.model_convert import Offer, conversion_offer
 from app.settings import BACKENDS, Settings, save_settings
 from llamavid.hub.catalog import chat_models
 from llamavid.hub.installed import InstalledEntry, add_model, list_models
 from llamavid.paths import DataDir
+from llamavid.runtime.options import LoadOptions
 from llamavid.storage import human_size
 
 __all__ = ["SetupDialog"]
@@ -50,11 +55,14 @@ class SetupDialog(QDialog):
 
     saved = Signal(object)
 
-    def __init__(self, data: DataDir, settings: Settings, download: ModelDownload, parent: QWidget | None = None):
+    def __init__(self, data: DataDir, settings: Settings, download: ModelDownload, parent: QWidget | None = None,
+                 convert: ModelConvert | None = None):
         super().__init__(parent)
         self.setWindowTitle(f"{st.TITLE} - settings")
         self.setObjectName("setupDialog")
         self.data, self.settings, self.download = data, settings, download
+        self.convert = convert if convert is not None else ModelConvert(data, self)
+        self.offer: Offer | None = None  # the conversion the chosen model and settings need
         self.first_run = settings.model is None
         self.tasks = Tasks(1, self)
         self.hw: hardware.Hardware | None = None
@@ -77,8 +85,10 @@ class SetupDialog(QDialog):
         layout.addWidget(self._build_installed(), 2)
         layout.addWidget(self._build_download())
         layout.addWidget(self._build_runs())
+        layout.addWidget(self._build_convert())
         self._build_buttons(layout)
         self._show_download_state()
+        self._show_convert_state()
         self.refresh()
         self.tasks.run(hardware.detect, self._detected, self._failed)
 
@@ -136,7 +146,8 @@ class SetupDialog(QDialog):
         self.backend = QComboBox()
         self.backend.setObjectName("backend")
         for b in BACKENDS:
-            self.backend.addItem({"auto": "auto (llama.cpp for a GGUF folder, else transformers)"}.get(b, b), b)
+            self.backend.addItem({"auto": "auto (llama.cpp for a GGUF folder or where no GPU holds the model in "
+                                          "fp16, else transformers)"}.get(b, b), b)
         self.bits = QComboBox()
         self.bits.setObjectName("bits")
         for value, text in BITS:
@@ -170,6 +181,31 @@ class SetupDialog(QDialog):
         for combo in (self.backend, self.bits, self.device):
             combo.activated.connect(self._touched)
         return box
+
+    def _build_convert(self) -> QGroupBox:
+        """The llama.cpp conversion the chosen model needs here: what and why with its disk space,
+        Convert, Cancel and the progress (hidden while none is needed)."""
+        self.convert_label = QLabel()
+        self.convert_label.setObjectName("conversionStatus")
+        self.convert_label.setTextFormat(Qt.TextFormat.MarkdownText)
+        self.convert_label.setWordWrap(True)
+        self.convert_button = QPushButton("Convert for llama.cpp")
+        self.convert_button.setObjectName("convert")
+        self.convert_button.clicked.connect(self.start_convert)
+        self.cancel_convert_button = QPushButton("Cancel conversion")
+        self.cancel_convert_button.setObjectName("cancelConvert")
+        self.cancel_convert_button.clicked.connect(self.convert.cancel)
+        self.convert_bar = QProgressBar()
+        self.convert_bar.setObjectName("conversionProgress")
+        self.convert.progress.connect(self._convert_progress)
+        self.convert.finished.connect(self._convert_finished)
+        self.convert_box = QGroupBox("llama.cpp conversion (once; Cancel keeps what is done)")
+        self.convert_box.setObjectName("conversion")
+        column = QVBoxLayout(self.convert_box)
+        column.addWidget(self.convert_label)
+        column.addLayout(hbox(self.convert_button, self.cancel_convert_button, None))
+        column.addWidget(self.convert_bar)
+        return self.convert_box
 
     def _build_buttons(self, layout: QVBoxLayout) -> None:
         """The error line, Close and Save."""
@@ -267,6 +303,7 @@ class SetupDialog(QDialog):
                             f"{rec.reason}.")
         if self.first_run and not self.touched:
             self.apply_recommendation()
+        self.look_for_conversion()
 
     def apply_recommendation(self) -> None:
         rec = self.recommendation
@@ -281,6 +318,7 @@ class SetupDialog(QDialog):
     def _touched(self, *_: object) -> None:
         if not self._applying:
             self.touched = True
+            self.look_for_conversion()
 
     def _fill_devices(self) -> None:
         current = self.device.currentData()
@@ -356,6 +394,60 @@ class SetupDialog(QDialog):
         self.catalogue.setEnabled(not running)
         self.cancel_button.setEnabled(running)
         self.download_bar.setVisible(running or self.download_bar.value() > 0)
+
+    # -- the llama.cpp conversion -------------------------------------------------------------------
+    def look_for_conversion(self) -> None:
+        """Whether the chosen model, loaded as the dialog shows it, needs its conversion (worker thread)."""
+        data, name = self.data, self.selected_model()
+        options = LoadOptions(backend=self.backend.currentData() or "auto", bits=self.bits.currentData(),
+                              device=self.device.currentData() or "auto")
+        self.tasks.run(lambda: (name, conversion_offer(data, name, options)), self._offered, self._failed)
+
+    def _offered(self, result: tuple[str | None, Offer | None]) -> None:
+        name, offer = result
+        if name != self.selected_model():
+            return
+        self.offer = offer
+        if offer is not None and not self.convert.running():
+            self.convert_label.setText(offer.describe())
+            self.convert_button.setText(offer.button())
+        self._show_convert_state()
+
+    def start_convert(self) -> None:
+        if self.offer is not None and self.convert.start(self.offer.name):
+            self.error_label.hide()
+        self._show_convert_state()
+
+    @Slot(int, int, str)
+    def _convert_progress(self, done: int, total: int, label: str) -> None:
+        if total > 0:
+            self.convert_bar.setRange(0, 1000)
+            self.convert_bar.setValue(int(1000 * min(done, total) / total))
+            text = f"{human_size(done)} of about {human_size(total)}"
+        else:
+            self.convert_bar.setRange(0, 0)
+            text = ""
+        self.convert_label.setText(f"Converting {self.convert.name} for llama.cpp: {text}  {label}".strip())
+        self._show_convert_state()
+
+    @Slot(str, str, str)
+    def _convert_finished(self, name: str, outcome: str, message: str) -> None:
+        self.convert_label.setText(message[0].upper() + message[1:] if message else outcome)
+        if outcome == "done":
+            self.convert_bar.setRange(0, 1000)
+            self.convert_bar.setValue(1000)
+        self.offer = None if outcome == "done" else self.offer
+        self._show_convert_state()
+        self.look_for_conversion()
+
+    def _show_convert_state(self) -> None:
+        running = self.convert.running()
+        self.convert_button.setEnabled(not running and self.offer is not None and self.offer.fits)
+        self.cancel_convert_button.setEnabled(running)
+        self.convert_button.setVisible(running or self.offer is not None)
+        self.cancel_convert_button.setVisible(running or self.offer is not None)
+        self.convert_bar.setVisible(running or self.convert_bar.value() > 0)
+        self.convert_box.setVisible(running or self.offer is not None or self.convert_bar.value() > 0)
 
     # -- saving ------------------------------------------------------------------------------------
     def chosen(self) -> Settings:

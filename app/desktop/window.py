@@ -8,14 +8,16 @@ What runs where:
 * Indexing is a child process (:class:`~app.desktop.indexing.IndexerProcess`), started whenever
   films wait and the queue runs; folders are also followed for new and changed files
   (:class:`indexer.watch.Watcher`, a light thread: scans, no model).
-* A model download is a child process too (:class:`~app.desktop.download.ModelDownload`).
+* A model download is a child process too (:class:`~app.desktop.download.ModelDownload`), and so is
+  a model's llama.cpp conversion (:class:`~app.desktop.download.ModelConvert`).
 * Questions go to the :class:`~app.chat_service.ChatService`, whose own thread answers them; the
   chat pane reads each answer's events on a QThread and gets them through a signal.
 
 Closing the window stops the question on its way (its text is kept as a draft), stops the download
-(its partial files stay for the next one) and the indexer (the film it was reading goes back to the
-queue with every finished chunk), closes the chat service, waits for every thread, and saves the
-drafts and the open film in the settings: nothing is lost and no process is left.
+(its partial files stay for the next one), the conversion (its complete files stay) and the indexer
+(the film it was reading goes back to the queue with every finished chunk), closes the chat service,
+waits for every thread, and saves the drafts and the open film in the settings: nothing is lost and
+no process is left.
 """
 from __future__ import annotations
 
@@ -45,12 +47,13 @@ from app import status as st
 from app.chat_service import ChatService
 from app.desktop.chat import ChatPane
 from app.desktop.common import MessageBar, Tasks, describe_error, hbox, heading
-from app.desktop.download import ModelDownload
+from app.desktop.download import ModelConvert, ModelDownload
 from app.desktop.indexing import (
     IndexerProcess,
     LibraryReader,
     LibrarySnapshot,
     add_folder,
+    open_film,
     reindex,
     remove_folder,
     set_paused,
@@ -63,6 +66,7 @@ from app.film_words import index_state
 from app.settings import Settings, load_settings, save_settings
 from assets import asset_path
 from indexer.library import Movie, choose_track, frame_times, subtitles
+from indexer.search import search_cues
 from indexer.store import LibraryStore
 from indexer.watch import Watcher
 from llamavid.errors import UserError
@@ -75,6 +79,7 @@ log = logging.getLogger(__name__)
 __all__ = ["MainWindow", "run_desktop"]
 
 POLL_MS = 500
+SEARCH_LIMIT = 50  # the lines a dialogue search lists at most
 ServiceFactory = Callable[[Settings], ChatService]
 
 
@@ -109,6 +114,7 @@ class MainWindow(QMainWindow):
         self.reader = LibraryReader(self.data)
         self.indexer = IndexerProcess(self.data, self)
         self.download = ModelDownload(self.data, self)
+        self.convert = ModelConvert(self.data, self)  # a model's llama.cpp conversion, offered by the settings
         self.snapshot: LibrarySnapshot | None = None
         self.movie: Movie | None = None
         self.service: ChatService | None = None
@@ -181,6 +187,8 @@ class MainWindow(QMainWindow):
         self.library.reindex_clicked.connect(self.reindex_movie)
         self.library.pause_clicked.connect(self.pause_indexing)
         self.library.prepare_clicked.connect(self.prepare_movie)
+        self.library.search_requested.connect(self.search_dialogue)
+        self.library.result_chosen.connect(self.open_at)
         self.player.track_changed.connect(self._track_changed)
         self.player.media_error.connect(self.show_error)
         self.chat.seek_requested.connect(self.player.seek)
@@ -192,6 +200,7 @@ class MainWindow(QMainWindow):
         self.indexer.failed.connect(lambda text: self.show_error(f"Indexing stopped: {text}"))
         self.indexer.changed.connect(self.poll)
         self.download.finished.connect(self._download_finished)
+        self.convert.finished.connect(self._download_finished)
 
     # -- messages ----------------------------------------------------------------------------------
     @Slot(str)
@@ -240,7 +249,7 @@ class MainWindow(QMainWindow):
             return
         if self.setup_dialog is not None:
             self.setup_dialog.deleteLater()
-        self.setup_dialog = SetupDialog(self.data, self.settings, self.download, self)
+        self.setup_dialog = SetupDialog(self.data, self.settings, self.download, self, convert=self.convert)
         self.setup_dialog.saved.connect(self.apply_settings)
         self.setup_dialog.show()
 
@@ -305,7 +314,7 @@ class MainWindow(QMainWindow):
             if last is not None and snap.movie(last) is not None:
                 self.library.select_movie(last)
 
-    def _indexer_note(self, snap: LibrarySnapshot) -> str:
+    def _indexer_state(self, snap: LibrarySnapshot) -> str:
         running = [m for m in snap.movies if m.state == "running"]
         waiting = snap.waiting
         if self.indexer.running() and running:
@@ -325,6 +334,13 @@ class MainWindow(QMainWindow):
         if waiting:
             return f"{waiting} film{'s' if waiting != 1 else ''} waiting to be indexed"
         return "All films indexed" if snap.movies else "No films in the library yet"
+
+    def _indexer_note(self, snap: LibrarySnapshot) -> str:
+        """What the indexer does, then the films still to index in order and how long they take."""
+        note = self._indexer_state(snap)
+        if snap.estimate is not None and snap.estimate.films:
+            note += "\n" + snap.estimate.describe()
+        return note
 
     def _maybe_start_indexer(self, snap: LibrarySnapshot) -> None:
         if not snap.paused and snap.waiting and self.indexer.may_start() and snap.lock_holder is None \
@@ -400,8 +416,9 @@ class MainWindow(QMainWindow):
                        self._failed)
 
     def prepare_movie(self, movie_id: int, wanted: bool) -> None:
-        """Ask the indexer to prepare a film for fast answers with the chat model (it starts at once),
-        or forget the film's prepared state."""
+        """Prepare a film for fast answers with the chat model this window holds, in the chat
+        service's queue (no second copy of the model: the indexer leaves it to the holder), or
+        forget the film's prepared state."""
         service = self.service
         if service is None or not self.settings.model:
             self.show_error("Preparing a film needs a chat model: open Settings to choose one")
@@ -443,6 +460,32 @@ class MainWindow(QMainWindow):
         self.chat.set_movie(movie)
         if movie.id not in self.library.estimates:
             self._estimate(movie)
+        if not movie.features_complete:  # a film a person opens is indexed next
+            data = self.data
+            self.tasks.run(lambda: open_film(data, movie.id), lambda _moved: self.poll(), self._failed)
+
+    @Slot(str)
+    def search_dialogue(self, query: str) -> None:
+        """Find ``query`` in the library's subtitles (a worker thread); the library pane lists the lines."""
+        if not query:
+            self.library.show_results("", [])
+            return
+        data = self.data
+
+        def work():
+            with LibraryStore.open(data.database) as store:
+                return search_cues(store, query, limit=SEARCH_LIMIT)
+
+        self.tasks.run(work, lambda found: self.library.show_results(query, found), self._failed)
+
+    @Slot(int, float)
+    def open_at(self, movie_id: int, seconds: float) -> None:
+        """A search result: its film opened (chosen in the library) and the player at the line."""
+        if self.movie is None or self.movie.id != movie_id:
+            if not self.library.select_movie(movie_id):
+                self.show_error("That film is no longer in the library.")
+                return
+        self.player.seek(seconds)
 
     def _load_subtitles(self, movie: Movie, track_id: int | None) -> None:
         data = self.data
@@ -486,7 +529,9 @@ class MainWindow(QMainWindow):
         if self.indexer.proc is not None and self.indexer.running():
             self.indexer.proc.terminate()  # both children stop at once; then wait for each
         self.download.cancel()
+        self.convert.cancel()
         self.download.stop()
+        self.convert.stop()
         self.indexer.stop()
         if self.watcher is not None:
             self.watcher.stop()

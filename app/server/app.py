@@ -31,6 +31,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from app.chat_service import ChatService, chat_models
+from app.model_convert import conversion_offer
+from app.server.converting import Conversion
 from app.server.errors import ApiError, bad_request, from_error, from_kind
 from app.server.indexing import Indexer
 from app.server.routes import api
@@ -39,6 +41,7 @@ from app.server.settings import ServerSettings
 from app.settings import load_settings
 from llamavid.errors import UserError, require
 from llamavid.paths import DataDir
+from llamavid.storage import human_size
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ def create_app(settings: ServerSettings, service: ChatService | None = None) -> 
     own_service = service is None
     service = service or make_service(settings)
     indexer = Indexer(service.data, may_add_folders=bool(settings.allow_add_folders))
+    conversion = Conversion(service.data)  # the web UI's llama.cpp conversion child, stopped with the app
     temp_dir = Path(tempfile.mkdtemp(prefix="llamavid-server-"))  # videos sent in requests, briefly
 
     @contextlib.asynccontextmanager
@@ -88,6 +92,7 @@ def create_app(settings: ServerSettings, service: ChatService | None = None) -> 
             yield
         finally:
             indexer.stop()
+            conversion.stop()
             if own_service:
                 service.close()
             shutil.rmtree(temp_dir, ignore_errors=True)
@@ -101,7 +106,7 @@ def create_app(settings: ServerSettings, service: ChatService | None = None) -> 
     uploads = None
     if settings.ui:
         uploads = upload_dir()
-        _mount_ui(app, service, indexer, settings, uploads)
+        _mount_ui(app, service, indexer, settings, uploads, conversion)
     else:
         @app.get("/", include_in_schema=False)
         def index() -> dict[str, Any]:
@@ -118,12 +123,13 @@ def create_app(settings: ServerSettings, service: ChatService | None = None) -> 
     return app
 
 
-def _mount_ui(app: FastAPI, service: ChatService, indexer: Indexer, settings: ServerSettings, uploads: Path) -> None:
+def _mount_ui(app: FastAPI, service: ChatService, indexer: Indexer, settings: ServerSettings, uploads: Path,
+              conversion: Conversion | None = None) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no usage statistics leave the machine
     gr = require("gradio", purpose="the web UI")
     from app.server.ui import CSS, HEAD, build_ui, theme  # imports gradio: only when the UI is served
 
-    blocks = build_ui(service, indexer, uploads)
+    blocks = build_ui(service, indexer, uploads, conversion)
     blocks.queue(default_concurrency_limit=None)
     gr.mount_gradio_app(app, blocks, path="/", allowed_paths=[], blocked_paths=[str(service.data.root)],
                         max_file_size=settings.max_upload_bytes, ssr_mode=False, mcp_server=False,
@@ -271,6 +277,7 @@ def serve(settings: ServerSettings, what: str = "web UI and API") -> int:
     model = service.shown_model or "none installed (see the page for how to get one)"
     print(f"llamavid {what} running at {running.url}  (API: {running.url}v1, model: {model}, "
           f"data folder: {settings.data_dir}; press Ctrl+C to stop)", flush=True)
+    _say_conversion(service, settings.ui)
     if settings.open_browser:
         webbrowser.open(running.url)
     previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() \
@@ -287,6 +294,16 @@ def serve(settings: ServerSettings, what: str = "web UI and API") -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _say_conversion(service: ChatService, ui: bool) -> None:
+    """Where the model cannot answer until its llama.cpp conversion is made, say what to run."""
+    offer = conversion_offer(service.data, service.model_name, service.load_options)
+    if offer is not None:
+        page = " or press Convert on the web page" if ui else ""
+        print(f"note: {offer.name} runs on llama.cpp here ({offer.why}) and answers once converted: run "
+              f"`llamavid models convert-gguf {offer.name}`{page} (about {human_size(offer.needed)} of disk, "
+              f"{human_size(offer.free)} free)", flush=True)
 
 
 def _interrupt(signum: int, frame: Any) -> None:  # noqa: ARG001 - a signal handler's signature

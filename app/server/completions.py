@@ -38,10 +38,11 @@ from app.chat_service import ChatService
 from app.film_words import queue_position
 from app.questions import AskStream, ChatEvent
 from app.server.errors import ApiError, bad_request, from_kind, not_found
+from app.server.indexing import Indexer
 from app.server.protocol import ChatCompletionRequest, ChatInput, parse_messages
-from indexer.library import choose_track
+from indexer.library import askable, choose_track
 from llamavid.errors import BadMedia
-from llamavid.media.probe import probe
+from llamavid.media.load import check_clip
 
 KEEP_ALIVE_S = 15.0  # an SSE comment while nothing happens: proxies keep the connection, a gone client is seen
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
@@ -71,7 +72,7 @@ def _parse(http: HttpRequest, body: ChatCompletionRequest) -> ChatInput:
     if body.conversation_id is not None:
         _check_conversation(service, body, found)
     elif found.movie_id is not None:
-        _check_movie(service, found)
+        _check_movie(service, http.app.state.indexer, found)
     elif found.video is not None:
         found.video_path = _video_file(http.app.state.temp_dir, found)
     return found
@@ -104,15 +105,18 @@ def _check_conversation(service: ChatService, body: ChatCompletionRequest, found
                           "conversation", "fast")
 
 
-def _check_movie(service: ChatService, found: ChatInput) -> None:
+def _check_movie(service: ChatService, indexer: Indexer, found: ChatInput) -> None:
     try:
         movie = service.movie(found.movie_id)
     except KeyError:
         raise not_found(f"no movie {found.movie_id} in the library (GET /v1/movies lists them)",
                         f"{found.movie_param}.movie_id") from None
     if not movie.features_complete:
-        raise from_kind("not_ready", f"{movie.rel_path} is not indexed yet (state {movie.state}); wait for "
-                                     "the indexer, or run `llamavid index run`", f"{found.movie_param}.movie_id")
+        moved = indexer.open_film(movie.id)  # asked about: it is indexed next
+    if not askable(movie):  # its dialogue alone is enough: the answer says it comes from it
+        first = "; it is now first in the indexing queue" if moved else ""
+        raise from_kind("not_ready", f"{movie.rel_path} is not indexed yet (state {movie.state}{first}); wait "
+                                     "for the indexer, or run `llamavid index run`", f"{found.movie_param}.movie_id")
     if found.track_id is not None:
         try:
             choose_track(movie, track_id=found.track_id)
@@ -129,11 +133,10 @@ def _video_file(temp_dir: Path, found: ChatInput) -> Path:
     with open(fd, "wb") as fh:
         fh.write(video.data)
     try:
-        probe(path)
+        check_clip(path, video.param)
     except BadMedia as exc:
         path.unlink(missing_ok=True)
-        raise ApiError(400, f"{video.param}: not a video this server can read ({exc})", param=video.param,
-                       code="bad_media") from None
+        raise ApiError(400, str(exc), param=video.param, code="bad_media") from None
     except BaseException:
         path.unlink(missing_ok=True)
         raise

@@ -23,6 +23,7 @@ KIND_STATUS: dict[str, tuple[int, str, str]] = {
     "cancelled": (409, "invalid_request_error", "cancelled"),
     "queue_full": (429, "rate_limit_error", "queue_full"),
     "not_enough_memory": (503, "server_error", "not_enough_memory"),
+    "memory_in_use": (503, "server_error", "memory_in_use"),
     "model": (503, "server_error", "model_unavailable"),
     "no_model": (503, "server_error", "no_model"),
     "internal": (500, "server_error", "internal_error"),

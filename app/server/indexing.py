@@ -17,6 +17,8 @@ import threading
 from pathlib import Path
 
 from indexer import controls
+from indexer.estimate import LibraryEstimate, library_estimate
+from indexer.library import list_movies
 from indexer.scan import ScanReport
 from indexer.store import LibraryStore
 from llamavid.errors import UserError
@@ -94,6 +96,17 @@ class Indexer:
     def counts(self) -> dict[str, int]:
         with self._store() as store:
             return store.queue_counts()
+
+    def estimate(self) -> LibraryEstimate:
+        """The films still to index, in order, with how long they take here (:mod:`indexer.estimate`)."""
+        with self._store() as store:
+            return library_estimate(store, list_movies(store))
+
+    def open_film(self, movie_id: int) -> bool:
+        """A person picked the film: if it waits to be indexed it goes first (a running indexer yields
+        to it at its next chunk)."""
+        with self._store() as store:
+            return controls.open_film(store, movie_id)
 
     def stop(self, timeout: float = 30.0) -> None:
         """End the child as Ctrl+C would (it finishes its chunk; the film resumes next time)."""

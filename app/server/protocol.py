@@ -23,23 +23,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import annotated_types
-import numpy as np
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from app.server.errors import ApiError, bad_request
+from llamavid.errors import BadMedia
+from llamavid.media.load import EncodedPicture, check_request_pixels
 from llamavid.runtime.generate import SamplingOptions
 
 MAX_IMAGES = 8
-MAX_IMAGE_PIXELS = 64_000_000  # a decompression bomb is refused before it is decoded
 VIDEO_TYPES = {"mp4": ".mp4", "webm": ".webm", "quicktime": ".mov", "mov": ".mov", "x-matroska": ".mkv",
                "mkv": ".mkv", "x-msvideo": ".avi", "avi": ".avi", "mpeg": ".mpg", "ogg": ".ogv"}
 #: the largest id of a film, a subtitle track or a conversation: SQLite's INTEGER is a signed 64-bit number
@@ -149,7 +146,7 @@ class ChatInput:
 
     question: str
     history: list[tuple[str, str]] = field(default_factory=list)
-    images: list[np.ndarray] = field(default_factory=list)
+    images: list[EncodedPicture] = field(default_factory=list)
     video: Video | None = None
     movie_id: int | None = None
     track_id: int | None = None
@@ -164,7 +161,7 @@ class ChatInput:
 def parse_messages(messages: list[dict[str, Any]], max_bytes: int) -> ChatInput:
     """Read the message list (see the module docstring). System and developer messages are
     skipped: the model's conversation template carries its own. Runs off the event loop (it
-    decodes images)."""
+    reads the pictures' headers; they are decoded in the question's turn)."""
     turns: list[tuple[str, list[str]]] = []  # (role, texts) with consecutive roles merged
     found = ChatInput(question="")
     for i, message in enumerate(messages):
@@ -218,7 +215,11 @@ def _texts(content: Any, where: str, role: str, found: ChatInput, max_bytes: int
             _media_once(found, "image", here)
             if len(found.images) >= MAX_IMAGES:
                 raise bad_request(f"at most {MAX_IMAGES} images per request", here)
-            found.images.append(decode_image(_data_url(part.get("image_url"), here, "image", max_bytes), here))
+            found.images.append(read_picture(_data_url(part.get("image_url"), here, "image", max_bytes), here))
+            try:
+                check_request_pixels((p.width, p.height) for p in found.images)
+            except BadMedia as exc:
+                raise ApiError(400, str(exc), param=here, code="bad_media") from None
         elif kind in ("video_url", "input_video"):
             _media_once(found, "video", here)
             found.video = _video(part.get(kind), here, max_bytes)
@@ -303,20 +304,10 @@ def _b64(text: Any, where: str, max_bytes: int) -> bytes:
         raise bad_request(f"{where}: the data is not valid base64", where) from None
 
 
-def decode_image(data: bytes, where: str) -> np.ndarray:
-    """RGB uint8 HxWx3 from the bytes of a JPEG, PNG, WebP...; anything else is a 400 naming the part."""
+def read_picture(data: bytes, where: str) -> EncodedPicture:
+    """The picture's header checked now (a 400 naming the part); it is decoded, reduced to what the
+    model needs, only when the question's turn comes (:mod:`llamavid.media.load`)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                if image.width * image.height > MAX_IMAGE_PIXELS:
-                    raise ApiError(400, f"{where}: the image is {image.width}x{image.height} pixels; send one "
-                                        "under 64 megapixels", param=where, code="bad_media")
-                return np.asarray(image.convert("RGB"))
-    except ApiError:
-        raise
-    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise ApiError(400, f"{where}: not an image this server can read (send JPEG, PNG or WebP)", param=where,
-                       code="bad_media") from None
-    except Exception as exc:  # a damaged file: Pillow raises OSError, SyntaxError, ValueError, struct.error...
-        raise ApiError(400, f"{where}: the image cannot be read ({exc})", param=where, code="bad_media") from None
+        return EncodedPicture.read(data, where)
+    except BadMedia as exc:
+        raise ApiError(400, str(exc), param=where, code="bad_media") from None

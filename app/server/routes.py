@@ -1,6 +1,7 @@
-"""The HTTP routes besides the chat itself: models, the library, a film's video, conversations,
-health and the sign-in page. Each is a few lines over the chat service (``app.state.service``,
-:class:`app.chat_service.ChatService`); the chat itself is :mod:`app.server.completions`.
+"""The HTTP routes besides the chat itself: models, the library, a film's video, the search of the
+library's subtitles, conversations, health and the sign-in page. Each is a few lines over the chat
+service (``app.state.service``, :class:`app.chat_service.ChatService`); the chat itself is
+:mod:`app.server.completions`.
 """
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 
 from app.chat_service import ChatService, no_model_hint
 from app.server.completions import chat_completions
-from app.server.errors import ApiError, not_found
+from app.server.errors import ApiError, bad_request, not_found
 from app.server.protocol import Id
 from app.server.security import SESSION_COOKIE, login_page, safe_next, session_token
 from indexer.library import Movie, film_file
+from indexer.search import search_cues
 from indexer.store import LibraryStore
 
 api = APIRouter()
@@ -119,6 +121,28 @@ def library_file(service: ChatService, movie: Movie) -> Path:
         raise not_found(f"movie {movie.id} has no video file this server may serve (not probed as a video, "
                         "or not in the library any more)", "movie_id", "movie_file_missing")
     return path
+
+
+#: GET /v1/search's bounds: the query's length in characters, and the most lines one answer holds
+SEARCH_MAX_CHARS, SEARCH_MAX_LIMIT = 500, 100
+
+
+@api.get("/v1/search", summary="the lines of the library's subtitles that say what q says, best first "
+                               "(a quote, a paraphrase, a question; movie_id: one film's)")
+def search(request: Request, q: str | None = None, limit: int = 20, movie_id: Id | None = None) -> dict[str, Any]:
+    if q is None or not q.strip():
+        raise bad_request("q: give the words to search for (?q=...)", "q")
+    if len(q) > SEARCH_MAX_CHARS:
+        raise bad_request(f"q: at most {SEARCH_MAX_CHARS} characters, got {len(q)}", "q")
+    if not 1 <= limit <= SEARCH_MAX_LIMIT:
+        raise bad_request(f"limit: from 1 to {SEARCH_MAX_LIMIT}, got {limit}", "limit")
+    service = _service(request)
+    if movie_id is not None:
+        _movie(service, movie_id)  # a 404 for a film that is not there
+    with LibraryStore.open(service.data.database) as store:
+        found = search_cues(store, q, movie_id=movie_id, limit=limit)
+    return {"object": "list", "query": q,
+            "data": [{"object": "search.result", "title": Path(hit.rel_path).stem, **hit.to_dict()} for hit in found]}
 
 
 @api.get("/v1/conversations", summary="kept conversations, newest first (movie_id: one film's)")

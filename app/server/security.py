@@ -32,6 +32,9 @@ from app.server.errors import ApiError
 from app.server.settings import ServerSettings, is_loopback
 
 SESSION_COOKIE = "llamavid_session"
+#: ``<upload dir>/sessions/<id>/<name>``: each browser session's own copy of its upload (the web UI asks about
+#: that copy and deletes it with the session). Only the server reads them, so ``/file=`` never serves them.
+SESSION_UPLOADS = "sessions"
 OPEN_PATHS = ("/login",)  # reachable without the key: the page that asks for it
 _CLOSED = re.compile(r"/(proxy=|monitoring|gradio_api/mcp|mcp/|vibe-|run-history|runs/?$|gradio_api/dev/|"
                      r"dev/reload|"
@@ -147,11 +150,13 @@ class Guard:
         return bool(cookie) and hmac.compare_digest(cookie.encode(), self.token.encode())
 
     def _own_upload(self, rest: str) -> bool:
-        """A ``/file=`` path inside the UI's upload folder (no URL, no way out of it)."""
+        """A ``/file=`` path inside the UI's upload folder (no URL, no way out of it), and not a session's
+        own copy (:data:`SESSION_UPLOADS`): the page shows Gradio's cached upload, never that copy."""
         if self.upload_dir is None or re.match(r"^[a-z][\w+.-]*:|^//", rest, re.IGNORECASE):
             return False
         target = Path(os.path.realpath(rest.split("?", 1)[0]))
-        return target != self.upload_dir and target.is_relative_to(self.upload_dir)
+        return target != self.upload_dir and target.is_relative_to(self.upload_dir) \
+            and not target.is_relative_to(self.upload_dir / SESSION_UPLOADS)
 
     def _origin_allowed(self, origin: str, scope: dict, headers: dict[str, str]) -> bool:
         if origin in self.settings.cors_origins:

@@ -5,11 +5,18 @@ question typed here, one sent by an API client and one from the desktop app wait
 queue. The film player is a plain ``<video>`` element fed by ``/v1/movies/{id}/video`` (Range
 requests: it seeks without downloading the film); Gradio never copies a film. Moments under the
 player are links: a click sets the player's ``currentTime`` (a small script in the page's head, :data:`HEAD`).
+"Search the dialogue", under them, finds a line in the whole library (:func:`indexer.search.search_cues`,
+as ``GET /v1/search``); picking a result opens its film in the player at the line (a ``#t=`` media
+fragment), or seeks the player when that film is already open (:data:`SEEK_RESULT`).
 
 "Fast answers" (a conversation that starts from the film's prepared state, see
 :mod:`indexer.prepare`) is a checkbox of the Movie chat, on by default for a prepared film; the
 Library tab shows which films are prepared and asks the indexer to prepare one, its size shown
 on the button before the click.
+
+Where the served model runs on llama.cpp (no GPU holds it in fp16) and its q4_K_M conversion is
+not made, the header offers it: its disk space on the button, then progress and Cancel
+(:mod:`app.server.converting`, a child process); the model loads from it once done.
 
 What each panel shows is a plain function of :mod:`app.server.views` (no Gradio); this module holds
 the layout, one function per tab, and :class:`Handlers`, the events' thin side that reads the
@@ -17,6 +24,10 @@ service and the indexer and wraps the views in ``gr.update(...)``.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,10 +38,15 @@ import gradio as gr
 from app import status as st
 from app.chat_service import ChatService
 from app.film_words import FORGET_PREPARED
+from app.model_convert import conversion_offer
 from app.questions import AskStream
 from app.server import views
+from app.server.converting import Conversion, ConversionState
 from app.server.indexing import Indexer
+from app.server.security import SESSION_UPLOADS
 from indexer.library import Movie
+from indexer.search import search_cues
+from indexer.store import LibraryStore
 from llamavid.errors import UserError
 from llamavid.runtime.generate import SamplingOptions
 
@@ -46,6 +62,19 @@ document.addEventListener('click', function (event) {
   player.scrollIntoView({block: 'nearest'});
 });
 </script>
+"""
+SEARCH_LIMIT, SEARCH_MAX_CHARS = 20, 500  # the dialogue search's results, and its query's length
+# a search result picked for the film already in the player seeks it here, in the page (the handler
+# leaves the player alone then); the inputs go on to the handler unchanged
+SEEK_RESULT = """
+(value, film) => {
+  const [id, start] = (value || '').split(':');
+  const player = document.getElementById('llamavid-player');
+  if (player && id && (player.getAttribute('src') || '').split('#')[0] === '/v1/movies/' + id + '/video') {
+    player.currentTime = parseFloat(start);
+  }
+  return [value, film];
+}
 """
 CSS = """
 #llamavid-player { width: 100%; max-height: 60vh; background: #000; border-radius: 6px; }
@@ -105,9 +134,12 @@ class Handlers:
     """What the page's events do: read the service and the indexer, show them through
     :mod:`app.server.views`; every list is re-read on page load and on refresh."""
 
-    def __init__(self, service: ChatService, indexer: Indexer, upload_dir: Path) -> None:
+    def __init__(self, service: ChatService, indexer: Indexer, upload_dir: Path,
+                 conversion: Conversion | None = None) -> None:
         self.service, self.indexer, self.upload_dir = service, indexer, upload_dir
         self.running = UiState()
+        self._conversion = conversion
+        self._loaded_after: ConversionState | None = None  # the finished conversion the model was reloaded for
 
     # -- what the panels show ---------------------------------------------------------------------------
     def find_movie(self, movie_id: int | None) -> Movie | None:
@@ -140,7 +172,8 @@ class Handlers:
         return views.library_html(movies, estimates, self.indexer.paused())
 
     def queue(self) -> str:
-        return views.queue_markdown(self.indexer.counts(), self.indexer.running(), self.indexer.paused())
+        return views.queue_markdown(self.indexer.counts(), self.indexer.running(), self.indexer.paused(),
+                                    self.indexer.estimate())
 
     def prepare_films(self, current: int | None = None) -> dict[str, Any]:
         return views.prepare_choices(self.service.movies(), current)
@@ -148,6 +181,9 @@ class Handlers:
     def prepare_panel(self, movie_id: int | None) -> tuple[str, Any, Any]:
         movie = self.find_movie(movie_id)
         line, prepare, forget = views.prepare_controls(movie, self.service.prepare_estimate(movie) if movie else None)
+        where = self.service.preparing().get(movie.id) if movie else None
+        if where:  # read ahead in this server's queue, with the model it holds
+            line += f" · preparing now: {where}"
         return line, gr.update(**prepare), gr.update(**forget)
 
     def library_panels(self, prepare_id: int | None) -> tuple:
@@ -165,6 +201,38 @@ class Handlers:
                 self.conversations(chosen), self.fast(chosen), self.library(), self.queue(), gr.update(**prepare),
                 *self.prepare_panel(prepare["value"]))
 
+    # -- the llama.cpp conversion -------------------------------------------------------------------
+    def conversion(self) -> Conversion:
+        if self._conversion is None:
+            self._conversion = Conversion(self.service.data)
+        return self._conversion
+
+    def _offer(self) -> Any:
+        return conversion_offer(self.service.data, self.service.model_name, self.service.load_options)
+
+    def convert_panel(self) -> tuple[str, Any, Any, str]:
+        """The conversion's line, Convert (with its size), Cancel and progress; once one is done, the
+        model loads from it (once)."""
+        state = self.conversion().state()
+        if state.outcome == "done" and state is not self._loaded_after:
+            self._loaded_after = state
+            self.service.warm_up()
+        line, convert, cancel, bar = views.conversion_controls(None if state.running else self._offer(), state)
+        return line, gr.update(**convert), gr.update(**cancel), bar
+
+    def start_convert(self) -> tuple[str, Any, Any, str]:
+        offer = self._offer()
+        if offer is None:
+            raise gr.Error("Nothing to convert: the model runs as it is here (or its conversion is done).")
+        if not offer.fits:
+            raise gr.Error("Not enough free disk space for the conversion: free some first.")
+        self.conversion().start(offer.name)
+        return self.convert_panel()
+
+    def cancel_convert(self) -> tuple[str, Any, Any, str]:
+        self.conversion().cancel()
+        return self.convert_panel()
+
     def pick_model(self, name: str | None) -> str:
         if name:
             try:
@@ -175,7 +243,36 @@ class Handlers:
 
     # -- the chats --------------------------------------------------------------------------------------
     def pick_film(self, movie_id: int | None) -> tuple:
+        movie = self.find_movie(movie_id)
+        if movie is not None and not movie.features_complete:
+            self.indexer.open_film(movie.id)  # a film a person opens is indexed next
         return (views.player_html(movie_id), self.conversations(movie_id), [], "", None, "", self.fast(movie_id))
+
+    def search(self, query: str) -> tuple[str, Any]:
+        """The dialogue search: its line and its results (:func:`views.search_choices`)."""
+        query = (query or "").strip()
+        if len(query) > SEARCH_MAX_CHARS:
+            raise gr.Error(f"Search for at most {SEARCH_MAX_CHARS} characters.")
+        found = []
+        if query:
+            with LibraryStore.open(self.service.data.database) as store:
+                found = search_cues(store, query, limit=SEARCH_LIMIT)
+        return views.search_line(query, len(found)), gr.update(**views.search_choices(found))
+
+    def open_result(self, value: str | None, movie_id: int | None) -> tuple:
+        """A search result picked: its film chosen and its player opened at the line; the film already
+        chosen keeps its conversation (the page seeks its player: :data:`SEEK_RESULT`)."""
+        picked = views.search_choice(value)
+        if picked is None:
+            return (gr.update(),) * 8
+        film, start = picked
+        if movie_id is not None and int(movie_id) == film:
+            return (gr.update(),) * 8
+        films = self.films(film)
+        if films["value"] != film:
+            raise gr.Error("That film cannot be opened in Movie chat yet: see the Library tab.")
+        player, *rest = self.pick_film(film)
+        return (gr.update(**films), views.player_html(film, start), *rest)
 
     def pick_conversation(self, conversation_id: int | None, movie_id: int | None) -> tuple:
         if not conversation_id:
@@ -253,14 +350,21 @@ class Handlers:
         self.running.stop(session_of(request), QUICK)
 
     def forget_upload(self, path: str | None) -> None:
-        """An upload is deleted once it is replaced or removed (and Gradio sweeps what is left)."""
-        if path and Path(path).is_file() and Path(path).resolve().is_relative_to(self.upload_dir.resolve()):
-            Path(path).unlink(missing_ok=True)
+        """Delete this session's own copy of an upload (:meth:`keep_upload`), and its folder, once the
+        upload is replaced or removed or the session ends (``gr.State``'s delete_callback). Nothing else
+        is deleted: Gradio's cached file may be another session's upload of the same content (Gradio names
+        it by a hash of the content), so it is left to Gradio's sweep (``delete_cache``)."""
+        own = session_copy_of(self.upload_dir, path)
+        if own is not None:
+            own.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # not empty, or gone already: left alone
+                own.parent.rmdir()
 
     def keep_upload(self, new: str | None, old: str | None) -> tuple[str | None, list]:
-        if old and old != new:
-            self.forget_upload(old)
-        return new, []  # a new picture starts a new quick chat
+        """The session's own copy of a new upload (None when the upload was removed) for its ``gr.State``,
+        the session's previous copy deleted; a new picture starts a new quick chat."""
+        self.forget_upload(old)
+        return (str(copy_for_session(self.upload_dir, Path(new))) if new else None), []
 
     # -- the library ------------------------------------------------------------------------------------
     def add_folder(self, folder: str) -> tuple[str, str, str]:
@@ -293,7 +397,8 @@ class Handlers:
             message = self.service.set_prepared(int(movie_id), wanted)
         except (KeyError, UserError) as exc:
             raise _user_error(exc) from None
-        if wanted and not self.indexer.start():
+        movie = self.find_movie(movie_id)
+        if wanted and movie is not None and not movie.features_complete and not self.indexer.start():
             message += " (the indexer starts when the queue is resumed)" if self.indexer.paused() else ""
         gr.Info(message)
         return self.library_panels(movie_id)
@@ -305,6 +410,41 @@ class Handlers:
         return self.set_prepared(movie_id, False)
 
 
+# -- the uploads of the quick chat ---------------------------------------------------------------------------
+def copy_for_session(upload_dir: Path, upload: Path) -> Path:
+    """A copy of ``upload`` that belongs to one session alone: ``<upload_dir>/sessions/<id>/<name>``.
+
+    Gradio keeps an upload at a path made from a hash of its content, so two sessions that upload the
+    same picture get the same file, and deleting it for one would take it from the other. The id is
+    random (never derived from the content) and new for every upload; the copy is a hard link where
+    the file system allows one (no bytes copied), else a copy.
+    """
+    sessions = upload_dir / SESSION_UPLOADS
+    sessions.mkdir(mode=0o700, exist_ok=True)
+    copy = Path(tempfile.mkdtemp(dir=sessions)) / _safe_name(upload.name)
+    try:
+        os.link(upload, copy)
+    except OSError:  # another file system, or one without hard links
+        shutil.copyfile(upload, copy)
+    return copy
+
+
+def _safe_name(name: str) -> str:
+    """The upload's own name for its copy (a name never holds a separator here), never ``.`` or ``..``."""
+    return name if name not in ("", ".", "..") else "upload"
+
+
+def session_copy_of(upload_dir: Path, path: str | None) -> Path | None:
+    """``path`` if it is a session's copy made by :func:`copy_for_session` (a file, not a link, directly
+    in a folder of ``<upload_dir>/sessions``, every link of the way resolved), else None: what a
+    session's state names is checked before anything is deleted."""
+    if not path or Path(path).is_symlink():
+        return None
+    real = Path(os.path.realpath(path))
+    sessions = Path(os.path.realpath(upload_dir / SESSION_UPLOADS))
+    return real if real.parent.parent == sessions and real.is_file() else None
+
+
 # -- the page -----------------------------------------------------------------------------------------------
 class Header(NamedTuple):
     model: Any
@@ -312,6 +452,20 @@ class Header(NamedTuple):
     status: Any
     temperature: Any
     max_tokens: Any
+    convert: ConvertRow
+
+
+class ConvertRow(NamedTuple):
+    info: Any
+    start: Any
+    cancel: Any
+    progress: Any
+    ticker: Any
+
+    @property
+    def panels(self) -> list[Any]:
+        """What :meth:`Handlers.convert_panel` fills."""
+        return [self.info, self.start, self.cancel, self.progress]
 
 
 class ChatArea(NamedTuple):
@@ -322,6 +476,13 @@ class ChatArea(NamedTuple):
     stop: Any
 
 
+class SearchRow(NamedTuple):
+    query: Any
+    go: Any
+    info: Any
+    results: Any
+
+
 class MovieTab(NamedTuple):
     film: Any
     player: Any
@@ -330,6 +491,7 @@ class MovieTab(NamedTuple):
     conversation_id: Any
     fast: Any
     chat: ChatArea
+    search: SearchRow
 
 
 class QuickTab(NamedTuple):
@@ -361,9 +523,9 @@ class LibraryTab(NamedTuple):
         return [self.table, self.queue, self.prepare_info, self.prepare, self.forget]
 
 
-def build_ui(service: ChatService, indexer: Indexer, upload_dir: Path) -> Any:
+def build_ui(service: ChatService, indexer: Indexer, upload_dir: Path, conversion: Conversion | None = None) -> Any:
     """The Blocks (see the module docstring)."""
-    ui = Handlers(service, indexer, upload_dir)
+    ui = Handlers(service, indexer, upload_dir, conversion)
     with gr.Blocks(title=f"{st.TITLE} - movie assistant", delete_cache=(1800, 3600)) as demo:
         header = _header(ui)
         films = ui.films()
@@ -382,13 +544,26 @@ def _header(ui: Handlers) -> Header:
         model = gr.Dropdown(label="Model", elem_id="model", interactive=True, scale=0, min_width=280, **ui.models())
         refresh = gr.Button("Refresh", elem_id="refresh", size="sm", scale=0, min_width=100)
     status = gr.Markdown(ui.setup(), elem_id="status")
+    convert = _convert_row()
     with gr.Accordion("Answer settings", open=False, elem_id="answer-settings"):
         with gr.Row():
             temperature = gr.Slider(0, 1.5, value=SamplingOptions.temperature, step=0.05, label="Temperature",
                                     info="0: always the most likely words", elem_id="temperature")
             max_tokens = gr.Slider(1, 2048, value=SamplingOptions.max_new_tokens, step=1,
                                    label="Longest answer (tokens)", elem_id="max-tokens")
-    return Header(model, refresh, status, temperature, max_tokens)
+    return Header(model, refresh, status, temperature, max_tokens, convert)
+
+
+def _convert_row() -> ConvertRow:
+    """The llama.cpp conversion the served model needs here (hidden while none is): its line,
+    Convert with its disk space, Cancel, the progress bar; refreshed every second."""
+    with gr.Row(equal_height=True):
+        info = gr.Markdown("", elem_id="convert-info")
+        start = gr.Button("Convert for llama.cpp", elem_id="convert", variant="primary", visible=False, scale=0,
+                          min_width=260)
+        cancel = gr.Button("Cancel conversion", elem_id="convert-cancel", visible=False, scale=0, min_width=180)
+    progress = gr.HTML("", elem_id="convert-progress")
+    return ConvertRow(info, start, cancel, progress, gr.Timer(1))
 
 
 def _chat_area(name: str, placeholder: str) -> ChatArea:
@@ -412,6 +587,7 @@ def _movie_tab(ui: Handlers, films: dict[str, Any]) -> MovieTab:
             film = gr.Dropdown(label="Film", elem_id="film", interactive=True, **films)
             player = gr.HTML(views.player_html(chosen), elem_id="player")
             moments = gr.HTML("", elem_id="moments")
+            search = _search_row()
         with gr.Column(scale=2):
             kept = views.conversation_choices(ui.service.conversations(chosen) if chosen is not None else [])
             conversation = gr.Dropdown(label="Conversation", elem_id="conversation", interactive=True, **kept)
@@ -419,7 +595,20 @@ def _movie_tab(ui: Handlers, films: dict[str, Any]) -> MovieTab:
             fast = gr.Checkbox(label="Fast answers", elem_id="fast-answers", info=views.FAST_INFO,
                                **views.fast_choice(ui.find_movie(chosen)))
             chat = _chat_area(MOVIE, "Ask about the film (Shift+Enter for a new line)")
-    return MovieTab(film, player, moments, conversation, conversation_id, fast, chat)
+    return MovieTab(film, player, moments, conversation, conversation_id, fast, chat, search)
+
+
+def _search_row() -> SearchRow:
+    """Search the dialogue: a line someone remembers, found in every film's subtitles; the results
+    (film · time · line) open the film at the line."""
+    with gr.Row(equal_height=True):
+        query = gr.Textbox(label="Search the dialogue", elem_id="search-query", scale=4,
+                           placeholder="a line you remember, in any film of the library")
+        go = gr.Button("Search", elem_id="search", scale=1)
+    info = gr.Markdown("", elem_id="search-info")
+    results = gr.Radio(choices=[], value=None, label="Lines", elem_id="search-results", visible=False,
+                       interactive=True)
+    return SearchRow(query, go, info, results)
 
 
 def _quick_tab(ui: Handlers) -> QuickTab:
@@ -428,7 +617,8 @@ def _quick_tab(ui: Handlers) -> QuickTab:
         with gr.Column(scale=2):
             image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Image", elem_id="quick-image")
             video = gr.File(file_types=["video"], type="filepath", label="Short video", elem_id="quick-video")
-            # the session's uploads: deleted when replaced, removed, or when the session ends
+            # the session's own copies of its uploads (Handlers.keep_upload), asked about and deleted when
+            # replaced, removed, or when the session ends
             image_path = gr.State(None, delete_callback=ui.forget_upload)
             video_path = gr.State(None, delete_callback=ui.forget_upload)
         with gr.Column(scale=3):
@@ -475,6 +665,12 @@ def _wire(demo: Any, ui: Handlers, header: Header, movie: MovieTab, quick: Quick
     for event in (demo.load, header.refresh.click):
         event(ui.refresh_all, inputs=[movie.film, library.prepare_film], outputs=everything)
     header.model.input(ui.pick_model, inputs=header.model, outputs=header.status)
+    c = header.convert
+    for event in (demo.load, header.refresh.click, header.model.input):
+        event(ui.convert_panel, None, c.panels, show_progress="hidden")
+    c.start.click(ui.start_convert, None, c.panels)
+    c.cancel.click(ui.cancel_convert, None, c.panels)
+    c.ticker.tick(ui.convert_panel, None, c.panels, show_progress="hidden")
     settings = [header.temperature, header.max_tokens]
 
     m = movie.chat
@@ -489,12 +685,18 @@ def _wire(demo: Any, ui: Handlers, header: Header, movie: MovieTab, quick: Quick
     for event in (m.ask.click, m.question.submit):
         event(ui.ask_movie, ask_inputs, ask_outputs, concurrency_limit=None)
     m.stop.click(ui.stop_movie, None, None, concurrency_limit=None)
+    s = movie.search
+    for event in (s.go.click, s.query.submit):
+        event(ui.search, s.query, [s.info, s.results])
+    s.results.input(ui.open_result, [s.results, movie.film],
+                    [movie.film, movie.player, movie.conversation, m.chat, movie.moments, movie.conversation_id,
+                     m.progress, movie.fast], js=SEEK_RESULT)
 
     q = quick.chat
     quick.image.change(ui.keep_upload, [quick.image, quick.image_path], [quick.image_path, q.chat])
     quick.video.change(ui.keep_upload, [quick.video, quick.video_path], [quick.video_path, q.chat])
     for event in (q.ask.click, q.question.submit):
-        event(ui.ask_quick, [q.question, quick.image, quick.video, q.chat, *settings],
+        event(ui.ask_quick, [q.question, quick.image_path, quick.video_path, q.chat, *settings],
               [q.chat, q.progress, q.question], concurrency_limit=None)
     q.stop.click(ui.stop_quick, None, None, concurrency_limit=None)
 

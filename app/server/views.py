@@ -19,8 +19,11 @@ from app import film_words as words
 from app import status as st
 from app.chat_service import fast_by_default
 from app.conversations import Conversation, StoredTurn
+from app.model_convert import Offer
 from app.questions import ChatEvent
-from indexer.library import Movie
+from app.server.converting import ConversionState
+from indexer.estimate import LibraryEstimate
+from indexer.library import Movie, askable
 from llamavid.storage import human_size
 
 NEW = 0  # the conversation dropdown's "new conversation"
@@ -47,6 +50,24 @@ def setup_markdown(service: Any, status: st.AppStatus) -> str:
     return f"**Model:** `{service.shown_model}` ({loaded}) · **Data folder:** `{status.data_dir}`"
 
 
+def conversion_controls(offer: Offer | None, state: ConversionState) -> tuple[str, dict[str, Any], dict[str, Any], str]:
+    """The setup's llama.cpp conversion: a line (what and why with its disk space; how it goes; how
+    it ended), the Convert button (its size on it, shown while one is needed and none runs),
+    Cancel (while one runs) and a progress bar (HTML)."""
+    hidden = {"visible": False}
+    if state.running:
+        total = state.total or 1
+        shown = f"{human_size(state.done)} of about {human_size(state.total)}" if state.total else "starting"
+        line = f"Converting **{state.name}** for llama.cpp: {shown} · {state.label}"
+        bar = f'<progress id="convert-bar" value="{min(state.done, total)}" max="{total}"></progress>'
+        return line, hidden, {"visible": True}, bar
+    ended = f"\n\n*{_sentence(state.message)}*" if state.outcome in ("cancelled", "error") else ""
+    if offer is not None:
+        return offer.describe() + ended, {"value": offer.button(), "visible": True, "interactive": offer.fits}, \
+            hidden, ""
+    return (_sentence(state.message) if state.outcome == "done" else ""), hidden, hidden, ""
+
+
 def model_choices(names: Sequence[str], current: str | None) -> dict[str, Any]:
     """The model picker: the installed chat models (and the current one), shown with two or more."""
     names = list(names)
@@ -62,8 +83,9 @@ def _pick(choices: list[tuple[str, int]], current: int | None, default: int | No
 
 
 def film_choices(movies: Iterable[Movie], current: int | None = None) -> dict[str, Any]:
-    """The films a chat can use (indexed), ``current`` kept when it still is one, else the first."""
-    choices = [(film_title(m), m.id) for m in movies if m.features_complete]
+    """The films a chat can use (indexed, or their dialogue read: :func:`indexer.library.askable`),
+    ``current`` kept when it still is one, else the first."""
+    choices = [(film_title(m), m.id) for m in movies if askable(m)]
     return _pick(choices, current, choices[0][1] if choices else None)
 
 
@@ -85,11 +107,42 @@ def fast_choice(movie: Movie | None, conversation: Conversation | None = None) -
     return {"value": fast_by_default(movie), "interactive": True}
 
 
-def player_html(movie_id: int | None) -> str:
+def player_html(movie_id: int | None, start: float | None = None) -> str:
+    """The film's player; ``start``: where it opens (a search result's line), else the film's start."""
     if movie_id is None:
         return "<p>Pick an indexed film.</p>"
     return (f'<video id="llamavid-player" controls preload="metadata" '
-            f'src="/v1/movies/{int(movie_id)}/video"></video>')
+            f'src="{player_src(movie_id, start)}"></video>')
+
+
+def player_src(movie_id: int, start: float | None = None) -> str:
+    """The film's video address; ``start``: a media fragment (``#t=SECONDS``), the browser opens it there."""
+    return f"/v1/movies/{int(movie_id)}/video" + (f"#t={float(start):.3f}" if start is not None else "")
+
+
+def search_choices(matches: Sequence[Any]) -> dict[str, Any]:
+    """The dialogue search's results (:class:`indexer.search.CueMatch`, best first) as choices: "film ·
+    0:00:40 · the line", each one's value ``"MOVIE_ID:START"`` (:func:`search_choice`); none chosen."""
+    choices = [(words.search_label(m), f"{m.movie_id}:{m.start:.3f}") for m in matches]
+    return {"choices": choices, "value": None, "visible": bool(choices)}
+
+
+def search_line(query: str, found: int) -> str:
+    """What the dialogue search says above its results."""
+    if not query.strip():
+        return ""
+    if not found:
+        return words.NO_LINE
+    return f"{found} line{'s' if found != 1 else ''} found: pick one to watch it."
+
+
+def search_choice(value: str | None) -> tuple[int, float] | None:
+    """A search result's (film id, start in seconds), from its choice's value (None for none or a bad one)."""
+    try:
+        movie, start = (value or "").split(":")
+        return int(movie), max(0.0, float(start))
+    except ValueError:
+        return None
 
 
 def moments_html(moments: Sequence[Mapping[str, Any]] | None) -> str:
@@ -201,9 +254,14 @@ def prepare_controls(movie: Movie | None, estimate: int | None) -> tuple[str, di
     return line, prepare, {"value": words.FORGET_PREPARED, "visible": asked}
 
 
-def queue_markdown(counts: Mapping[str, int], running: bool, paused: bool) -> str:
-    """The indexer's queue in one line: films per state, whether the indexer runs, paused."""
+def queue_markdown(counts: Mapping[str, int], running: bool, paused: bool,
+                   estimate: LibraryEstimate | None = None) -> str:
+    """The indexer's queue: films per state, whether the indexer runs, paused; then the films still
+    to index in order and how long they take on this computer (picking a film puts it first)."""
     parts = [f"{n} {state}" for state, n in sorted(counts.items()) if n]
     line = "Queue: " + (", ".join(parts) if parts else "empty")
     line += " · indexer " + ("running" if running else "idle")
-    return line + (" · **paused**" if paused else "")
+    line += " · **paused**" if paused else ""
+    if estimate is not None and estimate.films:
+        line += "\n\n" + estimate.describe() + " (a film you open in Movie chat goes first)"
+    return line

@@ -22,7 +22,7 @@ from llamavid.hub.installed import resolve_model, search_dirs
 from llamavid.paths import resolve_data_dir
 
 HELP = ("measure EVA, Q-Former and LLM speed on this machine, one JSON line per measurement "
-        "(bench decode|film|server: the decoder, a film's first word, the server)")
+        "(bench decode|film|server|rehearse: the decoder, a film's first word, the server, a full-size rehearsal)")
 
 #: ``llamavid bench NAME``: module and one line of help, in ``--help`` order.
 BENCHMARKS: dict[str, tuple[str, str]] = {
@@ -30,6 +30,14 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "film": ("cli.bench.film", "time to the first word about a one-hour film with cached features"),
     "server": ("cli.bench.server", "the server's streamed decode rate against the engine's, and its latency "
                                    "while it answers"),
+    "rehearse": ("cli.bench.rehearse", "a full-size rehearsal with random weights: conversion, a one-hour film's "
+                                       "exact and prepared questions, a restart; time, memory, disk per step"),
+    "moments": ("cli.bench.moments", "whether an answer's moments find the line a question quotes or paraphrases: "
+                                     "Hit@1 and Hit@5 on a generated set of films with subtitles"),
+    "queue": ("cli.bench.queue", "how long the first answer about a film just opened takes in a library of many "
+                                 "queued films, before and after the order of work (opened first, dialogue first)"),
+    "skip": ("cli.bench.skip", "what skipping EVA for near-identical frames saves per film hour on static and "
+                               "moving shots, and the cosine of the reused features"),
 }
 
 

@@ -15,6 +15,10 @@ Picture functions for the callers:
   per-frame grain) that costs a real encoder and decoder about what a film does; stateful, call in order.
 * ``moving_bar(width, height, color)``: one colour with a black bar moving right 4 px a frame.
 * ``grey_ramp(width, height)``: a flat grey picture a little brighter every frame.
+* ``shots(width, height, fps, kinds)``: shots cut every few seconds, each a new random scene, either
+  static (``still``: only fresh grain; ``talk``: a small disc moving slowly, local motion as of a face
+  talking; ``fade``: the light changing slowly) or moving (``pan``: the camera pans): the static-shot
+  and moving-shot films of ``llamavid bench skip``.
 
 ``write_audio`` writes a file with only a tone, ``repeat_clip`` makes a long clip from a short one by
 remuxing copies (no re-encode). Nothing here is used when indexing or chatting.
@@ -146,6 +150,62 @@ def moving_bar(width: int, height: int, color: Sequence[int], bar: int = 8, step
 def grey_ramp(width: int, height: int, step: int = 8) -> Picture:
     """A flat grey picture of level ``(step * i) % 255``."""
     return lambda i, t: np.full((height, width, 3), (i * step) % 255, np.uint8)
+
+
+#: The kinds of shot :func:`shots` films: static (``still``, ``talk``) and moving (``pan``).
+SHOT_KINDS = ("still", "talk", "fade", "pan")
+
+
+def _scene(width: int, height: int, seed: tuple[int, ...]) -> np.ndarray:
+    """A random picture with broad colour gradients, a few flat objects and a fine texture (float32, 0..255)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.empty((height, width, 3), np.float32)
+    for c in range(3):
+        waves = rng.uniform(0.004, 0.03, (3, 2)) * rng.choice([-1, 1], (3, 2))
+        img[..., c] = 128 + sum(float(rng.uniform(15, 40)) * np.sin(xx * fx + yy * fy + float(rng.uniform(0, 6.3)))
+                                for fx, fy in waves)
+    for _ in range(6):  # flat objects
+        w, h = int(rng.integers(width // 12, width // 4)), int(rng.integers(height // 8, height // 3))
+        x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+        img[y:y + h, x:x + w] = rng.uniform(20, 235, 3)
+    texture = rng.normal(0, 14, ((height + 3) // 4, (width + 3) // 4)).astype(np.float32)
+    img += np.kron(texture, np.ones((4, 4), np.float32))[:height, :width, None]
+    return img
+
+
+def shots(width: int, height: int, fps: float, kinds: Sequence[str] = SHOT_KINDS, shot_seconds: float = 6.0,
+          seed: int = 0, grain: int = 3, pan_speed: float = 24.0, fade: float = 1.0) -> Picture:
+    """Shots of ``shot_seconds`` each, a new random scene every cut, of the ``kinds`` in turn:
+    ``still`` a static shot (fresh grain of +-``grain`` levels every frame, nothing else moves),
+    ``talk`` the same with a small disc moving 8 px a second (local motion, as a face talking),
+    ``fade`` the still scene brightening ``fade`` grey levels a second (a light change),
+    ``pan`` the scene panned ``pan_speed`` px a second (a moving camera). Any frame order works."""
+    unknown = [k for k in kinds if k not in SHOT_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"shot kinds must be some of {', '.join(SHOT_KINDS)}, got {list(kinds)}")
+    span = width + int(pan_speed * shot_seconds) + 2
+    cache: dict[int, np.ndarray] = {}
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+
+    def picture(i: int, t: float) -> np.ndarray:
+        n = int(t // shot_seconds)
+        kind, local = kinds[n % len(kinds)], t - n * shot_seconds
+        if n not in cache:
+            cache.clear()  # one scene at a time
+            cache[n] = _scene(span if kind == "pan" else width, height, (seed, n))
+        x0 = int(local * pan_speed) if kind == "pan" else 0
+        img = cache[n][:, x0:x0 + width].copy()
+        if kind == "talk":
+            cx, cy, r = width / 3 + 8 * local, height / 2 + 4 * np.sin(local), max(3, height // 10)
+            img[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = (230, 190, 160)
+        elif kind == "fade":
+            img += fade * local
+        if grain:
+            img += np.random.default_rng((seed, n, i)).integers(-grain, grain + 1, (height, width, 1))
+        return np.clip(img, 0, 255).astype(np.uint8)
+
+    return picture
 
 
 # -- writing ---------------------------------------------------------------------------------------

@@ -42,6 +42,11 @@ def _subtitle_fields(sub: Any) -> tuple[float, str]:
                          f"got {sub!r}") from exc
 
 
+def subtitle_text(sub: Any) -> str:
+    """The text of a subtitle given in any of the forms :func:`assign_subtitles` takes."""
+    return _subtitle_fields(sub)[1]
+
+
 def _subtitle_list(subtitles: Any) -> list[Any]:
     """Subtitles as a list; JSON text (as stored in golden ``inputs.npz``) is parsed."""
     if isinstance(subtitles, np.ndarray) and subtitles.ndim == 0:

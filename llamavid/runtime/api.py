@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from transformers import AutoTokenizer
 
 from llamavid.errors import CheckpointError
 from llamavid.files import EVA_FILE, TOKENIZER_FILES, find_part
-from llamavid.media.load import load_video
-from llamavid.media.preprocess import preprocess_frame, preprocess_images
+from llamavid.media.load import load_image, load_video
+from llamavid.media.preprocess import crop_frame, preprocess_images
 from llamavid.model.eva import EvaVisionTower
 from llamavid.model.layout import drop_cls
 from llamavid.model.loading import LoadReport, load_llamavid, place
@@ -130,8 +131,8 @@ class LlamaVid:
         return self.config.image_size
 
     def preprocess(self, images: Any, mode: str | None = None) -> torch.Tensor:
-        """Pixels for EVA. Images are padded to square when the checkpoint was trained so; frames never are."""
-        mode = mode or ("pad" if self.config.image_aspect_ratio == "pad" else "crop")
+        """Pixels for EVA (in :attr:`image_mode` unless told)."""
+        mode = mode or self.image_mode
         return preprocess_images(images, self.image_size, mode=mode)
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -183,9 +184,13 @@ class LlamaVid:
 
     def visual(self, *, images: Sequence[Any] | None = None, video: Any = None, features: Any = None,
                frame_times: Sequence[float] | None = None, subtitles: Sequence[Any] = (), fps: float = 1.0,
-               max_frames: int | None = 180, answer_tokens: int = 512) -> Visual:
+               max_frames: int | None = 180, answer_tokens: int = 512,
+               check: Callable[[], None] | None = None) -> Visual:
         """Encode one kind of visual input (or none) once; a chat reuses it every turn.
 
+        ``images`` are RGB arrays, PIL images, or files and encoded pictures, which are decoded one at
+        a time straight to a few times the model's size (:func:`llamavid.media.load.load_image`).
+        ``check`` is called between pictures and decoded frames: it raises to stop the work.
         ``video`` is a file (sampled at ``fps``, at most ``max_frames`` spread evenly), (T, H, W, 3)
         uint8 frames or preprocessed pixels. When its tokens would not leave ``answer_tokens`` of
         the context free, every k-th frame is kept and ``Visual.notes`` says so. Film ``features``
@@ -199,17 +204,30 @@ class LlamaVid:
                 raise ValueError(f"{len(times)} frame times for {len(features)} frames of features")
             return Visual("film", drop_cls(features), times, list(subtitles))
         if video is not None:
-            return self._video(video, frame_times, fps, max_frames, answer_tokens)
+            return self._video(video, frame_times, fps, max_frames, answer_tokens, check)
         if images is not None:
-            return Visual("image", self.encode(self.preprocess(list(images))))
+            return Visual("image", self.encode(self.preprocess([self._picture(i, check) for i in images])))
         return Visual("none")
 
+    def _picture(self, image: Any, check: Callable[[], None] | None) -> Any:
+        if check is not None:
+            check()
+        if isinstance(image, (np.ndarray, Image.Image)):
+            return image
+        return load_image(image, self.image_size, self.image_mode)
+
+    @property
+    def image_mode(self) -> str:
+        """Pictures are padded to square when the checkpoint was trained so; frames never are."""
+        return "pad" if self.config.image_aspect_ratio == "pad" else "crop"
+
     def _video(self, video: Any, frame_times: Sequence[float] | None, fps: float, max_frames: int | None,
-               answer_tokens: int) -> Visual:
+               answer_tokens: int, check: Callable[[], None] | None = None) -> Visual:
         if isinstance(video, (str, Path)):
-            frames, times = load_video(video, fps, max_frames,
-                                       transform=lambda f: preprocess_frame(f, self.image_size, mode="crop"))
-            video = torch.stack(frames)
+            crops, times = load_video(video, fps, max_frames, check=check,
+                                      transform=lambda f: crop_frame(f, self.image_size))
+            video = preprocess_images(crops, self.image_size, mode="crop")  # exact: the crops are S x S
+            del crops
         else:
             video = video if torch.is_tensor(video) else np.asarray(video)
             times = list(frame_times) if frame_times is not None else [float(i) / fps for i in range(len(video))]

@@ -19,7 +19,9 @@ import torch
 from safetensors.torch import load, save
 from transformers import DynamicCache, StaticCache
 
+from llamavid.runtime import memory
 from llamavid.runtime.generate import SamplingOptions, Session, Step, forward_step, stream, with_pending
+from llamavid.runtime.kv_size import kv_cache_bytes
 from llamavid.runtime.memory import Estimate, estimate
 
 #: (done, total) after each prefill chunk; raising (a cancel) stops the prefill there.
@@ -41,6 +43,29 @@ class Backend(Protocol):
     name: str
 
     def context_length(self) -> int: ...
+
+    def trained_context(self) -> int:
+        """The context the model was trained with (what a film's plan starts from)."""
+        ...
+
+    def kv_bytes_per_token(self) -> float:
+        """Bytes of KV cache one token takes (K and V, every layer)."""
+        ...
+
+    def weights_bytes(self) -> int: ...
+
+    def total_memory(self) -> int:
+        """All the memory of the device the KV cache lives on."""
+        ...
+
+    def free_memory(self) -> int:
+        """The memory free on that device now."""
+        ...
+
+    def use_context(self, n_ctx: int) -> None:
+        """Run an ``n_ctx``-token context from now on (a film's plan); MemoryInUse when it cannot be
+        made with the memory free now."""
+        ...
 
     def new_state(self) -> Any: ...
 
@@ -99,6 +124,25 @@ class TransformersBackend:
 
     def context_length(self) -> int:
         return self.model.config.context_length
+
+    def trained_context(self) -> int:
+        return self.model.config.context_length
+
+    def kv_bytes_per_token(self) -> float:
+        return float(kv_cache_bytes(self.model.config, 1, self.model.lm_head.weight.element_size()))
+
+    def weights_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def total_memory(self) -> int:
+        return memory.total_memory(self.model.lm_head.weight.device)
+
+    def free_memory(self) -> int:
+        return memory.available_memory(self.model.lm_head.weight.device)
+
+    def use_context(self, n_ctx: int) -> None:
+        """Nothing to make: the cache grows with the conversation (the chat keeps to ``n_ctx`` tokens,
+        and each turn's pre-flight checks the memory it adds)."""
 
     def new_state(self) -> Session:
         return Session(cache=None) if self.static_cache else Session()

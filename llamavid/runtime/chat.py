@@ -18,19 +18,21 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
 from llamavid.errors import CheckpointError, ContextOverflow, NotEnoughMemory, UserError
 from llamavid.model.layout import IMAGE_TOKEN
 from llamavid.prompt.builders import image_prompt, movie_prompt
-from llamavid.prompt.subtitles import interleave_subtitles
+from llamavid.prompt.subtitles import interleave_subtitles, subtitle_text
 from llamavid.prompt.templates import get_template
 from llamavid.runtime.backend import Backend
 from llamavid.runtime.control import Control
 from llamavid.runtime.generate import SamplingOptions, Step
 from llamavid.runtime.inputs import Visual
-from llamavid.runtime.memory import frame_stride
+from llamavid.runtime.memory import FilmPlan, frame_stride, ordinal, plan_context, require_free
+from llamavid.storage import human_size
 
 FILM_ROWS_PER_FRAME = 2  # the long-video prompt: <image><image> per frame, a context and a content row
 
@@ -58,6 +60,11 @@ class TurnPlan:
         return len(self.ids) - len(self.slot_rows) + sum(self.slot_rows)
 
 
+#: the frame stride of a chat about a film's dialogue alone (no frame is read): kept with a
+#: conversation, it stays about the dialogue when the film's frames are indexed later
+DIALOGUE_ONLY = 0
+
+
 class Chat:
     """A multi-turn conversation about one visual input.
 
@@ -70,24 +77,37 @@ class Chat:
     """
 
     def __init__(self, lv, visual: Visual, backend: Backend | None = None, time_budget: float | None = None,
-                 stride: int | None = None):
+                 stride: int | None = None, plan: FilmPlan | None = None):
         """``stride`` reads a film with every k-th frame as an earlier session did (a kept
-        conversation must see the film it was asked about); None plans it (:meth:`plan_stride`)."""
+        conversation must see the film it was asked about); None plans it (:meth:`plan_stride`).
+        ``plan`` (a library film's, or a kept conversation's; kept as :attr:`film_plan`) fixes both
+        the stride and the context:
+        the backend runs an ``n_ctx``-token context (llama.cpp makes one of that size, refusing with
+        :class:`~llamavid.errors.MemoryInUse` when it does not fit the memory free now), and
+        nothing is planned from the memory free now."""
         self.lv = lv
         self.backend = backend or lv.backend
+        self.film_plan = plan
+        if plan is not None:
+            self.backend.use_context(plan.n_ctx)
         self.state = self.backend.new_state()
         self.turns: list[Turn] = []
         self.last_token: int | None = None
         self.relevance: torch.Tensor | None = None
         self.stride = 1
-        self.visual = self._fit_film(visual, time_budget, stride) if visual.kind == "film" else visual
+        if plan is not None:
+            stride = plan.stride
+        if visual.kind == "film":
+            visual = self._fit_film(visual, time_budget, stride)
+        elif visual.kind == "dialogue":
+            visual = self._fit_dialogue(visual)
+            self.stride = DIALOGUE_ONLY
+        self.visual = visual
         self.notes: list[str] = list(self.visual.notes)
 
     def _film_text_tokens(self, v: Visual, reserve: int) -> int:
         """Tokens of a film prompt besides its frames (the template, the subtitles), plus ``reserve``."""
-        per_frame = interleave_subtitles(v.frame_times, v.subtitles)
-        ids = self.lv.tokenize(movie_prompt(per_frame, "", template=self.lv.template))
-        return len(ids) - FILM_ROWS_PER_FRAME * len(v.features) + reserve
+        return film_text_tokens(self.lv, v, reserve)
 
     def _fit_film(self, v: Visual, time_budget: float | None, stride: int | None, reserve: int = 256) -> Visual:
         """Keep every k-th frame when the film would not fit the context, the memory or the time
@@ -97,6 +117,10 @@ class Chat:
         if stride is None:
             text = self._film_text_tokens(v, reserve)
             stride, limit = self.plan_stride(len(v.features), FILM_ROWS_PER_FRAME, text, 0, time_budget)
+        elif self.film_plan is not None and self.film_plan.budget is not None:
+            n_ctx, budget = self.film_plan.n_ctx, human_size(self.film_plan.budget)
+            limit = (f"the {n_ctx}-token context of the {budget} film memory budget holds "
+                     "(`llamavid index prepare --memory-gb` sets it)")
         else:
             limit = "this conversation was read with"
         self.stride = stride
@@ -107,12 +131,27 @@ class Chat:
                 f"using every {ordinal(stride)} frame ({len(times)} frames)")
         return replace(v, features=v.features[::stride], frame_times=times, notes=[*v.notes, note])
 
+    def _fit_dialogue(self, v: Visual, reserve: int = 512) -> Visual:
+        """A film's dialogue alone (its frames are not read yet): every k-th line when all of them
+        would not leave ``reserve`` tokens of the context for the question and the answer."""
+        limit = self.context_length() - reserve
+        step = 1
+        while step < max(1, len(v.subtitles)):
+            if len(self.lv.tokenize(dialogue_text(v.subtitles[::step], "", self.lv.template))) <= limit:
+                break
+            step += 1
+        if step == 1:
+            return v
+        kept = v.subtitles[::step]
+        return replace(v, subtitles=kept, notes=[*v.notes, f"the dialogue is longer than the context holds; "
+                                                           f"using every {ordinal(step)} line ({len(kept)} lines)"])
+
     def plan_stride(self, frames: int, rows_per_frame: int, text_tokens: int, answer_tokens: int,
                     time_budget: float | None = None) -> tuple[int, str]:
         """The smallest frame stride whose turn fits the context, the memory and (when the machine's
         rates are known) the time budget, and which of them set it, in words. Refuses (a
         ContextOverflow) only when not even one frame fits beside the text."""
-        limit = self.backend.context_length()
+        limit = self.context_length()
         stride = frame_stride(frames, rows_per_frame, text_tokens + answer_tokens, limit)
         why = f"the {limit}-token context holds"
         while stride < frames:
@@ -128,6 +167,11 @@ class Chat:
                 break
             stride += 1
         return stride, why
+
+    def context_length(self) -> int:
+        """The tokens this conversation may hold: its :attr:`film_plan`'s context, else the backend's."""
+        limit = self.backend.context_length()
+        return min(limit, self.film_plan.n_ctx) if self.film_plan is not None else limit
 
     def expected_seconds(self, frames: int, tokens: int) -> float | None:
         """Q-Former and prefill time at the rates measured on this machine (None before any)."""
@@ -162,6 +206,8 @@ class Chat:
         v, marker = self.visual, IMAGE_TOKEN + "\n"
         if v.kind == "film" and not self.turns:
             return movie_prompt(interleave_subtitles(v.frame_times, v.subtitles), question, template=self.lv.template)
+        if v.kind == "dialogue" and not self.turns:
+            return dialogue_text(v.subtitles, question, self.lv.template)
         prefix = marker * (placeholders or 0)
         if self.turns:
             conv = get_template(self.lv.template)
@@ -173,13 +219,15 @@ class Chat:
     def preflight(self, plan: TurnPlan, opts: SamplingOptions, time_budget: float | None = None) -> SamplingOptions:
         """Refuse before any heavy work a turn that cannot fit; returns the options with the answer
         budget cut to the context left (an answer stops at the context's end, never overflows)."""
-        limit, used, new = self.backend.context_length(), self.state.length, plan.tokens
+        limit, used, new = self.context_length(), self.state.length, plan.tokens
         if used + new + 1 > limit:
             raise ContextOverflow(f"this turn needs {new} tokens but only {limit - used} of the model's "
                                   f"{limit}-token context are left; start a new chat or use fewer frames",
                                   needed=used + new + 1, limit=limit)
         answer = min(opts.max_new_tokens, limit - used - new)
         estimate = self.backend.preflight(self.state, new, answer)
+        if not estimate.fits and self.film_plan is not None:  # the film's plan is fixed: only freeing memory helps
+            require_free(estimate.needed, estimate.available, "this question")
         if not estimate.fits:
             raise NotEnoughMemory(f"not enough memory: {estimate.describe()}; "
                                   "use fewer frames, --load-4bit or a smaller model")
@@ -203,7 +251,7 @@ class Chat:
     def _slots(self, question: str, control: Control | None) -> list[torch.Tensor]:
         """Visual rows for this turn's placeholders: the Q-Former pass, with progress and cancel."""
         v = self.visual
-        if v.kind == "none" or (v.kind == "film" and self.turns):
+        if v.kind in ("none", "dialogue") or (v.kind == "film" and self.turns):
             return []
         features = [v.features[i:i + 1] for i in range(len(v.features))] if v.kind == "image" else [v.features]
         tracker = control.phase("visual", len(v.features), "frames") if control else None
@@ -305,7 +353,7 @@ class Chat:
         model's own choices."""
         if self.turns:
             raise ValueError("replay() starts a new chat; this one already has turns")
-        tokenizer, limit = self.lv.tokenizer, self.backend.context_length()
+        tokenizer, limit = self.lv.tokenizer, self.context_length()
         if history and tokenizer is None:
             raise CheckpointError(f"{self.lv.report.folder}: no LLaMA tokenizer (tokenizer.model) in the "
                                   "checkpoint folder")
@@ -336,13 +384,32 @@ class Chat:
         self.turns.append(turn)
 
 
-def ordinal(n: int) -> str:
-    """2nd, 3rd, 4th, 11th, 21st."""
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
+def film_text_tokens(lv, visual: Visual, reserve: int = 256) -> int:
+    """Tokens of a film prompt besides its frames (the template, the subtitles), plus ``reserve``
+    for the question and the start of the answer."""
+    per_frame = interleave_subtitles(visual.frame_times, visual.subtitles)
+    ids = lv.tokenize(movie_prompt(per_frame, "", template=lv.template))
+    return len(ids) - FILM_ROWS_PER_FRAME * len(visual.features) + reserve
+
+
+def plan_film(lv, visual: Visual, budget: int, backend: Backend | None = None) -> FilmPlan:
+    """A film's :class:`FilmPlan` for this model: the context its trained length allows within
+    ``budget`` bytes of KV cache (:func:`~llamavid.runtime.memory.plan_context`), then the smallest
+    stride whose frames and text (with room for a question) fit it. Depends on the film, the model
+    and the budget only: the memory free now plays no part, so every process plans a film alike."""
+    backend = backend or lv.backend
+    n_ctx = plan_context(backend.trained_context(), backend.kv_bytes_per_token(), budget)
+    stride = frame_stride(len(visual.features), FILM_ROWS_PER_FRAME, film_text_tokens(lv, visual), n_ctx)
+    return FilmPlan(stride, n_ctx, budget)
 
 
 def plan_video_stride(lv, frames: int, question_tokens: int = 64, max_new_tokens: int = 512) -> int:
     """Frame stride so a clip's tokens fit the context (2 per frame for video checkpoints)."""
     limit = lv.backend.context_length()
     return frame_stride(frames, lv.config.tokens_per_frame, question_tokens + max_new_tokens, limit)
+
+
+def dialogue_text(cues: Sequence[Any], question: str, template: Any) -> str:
+    """The movie prompt with the film's lines alone, one per line: the reference's ``--pure-text``
+    mode, for a film whose frames are not read yet."""
+    return movie_prompt("\n".join(subtitle_text(c) for c in cues), question, template=template, pure_text=True)

@@ -9,7 +9,7 @@ from typing import Any
 class Visual:
     """The visual input of a chat, encoded once: EVA features stay cached across turns."""
 
-    kind: str  # "none", "image", "video" or "film"
+    kind: str  # "none", "image", "video", "film", or "dialogue" (a film's subtitles alone: no frames yet)
     features: Any = None  # (K, rows, C) images, (T, rows, C) clip or film
     frame_times: list[float] = field(default_factory=list)
     subtitles: list[Any] = field(default_factory=list)

@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llamavid.errors import MemoryInUse
 from llamavid.files import gguf_files, gguf_name
 from llamavid.runtime.backend import PrefillHook, Snapshot, restore_session, take_snapshot
 from llamavid.runtime.generate import SamplingOptions, Session, Step, decode_loop, make_generator
-from llamavid.runtime.kv_size import BYTES_PER_VALUE
-from llamavid.runtime.memory import Estimate, activation_bytes, available_memory
+from llamavid.runtime.kv_size import BYTES_PER_VALUE, kv_bytes_per_token, llamacpp_kv_type
+from llamavid.runtime.memory import Estimate, activation_bytes, available_memory, require_free, total_memory
 
-KV_TYPES = ("f16", "q8_0", "q4_0", "f32")
+KV_TYPES = ("f16", "q8_0", "q4_0", "f32")  # and "auto": kv_size.llamacpp_kv_type's choice for the model
 
 
 def quiet_logs() -> None:
@@ -47,8 +48,8 @@ class LlamaCppBackend:
     def __init__(self, gguf: str | Path, n_ctx: int | None = None, kv_type: str = "f16",
                  n_gpu_layers: int | None = None, threads: int | None = None, n_batch: int = 512):
         lib = llama_cpp_lib()
-        if kv_type not in KV_TYPES:
-            raise ValueError(f"KV cache type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
+        if kv_type not in (*KV_TYPES, "auto"):
+            raise ValueError(f"KV cache type must be one of auto, {', '.join(KV_TYPES)}, got {kv_type!r}")
         self.path = Path(gguf)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: GGUF file not found (llamavid models convert-gguf writes it)")
@@ -63,21 +64,36 @@ class LlamaCppBackend:
                              "(corrupt or from a newer llama.cpp)")
         self.n_embd = lib.llama_model_n_embd(self.model)
         self.n_vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(self.model))
-        self.kv_type, self.n_batch = kv_type, n_batch
+        # "auto": the one rule the size estimates follow too (q8_0 where the head size allows it)
+        self.kv_type = llamacpp_kv_type(kv_type, self.n_embd // max(1, lib.llama_model_n_head(self.model)))
+        self.n_batch = n_batch
         self.threads = threads or max(1, min(8, (os.cpu_count() or 2)))
-        self.ctx = self._context(n_ctx or self.fitting_context())
+        self.n_ctx = n_ctx or self.fitting_context()  # the context asked for (llama.cpp may pad it)
+        self.ctx = self._context(self.n_ctx)
         self.owner: Session | None = None
 
     def kv_bytes_per_token(self) -> float:
-        shape = _GgufShape(self)
-        return 2 * shape.num_hidden_layers * shape.kv_width * BYTES_PER_VALUE[self.kv_type]
+        return kv_bytes_per_token(_GgufShape(self), BYTES_PER_VALUE[self.kv_type])
+
+    def trained_context(self) -> int:
+        return int(llama_cpp_lib().llama_model_n_ctx_train(self.model))
+
+    def weights_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    def total_memory(self) -> int:
+        return total_memory(torch.device("cpu"))
+
+    def free_memory(self) -> int:
+        return available_memory(torch.device("cpu"))
 
     def fitting_context(self, floor: int = 2048) -> int:
         """The context to create when none is asked for: the model's trained length (64K for the
         long-video model, enough for a subtitled film) as far as its KV cache fits in half of the
-        memory left beside the weights; in steps of 256, never under ``floor``."""
-        trained = llama_cpp_lib().llama_model_n_ctx_train(self.model)
-        budget = 0.5 * max(0, available_memory(torch.device("cpu")) - self.path.stat().st_size)
+        memory left beside the weights; in steps of 256, never under ``floor``. A library film and
+        a kept conversation do not use it: they bring their own context (:meth:`use_context`)."""
+        trained = self.trained_context()
+        budget = 0.5 * max(0, self.free_memory() - self.weights_bytes())
         fits = int(budget // self.kv_bytes_per_token()) // 256 * 256
         return max(min(trained, floor), min(trained, fits))
 
@@ -102,6 +118,30 @@ class LlamaCppBackend:
             raise MemoryError(f"llama.cpp could not create a {n_ctx}-token {self.kv_type} context; use a smaller "
                               "context or KV type (set LLAMAVID_LLAMA_LOG=1 to see llama.cpp's reason)")
         return ctx
+
+    def use_context(self, n_ctx: int) -> None:
+        """Run an ``n_ctx``-token context from now on: a film's plan, a kept conversation's context.
+        The current one is kept when it is that size; else it is freed and the new one made, once
+        the memory free now (with the current context's) holds it; if not,
+        :class:`~llamavid.errors.MemoryInUse` says what to free and the current context stays.
+        Whatever conversation the old context served must be saved first (its cache is lost)."""
+        if self.ctx and self.n_ctx == n_ctx:
+            return
+        per_token = self.kv_bytes_per_token()
+        held = int(self.context_length() * per_token) if self.ctx else 0
+        require_free(int(n_ctx * per_token), self.free_memory() + held,
+                     f"this conversation's {n_ctx}-token context")
+        lib = llama_cpp_lib()
+        old = self.n_ctx
+        if self.ctx:
+            lib.llama_free(self.ctx)
+            self.ctx, self.owner = None, None
+        try:
+            self.ctx, self.n_ctx = self._context(n_ctx), n_ctx
+        except MemoryError as exc:
+            self.ctx = self._context(old)  # what served before serves on
+            raise MemoryInUse(f"this conversation's {n_ctx}-token context could not be made ({exc}): close other "
+                              "programs to free memory and ask again; nothing was lost") from exc
 
     def close(self) -> None:
         lib = llama_cpp_lib()
@@ -193,8 +233,9 @@ class LlamaCppBackend:
 
     @staticmethod
     def _pieces(ids: list[int], slots: Sequence[torch.Tensor]) -> list[list[int] | np.ndarray]:
-        """Token runs and embedding blocks in prompt order."""
-        pieces: list[list[int] | np.ndarray] = []
+        """Token runs and embedding blocks in prompt order; adjacent placeholders make one block (a
+        film's 7,200 one-row slots are read in full batches, not one row per llama_decode)."""
+        pieces: list[list[int] | list[np.ndarray]] = []
         run: list[int] = []
         slot_iter = iter(slots)
         for token in ids:
@@ -207,10 +248,14 @@ class LlamaCppBackend:
             rows = next(slot_iter, None)
             if rows is None:
                 raise ValueError("more <image> placeholders than visual inputs")
-            pieces.append(rows.detach().to("cpu", torch.float32).reshape(-1, rows.shape[-1]).numpy())
+            block = rows.detach().to("cpu", torch.float32).reshape(-1, rows.shape[-1]).numpy()
+            if pieces and isinstance(pieces[-1][0], np.ndarray):
+                pieces[-1].append(block)
+            else:
+                pieces.append([block])
         if run:
             pieces.append(run)
-        return pieces
+        return [np.concatenate(p) if isinstance(p[0], np.ndarray) else p for p in pieces]
 
     def _decode(self, state: Session, piece: list[int] | np.ndarray,
                 after_batch: Callable[[int], None] | None = None) -> torch.Tensor:
@@ -263,7 +308,9 @@ class _GgufShape:
         self.num_hidden_layers = lib.llama_model_n_layer(m)
         self.num_attention_heads = lib.llama_model_n_head(m)
         self.hidden_size = backend.n_embd
-        self.kv_width = lib.llama_model_n_head_kv(m) * (backend.n_embd // max(1, self.num_attention_heads))
+        self.head_dim = backend.n_embd // max(1, self.num_attention_heads)
+        self.num_key_value_heads = lib.llama_model_n_head_kv(m)
+        self.kv_width = self.num_key_value_heads * self.head_dim
         self.intermediate_size = 4 * backend.n_embd
         self.vocab_size = backend.n_vocab
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llamavid.errors import UserError
+from llamavid.runtime.kv_size import DEFAULT_LLAMACPP_KV, KV_TYPES
 
 BACKENDS = ("auto", "transformers", "llama.cpp")
 #: The options that change what a loaded model computes, so a prepared film's state is tied to them
@@ -31,13 +32,16 @@ class LoadOptions:
         device: ``auto`` (a GPU if there is one), ``cuda``, ``cuda:1``, ``mps`` or ``cpu``.
         dtype: ``auto`` (fp16 on GPUs, fp32 on CPU), ``fp32``, ``fp16`` or ``bf16``.
         bits: 4 or 8 quantizes the LLM with bitsandbytes (transformers backend); None: not quantized.
-        backend: ``auto`` (llama.cpp for a folder from ``llamavid models convert-gguf``), ``transformers``
-            or ``llama.cpp``.
+        backend: ``auto`` (llama.cpp for a folder from ``llamavid models convert-gguf``, and from a
+            checkpoint's conversion where no GPU holds it in fp16: :func:`llamavid.runtime.load.choose_engine`),
+            ``transformers`` or ``llama.cpp``.
         base: base LLM (name or folder) of a stage-1 projector; None: the catalogue's.
         vision: an ``eva_vit_g.pth`` to use instead of the installed one.
         template: conversation template; None: the one the checkpoint was trained with.
         load_vision: False for chats about indexed films, whose EVA features are cached.
         gguf_type, kv_type, n_ctx, threads: llama.cpp's GGUF file, KV cache type, context, threads.
+            ``kv_type="auto"`` is q8_0 where the model allows it (:func:`llamavid.runtime.kv_size.llamacpp_kv_type`):
+            a film's cache is most of a chat's memory, and q8_0 halves it; an explicit type is kept.
         vision_engine: how EVA and the Q-Former run on a CPU (``auto``, ``int8``...); None:
             ``vision_engine`` of ``<data>/settings.json``, else ``auto``.
     """
@@ -51,7 +55,7 @@ class LoadOptions:
     template: str | None = None
     load_vision: bool = True
     gguf_type: str | None = None
-    kv_type: str = "f16"
+    kv_type: str = "auto"
     n_ctx: int | None = None
     threads: int | None = None
     vision_engine: str | None = None
@@ -65,6 +69,9 @@ class LoadOptions:
         if self.backend not in BACKENDS:
             raise UserError(f"backend must be one of {', '.join(BACKENDS)} (auto: llama.cpp for a folder from "
                             f"`llamavid models convert-gguf`, else transformers); got {self.backend!r}")
+        if self.kv_type not in KV_TYPES:
+            raise UserError(f"kv_type must be one of {', '.join(KV_TYPES)} (auto: {DEFAULT_LLAMACPP_KV} on llama.cpp "
+                            f"where the model allows it); got {self.kv_type!r}")
 
     @staticmethod
     def names() -> tuple[str, ...]:

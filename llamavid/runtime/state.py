@@ -3,10 +3,14 @@
 On a CPU the LLM reads a film prompt (7,200 visual rows plus the dialogue) for minutes; reading a
 saved cache back takes seconds. A state file is only ever used for the conversation it was made
 for: its header carries a key (format, project version, backend and KV type, a fingerprint of the
-model's weights, and what the caller adds: the film's fingerprint, the frame stride, the subtitle
-track) and a state whose key differs is refused (:class:`StateMismatch`), so the caller rebuilds.
-The payload's length and BLAKE2 digest are checked before anything is loaded, so a truncated or
-damaged file is detected (:class:`StateCorrupt`) instead of answering from garbage. Files are
+model's weights, the frame stride and the context the chat runs in, and what the caller adds: the
+film's fingerprint, the subtitle track) and a state whose key differs is refused
+(:class:`StateMismatch`), so the caller rebuilds. The payload's length and BLAKE2 digest are
+checked before anything is loaded, so a truncated or damaged file is detected
+(:class:`StateCorrupt`) instead of answering from garbage. Both are *wrong* states, which a caller
+deletes. A right state that does not fit the memory free now is another matter: :func:`load_chat`
+refuses it with :class:`~llamavid.errors.MemoryInUse` (not a :class:`StateError`), and the caller
+keeps it for when memory is free. Files are
 written with :func:`llamavid.storage.atomic_write` (a unique temporary name, fsynced and renamed,
 removed when the write fails): a crash or a full disk leaves the old file or none.
 
@@ -25,6 +29,7 @@ import torch
 from llamavid.files import weight_index
 from llamavid.fingerprint import fingerprint
 from llamavid.runtime.chat import Chat, Turn
+from llamavid.runtime.memory import require_free
 from llamavid.storage import atomic_write
 from llamavid.system import llamavid_version
 
@@ -64,7 +69,7 @@ def state_key(chat: Chat, **parts: Any) -> dict[str, Any]:
     backend = chat.backend
     return {"format": FORMAT, "version": llamavid_version(), "backend": backend.name,
             "kv_type": getattr(backend, "kv_type", str(chat.lv.model.dtype)), "model": weights_fingerprint(chat.lv),
-            "stride": chat.stride, **parts}
+            "stride": chat.stride, "n_ctx": chat.context_length(), **parts}
 
 
 def _chat_fields(chat: Chat) -> dict[str, Any]:
@@ -107,8 +112,12 @@ def _header(fh, path: Path) -> dict[str, Any]:
         raise StateCorrupt(f"{path}: damaged header ({exc})") from exc
 
 
-def load_chat(chat: Chat, path: str | Path, key: dict[str, Any]) -> None:
-    """Put a saved state into a new chat (same visual input, same stride) so it continues exactly."""
+def load_chat(chat: Chat, path: str | Path, key: dict[str, Any], what: str = "this conversation's saved state"
+              ) -> None:
+    """Put a saved state into a new chat (same visual input, same stride) so it continues exactly.
+
+    StateError: the state is wrong (another key, damaged): delete it. MemoryInUse: it is right but
+    its cache does not fit the memory free now (``what`` names it in the message): keep it."""
     path = Path(path)
     if chat.turns:
         raise ValueError("load_chat() fills a new chat; this one already has turns")
@@ -118,6 +127,10 @@ def load_chat(chat: Chat, path: str | Path, key: dict[str, Any]) -> None:
             saved = header.get("key", {})
             differs = sorted(k for k in {**key, **saved} if saved.get(k) != key.get(k))
             raise StateMismatch(f"{path}: made with another {', '.join(differs)}")
+        size, stored = header.get("payload_bytes"), path.stat().st_size - fh.tell()
+        if stored != size:  # known without reading it: a truncated state is wrong whatever memory is free
+            raise StateCorrupt(f"{path}: truncated ({stored} of {size} payload bytes)")
+        require_free(size, chat.backend.free_memory(), what)  # before the payload is read into memory
         payload = fh.read()
     if len(payload) != header["payload_bytes"]:
         raise StateCorrupt(f"{path}: truncated ({len(payload)} of {header['payload_bytes']} payload bytes)")

@@ -162,7 +162,8 @@ def test_ranking_puts_a_word_for_word_cue_above_one_shared_word_and_merges_agree
     assert [m.score for m in ranked] == sorted((m.score for m in ranked), reverse=True)
     assert all(m.end <= 100.0 for m in ranked)
     alone = rank_moments(times, None, hits[1:2], "the old key opens the chest", duration=100.0)
-    assert alone[0].score == pytest.approx(1 + 2 * 1 / 5)  # one of five words
+    recall, precision = 1 / 4, 1 / 2  # one of the question's four words ("the" is no word), one of the line's two
+    assert alone[0].score == pytest.approx(1 + 4 * 5 * precision * recall / (4 * precision + recall))
 
 
 def test_two_clients_are_answered_in_order_and_never_mixed(data_dir, checkpoint, lv, film):

@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("PySide6.QtMultimedia", reason="PySide6-Addons (QtMultimedia) is part of the install")
 
+from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtGui import QGuiApplication, QImage  # noqa: E402
 from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox  # noqa: E402
 
@@ -477,3 +478,33 @@ def test_asking_about_a_picture_or_a_clip(qtbot, monkeypatch, tmp_path: Path) ->
     assert pane.about is None and pane.turns == [] and not pane.about_label.isVisible()
     assert pane.question.text() == "Who is the captain?" and pane.new_button.isEnabled()
     pane.finish_close()
+
+
+def test_searching_the_dialogue_opens_the_film_of_a_result_at_its_line(qtbot, data: Path) -> None:
+    """Issue 26: a line searched above the library list is found in Harbor, though Forest is open;
+    picking the result opens Harbor with the player at the line."""
+    window = open_window(qtbot, data, watch_folders=False)
+    wait_for_films(qtbot, window, {"Harbor.mkv", "Forest.mp4"})
+    click_film(qtbot, window, "Forest.mp4")
+    qtbot.waitUntil(lambda: window.player.view.frames > 0, timeout=30_000)
+    pane = window.library
+    assert not pane.results.isVisible()
+    qtbot.keyClicks(pane.search, "treasure")
+    qtbot.keyClick(pane.search, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: pane.results.count() > 0, timeout=20_000)
+    assert pane.results.isVisible() and not pane.search_note.isVisible()
+    item = pane.results.item(0)
+    assert item.text() == f"Harbor · 0:00:40 · {EN[1][2]}"
+    qtbot.mouseClick(pane.results.viewport(), Qt.MouseButton.LeftButton,
+                     pos=pane.results.visualItemRect(item).center())
+    qtbot.waitUntil(lambda: window.movie is not None and Path(window.movie.rel_path).name == "Harbor.mkv")
+    qtbot.waitUntil(lambda: abs(window.player.position() - 40.0) < 0.5, timeout=20_000)
+    assert Path(window.player.movie.rel_path).name == "Harbor.mkv"
+    assert pane.current_movie_id() == window.movie.id
+    qtbot.waitUntil(lambda: window.player.subtitle_text() == EN[1][2], timeout=20_000)
+
+    pane.search.clear()
+    qtbot.keyClicks(pane.search, "zebra")
+    qtbot.keyClick(pane.search, Qt.Key.Key_Return)
+    qtbot.waitUntil(pane.search_note.isVisible, timeout=20_000)
+    assert pane.search_note.text().startswith("No line") and not pane.results.isVisible()

@@ -113,7 +113,9 @@ def test_pause_and_resume_indexing(qtbot, setup) -> None:
     qtbot.waitUntil(lambda: not window.indexer.running(), timeout=60_000)  # after its current chunk
     assert not alive(pid)
     qtbot.waitUntil(lambda: window.library.pause_button.text() == "Resume indexing")
-    assert re.fullmatch(r"Indexing paused \([12] films? waiting\)", window.library.status.text())
+    paused_line, *order = window.library.status.text().splitlines()
+    assert re.fullmatch(r"Indexing paused \([12] films? waiting\)", paused_line)
+    assert order and re.match(r"[12] films? to index", order[0])  # the order, and how long once measured
     with LibraryStore.open(data / "library.db") as store:
         assert store.queue_paused() and store.queue_counts().get("running", 0) == 0
     stopped_at = {name: _state(data, name).frames for name in ("Harbor.mkv", "Forest.mp4")}
@@ -126,6 +128,23 @@ def test_pause_and_resume_indexing(qtbot, setup) -> None:
     qtbot.waitUntil(lambda: _all_ready(window), timeout=INDEXING)
     for name, frames in stopped_at.items():
         assert _state(data, name).frames >= frames
+
+
+def test_opening_a_film_that_waits_indexes_it_next(qtbot, setup) -> None:
+    """The film being indexed yields to the one a person opens, at its next chunk, and keeps its chunks."""
+    data, folder, _ = setup
+    save_test_settings(data, index_idle=0.5)
+    window = open_window(qtbot, data)
+    window.add_folder(str(folder))
+    qtbot.waitUntil(lambda: window.snapshot is not None and any(
+        m.state == "running" and m.progress[0] > 0 for m in window.snapshot.movies), timeout=INDEXING)
+    first = next(m for m in window.snapshot.movies if m.state == "running")
+    other = next(m for m in window.snapshot.movies if m.id != first.id)
+    click_film(qtbot, window, Path(other.rel_path).name)
+    qtbot.waitUntil(lambda: _state(data, Path(other.rel_path).name).state == "running", timeout=INDEXING)
+    yielded = _state(data, Path(first.rel_path).name)
+    assert yielded.state == "queued" and yielded.frames > 0  # back in the queue with its finished chunks
+    qtbot.waitUntil(lambda: _all_ready(window), timeout=INDEXING)
 
 
 def test_reindexing_a_finished_film_reads_it_again(qtbot, setup) -> None:

@@ -20,11 +20,15 @@ pytest.importorskip("PySide6.QtMultimedia", reason="PySide6-Addons (QtMultimedia
 from PySide6.QtCore import Qt  # noqa: E402
 
 from app import hardware  # noqa: E402
+from app.desktop.download import ModelConvert  # noqa: E402
 from app.hardware import GiB, Gpu, Hardware, recommend  # noqa: E402
 from app.settings import Settings, load_settings, save_settings  # noqa: E402
 from llamavid.errors import UserError  # noqa: E402
 from llamavid.hub import catalog, download  # noqa: E402
+from llamavid.runtime import llm_choice  # noqa: E402
+from llamavid.runtime.llm_choice import is_complete_conversion  # noqa: E402
 from llamavid.runtime.options import LoadOptions  # noqa: E402
+from llamavid.storage import human_size  # noqa: E402
 from tests.support.desktop import TINY, alive, click, install_tiny, open_window, processes_using  # noqa: E402
 
 MODEL = "llama-vid-7b-full-224-long-video"
@@ -36,26 +40,39 @@ def _machine(ram_free_gib: float, gpu_free_gib: float | None = None, mps: bool =
     return Hardware("Test CPU", 8, int(64 * GiB), int(ram_free_gib * GiB), gpus, mps)
 
 
-@pytest.mark.parametrize(("machine", "device", "bits"), [
-    (_machine(8, gpu_free_gib=60), "cuda", None),     # weights 14.8 GiB + room for a film
-    (_machine(8, gpu_free_gib=16), "cuda", 8),        # fp16 does not fit, 8 bit does
-    (_machine(8, gpu_free_gib=11), "cuda", 4),
-    (_machine(40, gpu_free_gib=6), "cpu", None),      # too little GPU memory even in 4 bit: fp32 on the CPU
-    (_machine(16), "cpu", 8),                         # fp32 on the CPU needs ~36 GiB
-    (_machine(10), "cpu", 4),
-    (_machine(60, mps=True), "mps", None),
+@pytest.mark.parametrize(("machine", "device", "backend"), [
+    (_machine(8, gpu_free_gib=60), "cuda", "auto"),        # weights 14.8 GiB + room for a film: fp16
+    (_machine(8, gpu_free_gib=16), "cuda", "llama.cpp"),   # fp16 does not fit: llama.cpp q4_K_M, vision on the GPU
+    (_machine(8, gpu_free_gib=6), "cuda", "llama.cpp"),
+    (_machine(40), "cpu", "llama.cpp"),                    # no GPU: llama.cpp q4_K_M, whatever the RAM
+    (_machine(10), "cpu", "llama.cpp"),
+    (_machine(60, mps=True), "mps", "auto"),
 ])
-def test_recommendations_follow_the_hardware_and_free_memory(machine: Hardware, device: str, bits) -> None:
+def test_recommendations_follow_the_hardware_and_free_memory(machine: Hardware, device: str, backend: str) -> None:
     rec = recommend(machine, SEVEN_B)
-    assert (rec.device, rec.bits, rec.backend) == (device, bits, "auto"), rec
+    assert (rec.device, rec.bits, rec.backend) == (device, None, backend), rec
+    assert rec.gguf_type == ("q4_K_M" if backend == "llama.cpp" else None)
     assert rec.reason
+    if backend == "llama.cpp":
+        assert "q4_K_M" in rec.reason and "q8_0" in rec.reason
+
+
+@pytest.mark.parametrize(("machine", "device", "bits"), [
+    (_machine(8, gpu_free_gib=1.4), "cuda", 8),        # a 1.5 GB model: fp16 does not fit, 8 bit does
+    (_machine(8, gpu_free_gib=1.0), "cuda", 4),
+    (_machine(8), "cpu", None),                         # fp32 on the CPU: 3 GB and room
+    (_machine(2), "cpu", 8),
+])
+def test_a_model_too_small_to_convert_keeps_transformers(machine: Hardware, device: str, bits) -> None:
+    rec = recommend(machine, 1_500_000_000)
+    assert (rec.device, rec.bits, rec.backend, rec.gguf_type) == (device, bits, "auto", None), rec
 
 
 def test_recommendation_for_a_gguf_model_and_for_too_little_memory() -> None:
     rec = recommend(_machine(4), SEVEN_B, gguf=True)
     assert (rec.device, rec.backend, rec.bits) == ("cpu", "llama.cpp", None)
     rec = recommend(_machine(2), SEVEN_B)
-    assert (rec.device, rec.bits) == ("cpu", 4) and "less than this model needs" in rec.reason
+    assert (rec.device, rec.backend) == ("cpu", "llama.cpp") and "tight" in rec.reason
     assert recommend(_machine(8, gpu_free_gib=60), 3_000_000).bits is None  # a tiny model fits anywhere
 
 
@@ -124,6 +141,56 @@ def test_without_models_the_dialog_says_how_to_get_one(qtbot, tmp_path: Path) ->
     click(qtbot, window.setup_dialog.save_button)
     assert "Choose a model first" in window.setup_dialog.error_label.text()
     assert not (data / "settings.json").exists()
+
+
+# -- the llama.cpp conversion, where the model runs on llama.cpp ------------------------------------
+@pytest.mark.slow
+def test_where_the_model_runs_on_llama_cpp_the_dialog_offers_its_conversion(qtbot, tmp_path: Path,
+                                                                            tiny_checkpoint_2heads: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(llm_choice, "MIN_LLAMACPP_BYTES", 0)  # the tiny checkpoint stands for a 7B
+    monkeypatch.setattr(hardware, "detect", lambda: _machine(8))  # a computer without a GPU
+    monkeypatch.setattr(ModelConvert, "MODULE", "tests.support.held_convert")  # held before the quantizer
+    gate = tmp_path / "go"
+    monkeypatch.setenv("LLAMAVID_TEST_GATE", str(gate))
+    data = tmp_path / "data"
+    data.mkdir()
+    install_tiny(data, tiny_checkpoint_2heads)
+    window = open_window(qtbot, data, watch_folders=False)
+    qtbot.waitUntil(lambda: window.setup_dialog is not None and window.setup_dialog.isVisible())
+    dialog = window.setup_dialog
+    qtbot.waitUntil(lambda: dialog.offer is not None and dialog.convert_button.isEnabled(), timeout=60_000)
+    assert (dialog.backend.currentData(), dialog.bits.currentData(), dialog.device.currentData()) == \
+        ("llama.cpp", None, "cpu")
+    assert "q4_K_M" in dialog.reason.text() and dialog.convert_box.isVisible()
+    offer = dialog.offer
+    assert dialog.convert_button.text() == f"Convert for llama.cpp ({human_size(offer.final)})"
+    assert f"({human_size(offer.free)} free)" in dialog.convert_label.text() and "no GPU" in dialog.convert_label.text()
+
+    click(qtbot, dialog.convert_button)
+    qtbot.waitUntil(lambda: "llm-q4_K_M.gguf" in dialog.convert_label.text(), timeout=120_000)
+    assert dialog.convert_label.text().startswith(f"Converting {TINY} for llama.cpp: ")
+    assert 0 < dialog.convert_bar.value() < 1000 and not dialog.convert_button.isEnabled()
+    pid = window.convert.pid()
+    click(qtbot, dialog.cancel_convert_button)
+    qtbot.waitUntil(lambda: not window.convert.running(), timeout=30_000)
+    qtbot.waitUntil(lambda: "already done from a stopped conversion" in dialog.convert_label.text(), timeout=30_000)
+    assert not alive(pid) and processes_using(data) == []
+    target = data / "models" / f"{TINY}-gguf"
+    assert (target / ".convert" / "llm-f16.gguf").is_file() and not list(target.rglob("*.part"))
+
+    gate.touch()
+    click(qtbot, dialog.convert_button)
+    qtbot.waitUntil(lambda: not window.convert.running() and "converted for llama.cpp" in dialog.convert_label.text(),
+                    timeout=120_000)
+    assert is_complete_conversion(target, tiny_checkpoint_2heads)
+    qtbot.waitUntil(lambda: dialog.offer is None and not dialog.convert_button.isVisible())
+    assert dialog.convert_bar.value() == 1000
+    click(qtbot, dialog.save_button)
+    qtbot.waitUntil(lambda: not dialog.isVisible())
+    assert (load_settings(data).backend, load_settings(data).device) == ("llama.cpp", "cpu")
+    lv = window.service.model()  # the chat loads from the conversion
+    assert (lv.backend.name, Path(lv.backend.path).parent, lv.backend.kv_type) == ("llama.cpp", target, "q8_0")
 
 
 # -- downloads against a local hub -----------------------------------------------------------------

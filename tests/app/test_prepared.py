@@ -9,14 +9,16 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 from safetensors.torch import load as load_tensors
 
 import cli
 from app.chat_service import ChatService
+from app.server.errors import from_kind
 from indexer import library
-from indexer.prepare import prepared_size_estimate
+from indexer.prepare import engine_id, film_chat, film_identity, prepared_key, prepared_size_estimate
 from indexer.prepared_size import estimate_prepared_bytes, film_tokens, llm_shape
 from indexer.store import LibraryStore
 from llamavid.media.synthetic import clock, write_video
@@ -26,8 +28,10 @@ from llamavid.runtime.api import LlamaVid
 from llamavid.runtime.chat import Chat
 from llamavid.runtime.generate import SamplingOptions
 from llamavid.runtime.gguf_export import convert
+from llamavid.runtime.inputs import Visual
 from llamavid.runtime.options import LoadOptions
 from llamavid.runtime.prepared import PREPARED_QUESTION, neutral_turn, prepare
+from llamavid.runtime.state import read_header
 from llamavid.storage import human_size
 
 pytestmark = pytest.mark.slow
@@ -225,21 +229,39 @@ def _status_lines(data_dir: Path, capsys, name: str) -> list[str]:
     return [line.strip() for line in lines[start + 1:] if line.startswith("      ")][:3]
 
 
-def test_the_service_asks_the_indexer_to_prepare_a_film_and_forgets_it(data_dir, checkpoint, capsys):
+def test_the_app_that_holds_the_model_prepares_a_film_itself_and_forgets_it(data_dir, checkpoint, capsys,
+                                                                               monkeypatch):
+    """Prepare from a front end: the service reads the film ahead in its own queue with the model it holds,
+    with progress; the indexer, meanwhile, loads no second copy (it leaves preparing to the holder)."""
+    import indexer.pipeline
+
+    loads = []
+
+    def second_copy(name, *args, **kwargs):
+        loads.append(name)
+        raise MemoryError("a second copy of the chat model does not fit")
+
     service = ChatService(data_dir, model=str(checkpoint), language="en", load=LoadOptions(device="cpu", dtype="fp32"))
     try:
         boat = service.movie("Boat.mkv")
         assert not boat.prepare_wanted and boat.prepared_bytes == 0
         about = human_size(service.prepare_estimate(boat))
-        assert service.set_prepared(boat.id, True) == \
-            f"Boat.mkv will be prepared for fast answers (about {about} on disk) by the indexer"
+        assert service.set_prepared(boat.id, True) == (f"Boat.mkv is being prepared for fast answers (about {about} "
+                                                       "on disk): it takes its turn after the questions waiting")
+        stream = service._preparing[boat.id]  # noqa: SLF001 - the queued work, to follow it to its end
+        events = list(stream)
+        assert events[-1].type == "done" and "Boat.mkv is prepared for fast answers" in events[-1].notes[0]
+        assert {e.progress.phase for e in events if e.type == "progress"} >= {"visual", "prefill"}
+        assert service.preparing() == {}
         boat = service.movie(boat.id)
-        assert boat.prepare_wanted and boat.state == "queued" and not service.movie("Quay.mkv").prepare_wanted
-        assert "to be prepared for fast answers" in _status_lines(data_dir, capsys, "Boat.mkv")
+        assert boat.prepare_wanted and boat.prepared_bytes > 0
+
+        monkeypatch.setattr(indexer.pipeline, "load_model", second_copy)
+        with LibraryStore.open(data_dir / "library.db") as store:
+            store.reread_subtitles(boat.id, "a test asks", redo_speech=False)  # its job runs again, to the end
         assert cli.main(["--data-dir", str(data_dir), "index", "run", "--vision", str(checkpoint / "eva_vit_g.pth"),
                          "--speech", "never", "--quiet"]) == 0
-        boat = service.movie(boat.id)
-        assert boat.state == "done" and boat.prepared_bytes > 0
+        assert loads == []  # the service holds the model: the indexer left preparing to it
         assert f"prepared for fast answers ({human_size(boat.prepared_bytes)})" in \
             _status_lines(data_dir, capsys, "Boat.mkv")
         with LibraryStore.open(data_dir / "library.db") as store:
@@ -252,6 +274,21 @@ def test_the_service_asks_the_indexer_to_prepare_a_film_and_forgets_it(data_dir,
         service.close()
 
 
+def test_preparing_can_be_stopped_and_leaves_nothing(data_dir, checkpoint):
+    service = ChatService(data_dir, model=str(checkpoint), language="en", load=LoadOptions(device="cpu", dtype="fp32"))
+    try:
+        quay = service.movie("Quay.mkv")
+        stream = service.prepare_film(quay.id)
+        stream.control.on_progress = lambda p: service.set_prepared(quay.id, False) if p.done > 0 else None
+        events = list(stream)
+        assert events[-1].type == "error" and events[-1].kind == "cancelled"
+        quay = service.movie(quay.id)
+        assert quay.prepared_bytes == 0 and not quay.prepare_wanted
+        assert not list((data_dir / "cache" / "prepared").glob("*"))  # no state, no temporary file
+    finally:
+        service.close()
+
+
 def test_the_indexer_loads_the_model_as_the_service_does_so_its_state_is_used(data_dir, checkpoint):
     service = ChatService(data_dir, model=str(checkpoint), language="en", load=LoadOptions(device="cpu", dtype="bf16"))
     try:
@@ -259,7 +296,7 @@ def test_the_indexer_loads_the_model_as_the_service_does_so_its_state_is_used(da
         service.set_prepared(boat.id, True)
         with LibraryStore.open(data_dir / "library.db") as store:
             assert json.loads(store.setting("chat_load_options")) == {"backend": "auto", "device": "cpu",
-                                                                      "dtype": "bf16", "kv_type": "f16"}
+                                                                      "dtype": "bf16", "kv_type": "auto"}
         assert cli.main(["--data-dir", str(data_dir), "index", "run", "--vision", str(checkpoint / "eva_vit_g.pth"),
                          "--speech", "never", "--quiet"]) == 0
         made = service.movie(boat.id).prepared_bytes
@@ -280,3 +317,158 @@ def test_the_size_estimate_needs_no_torch_and_gives_about_4_gb_an_hour_for_a_7b_
     llama_7b = {"num_hidden_layers": 32, "num_attention_heads": 32, "hidden_size": 4096}
     hour = estimate_prepared_bytes(llama_7b, 3600, 7000, kv_bytes=34 / 32)  # q8_0; an hour of dialogue
     assert 3.5e9 < hour < 4.5e9 and hour == 2 * 32 * 4096 * (2 * 3600 + 7000) * 34 // 32
+
+
+# -- plans and memory: a film is read alike by every process; a state that does not fit now is kept --
+PLENTY = 10**12  # what a process sees free when memory is no object
+
+
+def _free_memory(monkeypatch, free: int) -> None:
+    """What every backend reads as the memory free now (transformers and llama.cpp)."""
+    monkeypatch.setattr("llamavid.runtime.memory.available_memory", lambda device: free)
+    monkeypatch.setattr("llamavid.runtime.llamacpp.available_memory", lambda device: free)
+
+
+def test_the_service_and_the_indexer_make_the_same_key_whatever_memory_each_sees_free(data_dir, checkpoint, lv,
+                                                                                     monkeypatch):
+    data = str(data_dir)
+    assert cli.main(["--data-dir", data, "index", "prepare", "Boat.mkv", "--model", str(checkpoint),
+                     "--language", "en"]) == 0
+    _free_memory(monkeypatch, 0)  # the indexer runs while the machine is busy: nothing free
+    assert cli.main(["--data-dir", data, "index", "run", "--vision", str(checkpoint / "eva_vit_g.pth"),
+                     "--speech", "never", "--quiet"]) == 0
+    with LibraryStore.open(data_dir / "library.db") as store:
+        boat = library.find_movie(store, "Boat.mkv")
+        made = json.loads(next(r["prepared_key"] for r in store.prepared() if r["id"] == boat.id))
+    assert (made["stride"], made["n_ctx"]) == (1, 4096)  # the model's trained context, every frame
+    _free_memory(monkeypatch, PLENTY)  # the server, later, with memory to spare
+    with LibraryStore.open(data_dir / "library.db") as store:
+        chat, track = film_chat(lv, store, boat, "en")
+        assert prepared_key(chat, boat, track) == made
+        assert store.film_plan(boat.id, engine_id(lv), track) == {"film": film_identity(boat), "budget": ANY,
+                                                                  "stride": 1, "n_ctx": 4096}
+    service = ChatService(data_dir, model=str(checkpoint), language="en", lv=lv)
+    try:
+        conv = service.new_conversation("Boat.mkv", fast=True)
+        answer, phases = _answer(service.ask(conv.id, "What is in the boat?", GREEDY))
+        assert "visual" not in phases  # the indexer's state was the one the service looked for
+        assert service.conversation(conv.id).n_ctx == 4096 and service.conversation(conv.id).stride == 1
+        with LibraryStore.open(data_dir / "library.db") as store:  # not made again: the same file, the same key
+            assert json.loads(next(r["prepared_key"] for r in store.prepared() if r["id"] == boat.id)) == made
+    finally:
+        service.close()
+
+
+def test_a_film_is_planned_from_the_budget_the_user_sets_not_from_the_memory_free(data_dir, checkpoint, lv,
+                                                                                   monkeypatch, capsys):
+    per_token = lv.backend.kv_bytes_per_token()
+    data = str(data_dir)
+    capsys.readouterr()
+    assert cli.main(["--data-dir", data, "index", "prepare", "Boat.mkv", "--model", str(checkpoint),
+                     "--memory-gb", str(3000 * per_token / 1e9)]) == 0
+    assert "film memory budget" in capsys.readouterr().out
+    with LibraryStore.open(data_dir / "library.db") as store:
+        boat = library.find_movie(store, "Boat.mkv")
+        plans = set()
+        for free in (0, PLENTY):
+            _free_memory(monkeypatch, free)
+            chat, _ = film_chat(lv, store, boat, "en")
+            plans.add(chat.film_plan)
+        (plan,) = plans
+        assert plan.n_ctx == 2816 and plan.stride == 1  # 3000 tokens' worth, in steps of 256
+        assert plan.describe() == f"every frame, a 2816-token context (film memory budget {human_size(plan.budget)})"
+
+
+def _conversation_with_a_saved_state(service: ChatService, name: str, question: str) -> tuple[int, Path]:
+    conv = service.new_conversation(name)
+    _answer(service.ask(conv.id, question, GREEDY))
+    service.close()  # saves the state
+    return conv.id, service.data.root / "states" / f"conversation-{conv.id}.state"
+
+
+def test_a_state_that_does_not_fit_the_memory_free_now_is_kept_and_the_question_refused_saying_what_to_free(
+        data_dir, checkpoint, lv, monkeypatch):
+    db = library.open_library(data_dir)
+    reference = Chat(lv, library.film_visual(db, library.find_movie(db, "Quay.mkv"), language="en"))
+    expected = ["".join(reference.ask(q, GREEDY)) for q in ("What is here?", "And the boat?")]
+    conv_id, state = _conversation_with_a_saved_state(
+        ChatService(data_dir, model=str(checkpoint), language="en", lv=lv), "Quay.mkv", "What is here?")
+    saved = state.read_bytes()
+    needed = read_header(state)["payload_bytes"]
+    free = needed // 2
+    _free_memory(monkeypatch, free)  # after a restart, other programs hold the memory
+    service = ChatService(data_dir, model=str(checkpoint), language="en", lv=lv)
+    try:
+        refused = list(service.ask(conv_id, "And the boat?", GREEDY))[-1]
+        assert (refused.type, refused.kind) == ("error", "memory_in_use")
+        assert f"needs {human_size(needed)}, {human_size(free)} free: close other programs" in refused.text
+        assert from_kind(refused.kind, refused.text).status == 503
+        assert state.read_bytes() == saved  # kept as it was, for when memory is free
+        assert [t.question for t in service.conversation(conv_id).turns] == ["What is here?"]
+        _free_memory(monkeypatch, PLENTY)  # the other programs closed
+        answer, phases = _answer(service.ask(conv_id, "And the boat?", GREEDY))
+        assert answer == expected[1] and "visual" not in phases  # the kept state was read, not rebuilt
+    finally:
+        service.close()
+
+
+def test_a_damaged_state_is_dropped_even_while_memory_is_short(data_dir, checkpoint, lv, monkeypatch):
+    db = library.open_library(data_dir)
+    reference = Chat(lv, library.film_visual(db, library.find_movie(db, "Quay.mkv"), language="en"))
+    expected = ["".join(reference.ask(q, GREEDY)) for q in ("What is here?", "And the boat?")]
+    conv_id, state = _conversation_with_a_saved_state(
+        ChatService(data_dir, model=str(checkpoint), language="en", lv=lv), "Quay.mkv", "What is here?")
+    state.write_bytes(state.read_bytes()[:-64])  # truncated: wrong whatever the memory
+    _free_memory(monkeypatch, 0)
+    service = ChatService(data_dir, model=str(checkpoint), language="en", lv=lv)
+    try:
+        refused = list(service.ask(conv_id, "And the boat?", GREEDY))[-1]
+        assert (refused.type, refused.kind) == ("error", "memory_in_use")  # this question, not the state
+        assert "this question needs" in refused.text and "close other programs" in refused.text
+        assert not state.exists()
+        _free_memory(monkeypatch, PLENTY)
+        answer, _ = _answer(service.ask(conv_id, "And the boat?", GREEDY))
+        assert answer == expected[1]  # rebuilt from the kept turns
+    finally:
+        service.close()
+
+
+def test_a_kept_llama_cpp_conversation_reopens_in_its_own_context_after_a_restart_with_less_memory(
+        data_dir, tiny_gguf_2heads, monkeypatch):
+    """Before plans, the context was sized from the memory free at each load: after a restart with less
+    free memory the kept state no longer fit the smaller context and was deleted as damaged."""
+    question = " ".join(f"word{i} and the boat number {i}" for i in range(85)) + "?"  # about 2,500 tokens
+
+    def load() -> LlamaVid:
+        return LlamaVid.load(tiny_gguf_2heads, device="cpu", backend="llama.cpp", gguf_type="f32", kv_type="f32",
+                             load_vision=False)
+
+    _free_memory(monkeypatch, PLENTY)
+    first = load()
+    reference = Chat(first, Visual("none"))
+    expected = ["".join(reference.ask(q, GREEDY)) for q in (question, "And then?")]
+    assert reference.state.length > 2048
+    service = ChatService(data_dir, model=str(tiny_gguf_2heads), language="en", lv=first)
+    conv = service.new_conversation()
+    assert _answer(service.ask(conv.id, question, GREEDY))[0] == expected[0]
+    assert service.conversation(conv.id).n_ctx == 4096  # kept with it
+    service.close()
+    first.backend.close()
+    state = data_dir / "states" / f"conversation-{conv.id}.state"
+    assert state.is_file()
+    _free_memory(monkeypatch, 0)  # the restart: little free, so a context sized from it is the 2048 floor
+    second = load()
+    assert second.backend.context_length() == 2048
+    service = ChatService(data_dir, model=str(tiny_gguf_2heads), language="en", lv=second)
+    try:
+        refused = list(service.ask(conv.id, "And then?", GREEDY))[-1]
+        assert (refused.type, refused.kind) == ("error", "memory_in_use")
+        assert "4096-token context needs" in refused.text and "close other programs" in refused.text
+        assert state.is_file() and second.backend.context_length() == 2048  # kept; the old context serves on
+        _free_memory(monkeypatch, PLENTY)
+        answer, phases = _answer(service.ask(conv.id, "And then?", GREEDY))
+        assert answer == expected[1] and "prefill" in phases
+        assert second.backend.context_length() == 4096
+    finally:
+        service.close()
+        second.backend.close()

@@ -109,7 +109,7 @@ def test_an_image_answer_streamed_equals_the_plain_answer(client) -> None:
         "progress arrives before the first token"
 
 
-def test_a_film_answer_carries_its_moments_and_its_conversation(client, http) -> None:
+def test_a_film_answer_carries_its_moments_and_its_conversation(server, client, http) -> None:
     movie = film_id(http)
     plain = client.chat.completions.create(model=MODEL, messages=movie_message(TREASURE, movie), **GREEDY)
     moments = extra(plain, "moments")
@@ -119,6 +119,8 @@ def test_a_film_answer_carries_its_moments_and_its_conversation(client, http) ->
     kept = http.get(f"/v1/conversations/{conversation}").json()
     assert kept["movie_id"] == movie and [t["question"] for t in kept["turns"]] == [TREASURE]
     assert kept["turns"][0]["answer"] == plain.choices[0].message.content
+    exported = server.app.state.service.export_markdown(conversation)  # what the desktop's Export writes
+    assert "Moments: 0:00:40-0:00:44" in exported and plain.choices[0].message.content in exported
 
     chunks = stream_chunks(client, messages=movie_message(TREASURE, movie), **GREEDY)
     phases = [extra(c, "progress")["phase"] for c in chunks if extra(c, "progress")]
@@ -149,6 +151,39 @@ def test_a_follow_up_continues_the_conversation_without_reading_the_film_again(c
     last = next(c for c in resent if c.choices and c.choices[0].finish_reason)
     assert extra(last, "conversation_id") == conversation
     assert "visual" not in {extra(c, "progress")["phase"] for c in resent if extra(c, "progress")}
+
+
+def test_moments_start_at_the_line_a_question_or_a_follow_up_says_in_other_words(client, http) -> None:
+    movie = film_id(http)
+    first = client.chat.completions.create(model=MODEL, **GREEDY,
+                                           messages=movie_message("When does the wind rise for the captain?", movie))
+    moments = extra(first, "moments")
+    assert (moments[0]["start"], moments[0]["end"]) == (5.0, 8.0)
+    assert moments[0]["why"][0] == 'subtitle: "Hello captain, the wind is rising."'
+    follow = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Who sails by night?"}],
+                                            extra_body={"conversation_id": extra(first, "conversation_id")}, **GREEDY)
+    assert extra(follow, "moments")[0]["start"] == 90.0  # its frames were weighed by the first question
+
+
+def test_the_library_search_finds_lines_by_quote_or_paraphrase(http) -> None:
+    movie = film_id(http)
+    found = http.get("/v1/search", params={"q": "Where was the treasure buried?"})
+    assert found.status_code == 200 and found.json()["object"] == "list"
+    best = found.json()["data"][0]
+    assert best == {"object": "search.result", "title": "Harbor", "movie_id": movie, "path": "Harbor.mp4",
+                    "start": 40.0, "end": 44.0, "text": "The treasure is buried under the old lighthouse.",
+                    "score": best["score"]} and 0.5 < best["score"] < 1
+    quote = http.get("/v1/search", params={"q": "we sail at night", "limit": 1, "movie_id": movie}).json()["data"]
+    assert [(r["start"], r["score"]) for r in quote] == [(90.0, 1.0)]
+    assert http.get("/v1/search", params={"q": "the"}).json()["data"] == []  # a stop word alone says nothing
+    for params, param in (({}, "q"), ({"q": "  "}, "q"), ({"q": "x" * 501}, "q"), ({"q": "wind", "limit": 0}, "limit"),
+                          ({"q": "wind", "limit": 101}, "limit"), ({"q": "wind", "limit": "all"}, "limit"),
+                          ({"q": "wind", "limit": 10**30}, "limit"), ({"q": "wind", "movie_id": 0}, "movie_id")):
+        refused = http.get("/v1/search", params=params)
+        assert refused.status_code == 400, params
+        assert refused.json()["error"]["param"] == param and refused.json()["error"]["type"] == "invalid_request_error"
+    gone = http.get("/v1/search", params={"q": "wind", "movie_id": 2**62})
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
 
 
 def _neutral_first(data: Path, movie_id: int, question: str, language: str | None) -> str:

@@ -1,21 +1,24 @@
 """The web UI in Debian's chromium (Playwright) against the real server: a film plays from the
 library, an answer streams and stops, a moment seeks the player; the quick chat answers about an
-uploaded picture; the library tab lists the film; fast answers are a checkbox away, and the
-library prepares a film (its size shown first) or forgets its prepared state."""
+uploaded picture, and two sessions that upload the same picture each keep their own; the library
+tab lists the film; fast answers are a checkbox away, and the library prepares a film (its size
+shown first) or forgets its prepared state."""
 from __future__ import annotations
 
 import re
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from app.server.app import Running, start
+from app.server.app import Running, start, upload_dir
 from app.server.sample import make_library
+from app.server.security import SESSION_UPLOADS
 from app.server.settings import ServerSettings
 from llamavid.media.synthetic import clock, write_video
 from llamavid.runtime.options import LoadOptions
@@ -28,6 +31,8 @@ PREPARED = re.compile(r"^prepared for fast answers \(")  # the library's Fast an
 READY = "ready to chat"  # the library's Index column for an indexed film (app.film_words.index_state)
 LAST_ANSWER = "() => { const b = document.querySelectorAll('#movie-chat .bot'); " \
               "return b.length ? b[b.length - 1].innerText : ''; }"
+QUICK_ANSWERED = "() => { const b = document.querySelectorAll('#quick-chat .bot'); " \
+                 "return b.length && b[b.length - 1].innerText.trim().length > 0; }"
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +116,70 @@ def test_quick_chat_answers_about_an_uploaded_picture(page: Any, tmp_path: Path)
     page.locator("#quick-image img").wait_for(timeout=60_000)
     page.locator("#quick-question textarea").fill("Describe the picture.")
     page.locator("#quick-ask").click()
-    page.wait_for_function("() => { const b = document.querySelectorAll('#quick-chat .bot'); "
-                           "return b.length && b[b.length - 1].innerText.trim().length > 0; }", timeout=300_000)
+    page.wait_for_function(QUICK_ANSWERED, timeout=300_000)
     assert "Describe the picture." in page.locator("#quick-chat").inner_text()
+
+
+def session_copies() -> set[Path]:
+    """The quick chat's per-session copies of uploads: ``<upload dir>/sessions/<id>/<name>``."""
+    return set((upload_dir() / SESSION_UPLOADS).glob("*/*"))
+
+
+def wait_until(done: Any, what: str, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > end:
+            pytest.fail(f"waited {timeout:.0f} s for {what}")
+        time.sleep(0.2)
+
+
+def upload_to_quick_chat(page: Any, picture: Path) -> Path:
+    """Upload ``picture`` in the page's quick chat; returns the session's own copy the server made of it."""
+    before = session_copies()
+    page.locator("#quick-image input[type=file]").set_input_files(str(picture))
+    page.locator("#quick-image img").wait_for(timeout=60_000)
+    wait_until(lambda: len(session_copies() - before) == 1, "the session's copy of its upload")
+    (copy,) = session_copies() - before
+    return copy
+
+
+def test_two_sessions_that_upload_the_same_picture_each_keep_their_own(browser: Any, web: Running, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    """Issue 24: Gradio stores both uploads at one path (a hash of the content); when one session
+    removes its picture or ends, the other still asks about its own, and only the first's copy goes."""
+    monkeypatch.setenv("GRADIO_IS_E2E_TEST", "1")  # Gradio then ends a closed session's state in 1 s, not 1 h
+    picture = tmp_path / "same.png"
+    Image.fromarray((np.random.default_rng(24).random((64, 64, 3)) * 255).astype(np.uint8)).save(picture)
+    contexts = [browser.new_context(viewport={"width": 1300, "height": 1000}) for _ in range(3)]
+    try:
+        first, second, third = (c.new_page() for c in contexts)
+        for page in (first, second, third):
+            page.goto(web.url, wait_until="domcontentloaded", timeout=120_000)
+            page.locator("#movie-question textarea").wait_for(timeout=120_000)
+            page.get_by_role("tab", name="Quick chat").click()
+        mine, theirs, closing = (upload_to_quick_chat(page, picture) for page in (first, second, third))
+        shown = {page.locator("#quick-image img").get_attribute("src") for page in (first, second, third)}
+        assert len(shown) == 1, "Gradio keeps the three uploads in one file"
+        cached = Path(unquote(shown.pop().split("/file=", 1)[1]))
+        assert len({mine, theirs, closing}) == 3 and all(c.read_bytes() == picture.read_bytes()
+                                                         for c in (mine, theirs, closing))
+
+        first.get_by_role("button", name="Remove Image").click()  # one session removes its picture
+        wait_until(lambda: not mine.exists(), "the first session's copy to be deleted")
+        contexts[2].close()  # and another one ends
+        wait_until(lambda: not closing.exists(), "the closed session's copy to be deleted")
+        assert not mine.parent.exists() and not closing.parent.exists()
+
+        assert cached.read_bytes() == picture.read_bytes(), "Gradio's file is left to Gradio's sweep"
+        settle_settings(second, "0", "6")
+        second.locator("#quick-question textarea").fill("What is in my picture?")
+        second.locator("#quick-ask").click()
+        second.wait_for_function(QUICK_ANSWERED, timeout=300_000)
+        assert "What is in my picture?" in second.locator("#quick-chat").inner_text()
+        assert theirs.read_bytes() == picture.read_bytes(), "the session that kept its picture still has it"
+    finally:
+        for context in contexts:
+            context.close()
 
 
 def test_the_library_tab_lists_the_indexed_film(page: Any) -> None:
@@ -185,3 +251,33 @@ def test_the_library_tab_adds_a_folder_and_indexes_it_after_a_pause(page: Any, t
     page.locator("#resume").click()
     page.wait_for_function("() => !document.querySelector('#queue').innerText.includes('paused')", timeout=60_000)
     page.locator("#library tr", has_text="Lighthouse").get_by_text(READY).wait_for(timeout=600_000)
+
+
+PLAYER_AT = "() => { const p = document.getElementById('llamavid-player'); " \
+            "return p && p.readyState >= 1 && !p.seeking ? p.currentTime : null; }"
+
+
+def test_searching_the_dialogue_finds_the_line_and_a_result_seeks_the_player(page: Any) -> None:
+    """Issue 26: a line of any film's subtitles, searched from Movie chat: the result shows the film
+    and the time, and picking it seeks the player there."""
+    page.wait_for_function("() => document.getElementById('llamavid-player').readyState >= 1", timeout=60_000)
+    assert page.evaluate("() => document.getElementById('llamavid-player').currentTime") < 1
+    page.locator("#search-query textarea, #search-query input").first.fill("treasure")
+    page.locator("#search").click()
+    hit = page.locator("#search-results label", has_text="0:00:40")
+    hit.wait_for(timeout=60_000)
+    assert "Harbor · 0:00:40 · The treasure is buried under the old lighthouse." in hit.inner_text()
+    assert "1 line found" in page.locator("#search-info").inner_text()
+    hit.click()
+    page.wait_for_function(f"() => Math.abs(({PLAYER_AT})() - 40) <= 1", timeout=60_000)
+
+    # a result of another film opens it at the line: the player's address carries #t=START,
+    # which chromium honours once the film's metadata is read
+    src = page.locator("#llamavid-player").get_attribute("src").split("#")[0]
+    page.evaluate(f"() => {{ document.getElementById('llamavid-player').src = '{src}#t=40.000'; }}")
+    page.wait_for_function(f"() => Math.abs(({PLAYER_AT})() - 40) <= 1", timeout=60_000)
+
+    page.locator("#search-query textarea, #search-query input").first.fill("zebra")
+    page.locator("#search").click()
+    page.locator("#search-info").get_by_text("No line").wait_for(timeout=60_000)
+    assert not page.locator("#search-results").is_visible()

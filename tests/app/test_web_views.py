@@ -22,6 +22,7 @@ from app.questions import AskStream, ChatEvent
 from app.server import views
 from app.server.sample import MODEL, make_library
 from app.server.ui import Handlers, UiState
+from indexer.search import CueMatch
 from llamavid.runtime.control import Progress
 from llamavid.storage import human_size
 from tests.support.movies import movie
@@ -252,6 +253,40 @@ def test_history_pairs_read_a_chats_questions_and_answers() -> None:
     assert views.history_pairs(history) == [("a", "b")]
 
 
+# -- the llama.cpp conversion --------------------------------------------------------------------------------------
+def test_the_conversion_row_says_the_disk_space_then_the_progress_then_the_end() -> None:
+    from app.model_convert import Offer
+    from app.server.converting import ConversionState
+
+    offer = Offer("llama-vid-7b", "no GPU", Path("/d/models/llama-vid-7b-gguf"), 19_600_000_000, 6_100_000_000,
+                  80_000_000_000, 0)
+    line, convert, cancel, bar = views.conversion_controls(offer, ConversionState())
+    assert line.startswith("**llama-vid-7b** runs on llama.cpp on this computer (no GPU), with its LLM in q4_K_M")
+    assert "about 19.6 GB of disk while it runs, 6.1 GB once done (80.0 GB free)" in line
+    assert convert == {"value": "Convert for llama.cpp (6.1 GB)", "visible": True, "interactive": True}
+    assert cancel == {"visible": False} and bar == ""
+    running = ConversionState("llama-vid-7b", True, 4_000_000_000, 19_600_000_000, "file 1 of 3: llm-f16.gguf")
+    line, convert, cancel, bar = views.conversion_controls(None, running)
+    assert line == "Converting **llama-vid-7b** for llama.cpp: 4.0 GB of about 19.6 GB · file 1 of 3: llm-f16.gguf"
+    assert convert == {"visible": False} and cancel == {"visible": True}
+    assert bar == '<progress id="convert-bar" value="4000000000" max="19600000000"></progress>'
+    stopped = ConversionState("llama-vid-7b", outcome="cancelled", message="conversion of llama-vid-7b stopped; "
+                              "13.5 GB kept, and the next conversion goes on from there")
+    resumable = Offer("llama-vid-7b", "no GPU", offer.folder, 6_100_000_000, 6_100_000_000, 66_500_000_000,
+                      13_500_000_000)
+    line, convert, _, _ = views.conversion_controls(resumable, stopped)
+    assert "13.5 GB of it is already done from a stopped conversion" in line and line.endswith(
+        "*Conversion of llama-vid-7b stopped; 13.5 GB kept, and the next conversion goes on from there*")
+    full = Offer("llama-vid-7b", "no GPU", offer.folder, 19_600_000_000, 6_100_000_000, 5_000_000_000, 0)
+    line, convert, _, _ = views.conversion_controls(full, ConversionState())
+    assert "only 5.0 GB is free: free some space first" in line and convert["interactive"] is False
+    done = ConversionState("llama-vid-7b", outcome="done", message="the conversion is done: llama-vid-7b runs on "
+                           "llama.cpp from /d")
+    assert views.conversion_controls(None, done) == ("The conversion is done: llama-vid-7b runs on llama.cpp from /d",
+                                                     {"visible": False}, {"visible": False}, "")
+    assert views.conversion_controls(None, ConversionState()) == ("", {"visible": False}, {"visible": False}, "")
+
+
 # -- Stop, per tab ------------------------------------------------------------------------------------------------
 def test_each_chat_tabs_stop_stops_only_its_own_question(served: ChatService, tmp_path: Path) -> None:
     handlers = Handlers(served, indexer=None, upload_dir=tmp_path)
@@ -298,3 +333,44 @@ def test_a_question_the_queue_refuses_leaves_no_conversation_behind(served: Chat
     finally:
         served.max_waiting = limit
     assert [c.id for c in served.conversations(film.id)] == before
+
+
+# -- searching the dialogue (issue 26) --------------------------------------------------------------------------
+def cue(movie_id: int, rel_path: str, start: float, text: str) -> CueMatch:
+    return CueMatch(movie_id, f"/films/{rel_path}", rel_path, 1, start, start + 3, text, "sidecar", 1.0, -1.0)
+
+
+def test_search_results_show_the_film_the_time_and_the_line_and_lead_to_its_start() -> None:
+    found = [cue(3, "sea/Harbor.mkv", 40.0, "The treasure is buried\nunder the old lighthouse."),
+             cue(7, "Forest.mp4", 3725.5, "Listen to the birds.")]
+    shown = views.search_choices(found)
+    assert shown == {"choices": [("Harbor · 0:00:40 · The treasure is buried / under the old lighthouse.", "3:40.000"),
+                                 ("Forest · 1:02:05 · Listen to the birds.", "7:3725.500")],
+                     "value": None, "visible": True}
+    assert [views.search_choice(v) for _, v in shown["choices"]] == [(3, 40.0), (7, 3725.5)]
+    assert views.search_choice(None) is None and views.search_choice("x:y") is None
+    assert views.search_choices([]) == {"choices": [], "value": None, "visible": False}
+    assert views.search_line("treasure", 2) == "2 lines found: pick one to watch it."
+    assert views.search_line("treasure", 1).startswith("1 line found")
+    assert views.search_line("zebra", 0) == "No line of the library's subtitles says that."
+    assert views.search_line("  ", 0) == ""
+    assert views.player_html(3, 40.0) == ('<video id="llamavid-player" controls preload="metadata" '
+                                          'src="/v1/movies/3/video#t=40.000"></video>')
+    assert 'src="/v1/movies/3/video"' in views.player_html(3)
+
+
+def test_a_search_result_opens_its_film_at_the_line(served: ChatService, tmp_path: Path) -> None:
+    handlers = Handlers(served, indexer=None, upload_dir=tmp_path)
+    (film,) = served.movies()
+    line, results = handlers.search("treasure")
+    assert line.startswith("1 line found")
+    assert results["choices"] == [("Harbor · 0:00:40 · The treasure is buried under the old lighthouse.",
+                                   f"{film.id}:40.000")]
+    assert handlers.search("zebra")[1]["visible"] is False
+    # from no film chosen: the film is chosen and its player opens at the line, a new conversation
+    picked, player, conversations, chat, moments, conversation_id, progress, fast = \
+        handlers.open_result(f"{film.id}:40.000", None)
+    assert picked["value"] == film.id and f'src="/v1/movies/{film.id}/video#t=40.000"' in player
+    assert chat == [] and conversation_id is None and conversations["value"] == views.NEW
+    # the film already chosen keeps its player (the page seeks it) and its conversation
+    assert all(u == {"__type__": "update"} for u in handlers.open_result(f"{film.id}:40.000", film.id))

@@ -30,3 +30,19 @@ def test_benchmark_smoke(tmp_path):
     assert report["long"]["sampled"] == 8 and report["long"]["clip_seconds"] == 8
     assert len(lines) == 8 and lines[1].startswith("clip: 4 s 160x96") and "GOP 1 s" in lines[1]
     assert lines[-1].startswith("memory vs length")
+
+
+@pytest.mark.slow
+def test_the_queue_benchmark_compares_the_order_of_work(tmp_path, capsys):
+    """``llamavid bench queue``: before, the opened film waits for every film found before it and is
+    answered from its frames; after, it goes first (and is askable from its dialogue, or from its frames
+    when they are read before the first look)."""
+    import json
+
+    import cli
+
+    assert cli.main(["bench", "queue", "--films", "3", "--seconds", "6", "--work", str(tmp_path)]) == 0
+    before, after = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert (before["mode"], after["mode"]) == ("before", "after") and before["films"] == 3
+    assert before["went_by"] == "frames" and after["went_by"] in ("dialogue", "frames")
+    assert 0 < after["askable_s"] < before["askable_s"] and after["first_word_s"] >= after["askable_s"]

@@ -90,7 +90,7 @@ def test_pause_and_cancel_a_running_job(cli, movies, tiny_eva):
         assert cli("pause", "A.mkv")[0] == 0
     finally:
         worker.join(timeout=120)
-    assert result["summary"].outcomes == {"paused": 1, "done": 1}
+    assert result["summary"].outcomes == {"dialogue ready": 2, "paused": 1, "done": 1}  # dialogue first
     status = cli.status()
     assert status["A.mkv"]["state"] == "paused" and 2 <= status["A.mkv"]["frames"] < 20
     assert status["B.mkv"]["state"] == "done"  # the rest of the queue went on

@@ -41,7 +41,7 @@ def test_options_are_frozen_and_a_path_is_kept_as_its_string() -> None:
 
 
 def test_the_key_holds_exactly_the_options_that_change_what_the_model_computes() -> None:
-    assert LoadOptions().key() == {"backend": "auto", "device": "auto", "dtype": "auto", "kv_type": "f16"}
+    assert LoadOptions().key() == {"backend": "auto", "device": "auto", "dtype": "auto", "kv_type": "auto"}
     assert EVERYTHING.key() == {"backend": "llama.cpp", "bits": 4, "device": "cpu", "dtype": "bf16",
                                 "gguf_type": "q8_0", "kv_type": "q8_0"}
     # every other option leaves the key as it is ...
@@ -165,7 +165,7 @@ def test_load_model_keywords_are_the_same_as_options(recorded) -> None:
         ("cpu", "bf16", 8, 2048, False)
     load_module.load_model("m", data)
     assert (calls[3]["device"], calls[3]["bits"], calls[3]["kv_type"], calls[3]["load_vision"]) == \
-        ("auto", None, "f16", True)
+        ("auto", None, "auto", True)
     assert load_module.load_model("m", data, template="llava_v1").template == "llava_v1"
     with pytest.raises(TypeError, match="unknown load option"):
         load_module.load_model("m", data, colour="red")

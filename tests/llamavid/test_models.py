@@ -415,6 +415,38 @@ def test_pull_from_a_hub_endpoint_installs_a_loadable_model(hub: Fake, tiny_chec
     assert content_gets() == before
 
 
+def test_pull_of_a_chat_model_offers_its_llama_cpp_conversion(hub: Fake, tiny_checkpoint: Path, tmp_path: Path,
+                                                             capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llamavid.runtime import llm_choice
+    from llamavid.runtime import load as load_module
+    from llamavid.runtime.llm_choice import is_complete_conversion
+
+    monkeypatch.setattr(llm_choice, "MIN_LLAMACPP_BYTES", 0)  # the tiny checkpoint stands for a 7B
+    monkeypatch.setattr(load_module, "_gpu_bytes", lambda options: (None, False))  # a computer without a GPU
+    _serve_checkpoint(hub, tiny_checkpoint)
+    data = tmp_path / "data"
+    target = DataDir(data).models / f"{VIDEO_MODEL}-gguf"
+    capsys.readouterr()
+    assert _cli("--data-dir", data, "models", "pull", VIDEO_MODEL) == 0  # no terminal to ask on: it says the command
+    out = capsys.readouterr().out
+    assert f"note: {VIDEO_MODEL} chats through llama.cpp on this computer (no GPU), from a q4_K_M copy" in out
+    assert f"run `llamavid models convert-gguf {VIDEO_MODEL}` (or pull with --convert)" in out and "free)" in out
+    assert not target.exists()
+    assert _cli("--data-dir", data, "models", "pull", VIDEO_MODEL, "--no-convert") == 0
+    assert "convert" not in capsys.readouterr().out and not target.exists()
+
+    assert _cli("--data-dir", data, "models", "pull", VIDEO_MODEL, "--convert") == 0
+    out = capsys.readouterr().out
+    assert f"{VIDEO_MODEL} -> {target}: q4_K_M; about " in out
+    assert is_complete_conversion(target, DataDir(data).models / VIDEO_MODEL)
+    lv = load_module.load_model(VIDEO_MODEL, data, device="cpu", load_vision=False)
+    assert (lv.backend.name, Path(lv.backend.path).name) == ("llama.cpp", "llm-q4_K_M.gguf")
+    assert lv.backend.kv_type == "f16"  # head size 16: no q8_0 blocks fit it, so the default cache stays f16
+    lv.backend.close()
+    assert _cli("--data-dir", data, "models", "pull", VIDEO_MODEL) == 0
+    assert "convert" not in capsys.readouterr().out  # converted: nothing more to offer
+
+
 def test_pull_of_a_speech_model_for_the_indexer(hub: Fake, tmp_path: Path, capsys) -> None:
     from indexer.whisper import speech_model_folder
 

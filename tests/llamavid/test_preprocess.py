@@ -198,3 +198,14 @@ def test_1080p_frame_into_a_preallocated_row_matches_transformers():
     theirs = torch.as_tensor(np.asarray(clip_processor()(images=frame, return_tensors="np")["pixel_values"]))[0]
     assert (rows[1] - theirs).abs().max().item() <= 1e-6
     assert rows[0].isnan().all()  # the other row is untouched
+
+
+def test_a_frame_kept_as_its_crop_preprocesses_to_exactly_the_same_pixels():
+    """Clips keep each frame's uint8 crop until they are preprocessed together (a quarter of the memory)."""
+    from llamavid.media.preprocess import crop_frame, preprocess_frame, preprocess_images
+
+    frame = (np.random.default_rng(3).random((240, 320, 3)) * 255).astype(np.uint8)
+    crop = crop_frame(frame, 224)
+    assert crop.shape == (224, 224, 3) and crop.flags["C_CONTIGUOUS"] and not np.shares_memory(crop, frame)
+    torch.testing.assert_close(preprocess_images([crop], 224, mode="crop")[0], preprocess_frame(frame, 224),
+                               rtol=0, atol=0)
