@@ -52,17 +52,20 @@ def run_queue(data, options: IndexOptions, on_progress: ProgressFn | None = None
 
 def _work(store: LibraryStore, pipeline: Pipeline, options: IndexOptions, summary: RunSummary,
           on_event: EventFn, wait: Callable[[], None] | None, stop: threading.Event | None) -> None:
+    passed: set[int] = set()  # films given their first pass (dialogue) in this run
     while not (stop and stop.is_set()):
         if store.queue_paused():
             summary.stopped = "queue paused; `llamavid index resume` to continue"
             return
-        job = store.claim_next_job(first_pass=options.dialogue_first)
+        job = store.claim_next_job(first_pass=options.dialogue_first, passed=passed)
         if job is None:
             if wait is None:
                 return
             wait()
             continue
         movie = {"path": store.movie(job["movie_id"])["path"]}
+        if job.get("first_pass"):
+            passed.add(job["movie_id"])
         try:
             outcome, message = run_job(pipeline, store, job, options)
         except (DiskFull, UserError) as exc:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,8 +64,8 @@ def prepare_choice(own: int | None, folder: int | None, everything: str | None) 
 #: the order jobs are claimed in: a film brought forward first, retries after fresh jobs, then as found
 QUEUE_ORDER = "jobs.priority DESC, jobs.attempts, jobs.id"
 #: a film whose cheap stages are not all done: the first pass reads its dialogue before any frames
-NO_DIALOGUE_YET = ("(movies.probed = 0 OR movies.subtitles_done = 0 OR movies.speech_state IS NULL"
-                   " OR movies.speech_state LIKE 'error%')")
+#: (a speech stage that failed is tried again with the frames, not in the first pass again and again)
+NO_DIALOGUE_YET = "(movies.probed = 0 OR movies.subtitles_done = 0 OR movies.speech_state IS NULL)"
 
 
 class LibraryStore:
@@ -316,19 +316,22 @@ class LibraryStore:
                                   " reason = 'resumed after an interrupted run' WHERE state = 'running'")
             return cur.rowcount
 
-    def claim_next_job(self, first_pass: bool = False) -> dict | None:
+    def claim_next_job(self, first_pass: bool = False, passed: Collection[int] = ()) -> dict | None:
         """Take the next queued job of a present movie and mark it running (by this process).
 
         ``first_pass``: cheap passes first. Unless the next film was put first by a person, a film
         whose dialogue is not read yet (probe, subtitles, speech) comes before any film's frames; the
-        job then has ``first_pass`` set: run only those stages, and yield (:meth:`yield_job`)."""
+        job then has ``first_pass`` set: run only those stages, and yield (:meth:`yield_job`). ``passed``:
+        films that had their first pass in this run already (never twice, whatever its stages left)."""
         with atomic(self.db):
             queued = ("SELECT jobs.* FROM jobs JOIN movies ON movies.id = jobs.movie_id"
                       " WHERE jobs.state = 'queued' AND movies.missing = 0")
             job = next(self.db.query(f"{queued} ORDER BY {QUEUE_ORDER} LIMIT 1"), None)
             cheap = None
             if job is not None and first_pass and job["priority"] <= 0:
-                cheap = next(self.db.query(f"{queued} AND {NO_DIALOGUE_YET} ORDER BY {QUEUE_ORDER} LIMIT 1"), None)
+                skip = f" AND jobs.movie_id NOT IN ({','.join(str(int(i)) for i in passed)})" if passed else ""
+                cheap = next(self.db.query(f"{queued} AND {NO_DIALOGUE_YET}{skip} ORDER BY {QUEUE_ORDER} LIMIT 1"),
+                             None)
             job = cheap or job
             if job is None:
                 return None
