@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -20,6 +19,7 @@ import pytest
 from app import status as st
 from app import web
 from llamavid.errors import UserError
+from tests.support.served import stop_process_group
 
 
 def test_status_text_without_models(data_dir: Path) -> None:
@@ -101,13 +101,7 @@ def _start_cli(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    stop_process_group(proc, timeout=20)
 
 
 def _wait_for_output(log: Path, text: str, timeout: float = 90.0) -> str:

@@ -86,10 +86,16 @@ def serve_process(data: Path, log: Path, *args: str, env: dict[str, str] | None 
             wait_for(lambda: http.get("/health").status_code == 200, timeout=300, interval=0.2)
         yield running
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process_group(proc, timeout=60)
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """End a command started in a session of its own as Ctrl-C's neighbour would (SIGTERM to its
+    group), then SIGKILL after ``timeout`` seconds."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
