@@ -113,11 +113,19 @@ class _Reporter:
     def __call__(self, on_disk: int) -> None:
         steps = self.plan.steps
         index = next((i for i in range(max(self.current, 0), len(steps)) if not steps[i].done), len(steps) - 1)
+        self._files_up_to(index)
+        self.done = max(self.done, min(on_disk, self.total))
+        emit(event="progress", done=self.done, total=self.total)
+
+    def finish(self) -> None:
+        """Every file is written (the quantizer's input already deleted): name those not named yet."""
+        self._files_up_to(len(self.plan.steps) - 1)
+
+    def _files_up_to(self, index: int) -> None:
+        steps = self.plan.steps
         for passed in range(self.current + 1, index + 1):  # a quick file may start and end between two looks
             emit(event="file", index=passed + 1, count=len(steps), label=steps[passed].path.name)
         self.current = max(self.current, index)
-        self.done = max(self.done, min(on_disk, self.total))
-        emit(event="progress", done=self.done, total=self.total)
 
 
 def convert(data: DataDir, name: str, types: tuple[str, ...]) -> int:
@@ -127,8 +135,10 @@ def convert(data: DataDir, name: str, types: tuple[str, ...]) -> int:
     emit(event="plan", name=name, folder=str(plan.out), files=len(plan.steps), total=total, done=plan.present,
          needed=plan.needed, free=plan.free())
     check_free_space(plan.out, plan.needed, f"converting {name} for llama.cpp")
+    reporter = _Reporter(plan, total)
     try:
-        run_conversion(plan, _Reporter(plan, total), POLL_SECONDS)
+        run_conversion(plan, reporter, POLL_SECONDS)
+        reporter.finish()  # a conversion quicker than one look still names its files
     except KeyboardInterrupt:
         emit(event="cancelled", kept=plan.kept())
         return 130

@@ -13,7 +13,8 @@ lets them:
   film's dialogue before any film's frames.
 
 One JSON line per mode: seconds until the film could be asked about, until the first word of the
-answer, and what the answer went by (its frames, or its dialogue alone). The tiny model of the tests
+answer, what the answer went by (its frames, or its dialogue alone), and how many other films had
+their frames read before it could be asked about. The tiny model of the tests
 (``--model`` for an installed one) answers; EVA is its vision tower, so the figures say how the
 order of work changes the wait, not how fast a real EVA is (``llamavid bench skip`` and
 ``llamavid bench film`` measure that).
@@ -102,7 +103,10 @@ def _measure(root: Path, films: list[Path], mode: str, model: str | None) -> dic
         with LibraryStore.open(data.database) as store:
             store.pause_queue(True)  # the indexer stops after its chunk: the next mode has the machine
         worker.join()
+    with LibraryStore.open(data.database) as store:
+        ahead = _finished_before(store, target)
     return {"bench": "queue", "mode": mode, "films": len(films), "film_seconds": ready.duration,
+            "indexed_before_it": ahead,
             "askable_s": round(askable_s, 2), "first_word_s": round(first_word - started, 2),
             "went_by": "dialogue" if any("dialogue alone" in n for n in notes) else "frames"}
 
@@ -126,3 +130,10 @@ def _first_word(service: ChatService, movie_id: int) -> tuple[float, list[str]]:
         if event.type == "error":
             raise RuntimeError(event.text)
     return (first or time.monotonic()), notes
+
+
+def _finished_before(store: LibraryStore, movie_id: int) -> int:
+    """Other films whose indexing (frames included) ended before this film's did."""
+    return store.db.execute(
+        "SELECT COUNT(*) FROM jobs WHERE state = 'done' AND movie_id != ? AND finished_at <"
+        " (SELECT finished_at FROM jobs WHERE movie_id = ?)", [movie_id, movie_id]).fetchone()[0]
