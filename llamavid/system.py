@@ -6,6 +6,8 @@ One reader each, for ``doctor``, the benchmarks and the memory pre-flight alike.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
@@ -69,3 +71,20 @@ def ram() -> Ram:
         return Ram(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), None)
     except (ValueError, OSError, AttributeError):
         return Ram(None, None)
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """End a child started in a session of its own as Ctrl-C would end it (SIGTERM to its process
+    group: it finishes cleanly, its helpers too), and with SIGKILL after ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):  # it has just ended
+            pass
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue

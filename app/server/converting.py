@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from dataclasses import dataclass, replace
 
 from llamavid.paths import DataDir
 from llamavid.storage import human_size
+from llamavid.system import stop_process_group
 
 log = logging.getLogger(__name__)
 
@@ -126,15 +126,5 @@ class Conversion:
 
     def stop(self, timeout: float = 20.0) -> None:
         """Cancel and wait (the server shuts down): SIGTERM, then SIGKILL to its session."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            proc.wait(5)
+        if self._proc is not None:
+            stop_process_group(self._proc, timeout)

@@ -10,8 +10,6 @@ line and its log file are the ones every front end uses (:mod:`indexer.controls`
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -23,6 +21,7 @@ from indexer.scan import ScanReport
 from indexer.store import LibraryStore
 from llamavid.errors import UserError
 from llamavid.paths import DataDir
+from llamavid.system import stop_process_group
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +111,8 @@ class Indexer:
         """End the child as Ctrl+C would (it finishes its chunk; the film resumes next time)."""
         with self._lock:
             proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc is not None:
+            stop_process_group(proc, timeout)
 
     def _store(self) -> LibraryStore:
         return controls.open_store(self.data)

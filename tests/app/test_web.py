@@ -19,7 +19,7 @@ import pytest
 from app import status as st
 from app import web
 from llamavid.errors import UserError
-from tests.support.served import stop_process_group
+from llamavid.system import stop_process_group
 
 
 def test_status_text_without_models(data_dir: Path) -> None:

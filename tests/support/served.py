@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import httpx
 
 from app.server.app import Running, start
 from app.server.settings import ServerSettings
+from llamavid.system import stop_process_group
 from tests.support.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,13 +89,4 @@ def serve_process(data: Path, log: Path, *args: str, env: dict[str, str] | None 
         stop_process_group(proc, timeout=60)
 
 
-def stop_process_group(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """End a command started in a session of its own as Ctrl-C's neighbour would (SIGTERM to its
-    group), then SIGKILL after ``timeout`` seconds."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+
