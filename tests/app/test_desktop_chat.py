@@ -358,7 +358,7 @@ def test_the_library_prepares_a_film_for_fast_answers_and_forgets_it(qtbot, data
     qtbot.waitUntil(lambda: pane.prepare_button.text() == offer, timeout=30_000)
     assert [a.text() for a in pane.film_menu(movie.id).actions()] == [offer, "Re-index film"]
     assert not pane.row_by_name("Forest.mp4").prepared.isVisible()
-    click(qtbot, pane.prepare_button)  # the window's indexer (a child process) prepares it with the chat model
+    click(qtbot, pane.prepare_button)  # the window's chat service prepares it with the model it holds
     qtbot.waitUntil(lambda: pane.row_by_name("Forest.mp4").prepared.text().startswith("prepared for fast answers ("),
                     timeout=300_000)
     assert pane.prepare_button.text() == FORGET_PREPARED

@@ -226,7 +226,7 @@ def test_fast_answers_are_a_checkbox_away_and_the_library_prepares_a_film(page: 
     movie = httpx.get(page.url + "v1/movies").json()["data"][0]
     assert movie["prepared"] == 0 and not movie["prepare_wanted"]
     assert human_size(movie["prepare_estimate_bytes"]) in prepare.inner_text()
-    prepare.click()  # the indexer (a child process) prepares it
+    prepare.click()  # the server's chat service prepares it with the model it holds
     page.locator("#library tr", has_text="Harbor").get_by_text(PREPARED).wait_for(timeout=600_000)
     assert httpx.get(page.url + "v1/movies").json()["data"][0]["prepared"] > 0
 
