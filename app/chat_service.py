@@ -3,7 +3,7 @@
 It owns the resident model (loaded once through :func:`llamavid.runtime.load.load_model`), the
 movie library (read through :mod:`indexer.library`) and the kept conversations
 (:mod:`app.conversations`). Every question, from whichever front end, is an
-:class:`~app.questions.AskStream` in one first-come queue served by one worker thread, since one
+:class:`~app.questions.AskStream` in one queue served by one worker thread, since one
 model answers one question at a time. The ask methods return at once; the stream yields
 :class:`~app.questions.ChatEvent` objects as they happen and can be cancelled from any thread.
 Every failure arrives as an ``error`` event whose kind the error itself names
@@ -36,7 +36,9 @@ and the user's question is the next turn. Without a prepared state the first que
 the film (and keeps the state for the next conversation). :meth:`ChatService.prepare_estimate`
 says what a prepared film will take on disk before it is made, and
 :meth:`ChatService.set_prepared` prepares a film with this service's model, in its own queue
-(:meth:`ChatService.prepare_film`, with progress, stoppable), or forgets its state. While the
+(:meth:`ChatService.prepare_film`, with progress, stoppable), or forgets its state. Reading a film
+ahead takes minutes to an hour on a CPU, so a question asked meanwhile goes before the preparations
+still waiting (never before one already running). While the
 service holds a model it says so (:func:`indexer.sharing.holding`), and the background indexer
 leaves preparing films with that model to it: no second copy is loaded.
 
@@ -46,6 +48,8 @@ question's ``model``): questions already waiting keep the model they were asked 
 from __future__ import annotations
 
 import gc
+import hashlib
+import itertools
 import locale
 import logging
 import os
@@ -62,9 +66,11 @@ from app.conversations import Conversation, ConversationStore, short_title
 from app.film_words import queue_position
 from app.live_chat import LiveChats
 from app.questions import AskStream, ChatEvent
+from app.qwen_live import QwenChats, media_turn
 from indexer import library
 from indexer.db import ThreadConnections
 from indexer.prepare import (
+    engine_id,
     film_chat,
     forget_prepared,
     is_current,
@@ -74,26 +80,37 @@ from indexer.prepare import (
     model_kv_shape,
     prepared_key,
 )
-from indexer.prepared_size import LlmShape, estimate_prepared_bytes, film_tokens
+from indexer.prepared_size import LlmShape, estimate_prepared_bytes, film_tokens, hour_bytes
 from indexer.sharing import answering, holding
 from indexer.store import LibraryStore
 from llamavid.errors import UserError
 from llamavid.hub.catalog import can_chat
 from llamavid.hub.installed import InstalledEntry, list_models
+from llamavid.hub.installed import resolve_model as resolve_folder
 from llamavid.paths import DataDir
 from llamavid.runtime.api import LlamaVid
 from llamavid.runtime.chat import Chat
+from llamavid.runtime.family import QWEN_VL, QwenVL, family_of
 from llamavid.runtime.generate import SamplingOptions
 from llamavid.runtime.inputs import Visual
 from llamavid.runtime.llamacpp import LlamaCppBackend
 from llamavid.runtime.load import LoadOptions, load_model
 from llamavid.runtime.prepared import PREPARED_ANSWER, PREPARED_QUESTION, neutral_answer_ids
+from llamavid.runtime.qwen_chat import QwenChat
 from llamavid.storage import human_size
 
 __all__ = ["AskStream", "ChatEvent", "ChatService", "NoModel", "QueueFull", "chat_models", "fast_by_default",
            "no_model_hint"]
 
 log = logging.getLogger(__name__)
+
+
+QUESTION_RANK, PREPARE_RANK, STOP_RANK = 0, 1, 2
+
+
+def _rank(stream: AskStream) -> int:
+    """Where a piece of work goes in the queue: a film read ahead after every question."""
+    return PREPARE_RANK if isinstance(stream.job, _Prepare) else QUESTION_RANK
 
 
 class QueueFull(UserError):
@@ -184,8 +201,12 @@ class ChatService:
         # WAL: reads while the indexer writes; a connection per thread (the worker, each front end's)
         self._library = ThreadConnections(self.data.database)
         self._chats = LiveChats(self.data, self.store, self._library, self.model)
+        self._qwen = QwenChats(self.data, self.store, self._library, self.model, self._chats)  # the second family
         self._detach_gone()
-        self._queue: queue.Queue[AskStream | None] = queue.Queue()
+        # (rank, arrival, stream): questions (rank 0) before preparations (1), each kind first come first
+        # served; the worker's stop (2) after both
+        self._queue: queue.PriorityQueue[tuple[int, int, AskStream | None]] = queue.PriorityQueue()
+        self._arrivals = itertools.count()
         self._waiting: list[AskStream] = []
         self._preparing: dict[int, AskStream] = {}  # films read ahead in this queue (prepare_film)
         self._held: tuple[str, Any] | None = None  # the model this process says it holds, and its marker
@@ -242,6 +263,27 @@ class ChatService:
         names = ", ".join(m.name for m in self.models()) or "none"
         raise KeyError(f"model {requested!r} is not installed here; installed chat models: {names}")
 
+    def family(self, name: str | None = None) -> str:
+        """The model family (``llama-vid`` or ``qwen-vl``) of ``name`` (default: the model answering next),
+        read from its folder without loading it; ``llama-vid`` where it cannot be told."""
+        name = name or self.model_name
+        if self._lv is not None and name == self._model:
+            return QWEN_VL if isinstance(self._lv, QwenVL) else "llama-vid"
+        try:
+            return family_of(resolve_folder(self._full_names.get(name, name), self.data.root)) if name else "llama-vid"
+        except (UserError, OSError):
+            return "llama-vid"
+
+    def _model_of(self, conversation_id: int, asked: str | None) -> str | None:
+        """The model a kept conversation's next question goes to: the one it began with, when installed."""
+        try:
+            kept = _shown_name(self.store.get(conversation_id).model)
+        except KeyError:
+            return asked
+        if kept and (kept == self.shown_model or any(m.name == kept for m in self.models())):
+            return kept
+        return asked
+
     def select_model(self, name: str) -> None:
         """Answer the next questions with another installed model; it loads in the background, after
         the questions already waiting (which keep the model they were asked of)."""
@@ -256,7 +298,7 @@ class ChatService:
     def warm_up(self) -> None:
         """Load the model on the worker now, so the first question does not wait for it."""
         if self.model_name is not None:
-            self._queue.put(AskStream("", _Load(), model=self.model_name))
+            self._queue.put((QUESTION_RANK, next(self._arrivals), AskStream("", _Load(), model=self.model_name)))
 
     def model(self) -> LlamaVid:
         """The resident model, loaded on first use (call it from the worker, or before asking)."""
@@ -270,6 +312,7 @@ class ChatService:
                 self.load_error = str(exc)
                 raise
             self.load_error = None
+            self._lv.rates.read(self._rates_file(self._lv))
         self._hold()
         return self._lv
 
@@ -302,6 +345,7 @@ class ChatService:
         if name is None or name == self._model:
             return
         self._chats.release()
+        self._qwen.release()
         self._let_go()
         self._lv, self._kv_shape, self._model, self.load_error = None, None, name, None
         gc.collect()  # the old weights go before the new ones load
@@ -325,7 +369,8 @@ class ChatService:
             library.choose_track(found, track_id=track_id)  # a track the film does not have: KeyError now
         return self.store.create(self.model_name or "", found.id if found else None, found.path if found else None,
                                  title, track_id, self.language,
-                                 fast=fast and found is not None and found.features_complete)
+                                 fast=fast and found is not None and found.features_complete
+                                 and self.family() != QWEN_VL)
 
     def conversations(self, movie_id: int | None = None) -> list[Conversation]:
         self._detach_gone()
@@ -349,6 +394,7 @@ class ChatService:
     def delete(self, conversation_id: int) -> None:
         with self._lock:
             self._chats.forget(conversation_id)
+            self._qwen.forget(conversation_id)
         self.store.delete(conversation_id)
 
     def export_markdown(self, conversation_id: int) -> str:
@@ -364,10 +410,29 @@ class ChatService:
         frames, text_tokens = film_tokens(self._db, movie, self.language)
         return estimate_prepared_bytes(kv[0], frames, text_tokens, kv[1])
 
+    def prepare_seconds(self, movie: library.Movie) -> float | None:
+        """Seconds reading the film ahead will take on this machine (the Q-Former over its frames,
+        the LLM over its prompt, at the rates this model was measured at here); None before the
+        model has been measured, or when it is not loaded."""
+        lv = self._lv if self._wanted is None else None
+        if lv is None or isinstance(lv, QwenVL):
+            return None
+        frames, text_tokens = film_tokens(self._db, movie, self.language)
+        visual, prefill = lv.rates.seconds("visual", frames), lv.rates.seconds("prefill", 2 * frames + text_tokens)
+        return None if visual is None or prefill is None else visual + prefill
+
+    def prepared_per_hour(self) -> int | None:
+        """Bytes a prepared hour of film takes with this service's model and KV cache type (None
+        without a usable model): the Library's figure per hour, from the rule each film's uses."""
+        kv = self._kv_shape_of_model()
+        return hour_bytes(kv[0], kv[1]) if kv is not None else None
+
     def _kv_shape_of_model(self) -> tuple[LlmShape | Any, float] | None:
         """The LLM's shape and bytes per cached value: the loaded model's, else read from its folder
         with the load options (the model is not loaded for this)."""
         lv = self._lv if self._wanted is None else None
+        if isinstance(lv, QwenVL) or self.family() == QWEN_VL:
+            return None  # no prepared films for the second family
         if lv is not None:
             return lv.config, loaded_kv_bytes(lv)
         if self._kv_shape is None and self.model_name:
@@ -391,6 +456,9 @@ class ChatService:
                 return f"{name} is no longer prepared: new fast conversations prepare it again"
             if not self.model_name:
                 raise UserError("preparing a film needs a chat model: choose one first")
+            if self.family() == QWEN_VL:
+                raise UserError("prepared films (fast answers) are made with LLaMA-VID models; a Qwen3-VL reads "
+                                "the film's frames at its first question: pick a LLaMA-VID model to prepare it")
             mark_for_preparing(store, [movie.id], self.model_name, self.language, self.load_options)
         size = self.prepare_estimate(movie)
         about = f" (about {human_size(size)} on disk)" if size else ""
@@ -428,7 +496,10 @@ class ChatService:
     # -- questions ------------------------------------------------------------------------------
     def ask(self, conversation_id: int, question: str, options: SamplingOptions | None = None,
             time_budget: float | None = None, model: str | None = None) -> AskStream:
-        """Queue the next question of a kept conversation; the stream starts with its place in the queue."""
+        """Queue the next question of a kept conversation; the stream starts with its place in the queue.
+        The conversation is answered by the model it began with while that one is installed (a
+        conversation's turns are that model's tokens; another family could not go on from them)."""
+        model = self._model_of(conversation_id, model)
         return self._submit(AskStream(question, _InConversation(conversation_id), options=options,
                                       time_budget=time_budget, conversation_id=conversation_id), model)
 
@@ -470,10 +541,11 @@ class ChatService:
             stream.model = self.model_name
             stream.on_end = lambda last, ended=stream: self._ended(ended, last)
             stream.control.rates = self._lv.rates if self._lv is not None else stream.control.rates
-            position = len(self._waiting) + (self._current is not None)
+            rank = _rank(stream)
+            position = sum(_rank(s) <= rank for s in self._waiting) + (self._current is not None)
             self._waiting.append(stream)
         stream.put(ChatEvent("queued", position=position))
-        self._queue.put(stream)
+        self._queue.put((rank, next(self._arrivals), stream))
         return stream
 
     def close(self) -> None:
@@ -483,16 +555,17 @@ class ChatService:
             pending = [*self._waiting, *([self._current] if self._current else [])]
         for stream in pending:
             stream.cancel()
-        self._queue.put(None)
+        self._queue.put((STOP_RANK, next(self._arrivals), None))
         self._worker.join(timeout=600)
         self._chats.release()
+        self._qwen.release()
         self._let_go()
         self.store.close()
         self._library.close()
 
     # -- the worker ---------------------------------------------------------------------------------
     def _serve(self) -> None:
-        while (stream := self._queue.get()) is not None:
+        while (stream := self._queue.get()[2]) is not None:
             with self._lock:
                 if stream in self._waiting:
                     self._waiting.remove(stream)
@@ -510,6 +583,15 @@ class ChatService:
                     self._current = None
                 if isinstance(stream.job, _AboutMedia):
                     stream.job.finish()
+                if self._lv is not None:
+                    self._lv.rates.write(self._rates_file(self._lv))
+
+    def _rates_file(self, lv: LlamaVid) -> Path:
+        """Where the rates this model runs at on this machine are kept (one file per engine: the
+        backend, KV type and weights, as a film's plan is keyed)."""
+        key = hashlib.blake2b((lv.engine_id if isinstance(lv, QwenVL) else engine_id(lv)).encode(),
+                              digest_size=8).hexdigest()
+        return self.data.root / "cache" / "rates" / f"{key}.json"
 
     def _ended(self, stream: AskStream, last: ChatEvent) -> None:
         """A question's end in the stats and the queue's state, before its asker sees it: a health
@@ -533,6 +615,9 @@ class ChatService:
         stream.control.check()  # cancelled while waiting
         lv = self.model()
         stream.control.rates = lv.rates
+        if isinstance(lv, QwenVL):
+            self._run_qwen(stream, job, lv)
+            return
         if isinstance(job, _AboutMedia):
             self._answer_media(stream, job, lv)
             return
@@ -543,19 +628,40 @@ class ChatService:
             stream.conversation_id = self._film_conversation(job, stream.question)
         self._answer(stream)
 
-    def _answer(self, stream: AskStream) -> None:
-        live = self._chats.take(stream.conversation_id, stream.control)
+    def _run_qwen(self, stream: AskStream, job: Any, model: QwenVL) -> None:
+        """A question for the second family (:mod:`app.qwen_live`): the same queue, events and moments."""
+        if isinstance(job, _Prepare):
+            raise UserError("prepared films (fast answers) are made with LLaMA-VID models; a Qwen3-VL reads the "
+                            "film's frames at its first question: pick a LLaMA-VID model to prepare it")
+        if isinstance(job, _AboutMedia):
+            self._qwen.release()  # the model answers one conversation at a time: the live one goes to disk
+            first = media_turn(job.images, job.video, self.max_video_frames, stream.control.check)
+            job.finish()  # its frames are read: a request's copy goes before the answer is sent
+            chat = QwenChat(model, first)
+            chat.replay(job.history, stream.control)
+            for piece in chat.ask(stream.question, stream.options, control=stream.control,
+                                  time_budget=stream.time_budget):
+                stream.put(ChatEvent("text", text=piece))
+            stream.put(ChatEvent("done", stopped=chat.turns[-1].stopped, notes=tuple(chat.notes)))
+            return
+        if isinstance(job, _AboutFilm):
+            stream.conversation_id = self._film_conversation(job, stream.question)
+        self._answer(stream, self._qwen)
+
+    def _answer(self, stream: AskStream, chats: LiveChats | QwenChats | None = None) -> None:
+        chats = chats or self._chats
+        live = chats.take(stream.conversation_id, stream.control)
         pieces = live.chat.ask(stream.question, stream.options, control=stream.control,
                                time_budget=stream.time_budget)
         for piece in pieces:
             stream.put(ChatEvent("text", text=piece))
         turn = live.chat.turns[-1]
         try:
-            moments = self._chats.moments(live, turn)
+            moments = chats.moments(live, turn)
         except Exception:  # noqa: BLE001 - moments are a bonus: the answer is kept without them
             log.exception("moments of %r failed", turn.question)
             moments = []
-        turn_id = self._chats.keep(live, turn, moments)
+        turn_id = chats.keep(live, turn, moments)
         if live.movie is not None:
             stream.put(ChatEvent("moments", moments=tuple(moments)))
         stream.put(ChatEvent("done", turn_id=turn_id, stopped=turn.stopped, notes=tuple(live.chat.notes)))
@@ -613,6 +719,10 @@ class ChatService:
         as the tokens the model would end with; the film is read with the first (in a fast
         conversation, with the hidden neutral turn put before them)."""
         lv = self.model()
+        if isinstance(lv, QwenVL):  # the second family: its own tokens, ending as its answers end
+            for question, answer in history:
+                self.store.add_turn(conv.id, question, answer, lv.tokenize(answer) + list(lv.stops[:1]), False, [])
+            return
         tokenizer = lv.tokenizer
         if conv.fast:
             self.store.add_turn(conv.id, PREPARED_QUESTION, PREPARED_ANSWER, neutral_answer_ids(lv), False, [],

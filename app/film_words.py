@@ -24,9 +24,9 @@ __all__ = ["FORGET_PREPARED", "NO_LINE", "STAGES", "UNITS", "IndexState", "clock
 
 #: What the indexer is doing in each stage of a film's job, and what its progress counts.
 STAGES = {"probe": "reading the file", "subtitles": "reading subtitles", "speech": "recognising speech",
-          "features": "reading frames", "prepare": "preparing for fast answers",
+          "features": "reading frames", "scenes": "reading scenes for search", "prepare": "preparing for fast answers",
           "waiting": "waiting while a question is answered"}
-UNITS = {"features": "frames", "speech": "windows", "prepare": "tokens"}
+UNITS = {"features": "frames", "scenes": "frames", "speech": "windows", "prepare": "tokens"}
 FORGET_PREPARED = "Forget prepared state"
 
 
@@ -107,8 +107,22 @@ def subtitle_summary(movie: Movie) -> str:
 
 
 # -- fast answers ---------------------------------------------------------------------------------------
-def _about(estimate: int | None) -> str:
-    return f" (about {human_size(estimate)})" if estimate else ""
+def _about(estimate: int | None, seconds: float | None = None) -> str:
+    """" (about 2.6 GB, about 50 min here)": the disk a preparation takes and, once this model was
+    measured on this machine, how long it reads."""
+    parts = [f"about {human_size(estimate)}"] if estimate else []
+    parts += [f"about {rough_duration(seconds)} here"] if seconds else []
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def fast_answers_note(per_hour: int | None) -> str:
+    """What fast answers are and the disk they take per hour of film with the model chosen (its KV
+    cache type included), computed as each film's own estimate is, never a fixed figure."""
+    size = (f"about {human_size(per_hour)} per hour of film with the model chosen" if per_hour else
+            "shown for each film once a model is chosen")
+    return ("A prepared film has been read once ahead, so a new question about it is answered in seconds "
+            f"instead of minutes. It takes disk space: {size}. The KV cache type sets it (f16 takes twice "
+            "q8_0's): the desktop's Film memory setting, `kv_type` in settings.json or `--kv-type`.")
 
 
 def prepared_label(movie: Movie, estimate: int | None = None) -> str:
@@ -120,12 +134,13 @@ def prepared_label(movie: Movie, estimate: int | None = None) -> str:
     return f"to be prepared for fast answers{_about(estimate)}" if movie.prepare_wanted else "not prepared"
 
 
-def prepare_action(movie: Movie, estimate: int | None = None) -> str:
-    """The button or menu entry a film offers: "Prepare for fast answers (about 1.2 GB)" (the size
-    once known), or "Forget prepared state" once it is prepared or asked for."""
+def prepare_action(movie: Movie, estimate: int | None = None, seconds: float | None = None) -> str:
+    """The button or menu entry a film offers: "Prepare for fast answers (about 1.2 GB, about 3 min
+    here)" (the size and the time once known), or "Forget prepared state" once it is prepared or
+    asked for."""
     if movie.prepared_bytes or movie.prepare_wanted:
         return FORGET_PREPARED
-    return "Prepare for fast answers" + _about(estimate)
+    return "Prepare for fast answers" + _about(estimate, seconds)
 
 
 # -- questions --------------------------------------------------------------------------------------------
@@ -155,6 +170,9 @@ NO_LINE = "No line of the library's subtitles says that."
 
 
 def search_label(match: Any) -> str:
-    """A dialogue search result (:class:`indexer.search.CueMatch`) in one line: "Harbor · 0:00:40 · the line"."""
+    """A search result in one line: a line said (:class:`indexer.search.CueMatch`), "Harbor · 0:00:40 ·
+    the line", or a scene seen (:class:`indexer.scenes_search.SceneMatch`), "Harbor · 0:00:40 · [scene]"."""
+    if getattr(match, "kind", "quote") == "scene":
+        return f"{Path(match.rel_path).stem} · {clock(match.start)} · [scene that looks like it]"
     said = " / ".join(part.strip() for part in match.text.splitlines() if part.strip())
     return f"{Path(match.rel_path).stem} · {clock(match.start)} · {said}"

@@ -29,6 +29,7 @@ from app.moments import CueHit, Moment, rank_moments
 from indexer import library
 from indexer.db import ThreadConnections
 from indexer.prepare import film_chat, film_identity, keep_prepared, open_prepared, prepared_key
+from indexer.scenes_search import film_similarity
 from indexer.search import search_cues
 from indexer.store import LibraryStore
 from llamavid.paths import DataDir
@@ -134,7 +135,9 @@ class LiveChats:
                 pass
 
     def moments(self, live: Live, turn: Turn) -> list[Moment]:
-        """Where in the film the answer rests: the question's frame relevance and matching cues."""
+        """Where in the film the answer rests: the question's frame relevance, matching cues, and the
+        frames that look like the question where the film has scene vectors (its text against them:
+        milliseconds, in every mode)."""
         if live.movie is None:
             return []
         chat, found = live.chat, {}
@@ -144,8 +147,9 @@ class LiveChats:
                 if kept is None or kept.closeness < hit.score:
                     found[(hit.start, hit.text)] = CueHit(hit.start, hit.end, hit.text, hit.score)
         relevance = chat.relevance.tolist() if chat.relevance is not None else None
+        scenes = film_similarity(LibraryStore(self.db), live.movie.id, turn.question, self.data.root)
         return rank_moments(chat.visual.frame_times, relevance, list(found.values()), turn.question, turn.answer,
-                            live.movie.duration, weighed_by=weighed_by(chat, turn))
+                            live.movie.duration, weighed_by=weighed_by(chat, turn), scenes=scenes)
 
     def _open(self, conv: Conversation) -> Live:
         if conv.film_gone:

@@ -6,9 +6,10 @@ desktop app, the web UI and the OpenAI-compatible API; this module keeps no queu
 its own. Three tools:
 
 * ``list_films``: the library's films (id, title, path, duration, index state, prepared for fast answers);
-* ``search``: the subtitle lines of every film closest to a quote or a paraphrase, scored 0 to 1
-  (:func:`indexer.search.search_cues`, the library's one dialogue search, as ``llamavid index search``
-  and the server's ``GET /v1/search``);
+* ``search``: the subtitle lines of every film closest to a quote or a paraphrase, and the scenes
+  that look like a description ("a beach at night"), scored 0 to 1 (:func:`indexer.scenes_search.search_library`,
+  the library's one search, as ``llamavid index search`` and the server's ``GET /v1/search``; scenes
+  where the scene model is installed);
 * ``ask_film``: a question about a film, or the next question of a conversation it began: the
   answer, the moments it rests on (start, end, why; from the index, never from text the model
   wrote) and the conversation id to continue with. Progress (waiting, reading the film, reading
@@ -28,7 +29,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -95,9 +96,21 @@ class Quote(BaseModel):
     score: float = Field(description="how closely the line says the query, 0 to 1 (1: word for word)")
 
 
+class Scene(BaseModel):
+    film_id: int
+    title: str
+    start: float = Field(description="seconds into the film: where the stretch that looks like the query begins")
+    end: float
+    at: str = Field(description='where, as a player shows it: "40:12"')
+    score: float = Field(description="how much the pictures look like the query, 0 to 1")
+
+
 class Found(BaseModel):
     query: str
-    quotes: list[Quote] = Field(description="best first")
+    quotes: list[Quote] = Field(description="lines of dialogue, best first")
+    scenes: list[Scene] = Field(default_factory=list, description="stretches of film that look like the query, "
+                                                                  "best first")
+    note: str | None = Field(default=None, description="why scenes were not searched, when they were not")
 
 
 class MomentOut(BaseModel):
@@ -106,7 +119,8 @@ class MomentOut(BaseModel):
     at: str = Field(description='"40:12-40:16"')
     score: float
     why: list[str] = Field(description="what points there: a subtitle the question or answer shares words "
-                                       "with, or frames the question weighed most")
+                                       "with (\"subtitle: ...\"), frames that look like the question "
+                                       "(\"scene: ...\"), or frames the question weighed most")
 
 
 class Answer(BaseModel):
@@ -206,11 +220,14 @@ def create_server(make: Callable[[], ChatService], sampling: Mapping[str, Any] |
     def search(query: Annotated[str, Field(min_length=1, max_length=1000,
                                            description="a line of dialogue (even misremembered) or what it says")],
                film_id: Annotated[Id | None, Field(description="only this film (default: the whole library)")] = None,
-               limit: Annotated[int, Field(ge=1, le=100)] = 10) -> Found:
-        """Find where a line is said: the subtitle lines of the library (or of one film) that say what
-        the query says (a quote, even misremembered, or a paraphrase), best first, with the film, the
-        time and a score from 0 to 1 (1: the line says it word for word)."""
-        return _search(state, query, film_id, limit)
+               limit: Annotated[int, Field(ge=1, le=100)] = 10,
+               kind: Annotated[Literal["quote", "scene", "all"], Field(
+                   description="quote: lines of dialogue; scene: what is seen; all: both")] = "all") -> Found:
+        """Find where a line is said or a scene is seen: the subtitle lines of the library (or of one
+        film) that say what the query says (a quote, even misremembered, or a paraphrase), and the
+        stretches of film that look like it (a description: "a beach at night"), best first, with the
+        film, the time and a score from 0 to 1 (1: the line says it word for word)."""
+        return _search(state, query, film_id, limit, kind)
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
                                              open_world_hint=False))
@@ -256,17 +273,26 @@ def _film(movie: Movie) -> Film:
                 prepared=bool(movie.prepared_bytes), subtitles=subtitle_summary(movie))
 
 
-def _search(state: _State, query: str, film_id: int | None, limit: int) -> Found:
+def _search(state: _State, query: str, film_id: int | None, limit: int, kind: str = "all") -> Found:
     from app.film_words import short_clock
-    from indexer.search import search_cues
+    from indexer.scenes_search import ScenesUnavailable, search_library
 
     db = state.db()
+    service = state.get()
     if film_id is not None:
-        _movie(state.get(), film_id)  # an unknown film is an error, not an empty list
+        _movie(service, film_id)  # an unknown film is an error, not an empty list
+    note = None
+    try:
+        found = search_library(db, query, kind, film_id, limit, service.data.root)
+    except ScenesUnavailable as exc:  # kind="scene" without the scene model: say what to install
+        found, note = [], str(exc)
     quotes = [Quote(film_id=hit.movie_id, title=Path(hit.rel_path).stem, start=round(hit.start, 3),
                     end=round(hit.end, 3), at=short_clock(hit.start), text=hit.text, score=round(hit.score, 4))
-              for hit in search_cues(db, query, movie_id=film_id, limit=limit)]
-    return Found(query=query, quotes=quotes)
+              for hit in found if hit.kind == "quote"]
+    scenes = [Scene(film_id=hit.movie_id, title=Path(hit.rel_path).stem, start=round(hit.start, 3),
+                    end=round(hit.end, 3), at=short_clock(hit.start), score=round(hit.score, 4))
+              for hit in found if hit.kind == "scene"]
+    return Found(query=query, quotes=quotes, scenes=scenes, note=note)
 
 
 def _movie(service: ChatService, film_id: int) -> Movie:

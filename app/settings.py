@@ -15,6 +15,7 @@ from typing import Any
 
 from llamavid.errors import UserError
 from llamavid.paths import DataDir
+from llamavid.runtime.kv_size import KV_TYPES
 from llamavid.runtime.options import BACKENDS, LoadOptions
 from llamavid.storage import write_json_atomic
 
@@ -25,6 +26,7 @@ class Settings:
     backend: str = "auto"  # see llamavid.runtime.load.choose_engine
     bits: int | None = None  # 4 or 8: the LLM quantized with bitsandbytes
     device: str = "auto"  # the chat model's, and the indexer's EVA
+    kv_type: str = "auto"  # llama.cpp's KV cache type (auto: q8_0 where the model allows it); films' memory and disk
     language: str | None = None  # two letters; None: the system's locale
     temperature: float | None = None  # None: the model's default (0.2); 0: greedy
     max_new_tokens: int | None = None  # None: the default answer budget (512 tokens)
@@ -38,7 +40,7 @@ class Settings:
     def load_options(self) -> LoadOptions:
         """How :func:`llamavid.runtime.load.load_model` loads the chat model (the rest: its defaults;
         ``vision_engine`` in the file is read by the loader itself)."""
-        return LoadOptions(backend=self.backend, bits=self.bits, device=self.device)
+        return LoadOptions(backend=self.backend, bits=self.bits, device=self.device, kv_type=self.kv_type)
 
     def sampling_options(self) -> dict[str, Any]:
         """Keyword arguments for :class:`llamavid.runtime.generate.SamplingOptions`: only what differs
@@ -51,6 +53,8 @@ def _check(path: Path, s: Settings) -> None:
     problems = []
     if s.backend not in BACKENDS or s.bits not in (None, 4, 8):
         problems.append(f"backend must be one of {', '.join(BACKENDS)} and bits 4, 8 or null")
+    if s.kv_type not in KV_TYPES:
+        problems.append(f"kv_type must be one of {', '.join(KV_TYPES)}")
     if not isinstance(s.device, str) or not s.device:
         problems.append("device must be a name such as auto, cpu, cuda or cuda:1")
     if s.temperature is not None and (not isinstance(s.temperature, (int, float)) or s.temperature < 0):

@@ -70,6 +70,25 @@ def visual_input(lv: LlamaVid, args: argparse.Namespace) -> Visual:
     return lv.visual()
 
 
+def qwen_chat(model, args: argparse.Namespace):
+    """A Qwen3-VL conversation (the second family) about the chosen input: pictures, a clip, a library
+    film (its frames decoded at the planned times when the first question comes) or nothing."""
+    from app.qwen_live import film_turn, media_turn
+    from indexer.library import FeaturesNotReady, find_movie, open_library
+    from llamavid.runtime.qwen_chat import QwenChat
+
+    if args.movie:
+        db = open_library(args.data_dir)
+        try:
+            first, _track = film_turn(db, find_movie(db, args.movie))
+        except (KeyError, FeaturesNotReady) as exc:
+            raise UserError(str(exc).strip("'\"")) from None
+    else:
+        first = media_turn([Path(p) for p in args.image or []], Path(args.video) if args.video else None,
+                           max_frames=args.max_frames)
+    return QwenChat(model, first)
+
+
 def answer(chat, question: str, opts) -> None:
     """Stream one answer; Ctrl-C ends the answer, not the program. While a film is read, progress
     goes to stderr on one line (on a terminal); Ctrl-C then drops the question as if never asked."""
@@ -122,8 +141,10 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.image or []) + ([args.video] if args.video else []):
         if not Path(path).is_file():
             raise UserError(f"{path}: no such file")
+    from llamavid.runtime.family import QwenVL
+
     lv = load(args)
-    chat = Chat(lv, visual_input(lv, args))
+    chat = qwen_chat(lv, args) if isinstance(lv, QwenVL) else Chat(lv, visual_input(lv, args))
     for note in chat.notes:
         print(f"note: {note}", file=sys.stderr)
     opts = sampling(args)

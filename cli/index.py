@@ -7,6 +7,7 @@ Examples:
   llamavid index watch                 index, then follow the folders for changes
   llamavid index pause / resume        stop and continue the queue (from another terminal too)
   llamavid index first MOVIE           index this film next (the status lists the order and how long)
+  llamavid index clip MOVIE 1:05 1:09  save that moment (2 s either side) as a clip, its lines as .srt
 
 The indexer's own modules are imported inside the commands: ``llamavid --help`` imports this
 module, and they load sqlite-utils (which imports pandas), PyAV or torch.
@@ -68,15 +69,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "its context, once per film; 0: the default, half of the memory beside the model")
     p = sub.add_parser("rm", help="remove a library folder or a movie from the index (files are kept)")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p = sub.add_parser("search", help="find the lines of dialogue that say something: a quote, a paraphrase, "
-                                      "a question (the film, the time and the line, best first)")
+    p = sub.add_parser("search", help="find the lines of dialogue that say something (a quote, a paraphrase, "
+                                      "a question) and the scenes that look like a description: the film, the "
+                                      "time and the line, best first")
     p.add_argument("query", help="what the line says, in any word forms (\"who hid the map\" finds \"I'll hide "
-                                 "the map\")")
-    p.add_argument("--limit", type=int, default=20, help="at most this many lines (1 to 1000)")
+                                 "the map\"), or what is seen (\"a beach at night\")")
+    p.add_argument("--limit", type=int, default=20, help="at most this many results (1 to 1000)")
     p.add_argument("--movie", metavar="MOVIE", help="only this film (id or path)")
+    p.add_argument("--kind", choices=("quote", "scene", "all"), default="all",
+                   help="quote: lines of dialogue; scene: what is seen (needs the scene model, "
+                        "`llamavid models pull clip-vit-b-32`); all (default): both, by score")
     p.add_argument("--json", action="store_true",
-                   help="one JSON object per line: movie_id, path (relative to its library folder), start, end, "
-                        "text, score (0 to 1: 1 says the query word for word)")
+                   help="one JSON object per line: kind (quote or scene), movie_id, path (relative to its library "
+                        "folder), start, end, text (null for a scene), score (0 to 1: 1 says the query word for word)")
+    p.add_argument("--clip", metavar="DIR",
+                   help="also save each line found as a clip in DIR: the line with 2 s each side, and its .srt")
+    p = sub.add_parser("clip", help="save a moment of a film as a short video with its subtitle lines (.srt)")
+    p.add_argument("movie", metavar="MOVIE", help="id or path")
+    p.add_argument("start", type=_seconds, help="where the moment starts: seconds, or H:MM:SS(.s) / M:SS")
+    p.add_argument("end", type=_seconds, help="where it ends (at most 5 minutes after the start)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="the clip (.mp4, .m4v, .mov or .mkv); default: \"<film> H-MM-SS.mp4\" in this folder")
+    p.add_argument("--margin", type=float, default=2.0, help="seconds of film kept before and after the moment")
+
+
+def _seconds(text: str) -> float:
+    """A time on the command line: seconds (``65.5``) or a clock (``1:05.5``, ``0:01:05``)."""
+    try:
+        value = 0.0
+        for part in text.strip().split(":"):
+            value = value * 60 + float(part)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time: give seconds (65.5) or H:MM:SS (0:01:05)") from None
+    return value
 
 
 def _with_data_dir(add_parser):
@@ -101,6 +126,11 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                         "`llamavid models pull whisper-NAME` (indexing never downloads), or a faster-whisper folder")
     p.add_argument("--whisper-beam", type=int, default=5, help="beam size (1 is faster, 5 more accurate)")
     p.add_argument("--no-vad", action="store_true", help="transcribe silence and music too")
+    p.add_argument("--scenes", choices=("auto", "never"), default="auto",
+                   help="scene vectors (search by description, frame evidence for every question): auto = where "
+                        "the scene model is installed (`llamavid models pull clip-vit-b-32`; never downloaded here)")
+    p.add_argument("--scene-model", default="clip-vit-b-32",
+                   help="the scene model: an installed name or a CLIP folder (default clip-vit-b-32)")
     p.add_argument("--decode-workers", type=int, default=0, help="parallel decoding processes (0: auto)")
     p.add_argument("--idle", type=float, default=0.0, help="seconds to rest between chunks (lighter load)")
     p.add_argument("--priority", choices=("low", "normal"), default=None,
@@ -134,6 +164,7 @@ def _open(data: DataDir):
 
 def options_from(args: argparse.Namespace):
     from indexer.pipeline import IndexOptions
+    from indexer.scenes import SceneOptions
     from indexer.whisper import SpeechOptions
 
     if args.fps <= 0:
@@ -150,7 +181,8 @@ def options_from(args: argparse.Namespace):
                         whisper=SpeechOptions(model=args.whisper_model, vad=not args.no_vad,
                                               beam_size=args.whisper_beam),
                         skip_similar=args.skip_similar, yield_to_chat=args.priority == "low",
-                        dialogue_first=not args.frames_first)
+                        dialogue_first=not args.frames_first,
+                        scenes=SceneOptions(mode=args.scenes, model=args.scene_model))
 
 
 def _indexer_settings(args: argparse.Namespace, data: DataDir) -> None:
@@ -272,6 +304,7 @@ def status_object(movie) -> dict:
         "subtitle_tracks": movie.subtitle_tracks, "duration": movie.duration,
         "features_complete": movie.features_complete, "feature_shape": movie.feature_shape,
         "cache_bytes": movie.cache_bytes, "prepared_bytes": movie.prepared_bytes,
+        "scenes": {"state": movie.scenes_state, "frames": movie.scene_frames, "bytes": movie.scenes_bytes},
     }
 
 
@@ -405,22 +438,59 @@ def _prepared_size_line(store, ids: list[int], model: str, kv_shape: tuple) -> s
 
 
 def cmd_search(args, data: DataDir) -> int:
-    """The library's lines closest to the query (``indexer.search``, as the server's /v1/search)."""
-    from indexer.search import MAX_LIMIT, search_cues
+    """The library's lines closest to the query and scenes that look like it
+    (``indexer.scenes_search.search_library``, as the server's /v1/search)."""
+    from indexer.scenes_search import ScenesUnavailable, search_library
+    from indexer.search import MAX_LIMIT
 
     if not 1 <= args.limit <= MAX_LIMIT:
         raise UserError(f"--limit must be from 1 to {MAX_LIMIT}, got {args.limit}")
     with _open(data) as store:
         movie_id = _find(store, args.movie).id if args.movie else None
-        found = search_cues(store, args.query, movie_id=movie_id, limit=args.limit)
+        try:
+            found = search_library(store, args.query, args.kind, movie_id, args.limit, data.root)
+        except ScenesUnavailable as exc:
+            raise UserError(str(exc)) from None
     for hit in found:
         print(json.dumps(hit.to_dict(), ensure_ascii=False) if args.json else hit.describe())
     if not found and not args.json:
-        print("no line of the library's subtitles says that", file=sys.stderr)
+        print("no line of the library's subtitles says that" if args.kind != "scene"
+              else "no film has scene vectors yet (`llamavid index run` makes them)", file=sys.stderr)
+    if args.clip:
+        for hit in found:
+            with _open(data) as store:
+                movie = _find(store, str(hit.movie_id))
+            _save_clip(data, movie, hit.start, hit.end, None, 2.0, Path(args.clip), getattr(hit, "track_id", None))
     return 0
+
+
+def cmd_clip(args, data: DataDir) -> int:
+    """A moment of a film as a clip and its lines (``app.clips``, as the server's clip route)."""
+    with _open(data) as store:
+        movie = _find(store, args.movie)
+    _save_clip(data, movie, args.start, args.end, args.output, args.margin, Path.cwd())
+    return 0
+
+
+def _save_clip(data: DataDir, movie, start: float, end: float, output: str | None, margin: float, folder: Path,
+               track_id: int | None = None) -> None:
+    """Cut one clip, saying on stderr how far it is, and print where it went."""
+    from app.clips import clip_name, export_moment
+
+    dst = Path(output) if output else folder / clip_name(movie, start)
+    shown = sys.stderr.isatty()  # a bar in a terminal; nothing in a log
+    with _open(data) as store:
+        made = export_moment(store, movie, start, end, dst, margin=margin, track_id=track_id,
+                             progress=(lambda share: print(f"\r{dst.name}: {share:4.0%}", end="", file=sys.stderr))
+                             if shown else None)
+    if shown:
+        print(file=sys.stderr)
+    clip = made.clip
+    said = f", {made.lines} subtitle lines in {made.subtitles}" if made.subtitles else ", no subtitle lines"
+    print(f"{clip.path}: {clip.start:.2f}-{clip.end:.2f} s of {movie.rel_path} ({clip.method}{said})")
 
 
 COMMANDS = {"add": cmd_add, "scan": cmd_scan, "run": cmd_run, "status": cmd_status, "watch": cmd_watch,
             "pause": _control("pause"), "resume": _control("resume"), "cancel": _control("cancel"),
             "retry": _control("retry"), "first": _control("first"), "last": _control("last"), "rm": cmd_rm,
-            "search": cmd_search, "prepare": cmd_prepare}
+            "search": cmd_search, "prepare": cmd_prepare, "clip": cmd_clip}

@@ -199,6 +199,8 @@ def _pull(args: argparse.Namespace, dd: DataDir) -> int:
         print(f"{entry.name}: ready in {plan.folder}; check it with `llamavid models verify {entry.name}`")
         if catalog.can_chat(entry.kind):
             _offer_conversion(args, dd, entry.name)
+        if entry.kind == "scenes":
+            print("note: the next `llamavid index run` adds scene vectors to the films already indexed")
         if entry.base_model and not (dd.models / entry.base_model / "config.json").is_file():
             print(f"note: {entry.name} is a stage-1 projector ({catalog.KINDS['pretrain']}); get its LLM with "
                   f"`llamavid models pull {entry.base_model}`")

@@ -23,10 +23,12 @@ from dataclasses import replace
 from typing import Any
 
 from evaluation.items import Item
+from evaluation.qwen_answering import QwenAnswerer
 from llamavid.errors import CheckpointError
 from llamavid.prompt.builders import image_prompt
 from llamavid.runtime.api import LlamaVid, Prepared
 from llamavid.runtime.chat import Chat
+from llamavid.runtime.family import QwenVL
 from llamavid.runtime.generate import SamplingOptions, Session
 from llamavid.runtime.inputs import Visual
 from llamavid.runtime.prepared import prepare
@@ -47,6 +49,14 @@ def letter_token_ids(tokenizer: Any, letter: str) -> list[int]:
         raise CheckpointError(f"the LLaMA tokenizer has no token for the option letter {letter!r}; "
                               "multiple-choice items cannot be scored with this checkpoint")
     return sorted(found)
+
+
+def answerer_for(model: LlamaVid | QwenVL, max_new_tokens: int = 128,
+                 film_mode: str = "exact") -> Answerer | QwenAnswerer:
+    """The answerer of the loaded model's family: the runner, items and files are the same for both."""
+    if isinstance(model, QwenVL):
+        return QwenAnswerer(model, max_new_tokens, film_mode)
+    return Answerer(model, max_new_tokens, film_mode)
 
 
 class Answerer:

@@ -16,14 +16,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from indexer.library import FeaturesNotReady, Movie, film_visual, find_movie, open_library
+from indexer.library import FeaturesNotReady, Movie, choose_track, film_visual, find_movie, open_library, subtitles
 from indexer.pipeline import IndexOptions
+from indexer.qwen_film import film_askable, film_plan_of
 from indexer.runner import run_queue
 from indexer.scan import add_library, scan
 from indexer.store import LibraryStore
 from indexer.subtitle_sources import decode_text, parse_subtitle_text
 from llamavid.errors import UserError
 from llamavid.paths import DataDir
+from llamavid.prompt.qwen_vl import FilmPlan
 from llamavid.prompt.subtitles import Cue
 from llamavid.runtime.inputs import Visual
 
@@ -31,11 +33,13 @@ INDEX_HINT = "index them first: `llamavid index add FOLDER && llamavid index run
 
 
 class Films:
-    """The library of one data folder, as a long-video runner reads it."""
+    """The library of one data folder, as a long-video runner reads it. ``pictures``: whether a film
+    needs its EVA features (LLaMA-VID) or only its probe (Qwen3-VL decodes the frames it needs)."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, pictures: bool = True):
         self.data_dir = Path(data_dir)
         self.db = open_library(self.data_dir)
+        self.pictures = pictures
 
     def movie(self, path: str | Path) -> Movie:
         """The indexed film of a benchmark video; a UserError naming the file if it is not ready."""
@@ -43,8 +47,10 @@ class Films:
             movie = find_movie(self.db, str(Path(path).absolute()))
         except KeyError:
             raise UserError(f"{path}: not in the movie library; {INDEX_HINT}") from None
-        if not movie.features_complete:
+        if self.pictures and not movie.features_complete:
             raise UserError(f"{path}: its features are not ready (state {movie.state}); {INDEX_HINT}")
+        if not self.pictures and not film_askable(movie):
+            raise UserError(f"{path}: not probed yet (state {movie.state}) or its file is gone; {INDEX_HINT}")
         return movie
 
     def missing(self, paths: Iterable[str | Path]) -> list[str]:
@@ -67,6 +73,18 @@ class Films:
         if subtitle_file:
             visual = replace(visual, subtitles=read_subtitles(Path(subtitle_file), offset))
         return visual
+
+    def qwen_film(self, path: str | Path, subtitle_file: str | None = None,
+                  offset: float = 0.0) -> tuple[Movie, FilmPlan, list[Cue]]:
+        """A film as a Qwen3-VL reads it: the movie, its frame plan (the chat's budget) and its cues
+        (the benchmark's own file, else the library's track, as :meth:`visual` chooses them)."""
+        movie = self.movie(path)
+        if subtitle_file:
+            cues = read_subtitles(Path(subtitle_file), offset)
+        else:
+            track = choose_track(movie)
+            cues = subtitles(self.db, movie, track_id=track["id"]) if track else []
+        return movie, film_plan_of(movie), cues
 
     def duration(self, path: str | Path) -> float | None:
         """Seconds of a film, as the indexer probed it."""

@@ -29,6 +29,7 @@ from evaluation.benchmarks.base import Benchmark
 from evaluation.films import INDEX_HINT, Films
 from evaluation.items import Item
 from evaluation.judge import Judge, parse_verdict
+from evaluation.qwen_answering import QwenAnswerer
 from evaluation.records import AnswerLog
 from evaluation.report import build_results, write_results
 from evaluation.visuals import VisualLoader
@@ -44,6 +45,7 @@ class RunSettings:
     """How the model was run; all of it goes into ``run.json`` and the results."""
 
     checkpoint: str
+    family: str = "llama-vid"           # llamavid.runtime.family: llama-vid or qwen-vl
     backend: str = "transformers"
     quantization: str = "none"
     device: str = "cpu"
@@ -55,6 +57,10 @@ class RunSettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+#: What a run folder written before a setting existed was run with (so it still resumes).
+LEGACY_IDENTITY = {"family": "llama-vid"}
+
+
 def open_run(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
     """The run's ``run.json``: created on the first call, checked against ``identity`` on later ones."""
     path = out / "run.json"
@@ -63,7 +69,8 @@ def open_run(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise UserError(f"{path}: not readable JSON ({exc}); delete the run folder or pick another --out") from None
-        differs = sorted(k for k in identity if manifest.get("identity", {}).get(k) != identity[k])
+        kept = {**LEGACY_IDENTITY, **manifest.get("identity", {})}
+        differs = sorted(k for k in identity if kept.get(k) != identity[k])
         if differs:
             raise UserError(f"{out} holds a run with other settings ({', '.join(differs)}); "
                             "use another --out, or --restart to start this folder over")
@@ -96,7 +103,7 @@ def groups_of(items: Sequence[Item]) -> list[list[Item]]:
     return list(by_key.values())
 
 
-def answer_items(items: Sequence[Item], log: AnswerLog, answerer: Answerer, loader: VisualLoader,
+def answer_items(items: Sequence[Item], log: AnswerLog, answerer: Answerer | QwenAnswerer, loader: VisualLoader,
                  progress: Progress) -> float:
     """Answer what the log lacks; returns the seconds spent. Each record holds the seconds since the
     previous one (so a group's encoding is counted in its first answer)."""
@@ -135,8 +142,9 @@ def judge_answers(requests: list[tuple[str, list[dict]]], log: AnswerLog, judge:
         progress("judge", done, len(requests))
 
 
-def run_benchmark(bench: Benchmark, answerer: Answerer, loader: VisualLoader, out: Path, settings: RunSettings,
-                  judge: Judge | None = None, progress: Progress | None = None) -> dict[str, Any]:
+def run_benchmark(bench: Benchmark, answerer: Answerer | QwenAnswerer, loader: VisualLoader, out: Path,
+                  settings: RunSettings, judge: Judge | None = None,
+                  progress: Progress | None = None) -> dict[str, Any]:
     """Everything for one benchmark; returns the results (also written to ``out``)."""
     progress = progress or (lambda stage, done, total: None)
     if bench.judged and judge is None:

@@ -10,9 +10,11 @@ from PIL import Image, UnidentifiedImageError
 
 from evaluation.films import Films
 from evaluation.items import Source
+from evaluation.qwen_answering import QwenInput, load_qwen_input
 from llamavid.errors import BadMedia
 from llamavid.media.load import load_image
 from llamavid.runtime.api import LlamaVid
+from llamavid.runtime.family import QwenVL
 from llamavid.runtime.inputs import Visual
 
 
@@ -28,15 +30,18 @@ def decode_base64_image(data: str, where: str) -> Image.Image:
 class VisualLoader:
     """Turns a :class:`Source` into the engine's :class:`Visual` (EVA runs here for images and clips)."""
 
-    def __init__(self, lv: LlamaVid, films: Films | None = None, fps: float = 1.0, max_frames: int | None = None,
-                 answer_tokens: int = 512):
+    def __init__(self, lv: LlamaVid | QwenVL, films: Films | None = None, fps: float = 1.0,
+                 max_frames: int | None = None, answer_tokens: int = 512):
         self.lv = lv
         self.films = films
         self.fps = fps
         self.max_frames = max_frames
         self.answer_tokens = answer_tokens
 
-    def load(self, source: Source) -> Visual:
+    def load(self, source: Source) -> Visual | QwenInput:
+        """The group's input for the loaded model's family (a Qwen3-VL reads pixels, not EVA features)."""
+        if isinstance(self.lv, QwenVL):
+            return load_qwen_input(source, self.films, self.fps, self.max_frames)
         if source.kind == "none":
             return self.lv.visual()
         if source.kind == "image":

@@ -222,7 +222,27 @@ def _v7(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE frames ADD COLUMN reused INTEGER NOT NULL DEFAULT 0")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
+def _v8(db: sqlite_utils.Database) -> None:
+    """Scene vectors (:mod:`indexer.scenes`): one image-text embedding per sampled frame in a
+    memory-mappable ``.npy`` next to the features, the model that made them, and the time of each
+    row, committed chunk by chunk as the features' are (a killed run resumes at the last chunk)."""
+    db.executescript("""
+        ALTER TABLE movies ADD COLUMN scenes_state TEXT;          -- NULL not run; done; 'skipped: <why>'
+        ALTER TABLE movies ADD COLUMN scenes_model TEXT;          -- indexer.scene_model.scene_model_id
+        ALTER TABLE movies ADD COLUMN scenes_path TEXT;           -- the final .npy (fp16, rows x width)
+        ALTER TABLE movies ADD COLUMN scenes_done INTEGER NOT NULL DEFAULT 0;   -- rows committed
+        ALTER TABLE movies ADD COLUMN scenes_chunk INTEGER;       -- rows per chunk (kept on resume)
+        ALTER TABLE movies ADD COLUMN scenes_bytes INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE scene_frames (
+            movie_id INTEGER NOT NULL REFERENCES movies(id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            time REAL NOT NULL,
+            PRIMARY KEY (movie_id, idx)
+        ) WITHOUT ROWID;
+    """)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

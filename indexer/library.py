@@ -90,6 +90,9 @@ class Movie:
     fingerprint: str = ""           # of the file's content (see llamavid.fingerprint)
     prepared_bytes: int = 0         # a prepared state ("fast answers") on disk; 0: none
     prepare_wanted: bool = False    # the indexer is to prepare it (the film's, its folder's or the library's choice)
+    scenes_state: str | None = None  # scene vectors (indexer.scenes): None not run, done, "skipped: ...", "error: ..."
+    scene_frames: int = 0           # rows of scene vectors committed
+    scenes_bytes: int = 0           # their file on disk, once complete
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -129,7 +132,8 @@ def _movie(store: LibraryStore, row: dict) -> Movie:
         vision_id=row["vision_id"], cache_bytes=_disk_bytes(row), cue_count=row["cue_count"],
         subtitle_sources=sorted({t["source"] for t in tracks if t["cue_count"]}), subtitle_tracks=tracks,
         fingerprint=row["fingerprint"], prepared_bytes=row["prepared_bytes"] if row["prepared_path"] else 0,
-        prepare_wanted=prepare_choice(row["prepare"], row["library_prepare"], row["prepare_all"]))
+        prepare_wanted=prepare_choice(row["prepare"], row["library_prepare"], row["prepare_all"]),
+        scenes_state=row["scenes_state"], scene_frames=row["scenes_done"], scenes_bytes=row["scenes_bytes"])
 
 
 def _disk_bytes(row: dict) -> int:

@@ -1,7 +1,7 @@
 """Movie operations that touch the feature cache files as well as the database rows.
 
 Resetting a movie (its content changed) drops everything derived from the old content: features,
-frame times, subtitle tracks, cues and its prepared state. Removing one deletes its feature cache and
+scene vectors, frame times, subtitle tracks, cues and its prepared state. Removing one deletes its feature cache and
 its prepared state with its rows (a prepared state left behind would sit on the disk outside the
 size cap, which counts only the films of the library); the conversations kept about it stay, and the
 chat service detaches them (the film's id is never given to another film).
@@ -14,16 +14,17 @@ from indexer.features import PARTIAL_SUFFIX
 from indexer.store import LibraryStore
 
 
-def remove_cache_files(row: dict) -> None:
-    """Delete a movie's feature files (final and partial); missing files are fine."""
-    path = row.get("feature_path")
-    if not path:
-        return
-    for candidate in (Path(path), Path(path + PARTIAL_SUFFIX)):
-        try:
-            candidate.unlink()
-        except FileNotFoundError:
-            pass
+def remove_cache_files(row: dict, scenes: bool = True) -> None:
+    """Delete a movie's feature files and (``scenes``) its scene vectors, final and partial; missing
+    files are fine. The scene vectors do not depend on EVA: new features keep them."""
+    for path in (row.get("feature_path"), row.get("scenes_path") if scenes else None):
+        if not path:
+            continue
+        for candidate in (Path(path), Path(path + PARTIAL_SUFFIX)):
+            try:
+                candidate.unlink()
+            except FileNotFoundError:
+                pass
 
 
 def remove_prepared_file(row: dict) -> None:
@@ -35,7 +36,7 @@ def remove_prepared_file(row: dict) -> None:
 
 def clear_features(store: LibraryStore, movie_id: int) -> None:
     """Forget the features (file and frame times) so the feature stage starts over."""
-    remove_cache_files(store.movie(movie_id))
+    remove_cache_files(store.movie(movie_id), scenes=False)
     store.clear_features(movie_id)
 
 

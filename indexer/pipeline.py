@@ -1,5 +1,6 @@
-"""The per-movie pipeline: probe -> subtitles -> speech -> features -> prepare (a "fast answers"
-state, only for films that asked for one), each stage resumable.
+"""The per-movie pipeline: probe -> subtitles -> speech -> features -> scenes (scene vectors, where
+the scene model is installed) -> prepare (a "fast answers" state, only for films that asked for one),
+each stage resumable.
 
 Every stage records its completion in the movie row, so a job that is interrupted (kill -9,
 pause, full disk) starts again at the first unfinished stage, and the feature stage at the last
@@ -25,6 +26,7 @@ from indexer.errors import FileChanged
 from indexer.features import FeatureWriter
 from indexer.library import get_movie
 from indexer.prepare import chat_load_options, film_chat, is_current, make_prepared, prepared_key
+from indexer.scenes import SceneOptions, SceneStage
 from indexer.similar import DEFAULT_THRESHOLD, Anchor, FrameSkipper, encode_chunk, thumbnail
 from indexer.store import LibraryStore
 from indexer.subtitle_sources import Track, embedded_tracks, read_sidecar, sidecar_files, sidecar_signature
@@ -72,6 +74,7 @@ class IndexOptions:
     similar_threshold: float = DEFAULT_THRESHOLD  # indexer.similar.difference, grey levels
     yield_to_chat: bool = True          # wait between chunks while a question is answered (indexer.sharing)
     yield_max_wait: float = sharing.MAX_WAIT_S
+    scenes: SceneOptions = field(default_factory=SceneOptions)  # scene vectors (indexer.scenes)
 
 
 class Pipeline:
@@ -87,6 +90,8 @@ class Pipeline:
         self._whisper_error: str | None = None
         self._chat_model: tuple[tuple[str, str], object] | None = None
         self.waited = 0.0  # seconds spent stepping aside for the chat
+        self.scenes = SceneStage(store, data, options.scenes, options.fps, options.device, options.dtype,
+                                 self.on_progress)
 
     def vision_engines(self) -> VisionEngines:
         if self._vision_engines is None:
@@ -155,6 +160,8 @@ class Pipeline:
             return
         movie = self.store.movie(movie["id"])
         self.feature_stage(job, movie, info)
+        movie = self.store.movie(movie["id"])
+        self.scenes.run(job, movie, info, lambda: self._between_chunks(job, movie))
         self.prepare_stage(job, self.store.movie(movie["id"]))
 
     def probe_stage(self, job: dict, movie: dict) -> None:

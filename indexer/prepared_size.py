@@ -7,7 +7,8 @@ plus the text (the template, the subtitles, the neutral turn). The LLM's shape c
 checkpoint's config.json, else from its GGUF file's header (:func:`llm_shape`); the bytes per cached
 value from the backend (:func:`kv_bytes_per_value`: llama.cpp's KV type, q8_0 being 34 bytes per
 32 values and the default, chosen by :func:`llamavid.runtime.kv_size.llamacpp_kv_type` as the
-cache itself is; the transformers dtype). About 4 GB per hour of film for a 7B model with a q8_0 cache.
+cache itself is; the transformers dtype). About 2.6 GB per hour of film (:func:`hour_bytes`) for a 7B
+model with a q8_0 cache, 4.8 GB with f16.
 :func:`indexer.prepare.prepared_size_estimate` says the same for a loaded model.
 """
 from __future__ import annotations
@@ -127,6 +128,12 @@ def estimate_prepared_bytes(model: str | os.PathLike[str] | Mapping[str, Any] | 
         backend = default_backend(folder) if folder is not None else "transformers"
         kv_bytes = kv_bytes_per_value(backend, head_dim=shape.head_dim)
     return kv_cache_bytes(shape, 2 * max(0, frames) + max(0, text_tokens), kv_bytes)
+
+
+def hour_bytes(model: str | os.PathLike[str] | Mapping[str, Any] | Any, kv_bytes: float | None = None) -> int:
+    """A prepared hour of film (its frames at the indexer's rate and :data:`DEFAULT_TEXT_TOKENS`):
+    the figure the front ends quote per hour, from the same rule as each film's own estimate."""
+    return estimate_prepared_bytes(model, int(3600 * FALLBACK_FPS), DEFAULT_TEXT_TOKENS, kv_bytes)
 
 
 def film_tokens(db: LibraryDb, movie: Movie, language: str | None = None,

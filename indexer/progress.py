@@ -21,7 +21,7 @@ class Progress:
         key = (movie["id"], stage)
         if key != self.key:
             self.close()
-            unit = "frame" if stage == "features" else "window"
+            unit = "frame" if stage in ("features", "scenes") else "window"
             self.bar = tqdm(total=total, desc=f"{movie['rel_path']} [{stage}]", unit=unit,
                             file=self.stream, dynamic_ncols=True, leave=False)
             self.key = key

@@ -17,6 +17,7 @@ from indexer import jobs
 from indexer.errors import DiskFull, FileChanged, Interrupted, is_disk_full
 from indexer.pipeline import IndexOptions, Pipeline, ProgressFn
 from indexer.scan import rescan_movie
+from indexer.scenes import queue_missing_scenes
 from indexer.store import LibraryStore
 from llamavid.errors import BadMedia, UserError
 
@@ -45,6 +46,7 @@ def run_queue(data, options: IndexOptions, on_progress: ProgressFn | None = None
     data.create()
     with LibraryStore.open(data.database) as store, jobs.worker_lock(data.root):
         store.recover_stale_jobs()
+        queue_missing_scenes(store, data, options.scenes)  # the scene model came after these films
         pipeline = Pipeline(store, data, options, on_progress)
         _work(store, pipeline, options, summary, on_event or (lambda movie, outcome, message: None), wait, stop)
     return summary

@@ -47,10 +47,11 @@ class CueMatch:
     source: str      # sidecar, embedded, asr
     score: float     # closeness to the text searched for, 0 to 1 (1: says it word for word)
     bm25: float      # FTS5's bm25 of the candidate (lower is better)
+    kind: str = "quote"  # what the library's one search found (indexer.scenes_search: quote or scene)
 
     def to_dict(self) -> dict:
         """The script-facing shape (``index search --json``, ``GET /v1/search``): no absolute path."""
-        return {"movie_id": self.movie_id, "path": self.rel_path, "start": round(self.start, 3),
+        return {"kind": self.kind, "movie_id": self.movie_id, "path": self.rel_path, "start": round(self.start, 3),
                 "end": round(self.end, 3), "text": self.text, "score": round(self.score, 4)}
 
     def describe(self) -> str:

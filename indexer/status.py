@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from indexer.estimate import library_estimate
 from indexer.library import list_movies
+from indexer.scenes import NOT_INSTALLED, OFF, PULL_HINT
 from indexer.store import LibraryStore
 from llamavid.storage import human_size
 
@@ -48,6 +49,23 @@ def print_table(store: LibraryStore, movies, cache_dir=None) -> None:
     queue = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "empty"
     paused = " (queue paused)" if store.queue_paused() else ""
     print(f"\n{len(movies)} movies, cache {human_size(total)} (on disk: {human_size(disk)}); jobs: {queue}{paused}")
+    scenes = scenes_line(movies)
+    if scenes:
+        print(scenes)
     estimate = library_estimate(store, list_movies(store))
     if estimate.films:
         print(estimate.describe() + " (`llamavid index first MOVIE` changes the order)")
+
+
+def scenes_line(movies) -> str | None:
+    """What the library's scene vectors are (search by description, frame evidence for questions), or
+    why there are none: said once for the library, not per film."""
+    done = [m for m in movies if m.scenes_state == "done"]
+    if any(m.scenes_state == NOT_INSTALLED for m in movies):
+        return (f"scene search: {len(done)} of {len(movies)} films; no scene model is installed: {PULL_HINT} "
+                "adds scene vectors to every film (about 3.7 MB per film hour)")
+    if any(m.scenes_state == OFF for m in movies):
+        return f"scene search: {len(done)} of {len(movies)} films (scene vectors off: --scenes never)"
+    if done:
+        return f"scene search: {len(done)} of {len(movies)} films ({human_size(sum(m.scenes_bytes for m in done))})"
+    return None

@@ -37,6 +37,8 @@ STAGE_COLUMNS = {
     "fps": None, "vision_id": None, "feature_path": None, "feature_shape": None,
     "frames_capacity": None, "chunk_frames": None, "frames_done": 0, "features_complete": 0,
     "cache_bytes": 0, "warning": None,
+    "scenes_state": None, "scenes_model": None, "scenes_path": None, "scenes_done": 0, "scenes_chunk": None,
+    "scenes_bytes": 0,
 }
 PREPARED_COLUMNS = {"prepared_key": None, "prepared_path": None, "prepared_bytes": 0, "prepared_used_at": None}
 
@@ -186,6 +188,7 @@ class LibraryStore:
         """The content changed: drop everything derived from it and record the new identity."""
         with atomic(self.db):
             self.db.execute("DELETE FROM frames WHERE movie_id = ?", [movie_id])
+            self.db.execute("DELETE FROM scene_frames WHERE movie_id = ?", [movie_id])
             self.db.execute("DELETE FROM subtitle_tracks WHERE movie_id = ?", [movie_id])
             self.db["movies"].update(movie_id, dict(STAGE_COLUMNS, **PREPARED_COLUMNS, **identity,
                                                     changed_at=time.time()))
@@ -295,6 +298,75 @@ class LibraryStore:
                             " cache_bytes = 0"
                             " WHERE id = ?", [movie_id])
 
+
+    def start_scenes(self, movie_id: int, values: dict) -> None:
+        """A new scene-vector file: forget the stored scene rows and record its settings."""
+        with atomic(self.db):
+            self.db.execute("DELETE FROM scene_frames WHERE movie_id = ?", [movie_id])
+            self.db["movies"].update(movie_id, dict(values, scenes_done=0, scenes_state=None, scenes_bytes=0))
+
+    def add_scene_frames(self, job_id: int, movie_id: int, start: int, times: list[float], total: int) -> None:
+        """One durable chunk of scene vectors (flushed before): its rows' times, the film's count and
+        the job's progress, together."""
+        end = start + len(times)
+        with atomic(self.db):
+            self.db.conn.executemany("INSERT OR REPLACE INTO scene_frames (movie_id, idx, time) VALUES (?, ?, ?)",
+                                     [(movie_id, start + i, t) for i, t in enumerate(times)])
+            self.db.execute("UPDATE movies SET scenes_done = ? WHERE id = ?", [end, movie_id])
+            self.job_progress(job_id, "scenes", end, total)
+
+    def scene_time(self, movie_id: int, idx: int) -> float | None:
+        row = self.db.execute("SELECT time FROM scene_frames WHERE movie_id = ? AND idx = ?",
+                              [movie_id, idx]).fetchone()
+        return row[0] if row else None
+
+    def scene_times_at(self, rows: list[tuple[int, int]]) -> dict[tuple[int, int], float]:
+        """The times of some rows of scene vectors, (movie id, row) -> seconds, in one query."""
+        found: dict[tuple[int, int], float] = {}
+        for i in range(0, len(rows), 5000):  # within SQLite's bound on parameters
+            part = rows[i:i + 5000]
+            values = ", ".join("(?, ?)" for _ in part)
+            sql = (f"WITH wanted(movie_id, idx) AS (VALUES {values}) SELECT scene_frames.movie_id, scene_frames.idx,"
+                   " scene_frames.time FROM wanted JOIN scene_frames ON scene_frames.movie_id = wanted.movie_id"
+                   " AND scene_frames.idx = wanted.idx")
+            for movie_id, idx, t in self.db.execute(sql, [v for pair in part for v in pair]):
+                found[(movie_id, idx)] = t
+        return found
+
+    def scene_rows(self, movie_id: int, low: int, high: int) -> list[tuple[int, float]]:
+        """(row, time) of the film's scene vectors ``low <= row <= high``, in order."""
+        return [(r[0], r[1]) for r in self.db.execute(
+            "SELECT idx, time FROM scene_frames WHERE movie_id = ? AND idx BETWEEN ? AND ? ORDER BY idx",
+            [movie_id, low, high])]
+
+    def scene_times(self, movie_id: int) -> list[float]:
+        """Seconds of each row of the film's scene vectors, in row order."""
+        rows = self.db.execute("SELECT time FROM scene_frames WHERE movie_id = ? ORDER BY idx", [movie_id]).fetchall()
+        return [r[0] for r in rows]
+
+    def scene_films(self, model_id: str, movie_id: int | None = None) -> list[dict]:
+        """The present films whose scene vectors are complete and made by ``model_id`` (one film's
+        with ``movie_id``): id, path, rel_path, scenes_path, scenes_done, duration."""
+        sql = ("SELECT id, path, rel_path, scenes_path, scenes_done, duration FROM movies WHERE scenes_state = 'done'"
+               " AND scenes_model = ? AND missing = 0")
+        params: list = [model_id]
+        if movie_id is not None:
+            sql, params = sql + " AND id = ?", params + [movie_id]
+        return list(self.db.query(sql + " ORDER BY id", params))
+
+    def requeue_for_scenes(self, model_id: str) -> list[int]:
+        """Queue again the finished films that lack scene vectors of ``model_id`` (the scene model was
+        installed, or changed, after they were indexed); those whose scene stage failed wait for
+        ``retry``. Returns their ids."""
+        with atomic(self.db):
+            ids = [r[0] for r in self.db.execute(
+                "SELECT movies.id FROM movies JOIN jobs ON jobs.movie_id = movies.id WHERE jobs.state = 'done'"
+                " AND movies.missing = 0 AND movies.features_complete = 1 AND (movies.scenes_state IS NULL"
+                " OR movies.scenes_state LIKE 'skipped%' OR (movies.scenes_state = 'done'"
+                " AND movies.scenes_model IS NOT ?))", [model_id])]
+            for movie_id in ids:
+                self.enqueue(movie_id, "scene vectors", keep_error=True)
+        return ids
 
     def enqueue(self, movie_id: int, reason: str, keep_error: bool = False) -> None:
         """Queue the movie's pipeline (one job row per movie, reused); running jobs are left alone."""
@@ -457,10 +529,10 @@ class LibraryStore:
         return row[0] if row else None
 
     def failed_movie_ids(self) -> list[int]:
-        """Movies whose job failed, or finished with a failed speech stage (what ``retry`` retries)."""
+        """Movies whose job failed, or finished with a failed speech or scene stage (what ``retry`` retries)."""
         return [r["movie_id"] for r in self.db.query(
             "SELECT movie_id FROM jobs WHERE state = 'failed' OR (state = 'done' AND movie_id IN"
-            " (SELECT id FROM movies WHERE speech_state LIKE 'error%'))")]
+            " (SELECT id FROM movies WHERE speech_state LIKE 'error%' OR scenes_state LIKE 'error%'))")]
 
     def paused_movie_ids(self) -> list[int]:
         return [r["movie_id"] for r in self.db.query("SELECT movie_id FROM jobs WHERE state = 'paused'")]

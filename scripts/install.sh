@@ -15,6 +15,9 @@
 #    below for what a native or runtime-dispatch build gains, and why neither is the default).
 #    A stamp (hash of pyproject.toml + this script + the torch spec) skips pip when
 #    nothing changed.
+# 4. For "test": the source distribution of the installed llama-cpp-python (about 60 MB,
+#    downloaded, not built) into ~/.cache/llamavid/sdist: the tests make their tiny
+#    Qwen3-VL GGUF + mmproj with llama.cpp's own convert_hf_to_gguf.py from it.
 #
 # Environment overrides:
 #   LLAMAVID_TORCH     torch requirement and pip options for it (default "torch==2.13.0"),
@@ -127,8 +130,23 @@ want="$({
   "$VENV/bin/python" -VV
 } | "${hash_cmd[@]}" | cut -d' ' -f1)"
 
+# ---------------------------------------------------------------- 4. llama.cpp's converter (test)
+converter_source() {
+  [[ $MODE == test ]] || return 0
+  local version dest
+  version="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')"
+  dest="${XDG_CACHE_HOME:-$HOME/.cache}/llamavid/sdist"
+  if compgen -G "$dest/llama_cpp_python-$version.tar.gz" >/dev/null; then
+    return 0
+  fi
+  log "downloading llama-cpp-python $version's source into $dest (the tests run its GGUF converter)"
+  "$VENV/bin/python" -m pip download "llama-cpp-python==$version" --no-deps --no-binary llama-cpp-python \
+    -d "$dest" >/dev/null
+}
+
 if [[ "${LLAMAVID_REINSTALL:-0}" != 1 && -f "$STAMP" && "$(cat "$STAMP")" == "$want" && -x "$VENV/bin/llamavid" ]]; then
   log "Python packages up to date (delete $STAMP or set LLAMAVID_REINSTALL=1 to reinstall)"
+  converter_source
   exit 0
 fi
 
@@ -141,3 +159,4 @@ CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" "$VENV/bin/python" -m pip install 
   "${torch_args[@]}" -c "$constraints" -e "$ROOT[test]"
 echo "$want" >"$STAMP"
 log "Python packages installed in $((SECONDS - start)) s"
+converter_source

@@ -5,7 +5,8 @@ events is read by a :class:`StreamReader` on a QThread of its own and forwarded 
 signal, so the window stays live while the film is read and the answer written. Every other call
 on the service (listing, opening, renaming, deleting, exporting conversations) runs on the pane's
 one service thread (:class:`~app.desktop.common.Tasks`), in order. Moments in an answer are buttons
-that seek the player; each answer has a Copy button.
+that seek the player, with "Save clip…" in their context menu (:mod:`app.desktop.clips`); each
+answer has a Copy button.
 
 The service drops a stopped answer (the conversation is left as if the question had not been
 asked), so a stopped or failed question goes back into the question box, and a question typed but
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
-from PySide6.QtGui import QGuiApplication
+from PySide6.QtGui import QAction, QGuiApplication
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -48,6 +49,7 @@ from PySide6.QtWidgets import (
 
 from app.chat_service import AskStream, ChatEvent, ChatService, fast_by_default
 from app.conversations import Conversation
+from app.desktop.clips import ClipSaver
 from app.desktop.common import FlowLayout, Tasks, describe_error, hbox, heading
 from app.film_words import queue_position, reading_note, short_clock
 from indexer.library import Movie, askable
@@ -87,6 +89,7 @@ class TurnView(QFrame):
     """One question and its answer, the moments it rests on, and a Copy button."""
 
     seek = Signal(float)
+    save_clip = Signal(float, float)  # a moment's start and end: its context menu's Save clip…
 
     def __init__(self, question: str, answer: str = "", moments: list[dict] | None = None,
                  parent: QWidget | None = None, about: str | None = None) -> None:
@@ -140,9 +143,14 @@ class TurnView(QFrame):
             start, end = float(m["start"]), float(m["end"])
             button = QPushButton(f"{short_clock(start)}–{short_clock(end)}")
             button.setObjectName("moment")
-            button.setToolTip("Show this moment in the player\n" + "\n".join(m.get("why") or []))
+            button.setToolTip("Show this moment in the player (right-click: save it as a clip)\n"
+                              + "\n".join(m.get("why") or []))
             button.setCursor(Qt.CursorShape.PointingHandCursor)
             button.clicked.connect(lambda _=False, t=start: self.seek.emit(t))
+            save = QAction("Save clip…", button)
+            save.triggered.connect(lambda _=False, a=start, b=end: self.save_clip.emit(a, b))
+            button.addAction(save)
+            button.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
             button.setProperty("start", start)
             self.moments_row.addWidget(button)
             self.moment_buttons.append(button)
@@ -175,6 +183,8 @@ class ChatPane(QWidget):
         super().__init__(parent)
         self.service: ChatService | None = None
         self.tasks = Tasks(1, self)
+        self.clips = ClipSaver(self)
+        self.clips.saved.connect(self.info)
         self.movie: Movie | None = None
         self.conversation_id: int | None = None
         self.conversation_title = ""
@@ -348,6 +358,14 @@ class ChatPane(QWidget):
         key = self._draft_key()
         self.question.setText(self.drafts.get(key, "") if key else "")
 
+    def _qwen_reads(self, movie: Movie) -> bool:
+        """Whether the chosen model is a Qwen3-VL that can read this film already: it decodes the frames
+        it needs itself, so a probed film is enough (app.qwen_live)."""
+        from app.qwen_live import film_askable
+        from llamavid.runtime.family import QWEN_VL
+
+        return self.service is not None and film_askable(movie) and self.service.family() == QWEN_VL
+
     def _refresh_controls(self) -> None:
         movie, busy, about = self.movie, self.busy, self.about is not None
         problem = None
@@ -356,7 +374,7 @@ class ChatPane(QWidget):
                 problem = f"{self.model_problem[0].upper()}{self.model_problem[1:]}: open Settings to choose a model."
         elif movie is None:
             problem = "Choose a film in the library to chat about it."
-        elif not askable(movie):
+        elif not askable(movie) and not self._qwen_reads(movie):
             problem = (f"{Path(movie.rel_path).name} is not indexed yet ({movie.state}); "
                        "you can ask about it once its dialogue or its pictures are read.")
         elif self.model_problem:
@@ -471,9 +489,16 @@ class ChatPane(QWidget):
                   about: str | None = None) -> TurnView:
         view = TurnView(question, answer, moments, about=about)
         view.seek.connect(self.seek_requested)
+        view.save_clip.connect(self.save_clip)
         self.transcript_layout.insertWidget(self.transcript_layout.count() - 1, view)
         self.turns.append(view)
         return view
+
+    @Slot(float, float)
+    def save_clip(self, start: float, end: float) -> None:
+        """A moment of the open film as a clip (asks where; :class:`~app.desktop.clips.ClipSaver`)."""
+        if self.movie is not None and self.service is not None:
+            self.clips.ask_and_save(self, self.service.data.database, self.movie, start, end)
 
     @Slot(int, int)
     def _scroll_to_end(self, low: int, high: int) -> None:
@@ -728,7 +753,9 @@ class ChatPane(QWidget):
 
     # -- closing -----------------------------------------------------------------------------------
     def stop_for_close(self) -> None:
-        """First step of closing: stop a question on its way (its text becomes the draft)."""
+        """First step of closing: stop a question on its way (its text becomes the draft) and a clip
+        being cut (nothing of it is left)."""
+        self.clips.cancel()
         if self.busy:
             question = self._pending_question
             self.stop()
@@ -743,6 +770,7 @@ class ChatPane(QWidget):
         if thread is not None and thread.isRunning() and not thread.wait(int(timeout * 1000)):
             _orphans.append(thread)  # never destroyed while it runs; it ends with its stream
             thread.setParent(None)
+        self.clips.wait(timeout)
         self.tasks.close(int(timeout * 1000))
 
 

@@ -1,10 +1,10 @@
 """The library pane: folders, a row per film (thumbnail, title, duration, index state and progress,
 subtitle sources, whether it is prepared for fast answers), the indexing controls, and "Search the
-dialogue" above the films: a line found in any film's subtitles (film · time · line), which opens
-that film at the line when picked. It only shows what it is given (the window searches): the
-window reads the library on a worker thread (:mod:`app.desktop.indexing`) and hands each snapshot
-in, and the size a film's prepared state would take (:meth:`LibraryPane.set_estimate`), which the
-Prepare button and menu show before the click.
+dialogue and scenes" above the films: a line found in any film's subtitles (film · time · line), or a
+scene that looks like the words, which opens that film there when picked. It only shows what it is
+given (the window searches): the window reads the library on a worker thread
+(:mod:`app.desktop.indexing`) and hands each snapshot in, and the size a film's prepared state would
+take (:meth:`LibraryPane.set_estimate`), which the Prepare button and menu show before the click.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from app.film_words import (
     subtitle_summary,
 )
 from indexer.library import Movie
+from indexer.scenes_search import SceneMatch
 from indexer.search import CueMatch
 
 __all__ = ["FORGET_PREPARED", "FilmRow", "LibraryPane"]
@@ -141,6 +142,7 @@ class LibraryPane(QWidget):
         self.items: dict[int, QListWidgetItem] = {}
         self.thumbnails: dict[int, str] = {}  # movie id -> cached picture, kept for rebuilt rows
         self.estimates: dict[int, int | None] = {}  # movie id -> bytes its prepared state would take
+        self.durations: dict[int, float | None] = {}  # movie id -> seconds preparing it takes here (once measured)
         self.snapshot: LibrarySnapshot | None = None
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -169,9 +171,9 @@ class LibraryPane(QWidget):
         """Search the dialogue (Enter searches), what it found, and its results (hidden while none)."""
         self.search = QLineEdit()
         self.search.setObjectName("searchDialogue")
-        self.search.setPlaceholderText("Search the dialogue…")
-        self.search.setToolTip("A line you remember, found in the subtitles of every film; pick a result to "
-                               "watch it")
+        self.search.setPlaceholderText("Search the dialogue and scenes…")
+        self.search.setToolTip("A line you remember, found in the subtitles of every film, or what you saw "
+                               "(where the films have scene vectors); pick a result to watch it")
         self.search.setClearButtonEnabled(True)
         self.search.returnPressed.connect(lambda: self.search_requested.emit(self.search.text().strip()))
         self.search_note = QLabel()
@@ -189,8 +191,8 @@ class LibraryPane(QWidget):
         layout.addWidget(self.search_note)
         layout.addWidget(self.results)
 
-    def show_results(self, query: str, found: list[CueMatch]) -> None:
-        """The search's results, best first: "film · 0:00:40 · the line" (none: it says so)."""
+    def show_results(self, query: str, found: list[CueMatch | SceneMatch]) -> None:
+        """The search's results, best first: "film · 0:00:40 · the line" or "[scene...]" (none: it says so)."""
         self.results.clear()
         for m in found:
             item = QListWidgetItem(search_label(m))
@@ -296,9 +298,10 @@ class LibraryPane(QWidget):
             if folder_id == current:
                 self.folders.setCurrentItem(item)
 
-    def set_estimate(self, movie_id: int, size: int | None) -> None:
-        """The bytes the film's prepared state would take (None: unknown, no model chosen)."""
-        self.estimates[movie_id] = size
+    def set_estimate(self, movie_id: int, size: int | None, seconds: float | None = None) -> None:
+        """The bytes the film's prepared state would take (None: unknown, no model chosen) and the
+        seconds reading it ahead takes on this computer (None: the model not measured here yet)."""
+        self.estimates[movie_id], self.durations[movie_id] = size, seconds
         self._refresh_buttons()
 
     def set_thumbnail(self, movie_id: int, path: str) -> None:
@@ -341,7 +344,8 @@ class LibraryPane(QWidget):
         movie = self._movie(self.current_movie_id())
         self.prepare_button.setEnabled(movie is not None)
         if movie is not None:
-            self.prepare_button.setText(prepare_action(movie, self.estimates.get(movie.id)))
+            cost = self.estimates.get(movie.id), self.durations.get(movie.id)
+            self.prepare_button.setText(prepare_action(movie, *cost))
 
     def _movie(self, movie_id: int | None) -> Movie | None:
         row = self.rows.get(movie_id) if movie_id is not None else None
@@ -355,7 +359,7 @@ class LibraryPane(QWidget):
             return None
         menu = QMenu(self)
         wanted = not (movie.prepared_bytes or movie.prepare_wanted)
-        prepare = menu.addAction(prepare_action(movie, self.estimates.get(movie_id)))
+        prepare = menu.addAction(prepare_action(movie, self.estimates.get(movie_id), self.durations.get(movie_id)))
         prepare.triggered.connect(lambda: self.prepare_clicked.emit(movie_id, wanted))
         menu.addAction("Re-index film").triggered.connect(lambda: self.reindex_clicked.emit(movie_id))
         return menu

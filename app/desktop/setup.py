@@ -42,6 +42,7 @@ from app.settings import BACKENDS, Settings, save_settings
 from llamavid.hub.catalog import chat_models
 from llamavid.hub.installed import InstalledEntry, add_model, list_models
 from llamavid.paths import DataDir
+from llamavid.runtime.kv_size import KV_TYPE_LABELS
 from llamavid.runtime.options import LoadOptions
 from llamavid.storage import human_size
 
@@ -155,6 +156,12 @@ class SetupDialog(QDialog):
         self.device = QComboBox()
         self.device.setObjectName("device")
         self._fill_devices()
+        self.kv_type = QComboBox()
+        self.kv_type.setObjectName("kvType")
+        for value, text in KV_TYPE_LABELS.items():
+            self.kv_type.addItem(text, value)
+        self.kv_type.setToolTip("The type of llama.cpp's KV cache, which holds the film while you talk about it: "
+                                "most of a film chat's memory and of a prepared film's disk space")
         self.language = QLineEdit(settings.language or "")
         self.language.setPlaceholderText("the system's language")
         self.language.setMaxLength(8)
@@ -173,11 +180,13 @@ class SetupDialog(QDialog):
         form.addRow("Quantization:", self.bits)
         form.addRow("Device:", self.device)
         form.addRow("", self.reason)
+        form.addRow("Film memory (KV cache):", self.kv_type)
         form.addRow("Subtitle language:", self.language)
         form.addRow("Indexing rest between chunks:", self.idle)
         self._select(self.backend, settings.backend)
         self._select(self.bits, settings.bits)
         self._select(self.device, settings.device)
+        self._select(self.kv_type, settings.kv_type)
         for combo in (self.backend, self.bits, self.device):
             combo.activated.connect(self._touched)
         return box
@@ -455,7 +464,8 @@ class SetupDialog(QDialog):
         language = self.language.text().strip().lower() or None
         return replace(self.settings, model=self.selected_model() or self.settings.model,
                        backend=self.backend.currentData(), bits=self.bits.currentData(),
-                       device=self.device.currentData() or "auto", language=language,
+                       device=self.device.currentData() or "auto", kv_type=self.kv_type.currentData() or "auto",
+                       language=language,
                        index_idle=float(self.idle.value()))
 
     def save(self) -> None:

@@ -66,7 +66,7 @@ from app.film_words import index_state
 from app.settings import Settings, load_settings, save_settings
 from assets import asset_path
 from indexer.library import Movie, choose_track, frame_times, subtitles
-from indexer.search import search_cues
+from indexer.scenes_search import search_library
 from indexer.store import LibraryStore
 from indexer.watch import Watcher
 from llamavid.errors import UserError
@@ -435,8 +435,8 @@ class MainWindow(QMainWindow):
         def failed(exc: BaseException) -> None:
             log.info("no prepared-size estimate for %s: %s", movie.rel_path, describe_error(exc))
 
-        self.tasks.run(lambda: service.prepare_estimate(movie),
-                       lambda size: self.library.set_estimate(movie_id, size), failed)
+        self.tasks.run(lambda: (service.prepare_estimate(movie), service.prepare_seconds(movie)),
+                       lambda cost: self.library.set_estimate(movie_id, *cost), failed)
 
     def _library_changed(self, text: str) -> None:
         self.show_info(text)
@@ -466,7 +466,7 @@ class MainWindow(QMainWindow):
 
     @Slot(str)
     def search_dialogue(self, query: str) -> None:
-        """Find ``query`` in the library's subtitles (a worker thread); the library pane lists the lines."""
+        """Find ``query`` in the library's subtitles and scenes (a worker thread); the library pane lists them."""
         if not query:
             self.library.show_results("", [])
             return
@@ -474,13 +474,13 @@ class MainWindow(QMainWindow):
 
         def work():
             with LibraryStore.open(data.database) as store:
-                return search_cues(store, query, limit=SEARCH_LIMIT)
+                return search_library(store, query, "all", limit=SEARCH_LIMIT, data_root=data.root)
 
         self.tasks.run(work, lambda found: self.library.show_results(query, found), self._failed)
 
     @Slot(int, float)
     def open_at(self, movie_id: int, seconds: float) -> None:
-        """A search result: its film opened (chosen in the library) and the player at the line."""
+        """A search result: its film opened (chosen in the library) and the player at the line or scene."""
         if self.movie is None or self.movie.id != movie_id:
             if not self.library.select_movie(movie_id):
                 self.show_error("That film is no longer in the library.")

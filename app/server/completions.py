@@ -37,12 +37,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from app.chat_service import ChatService
 from app.film_words import queue_position
 from app.questions import AskStream, ChatEvent
+from app.qwen_live import film_askable
 from app.server.errors import ApiError, bad_request, from_kind, not_found
 from app.server.indexing import Indexer
 from app.server.protocol import ChatCompletionRequest, ChatInput, parse_messages
 from indexer.library import askable, choose_track
 from llamavid.errors import BadMedia
 from llamavid.media.load import check_clip
+from llamavid.runtime.family import QWEN_VL
 
 KEEP_ALIVE_S = 15.0  # an SSE comment while nothing happens: proxies keep the connection, a gone client is seen
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
@@ -55,16 +57,17 @@ async def chat_completions(body: ChatCompletionRequest, http: HttpRequest) -> An
         model = service.resolve_model(body.model)
     except KeyError as exc:
         raise ApiError(404, exc.args[0], param="model", code="model_not_found") from None
-    found = await anyio.to_thread.run_sync(_parse, http, body)  # decodes images, writes and probes a video
+    found = await anyio.to_thread.run_sync(_parse, http, body, model)  # decodes images, writes and probes a video
     stream = _ask(service, body, found, model)  # a refusal (queue full) is a UserError: the app words it
-    answer = _Answer(model, stream.conversation_id)
+    # the model that answers: a kept conversation's own (it keeps the model it began with)
+    answer = _Answer(Path(stream.model).name if stream.model else model, stream.conversation_id)
     if body.stream:
         return StreamingResponse(_sse(stream, answer, body.include_usage), media_type="text/event-stream",
                                  headers=SSE_HEADERS)
     return await _collect(stream, answer, http)
 
 
-def _parse(http: HttpRequest, body: ChatCompletionRequest) -> ChatInput:
+def _parse(http: HttpRequest, body: ChatCompletionRequest, model: str | None = None) -> ChatInput:
     """The request's messages, checked against the service (off the event loop: it decodes images
     and probes a video, which it writes to a file of its own)."""
     service: ChatService = http.app.state.service
@@ -72,7 +75,7 @@ def _parse(http: HttpRequest, body: ChatCompletionRequest) -> ChatInput:
     if body.conversation_id is not None:
         _check_conversation(service, body, found)
     elif found.movie_id is not None:
-        _check_movie(service, http.app.state.indexer, found)
+        _check_movie(service, http.app.state.indexer, found, model)
     elif found.video is not None:
         found.video_path = _video_file(http.app.state.temp_dir, found)
     return found
@@ -105,7 +108,7 @@ def _check_conversation(service: ChatService, body: ChatCompletionRequest, found
                           "conversation", "fast")
 
 
-def _check_movie(service: ChatService, indexer: Indexer, found: ChatInput) -> None:
+def _check_movie(service: ChatService, indexer: Indexer, found: ChatInput, model: str | None = None) -> None:
     try:
         movie = service.movie(found.movie_id)
     except KeyError:
@@ -113,7 +116,10 @@ def _check_movie(service: ChatService, indexer: Indexer, found: ChatInput) -> No
                         f"{found.movie_param}.movie_id") from None
     if not movie.features_complete:
         moved = indexer.open_film(movie.id)  # asked about: it is indexed next
-    if not askable(movie):  # its dialogue alone is enough: the answer says it comes from it
+    # its dialogue alone is enough (the answer says it comes from it); a Qwen3-VL decodes the frames it
+    # needs itself, so for it a probed film is enough
+    qwen = service.family(model) == QWEN_VL
+    if not (film_askable(movie) if qwen else askable(movie)):
         first = "; it is now first in the indexing queue" if moved else ""
         raise from_kind("not_ready", f"{movie.rel_path} is not indexed yet (state {movie.state}{first}); wait "
                                      "for the indexer, or run `llamavid index run`", f"{found.movie_param}.movie_id")

@@ -1,12 +1,16 @@
-"""The HTTP routes besides the chat itself: models, the library, a film's video, the search of the
-library's subtitles, conversations, health and the sign-in page. Each is a few lines over the chat
-service (``app.state.service``, :class:`app.chat_service.ChatService`); the chat itself is
-:mod:`app.server.completions`.
+"""The HTTP routes besides the chat itself: models, the library, a film's video and clips of its moments
+(:mod:`app.clips`) and its picture at a time, the library's search (lines said and scenes seen,
+:func:`indexer.scenes_search.search_library`), conversations, health and the sign-in page.
+Each is a few lines over the chat service (``app.state.service``,
+:class:`app.chat_service.ChatService`); the chat itself is :mod:`app.server.completions`.
 """
 from __future__ import annotations
 
 import hmac
 import mimetypes
+import shutil
+import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -14,15 +18,20 @@ from urllib.parse import parse_qs
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.background import BackgroundTask
 
 from app.chat_service import ChatService, no_model_hint
+from app.clips import MARGIN, clip_lines, clip_name, export_moment, srt_text
 from app.server.completions import chat_completions
-from app.server.errors import ApiError, bad_request, not_found
+from app.server.errors import ApiError, bad_request, from_error, not_found
 from app.server.protocol import Id
 from app.server.security import SESSION_COOKIE, login_page, safe_next, session_token
 from indexer.library import Movie, film_file
-from indexer.search import search_cues
+from indexer.scenes_search import KINDS, ScenesUnavailable, search_library
 from indexer.store import LibraryStore
+from llamavid.errors import UserError
+from llamavid.media.clip import clip_span
+from llamavid.media.still import frame_at, jpeg
 
 api = APIRouter()
 api.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"],
@@ -39,6 +48,7 @@ async def models(request: Request) -> dict[str, Any]:
     entries = service.models()
     served = service.shown_model
     data = [{"id": m.name, "object": "model", "created": 0, "owned_by": "llamavid", "kind": m.kind,
+             "family": "qwen-vl" if m.kind == "qwen-vl" else "llama-vid",
              "status": m.status, "loaded": m.name == served and service.model_loaded} for m in entries]
     if served and all(m.name != served for m in entries):  # --model named a folder outside the data folder
         data.insert(0, {"id": served, "object": "model", "created": 0, "owned_by": "llamavid", "kind": None,
@@ -123,26 +133,105 @@ def library_file(service: ChatService, movie: Movie) -> Path:
     return path
 
 
+#: The most seconds a clip keeps on either side of its moment; clips cut at once (each costs a core or two).
+CLIP_MAX_MARGIN, CLIP_SLOTS = 30.0, threading.Semaphore(2)
+
+
+@api.get("/v1/movies/{movie_id}/clip", summary="a moment of the film as a short MP4 (start, end: seconds; margin "
+                                               "seconds each side, default 2; 5 minutes at most), or with "
+                                               "format=srt its subtitle lines, timed from the clip's start")
+def movie_clip(movie_id: Id, request: Request, start: float | None = None, end: float | None = None,
+               margin: float = MARGIN, format: str = "mp4") -> Response:  # noqa: A002 - the query parameter's name
+    if start is None or end is None:
+        raise bad_request("start and end: give the moment's span in seconds (?start=65&end=69)",
+                          "start" if start is None else "end")
+    if not 0 <= margin <= CLIP_MAX_MARGIN:
+        raise bad_request(f"margin: from 0 to {CLIP_MAX_MARGIN:g} seconds, got {margin}", "margin")
+    if format not in ("mp4", "srt"):
+        raise bad_request(f"format: mp4 or srt, got {format!r}", "format")
+    service = _service(request)
+    film = _movie(service, movie_id)
+    library_file(service, film)  # a 404 for a file this server may not read, as for the film's video
+    try:
+        low, high = clip_span(start, end, film.duration, margin)
+    except UserError as exc:
+        raise bad_request(str(exc), "start") from None
+    if format == "srt":
+        with LibraryStore.open(service.data.database) as store:
+            lines = clip_lines(store, film, low, high)
+        name = _ascii(clip_name(film, start, ".srt"))
+        return Response(srt_text(lines), media_type="application/x-subrip; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    service.data.cache.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="clip-", dir=service.data.cache))  # gone once the response is sent
+    try:
+        with CLIP_SLOTS, LibraryStore.open(service.data.database) as store:
+            made = export_moment(store, film, start, end, folder / "clip.mp4", margin=margin, snap_back=0.0,
+                                 write_subtitles=False)
+    except UserError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise from_error(exc) from None
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return FileResponse(made.clip.path, media_type="video/mp4", filename=clip_name(film, start),
+                        headers={"Cache-Control": "no-store"},
+                        background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
+
+
+def _ascii(name: str) -> str:
+    """A file name safe inside a quoted Content-Disposition header."""
+    return "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)
+
+
 #: GET /v1/search's bounds: the query's length in characters, and the most lines one answer holds
 SEARCH_MAX_CHARS, SEARCH_MAX_LIMIT = 500, 100
+SEARCH_KINDS = KINDS  # quote, scene, all (indexer.scenes_search)
 
 
-@api.get("/v1/search", summary="the lines of the library's subtitles that say what q says, best first "
-                               "(a quote, a paraphrase, a question; movie_id: one film's)")
-def search(request: Request, q: str | None = None, limit: int = 20, movie_id: Id | None = None) -> dict[str, Any]:
+@api.get("/v1/search", summary="the library's lines that say what q says and scenes that look like it, best "
+                               "first (kind: quote, scene or all; movie_id: one film's); each with a thumbnail_url")
+def search(request: Request, q: str | None = None, limit: int = 20, movie_id: Id | None = None,
+           kind: str = "all") -> dict[str, Any]:
     if q is None or not q.strip():
         raise bad_request("q: give the words to search for (?q=...)", "q")
     if len(q) > SEARCH_MAX_CHARS:
         raise bad_request(f"q: at most {SEARCH_MAX_CHARS} characters, got {len(q)}", "q")
     if not 1 <= limit <= SEARCH_MAX_LIMIT:
         raise bad_request(f"limit: from 1 to {SEARCH_MAX_LIMIT}, got {limit}", "limit")
+    if kind not in SEARCH_KINDS:
+        raise bad_request(f"kind: one of {', '.join(SEARCH_KINDS)}, got {kind!r}", "kind")
     service = _service(request)
     if movie_id is not None:
         _movie(service, movie_id)  # a 404 for a film that is not there
     with LibraryStore.open(service.data.database) as store:
-        found = search_cues(store, q, movie_id=movie_id, limit=limit)
-    return {"object": "list", "query": q,
-            "data": [{"object": "search.result", "title": Path(hit.rel_path).stem, **hit.to_dict()} for hit in found]}
+        try:
+            found = search_library(store, q, kind, movie_id, limit, service.data.root)
+        except ScenesUnavailable as exc:
+            raise ApiError(409, str(exc), param="kind", code=exc.kind) from None
+    return {"object": "list", "query": q, "kind": kind,
+            "data": [{"object": "search.result", "title": Path(hit.rel_path).stem, **hit.to_dict(),
+                      "thumbnail_url": frame_url(hit.movie_id, getattr(hit, "time", hit.start))} for hit in found]}
+
+
+def frame_url(movie_id: int, seconds: float) -> str:
+    """Where a picture of the film at ``seconds`` is served (:func:`movie_frame`)."""
+    return f"/v1/movies/{movie_id}/frame?t={round(seconds, 3):g}"
+
+
+@api.get("/v1/movies/{movie_id}/frame", summary="the film's picture at t seconds, a JPEG (width: at most 640 px)")
+def movie_frame(movie_id: Id, request: Request, t: float = 0.0, width: int = 320) -> Response:
+    if not 16 <= width <= 640:
+        raise bad_request(f"width: from 16 to 640 pixels, got {width}", "width")
+    service = _service(request)
+    film = _movie(service, movie_id)
+    path = library_file(service, film)
+    if not 0 <= t <= (film.duration or 0.0) + 1.0:
+        raise bad_request(f"t: from 0 to the film's length ({film.duration or 0:.0f} s), got {t}", "t")
+    image = frame_at(path, t)
+    if image is None:
+        raise not_found(f"movie {movie_id} has no picture at {t} s", "t", "no_frame")
+    return Response(jpeg(image, width), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
 @api.get("/v1/conversations", summary="kept conversations, newest first (movie_id: one film's)")

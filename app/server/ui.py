@@ -5,9 +5,10 @@ question typed here, one sent by an API client and one from the desktop app wait
 queue. The film player is a plain ``<video>`` element fed by ``/v1/movies/{id}/video`` (Range
 requests: it seeks without downloading the film); Gradio never copies a film. Moments under the
 player are links: a click sets the player's ``currentTime`` (a small script in the page's head, :data:`HEAD`).
-"Search the dialogue", under them, finds a line in the whole library (:func:`indexer.search.search_cues`,
-as ``GET /v1/search``); picking a result opens its film in the player at the line (a ``#t=`` media
-fragment), or seeks the player when that film is already open (:data:`SEEK_RESULT`).
+"Search the dialogue and scenes", under them, finds a line said or a scene seen in the whole library
+(:func:`indexer.scenes_search.search_library`, as ``GET /v1/search``; scenes where the scene model is
+installed); picking a result opens its film in the player at that time (a ``#t=`` media fragment), or
+seeks the player when that film is already open (:data:`SEEK_RESULT`).
 
 "Fast answers" (a conversation that starts from the film's prepared state, see
 :mod:`indexer.prepare`) is a checkbox of the Movie chat, on by default for a prepared film; the
@@ -37,7 +38,7 @@ import gradio as gr
 
 from app import status as st
 from app.chat_service import ChatService
-from app.film_words import FORGET_PREPARED
+from app.film_words import FORGET_PREPARED, fast_answers_note
 from app.model_convert import conversion_offer
 from app.questions import AskStream
 from app.server import views
@@ -45,7 +46,7 @@ from app.server.converting import Conversion, ConversionState
 from app.server.indexing import Indexer
 from app.server.security import SESSION_UPLOADS
 from indexer.library import Movie
-from indexer.search import search_cues
+from indexer.scenes_search import search_library
 from indexer.store import LibraryStore
 from llamavid.errors import UserError
 from llamavid.runtime.generate import SamplingOptions
@@ -80,6 +81,7 @@ CSS = """
 #llamavid-player { width: 100%; max-height: 60vh; background: #000; border-radius: 6px; }
 .moments a { display: inline-block; margin: 0 .4rem .3rem 0; padding: .1rem .5rem; border-radius: 1rem;
              background: var(--color-accent-soft); text-decoration: none; }
+.moments a.clip { background: none; font-size: .85em; margin-left: -.3rem; text-decoration: underline; }
 table.library { width: 100%; border-collapse: collapse; }
 table.library td, table.library th { padding: .25rem .5rem; border-bottom: 1px solid var(--border-color-primary); }
 table.library td.bad { color: var(--error-text-color); }
@@ -180,11 +182,13 @@ class Handlers:
 
     def prepare_panel(self, movie_id: int | None) -> tuple[str, Any, Any]:
         movie = self.find_movie(movie_id)
-        line, prepare, forget = views.prepare_controls(movie, self.service.prepare_estimate(movie) if movie else None)
+        line, prepare, forget = views.prepare_controls(movie, self.service.prepare_estimate(movie) if movie else None,
+                                                       self.service.prepare_seconds(movie) if movie else None)
         where = self.service.preparing().get(movie.id) if movie else None
         if where:  # read ahead in this server's queue, with the model it holds
             line += f" · preparing now: {where}"
-        return line, gr.update(**prepare), gr.update(**forget)
+        note = fast_answers_note(self.service.prepared_per_hour())  # follows the model and its KV type
+        return f"{note}\n\n{line}".strip(), gr.update(**prepare), gr.update(**forget)
 
     def library_panels(self, prepare_id: int | None) -> tuple:
         return (self.library(), self.queue(), *self.prepare_panel(prepare_id))
@@ -249,15 +253,16 @@ class Handlers:
         return (views.player_html(movie_id), self.conversations(movie_id), [], "", None, "", self.fast(movie_id))
 
     def search(self, query: str) -> tuple[str, Any]:
-        """The dialogue search: its line and its results (:func:`views.search_choices`)."""
+        """The library search, lines and scenes: its line and its results (:func:`views.search_choices`)."""
         query = (query or "").strip()
         if len(query) > SEARCH_MAX_CHARS:
             raise gr.Error(f"Search for at most {SEARCH_MAX_CHARS} characters.")
         found = []
         if query:
             with LibraryStore.open(self.service.data.database) as store:
-                found = search_cues(store, query, limit=SEARCH_LIMIT)
-        return views.search_line(query, len(found)), gr.update(**views.search_choices(found))
+                found = search_library(store, query, "all", limit=SEARCH_LIMIT, data_root=self.service.data.root)
+        scenes = sum(m.kind == "scene" for m in found)
+        return views.search_line(query, len(found) - scenes, scenes), gr.update(**views.search_choices(found))
 
     def open_result(self, value: str | None, movie_id: int | None) -> tuple:
         """A search result picked: its film chosen and its player opened at the line; the film already
@@ -279,7 +284,7 @@ class Handlers:
             return [], "", None, self.fast(movie_id)
         kept = self.service.conversation(conversation_id)
         turns = kept.shown_turns
-        return (views.chat_messages(turns), views.moments_html(turns[-1].moments if turns else None),
+        return (views.chat_messages(turns), views.moments_html(turns[-1].moments if turns else None, movie_id),
                 conversation_id, gr.update(**views.fast_choice(self.find_movie(movie_id), kept)))
 
     def _need_model(self) -> None:
@@ -293,12 +298,14 @@ class Handlers:
         except UserError as exc:
             raise gr.Error(str(exc)) from None
 
-    def follow(self, job: AskStream, history: list, session: str, tab: str) -> Iterator[tuple]:
-        """The question's updates (:func:`views.answer_updates`); Stop in ``tab`` cancels it, and so
-        does a page that goes away (the generator is closed)."""
+    def follow(self, job: AskStream, history: list, session: str, tab: str,
+               movie_id: int | None = None) -> Iterator[tuple]:
+        """The question's updates (:func:`views.answer_updates`; ``movie_id``: a film's, whose moments
+        get Save clip links); Stop in ``tab`` cancels it, and so does a page that goes away (the
+        generator is closed)."""
         self.running.start(session, tab, job)
         try:
-            yield from views.answer_updates(job, history)
+            yield from views.answer_updates(job, history, movie_id)
         finally:
             self.running.done(session, tab, job)
             if not job.finished:
@@ -319,7 +326,7 @@ class Handlers:
             job = self._ask(lambda: self.service.ask_film(int(movie_id), question, fast=bool(fast), options=options))
         chat = history = [*history, {"role": "user", "content": question}]
         moments = gr.update()
-        for chat, line, found in self.follow(job, history, session_of(request), MOVIE):
+        for chat, line, found in self.follow(job, history, session_of(request), MOVIE, int(movie_id)):
             moments = moments if found is None else found
             fixed = self.fast(movie_id, job.conversation_id) if job.conversation_id else gr.update(interactive=False)
             yield chat, line, moments, job.conversation_id, "", gr.update(), fixed
@@ -599,14 +606,15 @@ def _movie_tab(ui: Handlers, films: dict[str, Any]) -> MovieTab:
 
 
 def _search_row() -> SearchRow:
-    """Search the dialogue: a line someone remembers, found in every film's subtitles; the results
-    (film · time · line) open the film at the line."""
+    """Search the dialogue and scenes: a line someone remembers, found in every film's subtitles, or
+    what they saw, where the films have scene vectors; the results (film · time · line) open the film
+    there."""
     with gr.Row(equal_height=True):
-        query = gr.Textbox(label="Search the dialogue", elem_id="search-query", scale=4,
-                           placeholder="a line you remember, in any film of the library")
+        query = gr.Textbox(label="Search the dialogue and scenes", elem_id="search-query", scale=4,
+                           placeholder="a line you remember, or what you saw, in any film of the library")
         go = gr.Button("Search", elem_id="search", scale=1)
     info = gr.Markdown("", elem_id="search-info")
-    results = gr.Radio(choices=[], value=None, label="Lines", elem_id="search-results", visible=False,
+    results = gr.Radio(choices=[], value=None, label="Lines and scenes", elem_id="search-results", visible=False,
                        interactive=True)
     return SearchRow(query, go, info, results)
 
@@ -642,9 +650,7 @@ def _library_tab(ui: Handlers) -> LibraryTab:
                                 "this server adds no folders from the page: `llamavid index add FOLDER` on it")
             add = gr.Button("Add folder", elem_id="add-folder", scale=1, interactive=allowed)
         added = gr.Markdown("", elem_id="added")
-        gr.Markdown("### Fast answers\nA prepared film has been read once ahead, so a new question about it "
-                    "is answered in seconds instead of minutes. It takes disk space (about 4 GB per hour "
-                    "of film for a 7B model).")
+        gr.Markdown("### Fast answers")
         with gr.Row():
             prepare_film = gr.Dropdown(label="Film", elem_id="prepare-film", interactive=True, scale=2,
                                        **ui.prepare_films())

@@ -24,6 +24,7 @@ from app.questions import ChatEvent
 from app.server.converting import ConversionState
 from indexer.estimate import LibraryEstimate
 from indexer.library import Movie, askable
+from llamavid.runtime.control import rough_duration
 from llamavid.storage import human_size
 
 NEW = 0  # the conversation dropdown's "new conversation"
@@ -121,19 +122,20 @@ def player_src(movie_id: int, start: float | None = None) -> str:
 
 
 def search_choices(matches: Sequence[Any]) -> dict[str, Any]:
-    """The dialogue search's results (:class:`indexer.search.CueMatch`, best first) as choices: "film ·
-    0:00:40 · the line", each one's value ``"MOVIE_ID:START"`` (:func:`search_choice`); none chosen."""
+    """The library search's results (lines and scenes, best first) as choices: "film · 0:00:40 · the
+    line", each one's value ``"MOVIE_ID:START"`` (:func:`search_choice`); none chosen."""
     choices = [(words.search_label(m), f"{m.movie_id}:{m.start:.3f}") for m in matches]
     return {"choices": choices, "value": None, "visible": bool(choices)}
 
 
-def search_line(query: str, found: int) -> str:
-    """What the dialogue search says above its results."""
+def search_line(query: str, found: int, scenes: int = 0) -> str:
+    """What the library search says above its results: ``found`` lines said and ``scenes`` seen."""
     if not query.strip():
         return ""
-    if not found:
+    if not found and not scenes:
         return words.NO_LINE
-    return f"{found} line{'s' if found != 1 else ''} found: pick one to watch it."
+    parts = [f"{n} {what}{'s' if n != 1 else ''}" for n, what in ((found, "line"), (scenes, "scene")) if n]
+    return f"{' and '.join(parts)} found: pick one to watch it."
 
 
 def search_choice(value: str | None) -> tuple[int, float] | None:
@@ -145,15 +147,20 @@ def search_choice(value: str | None) -> tuple[int, float] | None:
         return None
 
 
-def moments_html(moments: Sequence[Mapping[str, Any]] | None) -> str:
-    """The moments an answer rests on, as links that seek the player (``data-seek``: seconds)."""
+def moments_html(moments: Sequence[Mapping[str, Any]] | None, movie_id: int | None = None) -> str:
+    """The moments an answer rests on, as links that seek the player (``data-seek``: seconds); with the
+    film's ``movie_id``, each has a Save clip link beside it (``GET /v1/movies/{id}/clip``, a download)."""
     if not moments:
         return ""
     links = []
     for m in moments:
         why = html.escape("; ".join(m.get("why") or []), quote=True)
-        links.append(f'<a href="#" class="moment" data-seek="{float(m["start"]):.3f}" title="{why}">'
+        start, end = float(m["start"]), float(m["end"])
+        links.append(f'<a href="#" class="moment" data-seek="{start:.3f}" title="{why}">'
                      f'{words.short_clock(m["start"])}&ndash;{words.short_clock(m["end"])}</a>')
+        if movie_id is not None:
+            links.append(f'<a class="clip" href="/v1/movies/{int(movie_id)}/clip?start={start:.3f}&amp;end={end:.3f}" '
+                         f'download title="Save this moment as a video, 2 s either side">Save clip</a>')
     return '<div class="moments" id="moments-list"><strong>Moments:</strong> ' + "".join(links) + "</div>"
 
 
@@ -182,11 +189,11 @@ def progress_line(event: ChatEvent) -> str | None:
     return None
 
 
-def answer_updates(events: Iterable[ChatEvent], history: Sequence[dict]
+def answer_updates(events: Iterable[ChatEvent], history: Sequence[dict], movie_id: int | None = None
                    ) -> Iterator[tuple[list[dict], str, str | None]]:
     """Follow a question's events: yields (chat history with the answer so far, progress line,
-    moments html or None for unchanged). A cancelled question ends with "(stopped)", a failed one
-    with its error."""
+    moments html or None for unchanged; ``movie_id``: the film's, for its moments' Save clip links).
+    A cancelled question ends with "(stopped)", a failed one with its error."""
     text = ""
     chat = [*history, {"role": "assistant", "content": ""}]
     for event in events:
@@ -198,7 +205,7 @@ def answer_updates(events: Iterable[ChatEvent], history: Sequence[dict]
         elif line is not None:
             yield chat, line, None
         elif event.type == "moments":
-            yield chat, "", moments_html([m.to_dict() for m in event.moments])
+            yield chat, "", moments_html([m.to_dict() for m in event.moments], movie_id)
         elif event.type == "error":
             note = STOPPED if event.kind == "cancelled" else f"error: {event.text}"
             chat = [*chat[:-1], {"role": "assistant", "content": f"{text}\n\n*({note})*".strip()}]
@@ -235,7 +242,8 @@ def prepare_choices(movies: Iterable[Movie], current: int | None = None) -> dict
     return _pick(choices, current, choices[0][1] if choices else None)
 
 
-def prepare_controls(movie: Movie | None, estimate: int | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+def prepare_controls(movie: Movie | None, estimate: int | None, seconds: float | None = None
+                     ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """What the film's fast answers are, and its buttons: Prepare, its size shown before the click
     (while not prepared nor asked for), Forget (once prepared or asked for)."""
     if movie is None:
@@ -248,9 +256,11 @@ def prepare_controls(movie: Movie | None, estimate: int | None) -> tuple[str, di
         line = f"**{name}** is waiting for the indexer to prepare it{about}."
     else:
         line = (f"**{name}** is not prepared: a fast conversation about it first reads the whole film. "
-                f"Preparing it ahead takes{about or ' some'} disk space.")
+                f"Preparing it ahead takes{about or ' some'} disk space"
+                f"{f' and about {rough_duration(seconds)} on this computer' if seconds else ''}.")
     asked = bool(movie.prepared_bytes or movie.prepare_wanted)
-    prepare = {"visible": False} if asked else {"value": words.prepare_action(movie, estimate), "visible": True}
+    action = words.prepare_action(movie, estimate, seconds)
+    prepare = {"visible": False} if asked else {"value": action, "visible": True}
     return line, prepare, {"value": words.FORGET_PREPARED, "visible": asked}
 
 

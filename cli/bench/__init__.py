@@ -38,6 +38,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                                  "queued films, before and after the order of work (opened first, dialogue first)"),
     "skip": ("cli.bench.skip", "what skipping EVA for near-identical frames saves per film hour on static and "
                                "moving shots, and the cosine of the reused features"),
+    "search": ("cli.bench.search", "a search by description over 100 film hours of scene vectors: ms per query"),
+    "scenes": ("cli.bench.scenes", "the scene stage's cost next to EVA's (full-size CLIP ViT-B/32, random weights): "
+                                   "seconds per film hour, a question's text, bytes per film hour"),
 }
 
 

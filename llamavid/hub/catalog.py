@@ -1,5 +1,5 @@
-"""The released LLaMA-VID checkpoints, the shared parts they need and the speech-recognition
-models of the indexer, as data in one place.
+"""The released LLaMA-VID checkpoints, the shared parts they need, and the speech-recognition and
+scene-search models of the indexer, as data in one place.
 
 ``llamavid models`` (list --available, pull, verify), the apps and ``doctor`` read this table
 instead of hard-coding repo names, so "which weights go where" has one answer.
@@ -39,7 +39,9 @@ __all__ = [
     "EVA_URL_ENV",
     "KINDS",
     "MODELS",
+    "QWEN_VL_MODELS",
     "SHARED_PARTS",
+    "SCENE_MODELS",
     "SPEECH_MODELS",
     "SharedPart",
     "can_chat",
@@ -71,11 +73,15 @@ KINDS: dict[str, str] = {
     "needs the base Vicuna LLM",
     "base-llm": "base Vicuna-v1.5 LLM that the stage-1 projectors were trained against",
     "speech": "speech recognition for the indexer (faster-whisper), used on films without text subtitles",
+    "scenes": "image-text embeddings for the indexer (CLIP): search films by what is seen, and moments for any "
+    "question",
+    "qwen-vl": "Qwen3-VL (the second family, docs/second-family.md): images, short videos and library films, read "
+    "as frames at question time; more accurate than LLaMA-VID, fewer frames per film",
 }
 
 #: The kinds of KINDS a chat can load: a LLaMA-VID checkpoint with its vision side and a chat LLM.
-#: Not ``pretrain`` (a stage-1 projector alone), ``base-llm`` (no vision side) nor ``speech``.
-CHAT_KINDS = ("image", "video", "long-video")
+#: Not ``pretrain`` (a stage-1 projector alone), ``base-llm`` (no vision side), ``speech`` nor ``scenes``.
+CHAT_KINDS = ("image", "video", "long-video", "qwen-vl")
 
 
 def can_chat(kind: str | None) -> bool:
@@ -163,6 +169,8 @@ class CatalogEntry:
     base_model: str | None = None  # catalogue name of the LLM a pretrain projector needs
     license: str = "CC BY-NC 4.0 (research use only; also bound by the LLaMA/Vicuna licences)"
     notes: tuple[str, ...] = field(default_factory=tuple)
+    files: tuple[str, ...] = ()  # patterns of the repo's files to fetch (a GGUF repo's one quantization); (): all
+    memory: int | None = None  # bytes of memory it runs in with an hour of film in its context; None: not said
 
     @property
     def kind_help(self) -> str:
@@ -172,6 +180,7 @@ class CatalogEntry:
         d = asdict(self)
         d["shared"] = list(self.shared)
         d["notes"] = list(self.notes)
+        d["files"] = list(self.files)
         d["kind_help"] = self.kind_help
         return d
 
@@ -246,12 +255,56 @@ SPEECH_MODELS: tuple[CatalogEntry, ...] = (
     _whisper("large-v3", 3_090 * MB, "most accurate; meant for a GPU"),
 )
 
-_BY_NAME: dict[str, CatalogEntry] = {e.name: e for e in (*MODELS, *BASE_LLMS, *SPEECH_MODELS)}
+#: Image-text embedding models for the indexer's optional scene stage (``indexer.scene_model``): one
+#: vector per sampled frame, so films can be searched by description and every question gets frame
+#: evidence. CLIP ViT-B/32 at 224 px: the smallest image side of the CLIP/SigLIP family (50 tokens of
+#: width 768, ~4.4 GFLOPs a frame, about 2 % of EVA-ViT-g's), CLIP's own preprocessing (the frames EVA
+#: gets), 512-wide vectors (1 KB a frame in fp16) and a causal text side that reads a short question
+#: without padding. Like the speech models, only ``llamavid models pull`` downloads it, never indexing.
+SCENE_MODELS: tuple[CatalogEntry, ...] = (
+    CatalogEntry("clip-vit-b-32", "openai/clip-vit-base-patch32", "scenes", "", 224,
+                 "search films by description; frame evidence for every question (CLIP ViT-B/32, 224 px)",
+                 605 * MB, "hub listing: pytorch_model.bin 605 MB (1.51e8 parameters in fp32)", shared=(),
+                 license="MIT (OpenAI CLIP)"),
+)
+
+_QWEN_LICENSE = "Apache 2.0 (Qwen3-VL)"
+_QWEN_SIZE = ("approximate (hub listing); the exact sizes and hashes come from the hub at pull time")
+_QWEN_KV_HOUR = 28_000  # tokens of an hour's default plan: 16,380 visual, ~3K of markers, the dialogue
+
+
+def _qwen(size: str, hf_bytes: int, q4_bytes: int, mmproj_bytes: int, kv_per_token: int, purpose: str
+          ) -> tuple[CatalogEntry, CatalogEntry]:
+    """A Qwen3-VL size as two entries: the transformers repo (bf16; a GPU) and the published GGUF repo
+    (its q4_K_M LLM and f16 mmproj; llama.cpp, the CPU default). ``memory``: weights plus an hour of
+    film in an f16 KV cache (``kv_per_token`` bytes a token)."""
+    hour = _QWEN_KV_HOUR * kv_per_token
+    name = f"qwen3-vl-{size.lower()}-instruct"
+    hf = CatalogEntry(name, f"Qwen/Qwen3-VL-{size}-Instruct", "qwen-vl", size, None, purpose + " (transformers, bf16)",
+                      hf_bytes, _QWEN_SIZE, shared=(), license=_QWEN_LICENSE, memory=hf_bytes + hour)
+    gguf = CatalogEntry(f"{name}-gguf", f"Qwen/Qwen3-VL-{size}-Instruct-GGUF", "qwen-vl", size, None,
+                        purpose + " (llama.cpp: q4_K_M LLM, f16 mmproj)", q4_bytes + mmproj_bytes, _QWEN_SIZE,
+                        shared=(), license=_QWEN_LICENSE, files=(f"Qwen3VL-{size}-Instruct-Q4_K_M.gguf",
+                                                                 f"mmproj-Qwen3VL-{size}-Instruct-F16.gguf"),
+                        memory=q4_bytes + mmproj_bytes + hour)
+    return hf, gguf
+
+
+#: The second family (docs/second-family.md): three sizes, each as transformers weights and as the
+#: published GGUF + mmproj. A cached token costs 112 KiB (2B) or 144 KiB (4B, 8B) in f16.
+QWEN_VL_MODELS: tuple[CatalogEntry, ...] = (
+    *_qwen("2B", 4_260 * MB, 1_110 * MB, 820 * MB, 112 * 1024, "fastest Qwen3-VL: a CPU that must answer quickly"),
+    *_qwen("4B", 8_880 * MB, 2_500 * MB, 840 * MB, 144 * 1024, "the default Qwen3-VL: films, clips, images"),
+    *_qwen("8B", 17_500 * MB, 5_030 * MB, 1_160 * MB, 144 * 1024, "the most accurate Qwen3-VL, for a GPU"),
+)
+
+_BY_NAME: dict[str, CatalogEntry] = {e.name: e for e in (*MODELS, *QWEN_VL_MODELS, *BASE_LLMS, *SPEECH_MODELS,
+                                                          *SCENE_MODELS)}
 
 
 def entries(include_base: bool = True) -> list[CatalogEntry]:
-    """Every downloadable model: LLaMA-VID checkpoints, base LLMs, then speech recognition."""
-    return [*MODELS, *(BASE_LLMS if include_base else ()), *SPEECH_MODELS]
+    """Every downloadable model: LLaMA-VID checkpoints, base LLMs, speech recognition, then scene search."""
+    return [*MODELS, *QWEN_VL_MODELS, *(BASE_LLMS if include_base else ()), *SPEECH_MODELS, *SCENE_MODELS]
 
 
 def names() -> list[str]:
@@ -271,14 +324,20 @@ _SKIP = (".gitattributes", "training_args.bin", "trainer_state.json", "*.msgpack
          "flax_model*", "tf_model*", "rust_model*", "*.onnx", "*.gguf", "optimizer.pt", "*/*")
 
 
-def select_repo_files(filenames: list[str]) -> list[str]:
+def select_repo_files(filenames: list[str], patterns: tuple[str, ...] = ()) -> list[str]:
     """The files of a repo that ``pull`` fetches, in download order.
+
+    ``patterns`` (an entry's ``files``): only the files they match, the LLM first and the mmproj
+    last (a GGUF repo holds a dozen quantizations; a folder is a model once both are there).
 
     Skips what nothing reads (see ``_SKIP``; sub-folders too), keeps only one weight format
     (safetensors wins over ``pytorch_model*.bin`` when a repo has both), and puts ``config.json``
     last: a folder without it is not yet listed as a model by :func:`llamavid.hub.installed.list_models`,
     so other parts of the program never see a half-downloaded checkpoint.
     """
+    if patterns:
+        chosen = [f for f in filenames if any(fnmatch.fnmatch(f.lower(), p.lower()) for p in patterns)]
+        return sorted(chosen, key=lambda f: (f.lower().startswith("mmproj"), f))
     keep = [f for f in filenames if not any(fnmatch.fnmatch(f, pat) for pat in _SKIP)]
     if any(f.endswith(".safetensors") for f in keep):
         keep = [f for f in keep if not fnmatch.fnmatch(f, "pytorch_model*.bin*")]

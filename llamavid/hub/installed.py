@@ -47,9 +47,12 @@ __all__ = [
     "MANIFEST",
     "add_model",
     "folder_size",
+    "has_gguf_pair",
     "infer_kind",
+    "is_checkpoint",
     "installed_folders",
     "list_models",
+    "missing_scene_files",
     "missing_speech_files",
     "remove_model",
     "resolve_model",
@@ -180,6 +183,18 @@ def config_of(folder: Path) -> dict:
         return {}
 
 
+def has_gguf_pair(folder: Path) -> bool:
+    """Whether ``folder`` holds a vision LLM in llama.cpp's layout: an LLM GGUF beside its
+    ``mmproj-*.gguf`` (the published Qwen3-VL GGUF repos). Such a folder has no config.json."""
+    names = [p.name.lower() for p in folder.glob("*.gguf")] if folder.is_dir() else []
+    return any(n.startswith("mmproj") for n in names) and any(not n.startswith("mmproj") for n in names)
+
+
+def is_checkpoint(folder: Path) -> bool:
+    """Whether a folder is a model one can load: a config.json, or a GGUF with its mmproj."""
+    return (folder / CONFIG).is_file() or has_gguf_pair(folder)
+
+
 def infer_kind(folder: Path, name: str | None = None) -> str:
     """What a checkpoint is for: the catalogue's word for known names, else read from its config."""
     entry = catalog.get(name) if name else None
@@ -189,6 +204,10 @@ def infer_kind(folder: Path, name: str | None = None) -> str:
     cfg = config_of(folder)
     if "model.bin" in files or "suppress_ids" in cfg:
         return "speech"  # a CTranslate2 Whisper model (faster-whisper)
+    if cfg.get("model_type") in SCENE_MODEL_TYPES:
+        return "scenes"  # an image-text embedding model (indexer.scene_model)
+    if cfg.get("model_type") == "qwen3_vl" or (not cfg and has_gguf_pair(folder)):
+        return "qwen-vl"  # the second family (llamavid.runtime.family)
     if PROJECTOR_FILE in files and not files & {*INDEX_FILES, *SINGLE_FILES}:
         return "pretrain"
     if not cfg:
@@ -206,6 +225,22 @@ def infer_kind(folder: Path, name: str | None = None) -> str:
 def missing_speech_files(folder: Path) -> list[str]:
     """The files faster-whisper opens that ``folder`` lacks (empty: a usable speech model)."""
     return [f for f in SPEECH_FILES if not (folder / f).is_file()]
+
+
+#: The ``model_type`` of the image-text models the indexer's scene stage reads (transformers' CLIP).
+SCENE_MODEL_TYPES = ("clip",)
+
+
+def missing_scene_files(folder: Path) -> list[str]:
+    """What a scene model folder lacks (empty: usable): its config, one weights file and a CLIP
+    tokenizer (``tokenizer.json``, or ``vocab.json`` with ``merges.txt``)."""
+    missing = [] if (folder / CONFIG).is_file() else [CONFIG]
+    if not any((folder / f).is_file() for f in SINGLE_FILES):
+        missing.append(" or ".join(SINGLE_FILES))
+    bpe = all((folder / f).is_file() for f in ("vocab.json", "merges.txt"))
+    if not (folder / "tokenizer.json").is_file() and not bpe:
+        missing.append("tokenizer.json (or vocab.json and merges.txt)")
+    return missing
 
 
 def find_shared(name: str, folder: Path, data_dir: DataDir) -> Path | None:
@@ -226,10 +261,12 @@ def _quick_status(folder: Path, dd: DataDir, kind: str) -> tuple[str, str]:
             return "incomplete", (f"{len(bad)} of {len(manifest['files'])} files missing or wrong size"
                                   + ("; download interrupted: run `llamavid models pull` again to resume"
                                      if partial else ""))
+    if kind == "qwen-vl" and has_gguf_pair(folder):
+        return "complete", ""
     if not (folder / CONFIG).is_file():
         return "incomplete", "no config.json"
-    if kind == "speech":
-        missing = missing_speech_files(folder)
+    if kind in ("speech", "scenes"):
+        missing = missing_speech_files(folder) if kind == "speech" else missing_scene_files(folder)
         return ("incomplete", f"missing {', '.join(missing)}") if missing else ("complete", "")
     try:
         _index, _map, files = weight_index(folder)
@@ -240,7 +277,7 @@ def _quick_status(folder: Path, dd: DataDir, kind: str) -> tuple[str, str]:
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
         return "incomplete", f"missing {', '.join(missing)}"
-    if kind not in ("base-llm", "unknown") and find_shared(VOCAB_FILE, folder, dd) is None:
+    if kind not in ("base-llm", "unknown", "qwen-vl") and find_shared(VOCAB_FILE, folder, dd) is None:
         return "incomplete", f"no {VOCAB_FILE} (run `llamavid models pull` for a catalogue model)"
     return "complete", ""
 
@@ -258,7 +295,7 @@ def list_models(data_dir: DataDir | str | os.PathLike[str], *, sizes: bool = Tru
         for entry in dd.models.iterdir():
             if entry.name.startswith(".") or entry.name == SHARED or not entry.is_dir():
                 continue
-            if not ((entry / CONFIG).is_file() or (entry / MANIFEST).is_file()):
+            if not (is_checkpoint(entry) or (entry / MANIFEST).is_file()):
                 continue
             kind = infer_kind(entry, entry.name)
             status, detail = _quick_status(entry, dd, kind)
@@ -287,12 +324,12 @@ def resolve_model(name_or_path: str | os.PathLike[str], data_dir: DataDir | str 
     as_path = isinstance(name_or_path, os.PathLike) or "/" in text or os.sep in text or text.startswith((".", "~"))
     if not as_path:
         folder = dd.models / text
-        if text != SHARED and (folder / CONFIG).is_file():
+        if text != SHARED and is_checkpoint(folder):
             return folder
         registered = read_registry(dd).get(text)
         if registered:
             path = Path(registered["path"])
-            if not (path / CONFIG).is_file():
+            if not is_checkpoint(path):
                 raise UserError(f"model {text!r} is registered for {path}, but "
                                 f"{'that folder is gone' if not path.is_dir() else 'it has no config.json'}; "
                                 f"reconnect the drive, or run `llamavid models rm {text}` and "
@@ -303,7 +340,7 @@ def resolve_model(name_or_path: str | os.PathLike[str], data_dir: DataDir | str 
                             f"`llamavid models pull {text}` to finish it")
     path = Path(os.path.abspath(Path(text).expanduser()))
     if path.is_dir():
-        if (path / CONFIG).is_file():
+        if is_checkpoint(path):
             return path
         raise UserError(f"{path} is a folder but not a checkpoint (no config.json); give the folder that "
                         f"holds config.json and the weights")

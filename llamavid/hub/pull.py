@@ -73,8 +73,11 @@ def plan_pull(entry: CatalogEntry, data_dir: DataDir | str | os.PathLike[str], *
                         f"first if you want to download it instead")
     listing = hf.hub_repo_files(entry.repo_id)
     by_name = {f.name: f for f in listing.files}
-    wanted = catalog.select_repo_files(list(by_name))
-    if CONFIG not in wanted:
+    wanted = catalog.select_repo_files(list(by_name), entry.files)
+    if entry.files and len(wanted) < len(entry.files):
+        raise UserError(f"{entry.repo_id} at commit {listing.commit[:8]} lacks {', '.join(entry.files)}; "
+                        "the repo has changed: update llamavid, or pull another model")
+    if CONFIG not in wanted and not entry.files:
         raise UserError(f"{entry.repo_id} has no config.json at commit {listing.commit[:8]}; it is not a "
                         f"checkpoint repo (check HF_ENDPOINT)")
     manifest = {"format": 1, "name": entry.name, "repo_id": entry.repo_id, "commit": listing.commit,

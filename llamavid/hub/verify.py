@@ -29,6 +29,7 @@ from llamavid.hub.installed import (
     data_dir_of,
     find_shared,
     infer_kind,
+    missing_scene_files,
     read_manifest,
     shared_dir,
     shared_manifest,
@@ -172,6 +173,15 @@ def verify_model(folder: Path, data_dir: DataDir | str | os.PathLike[str], *, na
         listed = {f: i for f, i in expected.items() if f != CONFIG}  # config.json: checked above
         required = [f for f in SPEECH_FILES if f != CONFIG and f not in listed]
         _verify_listed(out, folder, listed, required, hashes, err)
+        return out
+    if infer_kind(folder, name) == "scenes":  # its own files: no LLaMA tokenizer, no shared parts
+        listed = {f: i for f, i in expected.items() if f != CONFIG}
+        _verify_listed(out, folder, listed, [], hashes, err)
+        for file in (*SINGLE_FILES, "tokenizer.json", "vocab.json", "merges.txt"):
+            if file not in listed and (folder / file).is_file():
+                ok(file)
+        for problem in missing_scene_files(folder):
+            err(problem, "missing")
         return out
     try:
         index, weight_map, files = weight_index(folder)

@@ -15,6 +15,8 @@ Picture functions for the callers:
   per-frame grain) that costs a real encoder and decoder about what a film does; stateful, call in order.
 * ``moving_bar(width, height, color)``: one colour with a black bar moving right 4 px a frame.
 * ``grey_ramp(width, height)``: a flat grey picture a little brighter every frame.
+* ``scripted(width, height, scenes)``: scenes of distinct looks (a sky over a ground, drawn circles,
+  squares, triangles) at scripted times, for the moments benchmark's scene questions.
 * ``shots(width, height, fps, kinds)``: shots cut every few seconds, each a new random scene, either
   static (``still``: only fresh grain; ``talk``: a small disc moving slowly, local motion as of a face
   talking; ``fade``: the light changing slowly) or moving (``pan``: the camera pans): the static-shot
@@ -150,6 +152,55 @@ def moving_bar(width: int, height: int, color: Sequence[int], bar: int = 8, step
 def grey_ramp(width: int, height: int, step: int = 8) -> Picture:
     """A flat grey picture of level ``(step * i) % 255``."""
     return lambda i, t: np.full((height, width, 3), (i * step) % 255, np.uint8)
+
+
+@dataclass(frozen=True)
+class Look:
+    """A scripted scene's picture: a sky colour over a ground colour (the same for a flat background,
+    ``horizon`` the share of the height that is sky) and shapes drawn on it: (``circle`` | ``square`` |
+    ``triangle``, RGB colour, centre x and y as shares of the width and height, size as a share of the
+    height)."""
+
+    sky: tuple[int, int, int]
+    ground: tuple[int, int, int] | None = None
+    horizon: float = 0.5
+    shapes: tuple[tuple[str, tuple[int, int, int], float, float, float], ...] = ()
+
+
+def draw(look: Look, width: int, height: int) -> np.ndarray:
+    """One frame of ``look``."""
+    img = np.empty((height, width, 3), np.uint8)
+    img[:] = look.sky
+    if look.ground is not None:
+        img[int(look.horizon * height):] = look.ground
+    yy, xx = np.mgrid[0:height, 0:width]
+    for kind, color, cx, cy, size in look.shapes:
+        x0, y0, r = cx * width, cy * height, size * height / 2
+        if kind == "circle":
+            inside = (xx - x0) ** 2 + (yy - y0) ** 2 <= r * r
+        elif kind == "square":
+            inside = (abs(xx - x0) <= r) & (abs(yy - y0) <= r)
+        elif kind == "triangle":  # pointing up
+            inside = (yy <= y0 + r) & (yy >= y0 - r) & (abs(xx - x0) <= (yy - (y0 - r)) / 2)
+        else:
+            raise ValueError(f"shape must be circle, square or triangle, got {kind!r}")
+        img[inside] = color
+    return img
+
+
+def scripted(width: int, height: int, scenes: Sequence[tuple[float, float, Look]],
+             between: Look = Look((128, 128, 128))) -> Picture:
+    """Scenes of distinct looks at scripted times, ``(start, end, look)`` in seconds (``between`` elsewhere),
+    with a little grain so the encoder sees a film: what a scene search must find by description."""
+    frames = {id(look): draw(look, width, height) for _, _, look in scenes}
+    plain = draw(between, width, height)
+
+    def picture(i: int, t: float) -> np.ndarray:
+        base = next((frames[id(look)] for start, end, look in scenes if start <= t < end), plain)
+        grain = np.random.default_rng(i).integers(-3, 4, base.shape)
+        return np.clip(base.astype(np.int16) + grain, 0, 255).astype(np.uint8)
+
+    return picture
 
 
 #: The kinds of shot :func:`shots` films: static (``still``, ``talk``) and moving (``pan``).

@@ -9,12 +9,18 @@ arrives as :class:`Progress` events with an estimate of the time left, so a wind
 """
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from llamavid.errors import Cancelled
+from llamavid.storage import write_json_atomic
+
+log = logging.getLogger(__name__)
 
 PHASES = ("visual", "prefill", "answer")  # Q-Former pass, reading the prompt, writing the answer
 
@@ -46,9 +52,12 @@ def rough_duration(seconds: float) -> str:
 @dataclass
 class Rates:
     """Throughput measured on this machine, per phase (units per second), for estimates before
-    a phase has started: the pre-flight's expected time and the first progress event's ETA."""
+    a phase has started: the pre-flight's expected time and the first progress event's ETA. Kept
+    on disk per model (:meth:`read`, :meth:`write`), so the first estimate after a restart, such as
+    the time a film's preparation will take, is this machine's and not a guess."""
 
     per_second: dict[str, float] = field(default_factory=dict)
+    changed: bool = False  # since the last read or write
 
     def record(self, phase: str, units: int, seconds: float) -> None:
         if units <= 0 or seconds <= 0:
@@ -56,10 +65,31 @@ class Rates:
         rate = units / seconds
         old = self.per_second.get(phase)
         self.per_second[phase] = rate if old is None else 0.5 * old + 0.5 * rate  # follows load changes
+        self.changed = True
 
     def seconds(self, phase: str, units: int) -> float | None:
         rate = self.per_second.get(phase)
         return None if rate is None else units / rate
+
+    def read(self, path: Path) -> None:
+        """Take the rates a file kept (the ones measured since stay); a missing or damaged file is
+        no rate known, never an error: rates are measured again."""
+        try:
+            kept = json.loads(path.read_text(encoding="utf-8"))
+            rates = {str(k): float(v) for k, v in kept.items() if float(v) > 0}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return
+        self.per_second = {**rates, **self.per_second}
+
+    def write(self, path: Path) -> None:
+        """Keep the rates if they changed; a failed write is logged (they are measured again)."""
+        if not self.changed:
+            return
+        try:
+            write_json_atomic(path, self.per_second)
+            self.changed = False
+        except OSError as exc:
+            log.warning("the measured rates could not be kept in %s: %s", path, exc)
 
 
 class Control:

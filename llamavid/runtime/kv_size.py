@@ -18,6 +18,14 @@ DEFAULT_LLAMACPP_KV = "q8_0"
 #: llama.cpp quantizes a cache row in blocks of 32 values: a head size it does not divide keeps f16.
 QUANT_BLOCK = 32
 KV_TYPES = ("auto", *BYTES_PER_VALUE)
+#: How each choice is offered to a person (the desktop's settings, ``--kv-type``'s help).
+KV_TYPE_LABELS = {
+    "auto": f"auto ({DEFAULT_LLAMACPP_KV} where the model allows it)",
+    "q8_0": "q8_0 (half of f16, answers within noise of it)",
+    "f16": "f16 (twice q8_0's memory and disk)",
+    "q4_0": "q4_0 (a quarter of f16; answers drift a little)",
+    "f32": "f32 (four times q8_0; for checks)",
+}
 #: What a llama.cpp cache's saved state holds beside K and V (``llama_kv_cache::state_write``): each
 #: cached token's position and sequence (12 bytes: 0.004 % of a 7B's q8_0 cache), and 24 bytes of
 #: header a layer and once more. The sizes shown before a film is read leave them out.

@@ -213,21 +213,48 @@ class LlamaCppBackend:
             lib.llama_memory_seq_rm(lib.llama_get_memory(self.ctx), 0, snap.length, -1)
         restore_session(state, snap)
 
-    def export_cache(self, state: Session) -> bytes:
-        """Sequence 0's KV cache as llama.cpp serializes it (``llama_state_seq_get_data``)."""
+    def cache_size(self, state: Session) -> int:
+        """The bytes :meth:`export_cache_into` needs for sequence 0 (``llama_state_seq_get_size``)."""
         self._check_owner(state)
         lib = llama_cpp_lib()
-        size = lib.llama_state_seq_get_size(self.ctx, 0)
-        buffer = (ctypes.c_uint8 * size)()
-        written = lib.llama_state_seq_get_data(self.ctx, buffer, size, 0)
-        return bytes(memoryview(buffer)[:written])
+        return lib.llama_state_seq_get_size(self.ctx, 0)
 
-    def import_cache(self, state: Session, data: bytes, length: int) -> None:
+    def export_cache_into(self, state: Session, dst: memoryview) -> int:
+        """Serialize sequence 0's KV cache straight into ``dst`` (a memory-mapped state file), so an
+        hour's 2 GB cache is never copied into anonymous memory beside the one llama.cpp holds;
+        returns the bytes written."""
         self._check_owner(state)
         lib = llama_cpp_lib()
-        lib.llama_memory_seq_rm(lib.llama_get_memory(self.ctx), 0, 0, -1)
-        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        if data and lib.llama_state_seq_set_data(self.ctx, buffer, len(data), 0) == 0:
+        target = (ctypes.c_uint8 * dst.nbytes).from_buffer(dst)
+        try:
+            return lib.llama_state_seq_get_data(self.ctx, target, dst.nbytes, 0)
+        finally:
+            del target  # the mapping it points into can only be closed once no view of it is left
+
+    def export_cache(self, state: Session) -> bytes:
+        """Sequence 0's KV cache as bytes (what :meth:`export_cache_into` writes)."""
+        buffer = bytearray(self.cache_size(state))
+        with memoryview(buffer) as view:
+            written = self.export_cache_into(state, view)
+        return bytes(buffer[:written])
+
+    def import_cache(self, state: Session, data, length: int) -> None:
+        """Fill sequence 0 from saved bytes: any buffer, a read-only one copied, a writable one (the
+        private mapping of a state file) read in place."""
+        self._check_owner(state)
+        lib = llama_cpp_lib()
+        memory = lib.llama_get_memory(self.ctx)
+        lib.llama_memory_seq_rm(memory, 0, 0, -1)
+        view = memoryview(data)
+        source = (ctypes.c_uint8 * view.nbytes).from_buffer_copy(view) if view.readonly else \
+            (ctypes.c_uint8 * view.nbytes).from_buffer(view)
+        try:
+            accepted = not view.nbytes or lib.llama_state_seq_set_data(self.ctx, source, view.nbytes, 0) != 0
+        finally:
+            del source
+            view.release()
+        if not accepted:
+            lib.llama_memory_seq_rm(memory, 0, 0, -1)
             raise ValueError("llama.cpp refused the saved cache (another model, KV type or context size?)")
         state.length = length
 

@@ -25,6 +25,7 @@ from llamavid.paths import resolve_data_dir
 from llamavid.prompt.templates import get_template
 from llamavid.runtime.api import LlamaVid
 from llamavid.runtime.device import pick_device
+from llamavid.runtime.family import QWEN_VL, QwenVL, family_of, load_qwen
 from llamavid.runtime.llm_choice import (
     CPU_GGUF_TYPE,
     conversion_disk_bytes,
@@ -143,7 +144,7 @@ def conversion_needed(model: str | os.PathLike[str], engine: Engine, data_dir: s
 
 
 def load_model(model: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None,
-               options: LoadOptions | None = None, **overrides: Any) -> LlamaVid:
+               options: LoadOptions | None = None, **overrides: Any) -> LlamaVid | QwenVL:
     """Load an installed model name, a registered name or a checkpoint folder, ready to chat.
 
     The LLM's engine is :func:`choose_engine`'s: a checkpoint that runs on llama.cpp here loads from
@@ -167,6 +168,8 @@ def load_model(model: str | os.PathLike[str], data_dir: str | os.PathLike[str] |
     data_dir = resolve_data_dir(data_dir)
     engines = VisionEngines.for_data(data_dir, opts.vision_engine)
     folder = resolve_model(model, data_dir)
+    if family_of(folder) == QWEN_VL:
+        return _load_qwen(folder, opts)
     base_folder = resolve_model(opts.base or base_model_of(os.fspath(model)), data_dir) if is_stage1(folder) else None
     engine = choose_engine(model, folder, opts, data_dir)
     if engine.convert_to is not None:
@@ -186,3 +189,21 @@ def load_model(model: str | os.PathLike[str], data_dir: str | os.PathLike[str] |
     if opts.template is not None:
         lv.template = opts.template
     return lv
+
+
+def _load_qwen(folder: Path, opts: LoadOptions) -> QwenVL:
+    """The second family (:mod:`llamavid.runtime.family`): the same backend rule, no EVA, no conversion
+    step (the published GGUF + mmproj are pulled as they are)."""
+    if opts.bits:
+        raise UserError("--load-4bit/--load-8bit are for LLaMA-VID checkpoints; for a Qwen3-VL on a small GPU "
+                        "or a CPU pull its GGUF model (q4_K_M) instead")
+    gpu, _mps = _gpu_bytes(opts)
+    try:
+        return load_qwen(folder, backend=opts.backend, device=opts.device, dtype=opts.dtype, n_ctx=opts.n_ctx,
+                         threads=opts.threads, kv_type=opts.kv_type, gpu_bytes=gpu)
+    except UserError:
+        raise
+    except MemoryError as exc:
+        raise NotEnoughMemory(str(exc)) from None
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
+        raise UserError(f"{folder}: could not load this Qwen3-VL ({exc})") from None

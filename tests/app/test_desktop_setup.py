@@ -92,6 +92,11 @@ def test_settings_keep_unknown_keys_and_refuse_bad_values(tmp_path: Path) -> Non
     path.write_text(json.dumps({"index_idle": -1}))
     with pytest.raises(UserError, match="index_idle"):
         load_settings(tmp_path)
+    path.write_text(json.dumps({"kv_type": "q3"}))
+    with pytest.raises(UserError, match="kv_type must be one of auto, f32, f16, q8_0, q4_0"):
+        load_settings(tmp_path)
+    path.write_text(json.dumps({"kv_type": "f16"}))
+    assert load_settings(tmp_path).load_options() == LoadOptions(kv_type="f16")  # every front end loads with it
     path.write_text("{broken")
     with pytest.raises(UserError, match="cannot be read"):
         load_settings(tmp_path)
@@ -122,11 +127,14 @@ def test_first_run_picks_a_downloaded_model_with_defaults_for_this_computer(qtbo
     assert (dialog.bits.currentData(), dialog.backend.currentData()) == (expected.bits, expected.backend)
     assert dialog.reason.text().startswith(f"Suggested for this computer: {expected.device}")
     dialog.language.setText("en")
+    assert dialog.kv_type.currentData() == "auto"
+    dialog.kv_type.setCurrentIndex(dialog.kv_type.findData("f16"))
     click(qtbot, dialog.save_button)
     qtbot.waitUntil(lambda: not dialog.isVisible())
     saved = load_settings(data)
-    assert (saved.model, saved.device, saved.bits, saved.backend, saved.language) == (
-        TINY, expected.device, expected.bits, expected.backend, "en")
+    assert (saved.model, saved.device, saved.bits, saved.backend, saved.language, saved.kv_type) == (
+        TINY, expected.device, expected.bits, expected.backend, "en", "f16")
+    assert window.service.load_options.kv_type == "f16"
     assert window.service.model_name == TINY and window.model_label.text().startswith(f"Model: {TINY} (")
     assert "settings saved" in window.message.text().lower()
 

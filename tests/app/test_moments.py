@@ -67,3 +67,42 @@ def test_moments_stay_inside_the_film():
     # without a duration the frames bound the film (its last frame's second)
     assert rank_moments(TIMES, None, lines[:1], QUOTE) == []
     assert rank_moments(TIMES, None, lines[1:2], QUOTE)[0].end == 100.0
+
+
+def looks_like(*frames: int, cosine: float = 0.33, elsewhere: float = 0.12) -> tuple[list[float], np.ndarray]:
+    """Scene evidence: each frame's cosine with the question's text, high at these frames."""
+    cosines = elsewhere + 0.01 * np.random.default_rng(0).standard_normal(len(TIMES))
+    cosines[list(frames)] = cosine
+    return TIMES, cosines
+
+
+def test_frames_that_look_like_the_question_are_a_scene_moment_that_never_outranks_a_quoted_line():
+    lines = [CueHit(40.0, 44.0, QUOTE)]
+    scenes = looks_like(70, 71, 72)
+    ranked = rank_moments(TIMES, None, lines, QUOTE, duration=100.0, scenes=scenes)
+    assert (ranked[0].start, ranked[0].end, ranked[0].kind) == (40.0, 44.0, "line")
+    scene = next(m for m in ranked if m.start == 70.0)
+    assert (scene.end, scene.kind) == (73.0, "scene") and 1 < scene.score < 3 < ranked[0].score
+    assert scene.why == [scene.why[0]] and scene.why[0].startswith("scene: the picture looks like the question "
+                                                                    "(similarity 0.33")
+    described = rank_moments(TIMES, None, lines, "a red kite over the sea at dawn", duration=100.0, scenes=scenes)
+    assert (described[0].start, described[0].kind) == (70.0, "scene")  # no line says it: the scene comes first
+    assert rank_moments(TIMES, None, lines, QUOTE, duration=100.0) == [ranked[0]]  # without vectors: as before
+
+
+def test_a_scene_that_agrees_with_a_line_joins_its_moment_with_both_reasons():
+    line = CueHit(40.0, 43.0, "I will hide the map in the chapel.")
+    joined = rank_moments(TIMES, None, [line], "Who hid the map?", duration=100.0, scenes=looks_like(41))[0]
+    apart = rank_moments(TIMES, None, [line], "Who hid the map?", duration=100.0, scenes=looks_like(80))
+    line_alone, scene_alone = (next(m for m in apart if m.start == t) for t in (40.0, 80.0))
+    assert [w.split(":")[0] for w in joined.why] == ["subtitle", "scene"]
+    assert joined.score == pytest.approx(line_alone.score + 0.5 * scene_alone.score)
+    longer = rank_moments(TIMES, None, [line], "Who hid the map?", duration=100.0, scenes=looks_like(36, 37, 38))[0]
+    assert (longer.start, longer.end) == (40.0, 43.0) and len(longer.why) == 2  # the line's span: it says where
+
+
+def test_frames_that_stand_out_but_look_like_nothing_give_no_scene_moment():
+    faint = looks_like(70, cosine=0.14, elsewhere=0.05)  # far above the film, but below any caption's cosine
+    assert rank_moments(TIMES, None, [], "a red kite", duration=100.0, scenes=faint) == []
+    flat = (TIMES, np.full(len(TIMES), 0.3))  # every frame alike: none stands out
+    assert rank_moments(TIMES, None, [], "a red kite", duration=100.0, scenes=flat) == []

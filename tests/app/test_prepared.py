@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from unittest.mock import ANY
 
@@ -16,6 +17,7 @@ from safetensors.torch import load as load_tensors
 
 import cli
 from app.chat_service import ChatService
+from app.server import views
 from app.server.errors import from_kind
 from indexer import library
 from indexer.prepare import engine_id, film_chat, film_identity, prepared_key, prepared_size_estimate
@@ -26,6 +28,7 @@ from llamavid.model.eva import EvaVisionTower
 from llamavid.model.tiny import write_tiny_checkpoint
 from llamavid.runtime.api import LlamaVid
 from llamavid.runtime.chat import Chat
+from llamavid.runtime.control import rough_duration
 from llamavid.runtime.generate import SamplingOptions
 from llamavid.runtime.gguf_export import convert
 from llamavid.runtime.inputs import Visual
@@ -272,6 +275,65 @@ def test_the_app_that_holds_the_model_prepares_a_film_itself_and_forgets_it(data
         assert boat.prepared_bytes == 0 and not boat.prepare_wanted and not state.exists()
     finally:
         service.close()
+
+
+def test_a_question_asked_while_a_preparation_waits_goes_before_it(data_dir, checkpoint, lv, monkeypatch):
+    """Reading a 7B film ahead takes an hour on a CPU; in a first-come queue every question asked
+    meanwhile waited for it. Questions now go before the preparations still waiting."""
+    service = ChatService(data_dir, model=str(checkpoint), language="en", lv=lv)
+    started: list[str] = []
+    run, reached, release = service._run, threading.Event(), threading.Event()  # noqa: SLF001
+
+    def run_in_order(stream):
+        started.append(stream.question)
+        if stream.question == "First?":  # the model is busy with it while the others are queued
+            reached.set()
+            assert release.wait(120), "the test never released the model"
+        return run(stream)
+
+    monkeypatch.setattr(service, "_run", run_in_order)
+    try:
+        first = service.ask(service.new_conversation().id, "First?", GREEDY)
+        assert reached.wait(120)
+        boat, quay = service.movie("Boat.mkv"), service.movie("Quay.mkv")
+        preparing = service.prepare_film(boat.id)
+        asked = service.ask(service.new_conversation("Quay.mkv").id, "What is here?", GREEDY)
+        assert next(iter(preparing)).position == 1 and next(iter(asked)).position == 1  # ahead of the preparation
+        release.set()
+        for stream in (first, asked, preparing):
+            assert list(stream)[-1].type == "done"
+        assert started[-3:] == ["First?", "What is here?", "prepare Boat.mkv"]
+        assert service.movie(boat.id).prepared_bytes > 0 and quay.id != boat.id
+    finally:
+        release.set()
+        service.close()
+
+
+def test_the_time_a_preparation_takes_is_this_machines_and_survives_a_restart(data_dir, checkpoint):
+    """The time shown before a film is prepared comes from the rates this model ran at here (the
+    Q-Former's frames per second, the LLM's prompt tokens per second), kept on disk per model."""
+    load = LoadOptions(device="cpu", dtype="fp32")
+    service = ChatService(data_dir, model=str(checkpoint), language="en", load=load)
+    try:
+        boat = service.movie("Boat.mkv")
+        assert service.prepare_seconds(boat) is None  # nothing measured yet: no guess shown
+        _answer(service.ask(service.new_conversation("Quay.mkv").id, "What is here?", GREEDY))  # the exact way
+        rates = dict(service.model().rates.per_second)
+        frames, text = film_tokens(service._db, boat, "en")  # noqa: SLF001
+        expected = frames / rates["visual"] + (2 * frames + text) / rates["prefill"]
+        assert service.prepare_seconds(boat) == pytest.approx(expected)
+        line = views.prepare_controls(boat, service.prepare_estimate(boat), service.prepare_seconds(boat))[0]
+        assert f"and about {rough_duration(expected)} on this computer" in line
+    finally:
+        service.close()
+    (kept,) = (data_dir / "cache" / "rates").glob("*.json")
+    assert json.loads(kept.read_text()) == pytest.approx(rates)
+    restarted = ChatService(data_dir, model=str(checkpoint), language="en", load=load)
+    try:
+        restarted.model()  # loaded again: no question asked in this process yet
+        assert restarted.prepare_seconds(restarted.movie("Boat.mkv")) == pytest.approx(expected)
+    finally:
+        restarted.close()
 
 
 def test_preparing_can_be_stopped_and_leaves_nothing(data_dir, checkpoint):

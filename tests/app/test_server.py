@@ -170,15 +170,21 @@ def test_the_library_search_finds_lines_by_quote_or_paraphrase(http) -> None:
     found = http.get("/v1/search", params={"q": "Where was the treasure buried?"})
     assert found.status_code == 200 and found.json()["object"] == "list"
     best = found.json()["data"][0]
-    assert best == {"object": "search.result", "title": "Harbor", "movie_id": movie, "path": "Harbor.mp4",
-                    "start": 40.0, "end": 44.0, "text": "The treasure is buried under the old lighthouse.",
-                    "score": best["score"]} and 0.5 < best["score"] < 1
+    assert best == {"object": "search.result", "kind": "quote", "title": "Harbor", "movie_id": movie,
+                    "path": "Harbor.mp4", "start": 40.0, "end": 44.0,
+                    "text": "The treasure is buried under the old lighthouse.", "score": best["score"],
+                    "thumbnail_url": f"/v1/movies/{movie}/frame?t=40"} and 0.5 < best["score"] < 1
+    picture = http.get(best["thumbnail_url"])
+    assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
+    assert picture.content[:3] == b"\xff\xd8\xff"  # a JPEG
+    assert http.get(f"/v1/movies/{movie}/frame", params={"t": 10**6}).status_code == 400
     quote = http.get("/v1/search", params={"q": "we sail at night", "limit": 1, "movie_id": movie}).json()["data"]
     assert [(r["start"], r["score"]) for r in quote] == [(90.0, 1.0)]
     assert http.get("/v1/search", params={"q": "the"}).json()["data"] == []  # a stop word alone says nothing
     for params, param in (({}, "q"), ({"q": "  "}, "q"), ({"q": "x" * 501}, "q"), ({"q": "wind", "limit": 0}, "limit"),
                           ({"q": "wind", "limit": 101}, "limit"), ({"q": "wind", "limit": "all"}, "limit"),
-                          ({"q": "wind", "limit": 10**30}, "limit"), ({"q": "wind", "movie_id": 0}, "movie_id")):
+                          ({"q": "wind", "limit": 10**30}, "limit"), ({"q": "wind", "movie_id": 0}, "movie_id"),
+                          ({"q": "wind", "kind": "lines"}, "kind")):
         refused = http.get("/v1/search", params=params)
         assert refused.status_code == 400, params
         assert refused.json()["error"]["param"] == param and refused.json()["error"]["type"] == "invalid_request_error"

@@ -51,16 +51,19 @@ def _full_disk_child(code: str, limit: int) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def test_a_state_write_that_fails_half_way_leaves_the_old_state_and_no_temporary_file(tmp_path):
-    path = tmp_path / "states" / "conversation-1.state"
-    save_chat(_fake_chat(b"old" * 1000), path, {"film": "f"})
-    old = path.read_bytes()
-    child = _full_disk_child(f"""
+def _save_on_a_full_disk(path: Path, backend: str) -> subprocess.CompletedProcess:
+    """Save a 12 MB state whose backend is the code ``backend`` (a ``SimpleNamespace``) where no file
+    may grow past 6 MB; the child exits 3 when the save raised OSError."""
+    return _full_disk_child(f"""
         from types import SimpleNamespace
         from llamavid.runtime.state import save_chat
-        chat = SimpleNamespace(backend=SimpleNamespace(export_cache=lambda s: b"n" * (12 << 20)),
-                               state=SimpleNamespace(length=9, seen_ids=[1], pending=[]), turns=[], last_token=0,
-                               relevance=None)
+
+        def fill(state, dst):
+            dst[:] = b"m" * dst.nbytes
+            return dst.nbytes
+
+        chat = SimpleNamespace(backend={backend}, state=SimpleNamespace(length=9, seen_ids=[1], pending=[]),
+                               turns=[], last_token=0, relevance=None)
         try:
             save_chat(chat, {str(path)!r}, {{"film": "f"}})
         except OSError as exc:
@@ -68,9 +71,29 @@ def test_a_state_write_that_fails_half_way_leaves_the_old_state_and_no_temporary
             sys.exit(3)
         sys.exit(0)
     """, limit=6 << 20)
+
+
+def test_a_state_write_that_fails_half_way_leaves_the_old_state_and_no_temporary_file(tmp_path):
+    path = tmp_path / "states" / "conversation-1.state"
+    save_chat(_fake_chat(b"old" * 1000), path, {"film": "f"})
+    old = path.read_bytes()
+    child = _save_on_a_full_disk(path, 'SimpleNamespace(export_cache=lambda s: b"n" * (12 << 20))')
     assert child.returncode == 3, child.stdout + child.stderr  # the write failed half way, with an OSError
     assert path.read_bytes() == old  # the old state, whole
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial temporary file left to fill the disk
+
+
+def test_a_mapped_state_write_on_a_full_disk_fails_cleanly_and_keeps_the_old_state(tmp_path):
+    """llama.cpp's cache is written into a mapping of the file; on a full disk a write into a mapping
+    kills the process (SIGBUS), so the room is reserved before anything is written into it and a full
+    disk is an ordinary OSError."""
+    path = tmp_path / "states" / "conversation-1.state"
+    save_chat(_fake_chat(b"old" * 1000), path, {"film": "f"})
+    old = path.read_bytes()
+    child = _save_on_a_full_disk(path, "SimpleNamespace(cache_size=lambda s: 12 << 20, export_cache_into=fill)")
+    assert child.returncode == 3, child.stdout + child.stderr  # an OSError, not a signal
+    assert path.read_bytes() == old
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
 
 
 def test_a_json_write_that_fails_half_way_leaves_the_old_file_and_no_temporary_file(tmp_path):

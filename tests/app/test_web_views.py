@@ -17,13 +17,16 @@ import pytest
 from app import status as st
 from app.chat_service import ChatService
 from app.conversations import Conversation, StoredTurn
+from app.film_words import fast_answers_note
 from app.moments import Moment
 from app.questions import AskStream, ChatEvent
 from app.server import views
 from app.server.sample import MODEL, make_library
 from app.server.ui import Handlers, UiState
+from indexer.prepared_size import DEFAULT_TEXT_TOKENS, estimate_prepared_bytes, hour_bytes
 from indexer.search import CueMatch
 from llamavid.runtime.control import Progress
+from llamavid.runtime.kv_size import BYTES_PER_VALUE
 from llamavid.storage import human_size
 from tests.support.movies import movie
 
@@ -93,6 +96,27 @@ def test_prepare_controls_show_the_size_preparing_will_take_before_the_click(ser
     assert line.startswith("**Harbor** is not prepared") and f"about {human_size(estimate)}" in line
     assert prepare == {"value": f"Prepare for fast answers (about {human_size(estimate)})", "visible": True}
     assert forget == {"value": "Forget prepared state", "visible": False}
+
+
+SEVEN_B = {"num_hidden_layers": 32, "num_attention_heads": 32, "hidden_size": 4096}  # LLaMA-7B's config.json
+
+
+def test_the_fast_answers_note_quotes_an_hour_with_the_model_and_its_kv_type(served: ChatService,
+                                                                              tmp_path: Path) -> None:
+    """The Library said "about 4 GB per hour of film for a 7B" whatever the model and its cache type; the
+    figure is now the one rule's, for the model the server holds."""
+    (movie,) = served.movies()
+    per_hour = served.prepared_per_hour()
+    shape, kv_bytes = served._kv_shape_of_model()
+    assert per_hour == estimate_prepared_bytes(shape, 3600, DEFAULT_TEXT_TOKENS, kv_bytes) > 0
+    handlers = Handlers(served, indexer=None, upload_dir=tmp_path)
+    line, _, _ = handlers.prepare_panel(movie.id)
+    assert f"about {human_size(per_hour)} per hour of film with the model chosen" in line
+    assert "4 GB" not in line
+    # the rule at the released size: 7,200 frame rows and 2,000 text tokens of a 7B's 32 layers
+    assert human_size(hour_bytes(SEVEN_B, BYTES_PER_VALUE["q8_0"])) == "2.6 GB"
+    assert human_size(hour_bytes(SEVEN_B, BYTES_PER_VALUE["f16"])) == "4.8 GB"
+    assert "shown for each film once a model is chosen" in fast_answers_note(None)
 
 
 def test_conversation_choices_list_the_film_conversations_newest_first_after_new_conversation(

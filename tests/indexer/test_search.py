@@ -91,7 +91,8 @@ def test_the_whole_library_one_film_or_one_track(store):
     track = store.subtitle_tracks(orchard)[0]["id"]
     assert search_cues(store, "who hid it", movie_id=harbor, track_id=track) == []
     assert len(search_cues(store, "the old wind", limit=1)) == 1
-    assert everywhere[1].to_dict() == {"movie_id": orchard, "path": "Orchard.mkv", "start": 3.0, "end": 6.0,
+    assert everywhere[1].to_dict() == {"kind": "quote", "movie_id": orchard, "path": "Orchard.mkv", "start": 3.0,
+                                       "end": 6.0,
                                        "text": "Grandmother hid the letters in the piano.",
                                        "score": round(everywhere[1].score, 4)}
 

@@ -13,8 +13,8 @@ from llamavid.hub import catalog
 from llamavid.hub.installed import add_model, infer_kind, list_models
 from llamavid.paths import DataDir
 
-EVERY_KIND = {"image": True, "video": True, "long-video": True, "pretrain": False, "base-llm": False,
-              "speech": False, "unknown": True, None: True}
+EVERY_KIND = {"image": True, "video": True, "long-video": True, "qwen-vl": True, "pretrain": False,
+              "base-llm": False, "speech": False, "scenes": False, "unknown": True, None: True}
 
 
 def test_every_kind_has_an_answer() -> None:
@@ -26,9 +26,10 @@ def test_every_kind_has_an_answer() -> None:
 
 def test_the_catalogue_chat_models() -> None:
     chat = catalog.chat_models(catalog.entries())
-    assert {e.kind for e in chat} == {"image", "video", "long-video"}
-    assert [e.name for e in chat] == [e.name for e in catalog.MODELS if e.kind in catalog.CHAT_KINDS]  # in order
-    assert not any(e.kind in ("pretrain", "base-llm", "speech") for e in chat)
+    assert {e.kind for e in chat} == {"image", "video", "long-video", "qwen-vl"}
+    assert [e.name for e in chat] == [e.name for e in (*catalog.MODELS, *catalog.QWEN_VL_MODELS)
+                                      if e.kind in catalog.CHAT_KINDS]  # in order
+    assert not any(e.kind in ("pretrain", "base-llm", "speech", "scenes") for e in chat)
     # what the apps offer to download: the chat models that read a film
     assert [e.kind for e in st.CHAT_MODELS] == ["video", "video", "long-video"]
 

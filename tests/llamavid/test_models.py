@@ -626,7 +626,8 @@ def test_list_empty_and_available(tmp_path: Path, capsys) -> None:
     assert "No models installed" in capsys.readouterr().out
     assert _cli("--data-dir", tmp_path, "models", "list", "--available", "--json") == 0
     listed = json.loads(capsys.readouterr().out)
-    assert len(listed["models"]) == 13 + 5 and not any(m["installed"] for m in listed["models"])
+    # LLaMA-VID checkpoints and base LLMs, Qwen3-VL (3 sizes, transformers and GGUF), speech, scenes
+    assert len(listed["models"]) == 13 + 6 + 5 + 1 and not any(m["installed"] for m in listed["models"])
     assert [m["name"] for m in listed["models"] if m["kind"] == "speech"][-1] == "whisper-large-v3"
     assert {p["file"] for p in listed["shared_parts"]} == {"eva_vit_g.pth", "bert_vocab.txt"}
 

@@ -2,6 +2,8 @@
 another model, film or stride is refused; a truncated or damaged file is detected."""
 from __future__ import annotations
 
+import mmap
+
 import pytest
 import torch
 
@@ -44,6 +46,45 @@ def test_a_restored_chat_gives_the_next_answer_an_uninterrupted_one_gives(engine
     assert [t.answer for t in restored.turns] == answers[:2] and restored.state.length == first.state.length
     assert restored.relevance is not None and torch.allclose(restored.relevance, first.relevance)
     assert "".join(restored.ask(QUESTIONS[2], GREEDY)) == answers[2]
+
+
+def test_llama_cpp_writes_and_reads_its_cache_through_the_file_mapping_never_a_copy(engines, film, tmp_path,
+                                                                                   monkeypatch):
+    """An hour's cache is about 2 GB: copied into bytes beside the one llama.cpp holds, a state was held
+    twice while it was saved or read (the 7B rehearsal's 11 GB). llama.cpp now writes it into a mapping
+    of the file and reads it from a private mapping in place, and the chat continues exactly."""
+    lv = engines["llama.cpp"]
+    backend = type(lv.backend)
+    uninterrupted = Chat(lv, film)
+    answers = ["".join(uninterrupted.ask(q, GREEDY)) for q in QUESTIONS[:2]]
+    seen: list[tuple[str, type, bool]] = []
+    write_into, read_from = backend.export_cache_into, backend.import_cache
+
+    def spy_write(self, state, dst):
+        seen.append(("write", type(dst.obj), dst.readonly))
+        return write_into(self, state, dst)
+
+    def spy_read(self, state, data, length):
+        view = memoryview(data)
+        seen.append(("read", type(view.obj), view.readonly))
+        return read_from(self, state, data, length)
+
+    def no_copy(self, state):
+        raise AssertionError("the cache was copied into bytes")
+
+    monkeypatch.setattr(backend, "export_cache_into", spy_write)
+    monkeypatch.setattr(backend, "import_cache", spy_read)
+    monkeypatch.setattr(backend, "export_cache", no_copy)
+    first = Chat(lv, film)
+    "".join(first.ask(QUESTIONS[0], GREEDY))
+    size = save_chat(first, tmp_path / "conv.state", state_key(first, film="f1"))
+    header = read_header(tmp_path / "conv.state")
+    assert size == (tmp_path / "conv.state").stat().st_size and header["payload_bytes"] > 1000
+    assert header["payload_bytes"] == lv.backend.cache_size(first.state)  # the room made was the room used
+    restored = Chat(lv, film)
+    load_chat(restored, tmp_path / "conv.state", state_key(restored, film="f1"))
+    assert seen == [("write", mmap.mmap, False), ("read", mmap.mmap, False)]  # in place: writable, not copied
+    assert "".join(restored.ask(QUESTIONS[1], GREEDY)) == answers[1]
 
 
 def test_a_state_for_another_film_stride_or_model_is_refused(engines, film, tmp_path):
