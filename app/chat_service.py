@@ -66,7 +66,7 @@ from app.conversations import Conversation, ConversationStore, short_title
 from app.film_words import queue_position
 from app.live_chat import LiveChats
 from app.questions import AskStream, ChatEvent
-from app.qwen_live import QwenChats, media_turn
+from app.qwen_live import QwenChats, film_askable, media_turn
 from indexer import library
 from indexer.db import ThreadConnections
 from indexer.prepare import (
@@ -262,6 +262,13 @@ class ChatService:
             return current
         names = ", ".join(m.name for m in self.models()) or "none"
         raise KeyError(f"model {requested!r} is not installed here; installed chat models: {names}")
+
+    def can_ask(self, movie: library.Movie, model: str | None = None) -> bool:
+        """Whether ``model`` (default: the one answering next) can be asked about ``movie`` now: the
+        one rule every front end follows. LLaMA-VID needs the film's dialogue or pictures read
+        (:func:`indexer.library.askable`); a Qwen3-VL decodes the frames it needs itself, so a probed
+        film is enough."""
+        return film_askable(movie) if self.family(model) == QWEN_VL else library.askable(movie)
 
     def family(self, name: str | None = None) -> str:
         """The model family (``llama-vid`` or ``qwen-vl``) of ``name`` (default: the model answering next),

@@ -308,7 +308,6 @@ def _queue(service: ChatService, question: str, film_id: int | None, conversatio
     databases); returns its stream, its film and whether it is in fast-answers mode."""
     from app.chat_service import fast_by_default
     from app.film_words import index_state
-    from indexer.library import askable
     from llamavid.runtime.generate import SamplingOptions
 
     options = SamplingOptions(**sampling) if sampling else None
@@ -340,7 +339,7 @@ def _queue(service: ChatService, question: str, film_id: int | None, conversatio
         if film_id is None:
             raise ToolError("say which film: film_id (list_films lists them), or conversation_id to continue")
         movie = _movie(service, film_id)
-        if not askable(movie):
+        if not service.can_ask(movie):
             raise ToolError(f"{movie.rel_path} is not indexed yet ({index_state(movie).text}); wait for the "
                             "indexer, or run `llamavid index run`")
         fast_mode = fast_by_default(movie) if fast is None else fast

@@ -194,6 +194,21 @@ def check_memory() -> Check:
     return Check("memory", OK, detail, data=data)
 
 
+def check_model_advice() -> Check:
+    """Which family and size fits this machine's free memory (app.family_advice, as the first run shows it)."""
+    try:  # inside: it imports torch, and doctor must report even when torch is broken
+        from app.family_advice import advise
+        from app.hardware import detect
+
+        advice = advise(detect())
+    except Exception as exc:  # noqa: BLE001
+        return Check("model advice", WARN, f"unknown ({exc})", "fix the device check above first")
+    best = advice.best
+    data = {"model": best.model, "family": best.family, "device": best.device, "memory_bytes": best.memory,
+            "alternatives": [a.model for a in advice.alternatives]}
+    return Check("model advice", OK, advice.text(), data=data)
+
+
 def check_disk(root: Path) -> Check:
     """Free disk where the data folder is (or would be created)."""
     probe = existing_ancestor(root)
@@ -273,8 +288,8 @@ def collect(data_dir: Path) -> list[Check]:
     dd = DataDir(data_dir)
     checks = [check_python()]
     checks += [check_package(*spec) for spec in _PACKAGES]
-    checks += [check_sqlite(), check_device(), check_memory(), check_disk(dd.root), check_models(dd),
-               check_vision_engines(dd), check_folders(dd)]
+    checks += [check_sqlite(), check_device(), check_memory(), check_model_advice(), check_disk(dd.root),
+               check_models(dd), check_vision_engines(dd), check_folders(dd)]
     return checks
 
 

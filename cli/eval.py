@@ -94,20 +94,43 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from evaluation.report import agreement, compare, load_results
+    from evaluation.report import agreement, compare, load_results, summary
 
     a, b = load_results(args.a), load_results(args.b)
-    print(compare(a, b, (Path(args.a).name or "A", Path(args.b).name or "B")), end="")
-    same, total = agreement(args.a, args.b)
+    names = (Path(args.a).name or "A", Path(args.b).name or "B")
+    agreed = agreement(args.a, args.b)
+    print(summary(a, b, agreed, names))
+    print(compare(a, b, names), end="")
+    same, total = agreed
     if total:
         print(f"\nThe same answer on {same} of {total} items both runs answered ({100 * same / total:.1f} %).")
     return 0
 
 
 def _quantization(args: argparse.Namespace, lv: Any) -> str:
+    if getattr(lv, "family", None) == "qwen-vl":
+        if lv.llamacpp:
+            return f"GGUF {lv.backend.path.name} + {lv.backend.mmproj.name}, KV {getattr(lv.backend, 'kv_type', 'f16')}"
+        return "none"
     if lv.backend.name == "llama.cpp":
         return f"GGUF {Path(getattr(lv.backend, 'path', '')).name}, KV {getattr(lv.backend, 'kv_type', args.kv_type)}"
     return "4-bit NF4 (bitsandbytes)" if args.load_4bit else "8-bit (bitsandbytes)" if args.load_8bit else "none"
+
+
+def _folder(lv: Any) -> Path:
+    """The checkpoint folder of a loaded model of either family."""
+    return lv.folder if getattr(lv, "family", None) == "qwen-vl" else lv.report.folder
+
+
+def _device_dtype(lv: Any) -> tuple[str, str]:
+    """Where the model runs and in which type, as run.json records them for either family."""
+    if getattr(lv, "family", None) != "qwen-vl":
+        return str(lv.device), str(lv.model.dtype).removeprefix("torch.")
+    if lv.llamacpp:
+        import torch
+
+        return ("cuda" if torch.cuda.is_available() else "cpu"), "gguf"  # load_qwen's own rule for its layers
+    return str(lv.backend.device), str(lv.backend.model.dtype).removeprefix("torch.")
 
 
 def _load(args: argparse.Namespace, kind: str):
@@ -161,7 +184,7 @@ def _judge(args: argparse.Namespace):
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from evaluation.answering import Answerer
+    from evaluation.answering import answerer_for
     from evaluation.benchmarks import BENCHMARKS, Options
     from evaluation.films import Films, index_videos
     from evaluation.report import markdown
@@ -182,18 +205,20 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.restart:
         _restart(out)
     lv = _load(args, bench.input_kind)
+    family = getattr(lv, "family", "llama-vid")
     max_new = args.max_new_tokens or bench.max_new_tokens
-    films = Films(args.data_dir) if bench.input_kind == "film" else None
+    films = Films(args.data_dir, pictures=family == "llama-vid") if bench.input_kind == "film" else None
     loader = VisualLoader(lv, films, fps=getattr(args, "fps", 1.0), max_frames=getattr(args, "max_frames", None),
                           answer_tokens=max_new)
-    settings = RunSettings(checkpoint=str(lv.report.folder), backend=lv.backend.name,
-                           quantization=_quantization(args, lv), device=str(lv.device),
-                           dtype=str(lv.model.dtype).removeprefix("torch."), fps=getattr(args, "fps", 1.0),
-                           max_frames=getattr(args, "max_frames", None), max_new_tokens=args.max_new_tokens,
-                           limit=args.limit, extra={"film_mode": getattr(args, "film_mode", "exact")})
+    where, dtype = _device_dtype(lv)
+    settings = RunSettings(checkpoint=str(_folder(lv)), family=family, backend=lv.backend.name,
+                           quantization=_quantization(args, lv), device=where, dtype=dtype,
+                           fps=getattr(args, "fps", 1.0), max_frames=getattr(args, "max_frames", None),
+                           max_new_tokens=args.max_new_tokens, limit=args.limit,
+                           extra={"film_mode": getattr(args, "film_mode", "exact")})
     judge = _judge(args) if bench.judged else None
     try:
-        answerer = Answerer(lv, max_new, film_mode=getattr(args, "film_mode", "exact"))
+        answerer = answerer_for(lv, max_new, film_mode=getattr(args, "film_mode", "exact"))
         results = run_benchmark(bench, answerer, loader, out, settings, judge, Progress(name))
     except KeyboardInterrupt:
         print(f"{name}: interrupted; the answers so far are in {out}; run the same command again to resume",

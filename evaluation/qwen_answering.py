@@ -70,9 +70,9 @@ def load_qwen_input(source: Source, films: Films | None, fps: float, max_frames:
     if source.kind == "image":
         from evaluation.visuals import decode_base64_image  # visuals imports this module
 
-        picture = (decode_base64_image(source.data, source.path) if source.data is not None
-                   else load_image(source.path))
-        return QwenInput("image", images=[np.asarray(picture.convert("RGB"))])
+        picture = (np.asarray(decode_base64_image(source.data, source.path)) if source.data is not None
+                   else load_image(source.path, 512))  # as the chat reads a picture (app.qwen_live)
+        return QwenInput("image", images=[picture])
     if source.kind == "video":
         info = check_clip(source.path)
         w, h = (info.height, info.width) if round(info.rotation / 90) % 2 else (info.width, info.height)

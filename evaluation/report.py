@@ -12,6 +12,7 @@ from typing import Any
 
 from evaluation.judge import Judge
 from evaluation.judge_prompts import templates
+from evaluation.normalize import evalai_answer
 from evaluation.records import AnswerLog
 from llamavid.errors import UserError
 from llamavid.storage import atomic_write, write_json_atomic
@@ -34,7 +35,8 @@ def build_results(bench: Any, manifest: dict[str, Any], items: Sequence[Any], an
     seconds = sum(float(r.get("seconds", 0.0)) for r in done)
     results: dict[str, Any] = {
         "benchmark": bench.name, "title": bench.title,
-        "run": {"checkpoint": identity["checkpoint"], "backend": identity["backend"],
+        "run": {"checkpoint": identity["checkpoint"], "family": identity.get("family", "llama-vid"),
+                "backend": identity["backend"],
                 "quantization": identity["quantization"], "device": identity["device"], "dtype": identity["dtype"],
                 "frames": _frames(identity, bench.input_kind),
                 "decoding": f"greedy, at most {identity['max_new_tokens']} new tokens; multiple choice from "
@@ -79,8 +81,8 @@ def cell(value: Any) -> str:
 def markdown(results: dict[str, Any]) -> str:
     run, timing = results["run"], results["timing"]
     lines = [f"# {results['title']}: {run['checkpoint']}", "", "| run | |", "|---|---|"]
-    rows = {**{k: run[k] for k in ("checkpoint", "backend", "quantization", "device", "dtype", "frames",
-                                   "decoding", "date")},
+    rows = {**{k: run.get(k) for k in ("checkpoint", "family", "backend", "quantization", "device", "dtype",
+                                       "frames", "decoding", "date")},
             "items answered": f"{results['items']['answered']} of {results['items']['total']}",
             "seconds per item": timing["seconds_per_item"], "items per minute": timing["items_per_minute"]}
     if "judge" in results:
@@ -118,7 +120,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
 def compare(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = ("A", "B")) -> str:
     """Two runs side by side in Markdown: their setup, then every score with B - A."""
     lines = [f"| | {names[0]} | {names[1]} |", "|---|---|---|"]
-    for key in ("checkpoint", "backend", "quantization", "device", "frames", "date"):
+    for key in ("checkpoint", "family", "backend", "quantization", "device", "frames", "date"):
         lines.append(f"| {key} | {cell(a['run'].get(key))} | {cell(b['run'].get(key))} |")
     lines.append(f"| benchmark | {a.get('title')} | {b.get('title')} |")
     for key in ("seconds_per_item", "items_per_minute"):
@@ -133,13 +135,55 @@ def compare(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = ("A",
     return "\n".join(lines) + "\n"
 
 
+def said(record: dict[str, Any], verdict: dict[str, Any] | None = None) -> Any:
+    """How an answer was scored, for agreement: the chosen letter (multiple choice), the judge's
+    yes/no (a judged answer), else the answer as exact-match scoring reads it (case, punctuation,
+    articles and number words folded, as VQA's evaluation does)."""
+    if "choice" in record:
+        return record["choice"]
+    if verdict and isinstance(verdict.get("verdict"), dict) and verdict["verdict"].get("pred") is not None:
+        return str(verdict["verdict"]["pred"]).strip().lower()
+    return evalai_answer(str(record.get("answer", "")))
+
+
+def _verdicts(folder: Path) -> dict[str, dict[str, Any]]:
+    """The judge's verdicts of a run folder (one judge's file; several: the newest)."""
+    files = sorted(folder.glob("verdicts-*.jsonl"), key=lambda f: f.stat().st_mtime) if folder.is_dir() else []
+    files = [f for f in files if f.name != "verdicts-none.jsonl"]
+    return AnswerLog(files[-1]).records if files else {}
+
+
 def agreement(a: str | Path, b: str | Path) -> tuple[int, int]:
-    """(items answered alike, items both runs answered): the chosen letter for multiple choice, the
-    answer text otherwise, from each run folder's ``answers.jsonl``."""
-    runs = [AnswerLog(Path(p) / "answers.jsonl").records if Path(p).is_dir() else {} for p in (a, b)]
+    """(items scored alike, items both runs answered), from each run folder's ``answers.jsonl``:
+    the same chosen letter for multiple choice, the same verdict or the same normalized answer
+    otherwise (:func:`said`)."""
+    folders = [Path(p) for p in (a, b)]
+    runs = [AnswerLog(f / "answers.jsonl").records if f.is_dir() else {} for f in folders]
+    verdicts = [_verdicts(f) for f in folders]
     common = sorted(set(runs[0]) & set(runs[1]))
+    return sum(said(runs[0][k], verdicts[0].get(k)) == said(runs[1][k], verdicts[1].get(k)) for k in common), \
+        len(common)
 
-    def said(record: dict[str, Any]) -> Any:
-        return record.get("choice", record.get("answer"))
 
-    return sum(said(runs[0][k]) == said(runs[1][k]) for k in common), len(common)
+def accuracies(results: dict[str, Any]) -> dict[str, float]:
+    """Every accuracy a run's scores hold (``accuracy``, ``with_subtitles.accuracy`` ...), by key."""
+    return {k: float(v) for k, v in flatten(results["scores"]).items()
+            if k.split(".")[-1] == "accuracy" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def summary(a: dict[str, Any], b: dict[str, Any], agreed: tuple[int, int], names: tuple[str, str] = ("A", "B")) -> str:
+    """The three figures two runs are compared by: accuracy of each, their agreement, time per item."""
+    lines = [f"| | {names[0]} | {names[1]} |", "|---|---|---|",
+             f"| family | {cell(a['run'].get('family', 'llama-vid'))} | {cell(b['run'].get('family', 'llama-vid'))} |"]
+    acc_a, acc_b = accuracies(a), accuracies(b)
+    for key in list(acc_a) + [k for k in acc_b if k not in acc_a]:
+        lines.append(f"| {key} (%) | {cell(acc_a.get(key))} | {cell(acc_b.get(key))} |")
+    lines.append(f"| seconds per item | {_seconds(a)} | {_seconds(b)} |")
+    same, total = agreed
+    share = f"{same} of {total} items ({100 * same / total:.1f} %)" if total else "no item answered by both runs"
+    return "\n".join(lines) + f"\n\nAgreement: {share} scored alike (the same choice, verdict or normalized answer).\n"
+
+
+def _seconds(results: dict[str, Any]) -> str:
+    value = results.get("timing", {}).get("seconds_per_item")
+    return "" if value is None else f"{value:.4f}"

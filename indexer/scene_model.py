@@ -18,8 +18,10 @@ what to pull (``llamavid models pull clip-vit-b-32``), as for the speech models.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -157,7 +159,12 @@ def _renormalisation(folder: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 
 class SceneTexts:
-    """The text side: texts into (N, D) unit float32 vectors (truncated to the model's 77 tokens)."""
+    """The text side: texts into (N, D) unit float32 vectors (truncated to the model's 77 tokens).
+
+    A question is a dozen tokens through a 12-layer, 512-wide encoder: too little work to share
+    between threads. On this project's 2-core machine, beside a busy LLM, one thread took 33 ms a
+    question and two 70 to 160 ms, so the thread count is measured once, at load, on this machine
+    (:func:`fastest_threads`), and used for every question."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -171,13 +178,46 @@ class SceneTexts:
         self.max_tokens = int(text.max_position_embeddings)
         self.dim = int(config.projection_dim)
         self.id = scene_model_id(self.folder)
+        self.threads = fastest_threads(lambda: self._encode(["a short question about a scene in the film"]))
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        with torch_threads(self.threads):
+            return self._encode(texts)
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_tokens,
                                return_tensors="pt")
         with torch.inference_mode():
             out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).text_embeds
         return _normalise(out.float()).numpy()
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """torch's intra-op threads set to ``count`` for a block, then put back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def fastest_threads(work, rounds: int = 3) -> int:
+    """One thread or all of torch's, whichever ran ``work`` faster here (the best of ``rounds`` each,
+    after one warm-up): a small model can lose more to threads waiting on each other than it gains."""
+    choices = sorted({1, torch.get_num_threads()})
+    best: dict[int, float] = {}
+    for count in choices:
+        with torch_threads(count):
+            work()
+            times = []
+            for _ in range(rounds):
+                start = time.perf_counter()
+                work()
+                times.append(time.perf_counter() - start)
+        best[count] = min(times)
+    return min(choices, key=lambda c: (best[c], c))
 
 
 _texts: dict[tuple[str, str], SceneTexts] = {}

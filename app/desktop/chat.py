@@ -358,14 +358,6 @@ class ChatPane(QWidget):
         key = self._draft_key()
         self.question.setText(self.drafts.get(key, "") if key else "")
 
-    def _qwen_reads(self, movie: Movie) -> bool:
-        """Whether the chosen model is a Qwen3-VL that can read this film already: it decodes the frames
-        it needs itself, so a probed film is enough (app.qwen_live)."""
-        from app.qwen_live import film_askable
-        from llamavid.runtime.family import QWEN_VL
-
-        return self.service is not None and film_askable(movie) and self.service.family() == QWEN_VL
-
     def _refresh_controls(self) -> None:
         movie, busy, about = self.movie, self.busy, self.about is not None
         problem = None
@@ -374,7 +366,7 @@ class ChatPane(QWidget):
                 problem = f"{self.model_problem[0].upper()}{self.model_problem[1:]}: open Settings to choose a model."
         elif movie is None:
             problem = "Choose a film in the library to chat about it."
-        elif not askable(movie) and not self._qwen_reads(movie):
+        elif not (self.service.can_ask(movie) if self.service is not None else askable(movie)):
             problem = (f"{Path(movie.rel_path).name} is not indexed yet ({movie.state}); "
                        "you can ask about it once its dialogue or its pictures are read.")
         elif self.model_problem:

@@ -37,6 +37,7 @@ from app import hardware
 from app import status as st
 from app.desktop.common import Tasks, describe_error, hbox
 from app.desktop.download import ModelConvert, ModelDownload
+from app.family_advice import advise
 from app.model_convert import Offer, conversion_offer
 from app.settings import BACKENDS, Settings, save_settings
 from llamavid.hub.catalog import chat_models
@@ -80,9 +81,14 @@ class SetupDialog(QDialog):
         self.hardware_label = QLabel("Looking at this computer…")
         self.hardware_label.setObjectName("hardware")
         self.hardware_label.setWordWrap(True)
+        self.family_advice = QLabel()  # which family and size fits (app.family_advice), once the machine is read
+        self.family_advice.setObjectName("familyAdvice")
+        self.family_advice.setWordWrap(True)
+        self.family_advice.hide()
         layout = QVBoxLayout(self)
         layout.addWidget(intro)
         layout.addWidget(self.hardware_label)
+        layout.addWidget(self.family_advice)
         layout.addWidget(self._build_installed(), 2)
         layout.addWidget(self._build_download())
         layout.addWidget(self._build_runs())
@@ -265,6 +271,8 @@ class SetupDialog(QDialog):
     def _detected(self, hw: hardware.Hardware) -> None:
         self.hw = hw
         self.hardware_label.setText(f"This computer: {hw.describe()}")
+        self.family_advice.setText(advise(hw).text())
+        self.family_advice.show()
         self._fill_devices()
         self._select(self.device, self.settings.device)
         self._recommend()

@@ -37,14 +37,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from app.chat_service import ChatService
 from app.film_words import queue_position
 from app.questions import AskStream, ChatEvent
-from app.qwen_live import film_askable
 from app.server.errors import ApiError, bad_request, from_kind, not_found
 from app.server.indexing import Indexer
 from app.server.protocol import ChatCompletionRequest, ChatInput, parse_messages
-from indexer.library import askable, choose_track
+from indexer.library import choose_track
 from llamavid.errors import BadMedia
 from llamavid.media.load import check_clip
-from llamavid.runtime.family import QWEN_VL
 
 KEEP_ALIVE_S = 15.0  # an SSE comment while nothing happens: proxies keep the connection, a gone client is seen
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
@@ -116,10 +114,7 @@ def _check_movie(service: ChatService, indexer: Indexer, found: ChatInput, model
                         f"{found.movie_param}.movie_id") from None
     if not movie.features_complete:
         moved = indexer.open_film(movie.id)  # asked about: it is indexed next
-    # its dialogue alone is enough (the answer says it comes from it); a Qwen3-VL decodes the frames it
-    # needs itself, so for it a probed film is enough
-    qwen = service.family(model) == QWEN_VL
-    if not (film_askable(movie) if qwen else askable(movie)):
+    if not service.can_ask(movie, model):
         first = "; it is now first in the indexing queue" if moved else ""
         raise from_kind("not_ready", f"{movie.rel_path} is not indexed yet (state {movie.state}{first}); wait "
                                      "for the indexer, or run `llamavid index run`", f"{found.movie_param}.movie_id")

@@ -157,7 +157,7 @@ class Handlers:
         return views.model_choices([m.name for m in self.service.models()], self.service.shown_model)
 
     def films(self, current: int | None = None) -> dict[str, Any]:
-        return views.film_choices(self.service.movies(), current)
+        return views.film_choices(self.service.movies(), current, self.service.can_ask)
 
     def conversations(self, movie_id: int | None, current: int | None = views.NEW) -> Any:
         kept = self.service.conversations(movie_id) if movie_id is not None else []

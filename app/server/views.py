@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +83,11 @@ def _pick(choices: list[tuple[str, int]], current: int | None, default: int | No
     return {"choices": choices, "value": current if current in ids else default}
 
 
-def film_choices(movies: Iterable[Movie], current: int | None = None) -> dict[str, Any]:
-    """The films a chat can use (indexed, or their dialogue read: :func:`indexer.library.askable`),
-    ``current`` kept when it still is one, else the first."""
-    choices = [(film_title(m), m.id) for m in movies if askable(m)]
+def film_choices(movies: Iterable[Movie], current: int | None = None,
+                 can_ask: Callable[[Movie], bool] = askable) -> dict[str, Any]:
+    """The films a chat can use (``can_ask``: the service's rule for the model answering; by default
+    LLaMA-VID's, indexed or their dialogue read), ``current`` kept when it still is one, else the first."""
+    choices = [(film_title(m), m.id) for m in movies if can_ask(m)]
     return _pick(choices, current, choices[0][1] if choices else None)
 
 

@@ -39,6 +39,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "skip": ("cli.bench.skip", "what skipping EVA for near-identical frames saves per film hour on static and "
                                "moving shots, and the cosine of the reused features"),
     "search": ("cli.bench.search", "a search by description over 100 film hours of scene vectors: ms per query"),
+    "family": ("cli.bench.family", "the second family at full size (random Qwen3-VL-2B weights, llama.cpp q4_K_M): "
+                                   "a film's first word, a follow-up, peak memory, disk per prepared hour, beside "
+                                   "LLaMA-VID 7B's rehearsal"),
     "scenes": ("cli.bench.scenes", "the scene stage's cost next to EVA's (full-size CLIP ViT-B/32, random weights): "
                                    "seconds per film hour, a question's text, bytes per film hour"),
 }

@@ -328,12 +328,30 @@ def miss_record(a: Asked) -> dict:
             "line_start": a.line.start, "moments": [m.to_dict() for m in a.moments[:3]]}
 
 
+def _time_moment_lists(service: ChatService) -> list[float]:
+    """Seconds each answer's moment list takes (the cue search, the question's scene evidence, the
+    ranking), measured where the service makes it: what a moment list adds to an answer."""
+    seconds: list[float] = []
+    make = service._chats.moments  # noqa: SLF001 - the one place an answer's moments are made
+
+    def timed(live, turn):
+        start = time.perf_counter()
+        try:
+            return make(live, turn)
+        finally:
+            seconds.append(time.perf_counter() - start)
+
+    service._chats.moments = timed  # noqa: SLF001
+    return seconds
+
+
 def run_bench(root: Path, films: Sequence[Film] = FILMS, modes: Sequence[str] = MODES,
               stream: TextIO = sys.stdout, misses: bool = False, device: str = "cpu",
               scene_model: Path | None = None) -> list[dict]:
     """Make (or reuse) the set under ``root``, ask every question, print and return the figures."""
     data = make_set(root, films, scene_model)
     service = ChatService(data, model=MODEL, language="en", load=LoadOptions(device=device, dtype="fp32"))
+    listing = _time_moment_lists(service)
     try:
         asked = []
         for a in ask_all(service, films, modes):
@@ -343,6 +361,12 @@ def run_bench(root: Path, films: Sequence[Film] = FILMS, modes: Sequence[str] = 
     finally:
         service.close()
     records = summarize(asked)
+    if listing:
+        ordered = sorted(listing)
+        records.append({"bench": "moment-list", "answers": len(ordered),
+                        "median_ms": round(1000 * ordered[len(ordered) // 2], 2),
+                        "p95_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 2),
+                        "max_ms": round(1000 * ordered[-1], 2)})
     for record in records:
         print(json.dumps(record), file=stream, flush=True)
     return records

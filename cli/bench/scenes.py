@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from cli.bench.harness import random_eva, say
-from indexer.scene_model import SceneImages, SceneTexts, write_tiny_scene_model
+from indexer.scene_model import SceneImages, SceneTexts, torch_threads, write_tiny_scene_model
 from llamavid.media.decode import SampleStream, video_spec
 from llamavid.media.probe import probe
 from llamavid.media.synthetic import X264, film, write_video
@@ -85,11 +85,12 @@ def run_bench(root: Path, args: argparse.Namespace) -> list[dict]:
     mask = torch.ones_like(ids)
 
     def question() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(texts.threads):  # as a chat's question runs it
             texts.model(input_ids=ids, attention_mask=mask)
 
     median, warmup = timed(question, max(args.rounds, 5))
-    out.append(emit({"bench": "scenes-text", "tokens": QUESTION_TOKENS, "ms_per_question": round(median * 1000, 2),
+    out.append(emit({"bench": "scenes-text", "tokens": QUESTION_TOKENS, "threads": texts.threads,
+                     "ms_per_question": round(median * 1000, 2),
                      "warmup_ms": round(warmup * 1000, 1)}))
     stage = decode + image
     summary = {"bench": "scenes-vs-eva", "scene_s_per_film_hour": round(3600 * stage),

@@ -192,6 +192,13 @@ _FULL_13B = 28_400 * MB
 _SRC_13B = ("derived: LLaMA-13B + EVA-g + Q-Former ~1.42e10 parameters in bf16; the hub lists 3 shards, "
             "the first two 9.95 GB and 9.9 GB")
 _TOKENIZER_NOTE = "ships its LLaMA tokenizer (tokenizer.model) in the repo"
+#: LLaMA-VID 7B with an hour of film in fp16 (a GPU): the weights plus 9,728 cached tokens (7,200
+#: visual, the dialogue, the turns) at 512 KiB a token.
+_MEMORY_7B_HOUR_FP16 = _FULL_7B + 9_728 * 512 * 1024
+#: LLaMA-VID 7B converted for llama.cpp (q4_K_M LLM, q8_0 KV cache, the vision side in fp16) with an
+#: hour of film: the chat process's peak resident memory measured by ``llamavid bench rehearse`` at an
+#: hour's context (docs/performance.md, 12.3 GB; memory-mapped weights included).
+LLAMA_VID_7B_Q4_MEMORY = 12_300 * MB
 
 MODELS: tuple[CatalogEntry, ...] = (
     CatalogEntry("llama-vid-7b-full-224", "YanweiLi/llama-vid-7b-full-224", "image", "7B", 224,
@@ -209,7 +216,8 @@ MODELS: tuple[CatalogEntry, ...] = (
                  notes=(_TOKENIZER_NOTE,)),
     CatalogEntry("llama-vid-7b-full-224-long-video", "YanweiLi/llama-vid-7b-full-224-long-video", "long-video",
                  "7B", 224, "movies: hour-long video with subtitles (64K context), Vicuna-7B", _FULL_7B,
-                 "hub listing: shards 9.98 GB + 5.91 GB, index 115 kB", notes=(_TOKENIZER_NOTE,)),
+                 "hub listing: shards 9.98 GB + 5.91 GB, index 115 kB", notes=(_TOKENIZER_NOTE,),
+                 memory=_MEMORY_7B_HOUR_FP16),
     CatalogEntry("llama-vid-7b-pretrain-224", "YanweiLi/llama-vid-7b-pretrain-224", "pretrain", "7B", 224,
                  "stage-1 projector for the 7B 224 px image model", 434 * MB, "hub listing: mm_projector.bin 434 MB",
                  base_model="vicuna-7b-v1.5"),

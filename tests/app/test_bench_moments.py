@@ -28,5 +28,10 @@ def test_the_quick_set_finds_every_quoted_line_first(tmp_path) -> None:
         assert figure["hit@5"] >= figure["hit@1"], (mode, kind)
         if kind == "quote":
             assert figure["hit@1"] == 100.0, [r for r in rows if r.get("miss") == mode]
+    (listing,) = [r for r in rows if r.get("bench") == "moment-list"]  # one moment list per answer, timed
+    size = min(4, max(1, lines // 2))  # a follow-up conversation opens with one more question per group
+    openers = -(-lines // size) + -(-scenes // 2) if "follow-up" in MODES else 0
+    assert listing["answers"] == sum(f["questions"] for f in figures.values()) + openers
+    assert 0 < listing["median_ms"] <= listing["p95_ms"] <= listing["max_ms"]
     with LibraryStore.open(tmp_path / "data" / "library.db") as store:  # the film has its scene vectors
         assert [(r["scenes_state"], r["scenes_done"]) for r in store.movie_views()] == [("done", 60)]

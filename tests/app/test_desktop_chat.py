@@ -414,6 +414,9 @@ class _AboutService:
     def conversations(self, movie_id=None) -> list:
         return []
 
+    def can_ask(self, movie, model=None) -> bool:
+        return library.askable(movie)
+
 
 def test_asking_about_a_picture_or_a_clip(qtbot, monkeypatch, tmp_path: Path) -> None:
     """The chat pane's "Ask about a picture or clip…": the file chosen, each question sent with the

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from indexer.library import frame_times
 from indexer.pipeline import IndexOptions
@@ -158,3 +160,15 @@ def test_the_released_layout_with_pytorch_model_bin_gives_the_same_vectors(tiny_
     pixels = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
     assert np.array_equal(SceneImages(released, "cpu", "fp32")(pixels), SceneImages(tiny_clip, "cpu", "fp32")(pixels))
     assert np.array_equal(SceneTexts(released)(["a red kite"]), SceneTexts(tiny_clip)(["a red kite"]))
+
+
+def test_the_text_side_runs_on_the_thread_count_that_was_faster_here() -> None:
+    """A dozen tokens through a small encoder can lose more to threads waiting on each other than
+    they gain: the count is measured on the machine, not fixed."""
+    from indexer.scene_model import fastest_threads, torch_threads
+
+    with torch_threads(2):
+        slower_with_threads = fastest_threads(lambda: time.sleep(0.02 * torch.get_num_threads()), rounds=2)
+        faster_with_threads = fastest_threads(lambda: time.sleep(0.04 / torch.get_num_threads()), rounds=2)
+        assert torch.get_num_threads() == 2  # put back after measuring
+    assert (slower_with_threads, faster_with_threads) == (1, 2)
