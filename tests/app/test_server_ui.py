@@ -221,8 +221,8 @@ def test_fast_answers_are_a_checkbox_away_and_the_library_prepares_a_film(page: 
     page.locator("#forget-prepared").click()
     prepare = page.locator("#prepare")
     prepare.wait_for(timeout=60_000)
-    assert re.fullmatch(r"Prepare for fast answers \(about [\d.]+ [kM]?B\)", prepare.inner_text().strip()), \
-        "the size is shown before the click"
+    assert re.fullmatch(r"Prepare for fast answers \(about [\d.]+ [kM]?B, about \d+ (s|min) here\)",
+                        prepare.inner_text().strip()), "the size, and the time measured here, shown before the click"
     movie = httpx.get(page.url + "v1/movies").json()["data"][0]
     assert movie["prepared"] == 0 and not movie["prepare_wanted"]
     assert human_size(movie["prepare_estimate_bytes"]) in prepare.inner_text()
