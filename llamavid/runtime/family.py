@@ -93,7 +93,7 @@ class QwenVL:
             stamp = f"{stat.st_size}-{int(stat.st_mtime)}"
         except OSError:
             stamp = "?"
-        return f"{self.family}:{self.backend.name}:{weights.name}:{stamp}"
+        return f"{self.family}:{self.backend.name}:{getattr(self.backend, 'kv_type', '')}:{weights.name}:{stamp}"
 
     def _stops(self) -> tuple[int, ...]:
         if not self.llamacpp:
@@ -270,8 +270,8 @@ def load_qwen(folder: Path, backend: str = "auto", device: str = "auto", dtype: 
 
         context = n_ctx or DEFAULT_CONTEXT
         gpu_layers = 999 if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else 0
-        kv = "f32" if kv_type == "f32" else "f16"
-        lc = QwenVLLlamaCpp(pair[0], pair[1], n_ctx=context, threads=threads, n_gpu_layers=gpu_layers, kv_type=kv)
+        lc = QwenVLLlamaCpp(pair[0], pair[1], n_ctx=context, threads=threads, n_gpu_layers=gpu_layers,
+                            kv_type=kv_type)  # auto: q8_0 where the heads allow it, the rule LLaMA-VID's cache follows
         return QwenVL(lc, folder, int(lc.n_ctx))
     if backend != "transformers":
         raise UserError(f"backend must be auto, transformers or llama.cpp, got {backend!r}")

@@ -20,7 +20,7 @@ from llamavid.errors import MemoryInUse
 from llamavid.files import gguf_files, gguf_name
 from llamavid.runtime.backend import PrefillHook, Snapshot, restore_session, take_snapshot
 from llamavid.runtime.generate import SamplingOptions, Session, Step, decode_loop, make_generator
-from llamavid.runtime.kv_size import BYTES_PER_VALUE, kv_bytes_per_token, llamacpp_kv_type
+from llamavid.runtime.kv_size import BYTES_PER_VALUE, QUANT_BLOCK, kv_bytes_per_token, llamacpp_kv_type
 from llamavid.runtime.memory import Estimate, activation_bytes, available_memory, require_free, total_memory
 
 KV_TYPES = ("f16", "q8_0", "q4_0", "f32")  # and "auto": kv_size.llamacpp_kv_type's choice for the model
@@ -38,6 +38,39 @@ def llama_cpp_lib():
     import llama_cpp
 
     return llama_cpp
+
+
+def context_params(kv_type: str, n_ctx: int, n_batch: int, threads: int, head_dim: int):
+    """llama.cpp context parameters for a cache of ``kv_type``: the one rule for every llama.cpp model
+    of the project (LLaMA-VID's LLM, Qwen3-VL). A quantized cache stores rows in blocks of 32 (a
+    ValueError names another head size) and its V needs flash attention; an f32 one keeps flash
+    attention off (on a CPU it rounds Q, K and V to f16)."""
+    if kv_type.startswith("q") and head_dim % QUANT_BLOCK:
+        raise ValueError(f"a {kv_type} KV cache needs a head size divisible by {QUANT_BLOCK} (this model: "
+                         f"{head_dim}); use --kv-type f16")
+    lib = llama_cpp_lib()
+    params = lib.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, n_batch
+    params.n_threads = params.n_threads_batch = threads
+    params.type_k = params.type_v = {"f32": lib.GGML_TYPE_F32, "f16": lib.GGML_TYPE_F16, "q8_0": lib.GGML_TYPE_Q8_0,
+                                     "q4_0": lib.GGML_TYPE_Q4_0}[kv_type]
+    if kv_type.startswith("q"):
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    elif kv_type == "f32":
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    return params
+
+
+def gguf_head_dim(model) -> int:
+    """The attention head size of a loaded GGUF model: its ``<arch>.attention.key_length`` where the
+    file says it (Qwen3's heads are 128 wide whatever its width over its heads), else width / heads."""
+    lib = llama_cpp_lib()
+    buffer = ctypes.create_string_buffer(128)
+    if lib.llama_model_meta_val_str(model, b"general.architecture", buffer, len(buffer)) > 0:
+        key = buffer.value + b".attention.key_length"
+        if lib.llama_model_meta_val_str(model, key, buffer, len(buffer)) > 0 and buffer.value.isdigit():
+            return int(buffer.value)
+    return lib.llama_model_n_embd(model) // max(1, lib.llama_model_n_head(model))
 
 
 class LlamaCppBackend:
@@ -99,20 +132,8 @@ class LlamaCppBackend:
 
     def _context(self, n_ctx: int):
         lib = llama_cpp_lib()
-        ggml = {"f32": lib.GGML_TYPE_F32, "f16": lib.GGML_TYPE_F16, "q8_0": lib.GGML_TYPE_Q8_0,
-                "q4_0": lib.GGML_TYPE_Q4_0}[self.kv_type]
-        params = lib.llama_context_default_params()
-        params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, self.n_batch, self.n_batch
-        params.n_threads = params.n_threads_batch = self.threads
-        params.type_k = params.type_v = ggml
-        if self.kv_type.startswith("q"):  # a quantized V cache needs flash attention in llama.cpp
-            params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        elif self.kv_type == "f32":  # full precision: CPU flash attention would round Q/K/V to f16
-            params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        head_dim = self.n_embd // max(1, lib.llama_model_n_head(self.model))
-        if self.kv_type.startswith("q") and head_dim % 32:
-            raise ValueError(f"a {self.kv_type} KV cache needs a head size divisible by 32 (this model: {head_dim}); "
-                             "use --kv-type f16")
+        params = context_params(self.kv_type, n_ctx, self.n_batch, self.threads,
+                                self.n_embd // max(1, lib.llama_model_n_head(self.model)))
         ctx = lib.llama_init_from_model(self.model, params)
         if not ctx:
             raise MemoryError(f"llama.cpp could not create a {n_ctx}-token {self.kv_type} context; use a smaller "

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from llamavid.prompt.qwen_vl import Frames, QwenPrompt, Text
-from llamavid.runtime.llamacpp import llama_cpp_lib, quiet_logs
+from llamavid.runtime.kv_size import llamacpp_kv_type
+from llamavid.runtime.llamacpp import context_params, gguf_head_dim, llama_cpp_lib, quiet_logs
 
 __all__ = ["QwenVLLlamaCpp", "mtmd_lib"]
 
@@ -43,7 +44,7 @@ class QwenVLLlamaCpp:
     name = "llama.cpp"
 
     def __init__(self, gguf: str | Path, mmproj: str | Path, n_ctx: int = 4096, n_batch: int = 512,
-                 threads: int | None = None, n_gpu_layers: int = 0, kv_type: str = "f32"):
+                 threads: int | None = None, n_gpu_layers: int = 0, kv_type: str = "auto"):
         lib, mtmd = llama_cpp_lib(), mtmd_lib()
         self.path, self.mmproj = Path(gguf), Path(mmproj)
         for f in (self.path, self.mmproj):
@@ -60,13 +61,10 @@ class QwenVLLlamaCpp:
         self.n_vocab = lib.llama_vocab_n_tokens(self.vocab)
         self.threads = threads or max(1, min(8, os.cpu_count() or 2))
         self.n_batch = n_batch
-        params = lib.llama_context_default_params()
-        params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, n_batch
-        params.n_threads = params.n_threads_batch = self.threads
-        kv = {"f32": lib.GGML_TYPE_F32, "f16": lib.GGML_TYPE_F16}[kv_type]
-        params.type_k = params.type_v = kv
-        if kv_type == "f32":  # CPU flash attention would round Q/K/V to f16
-            params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        # the project's one rule: q8_0 where "auto" and the heads allow it (a film's cache is most of a chat's memory)
+        head_dim = gguf_head_dim(self.model)
+        self.kv_type = llamacpp_kv_type(kv_type, head_dim)
+        params = context_params(self.kv_type, n_ctx, n_batch, self.threads, head_dim)
         self.ctx = lib.llama_init_from_model(self.model, params)
         if not self.ctx:
             raise MemoryError(f"llama.cpp could not create a {n_ctx}-token context")

@@ -60,7 +60,7 @@ def hf(tmp_path_factory) -> QwenVLTransformers:
 
 @pytest.fixture(scope="module")
 def lc(files) -> QwenVLLlamaCpp:
-    backend = QwenVLLlamaCpp(files.model, files.mmproj, n_ctx=1024, threads=2)
+    backend = QwenVLLlamaCpp(files.model, files.mmproj, n_ctx=1024, threads=2, kv_type="f32")
     yield backend
     backend.close()
 
@@ -145,7 +145,7 @@ def test_saved_state_gives_the_same_next_answer(files, hf, lc):
     nxt = follow_up("And then?", answer_closed=answer[-1] in hf.tokens.stop)
     expected = lc.greedy(lc.prefill(nxt), 8, hf.tokens.stop)
 
-    fresh = QwenVLLlamaCpp(files.model, files.mmproj, n_ctx=1024, threads=2)
+    fresh = QwenVLLlamaCpp(files.model, files.mmproj, n_ctx=1024, threads=2, kv_type="f32")
     try:
         fresh.load_state(state)
         assert fresh.greedy(fresh.prefill(nxt), 8, hf.tokens.stop) == expected
@@ -155,3 +155,19 @@ def test_saved_state_gives_the_same_next_answer(files, hf, lc):
     assert hf.answer(support.prompts()["film"], 8) == answer
     with torch.inference_mode():
         assert hf.greedy(hf.prefill(nxt), 8) == expected
+
+
+@slow
+def test_the_kv_cache_type_follows_the_projects_one_rule(files, lc):
+    """"auto" is q8_0 where the heads are whole blocks of 32, as for LLaMA-VID's cache; this tiny
+    model's 16-wide heads keep f16, and asking for q8_0 says why it cannot be made."""
+    from llamavid.runtime.llamacpp import gguf_head_dim
+
+    assert gguf_head_dim(lc.model) == 16  # the GGUF's qwen3vl.attention.key_length
+    auto = QwenVLLlamaCpp(files.model, files.mmproj, n_ctx=256, threads=1)
+    try:
+        assert auto.kv_type == "f16"
+    finally:
+        auto.close()
+    with pytest.raises(ValueError, match="q8_0 KV cache needs a head size divisible by 32 .this model: 16."):
+        QwenVLLlamaCpp(files.model, files.mmproj, n_ctx=256, threads=1, kv_type="q8_0")
