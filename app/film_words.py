@@ -106,6 +106,15 @@ def subtitle_summary(movie: Movie) -> str:
     return text + (f" ({', '.join(languages)})" if languages else "")
 
 
+# -- models ---------------------------------------------------------------------------------------------
+FAMILY_NAMES = {"llama-vid": "LLaMA-VID", "qwen-vl": "Qwen3-VL"}
+
+
+def model_label(name: str, family: str) -> str:
+    """A model as the pickers show it: its name and its family ("qwen3-vl-4b (Qwen3-VL)")."""
+    return f"{name} ({FAMILY_NAMES.get(family, family)})"
+
+
 # -- fast answers ---------------------------------------------------------------------------------------
 def _about(estimate: int | None, seconds: float | None = None) -> str:
     """" (about 2.6 GB, about 50 min here)": the disk a preparation takes and, once this model was

@@ -32,6 +32,7 @@ from PySide6.QtCore import Qt, QTimer, QUrl, Slot
 from PySide6.QtGui import QDesktopServices, QIcon
 from PySide6.QtWidgets import (
     QApplication,
+    QComboBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
@@ -62,7 +63,7 @@ from app.desktop.library import LibraryPane
 from app.desktop.player import PlayerPane
 from app.desktop.setup import SetupDialog
 from app.desktop.thumbnails import make_thumbnail, remove_thumbnails
-from app.film_words import index_state
+from app.film_words import index_state, model_label
 from app.settings import Settings, load_settings, save_settings
 from assets import asset_path
 from indexer.library import Movie, choose_track, frame_times, subtitles
@@ -159,8 +160,14 @@ class MainWindow(QMainWindow):
         self.settings_button.clicked.connect(self.open_settings)
         folder_button = QPushButton("Open data folder")
         folder_button.clicked.connect(self.open_data_folder)
+        self.model_picker = QComboBox()
+        self.model_picker.setObjectName("modelPicker")
+        self.model_picker.setToolTip("The model a new conversation asks (LLaMA-VID or Qwen3-VL); a kept "
+                                     "conversation goes on with the model it began with")
+        self.model_picker.activated.connect(self._pick_model)
         top = hbox(heading(st.TITLE, scale=1.5))
         top.addSpacing(16)
+        top.addWidget(self.model_picker)
         top.addWidget(self.model_label, 1)
         top.addWidget(folder_button)
         top.addWidget(self.settings_button)
@@ -230,13 +237,49 @@ class MainWindow(QMainWindow):
         self.library.estimates.clear()  # sizes depend on the model
         if self.movie is not None:
             self._estimate(self.movie)
-        bits = "" if s.bits is None else f", {s.bits} bit"
-        self.model_label.setText(f"Model: {s.model} ({s.device}{bits}, {s.backend})" if s.model else
-                                 "No chat model chosen yet: open Settings")
+        self._show_model()
         if s.model:
             data, name = self.data, s.model
             self.tasks.run(lambda: resolve_model(name, data.root), None,
                            lambda exc: self.show_error(f"{describe_error(exc)} (open Settings to choose another)"))
+
+    def _show_model(self) -> None:
+        """The model label and the picker's list of installed chat models, the chosen one selected."""
+        s = self.settings
+        bits = "" if s.bits is None else f", {s.bits} bit"
+        self.model_label.setText(f"Model: {s.model} ({s.device}{bits}, {s.backend})" if s.model else
+                                 "No chat model chosen yet: open Settings")
+        names = [m.name for m in self.service.models()] if self.service is not None else []
+        if s.model and s.model not in names:
+            names.insert(0, s.model)  # a folder given by path, or a model removed since
+        self.model_picker.blockSignals(True)
+        self.model_picker.clear()
+        for name in names:
+            self.model_picker.addItem(model_label(name, self.service.family(name) if self.service else ""), name)
+        self.model_picker.setCurrentIndex(max(0, self.model_picker.findData(s.model)))
+        self.model_picker.setVisible(bool(names))
+        self.model_picker.blockSignals(False)
+
+    @Slot(int)
+    def _pick_model(self, index: int) -> None:
+        """Another model for the next new conversations, kept as the chat model in the settings; it
+        loads in the background, after the questions already waiting."""
+        name = self.model_picker.itemData(index)
+        if not name or name == self.settings.model or self.service is None:
+            return
+        try:
+            self.service.select_model(name)
+            self.settings = replace(self.settings, model=name)
+            save_settings(self.data, self.settings)
+        except (KeyError, OSError, UserError) as exc:
+            self.show_error(describe_error(exc))
+        self.library.estimates.clear()  # sizes depend on the model
+        if self.movie is not None:
+            self._estimate(self.movie)
+        self._show_model()
+        if not self.chat.busy:  # which films it can ask about follows the model
+            self.chat.set_service(self.service, None)
+        self.show_info(f"new conversations ask {name}")
 
     def _sampling(self) -> SamplingOptions | None:
         chosen = self.settings.sampling_options()

@@ -154,7 +154,8 @@ class Handlers:
         return views.setup_markdown(self.service, st.collect_status(self.service.data.root))
 
     def models(self) -> dict[str, Any]:
-        return views.model_choices([m.name for m in self.service.models()], self.service.shown_model)
+        return views.model_choices([m.name for m in self.service.models()], self.service.shown_model,
+                                   self.service.family)
 
     def films(self, current: int | None = None) -> dict[str, Any]:
         return views.film_choices(self.service.movies(), current, self.service.can_ask)

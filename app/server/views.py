@@ -69,12 +69,15 @@ def conversion_controls(offer: Offer | None, state: ConversionState) -> tuple[st
     return (_sentence(state.message) if state.outcome == "done" else ""), hidden, hidden, ""
 
 
-def model_choices(names: Sequence[str], current: str | None) -> dict[str, Any]:
-    """The model picker: the installed chat models (and the current one), shown with two or more."""
+def model_choices(names: Sequence[str], current: str | None,
+                  family: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """The model picker: the installed chat models (and the current one), shown with two or more,
+    each labelled with its family when ``family`` tells it (a new conversation asks the one picked)."""
     names = list(names)
     if current and current not in names:
         names.insert(0, current)
-    return {"choices": names, "value": current, "visible": len(names) > 1}
+    choices = [(words.model_label(n, family(n)), n) for n in names] if family else names
+    return {"choices": choices, "value": current, "visible": len(names) > 1}
 
 
 # -- the movie chat -------------------------------------------------------------------------------------

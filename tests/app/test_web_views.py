@@ -217,6 +217,8 @@ def test_model_choices_show_the_picker_with_two_models_only() -> None:
     assert views.model_choices(["a"], "a") == {"choices": ["a"], "value": "a", "visible": False}
     assert views.model_choices(["a", "b"], "a")["visible"]
     assert views.model_choices(["a"], "/models/mine")["choices"] == ["/models/mine", "a"]
+    families = {"a": "llama-vid", "q": "qwen-vl"}.get
+    assert views.model_choices(["a", "q"], "q", families)["choices"] == [("a (LLaMA-VID)", "a"), ("q (Qwen3-VL)", "q")]
 
 
 # -- the chat ---------------------------------------------------------------------------------------------------
