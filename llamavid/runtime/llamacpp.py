@@ -73,6 +73,18 @@ def gguf_head_dim(model) -> int:
     return lib.llama_model_n_embd(model) // max(1, lib.llama_model_n_head(model))
 
 
+def free_context_and_model(holder: object) -> None:
+    """Free a holder's llama.cpp ``ctx``, then its ``model`` (each once; either may be missing, as
+    after a failed load), for every llama.cpp holder of the project."""
+    lib = llama_cpp_lib()
+    if getattr(holder, "ctx", None):
+        lib.llama_free(holder.ctx)
+        holder.ctx = None
+    if getattr(holder, "model", None):
+        lib.llama_model_free(holder.model)
+        holder.model = None
+
+
 class LlamaCppBackend:
     """One llama.cpp context serving one conversation at a time (sequence 0)."""
 
@@ -165,13 +177,7 @@ class LlamaCppBackend:
                               "programs to free memory and ask again; nothing was lost") from exc
 
     def close(self) -> None:
-        lib = llama_cpp_lib()
-        if getattr(self, "ctx", None):
-            lib.llama_free(self.ctx)
-            self.ctx = None
-        if getattr(self, "model", None):
-            lib.llama_model_free(self.model)
-            self.model = None
+        free_context_and_model(self)
 
     def __del__(self) -> None:  # contexts hold large buffers: free them with the backend
         try:

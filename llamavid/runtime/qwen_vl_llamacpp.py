@@ -21,7 +21,13 @@ import numpy as np
 
 from llamavid.prompt.qwen_vl import Frames, QwenPrompt, Text
 from llamavid.runtime.kv_size import llamacpp_kv_type
-from llamavid.runtime.llamacpp import context_params, gguf_head_dim, llama_cpp_lib, quiet_logs
+from llamavid.runtime.llamacpp import (
+    context_params,
+    free_context_and_model,
+    gguf_head_dim,
+    llama_cpp_lib,
+    quiet_logs,
+)
 
 __all__ = ["QwenVLLlamaCpp", "mtmd_lib"]
 
@@ -89,12 +95,7 @@ class QwenVLLlamaCpp:
         if getattr(self, "mctx", None):
             mtmd.mtmd_free(self.mctx)
             self.mctx = None
-        if getattr(self, "ctx", None):
-            lib.llama_free(self.ctx)
-            self.ctx = None
-        if getattr(self, "model", None):
-            lib.llama_model_free(self.model)
-            self.model = None
+        free_context_and_model(self)
 
     def __del__(self):
         try:
